@@ -1,0 +1,75 @@
+//! `llmtrain convert --model DIR --out DIR [--dtype bf16] [--max-shard-size 5GB]`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use llmtrain_core::fsutil::write_dir_atomic;
+use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
+
+/// Files besides the weights that travel with a checkpoint.
+const COMPANION_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The HF checkpoint directory to read.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The directory to write (replaced as a whole, atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// float32, bfloat16 or float16 (default: the dtype config.json names).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Largest shard, e.g. 5GB, 500MB, or bytes.
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
+}
+
+pub fn parse_size(text: &str) -> Result<u64> {
+    let upper = text.trim().to_ascii_uppercase();
+    let (digits, unit) = match upper.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => upper.split_at(i),
+        None => (upper.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("--max-shard-size `{text}`: expected a number with an optional unit"))?;
+    let scale = match unit {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KIB" => 1 << 10,
+        "MIB" => 1 << 20,
+        "GIB" => 1 << 30,
+        other => bail!("--max-shard-size `{text}`: unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)"),
+    };
+    Ok(n * scale)
+}
+
+pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    let dtype = match &args.dtype {
+        Some(name) => Some(
+            StorageDtype::parse(name)
+                .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))?,
+        ),
+        None => None,
+    };
+    let options = SaveOptions { dtype, max_shard_bytes: parse_size(&args.max_shard_size)? };
+    let (model, config) = hf::load_model::<B>(&args.model, device)?;
+    write_dir_atomic(&args.out, |dir| {
+        hf::save_model(&model, &config, dir, &options)?;
+        for name in COMPANION_FILES {
+            let from = args.model.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, dir.join(name))
+                    .map_err(|e| llmtrain_core::CoreError::Io { path: from, source: e })?;
+            }
+        }
+        Ok(())
+    })?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

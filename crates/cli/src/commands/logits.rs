@@ -1,0 +1,75 @@
+//! `llmtrain logits --model DIR --tokens 1,2,3 [--out FILE.safetensors]`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use llmtrain_core::hf;
+use llmtrain_core::model::tokens_tensor;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An HF checkpoint directory (config.json + model.safetensors or shards); no tokenizer needed.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(long)]
+    pub tokens: String,
+    /// Write one f32 tensor `logits` [T, V] to this safetensors file (otherwise print a summary).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
+    let tokens = text
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(i, t)| t.parse::<u32>().with_context(|| format!("--tokens: item {} (`{t}`) is not a token id", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    if tokens.is_empty() {
+        bail!("--tokens: give at least one token id");
+    }
+    Ok(tokens)
+}
+
+pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    let tokens = parse_tokens(&args.tokens)?;
+    let (model, _) = hf::load_model::<B>(&args.model, device)?;
+    let vocab = model.config.vocab_size;
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        bail!(
+            "--tokens: token id {bad} is out of range for {} (vocab_size {vocab})",
+            args.model.join("config.json").display()
+        );
+    }
+    let logits = model.forward(tokens_tensor::<B>(&tokens, 1, device), None);
+    let values: Vec<f32> = logits.into_data().convert::<f32>().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    match &args.out {
+        Some(out) => write_logits(out, &values, tokens.len(), vocab),
+        None => {
+            println!("logits shape [{}, {vocab}]", tokens.len());
+            for (pos, row) in values.chunks(vocab).enumerate() {
+                let best = llmtrain_core::generate::argmax(row);
+                let head: Vec<String> = row.iter().take(4).map(|v| format!("{v:.6}")).collect();
+                println!(
+                    "{pos:>4} token {:>6}  argmax {best:>6} ({:.6})  [{} ...]",
+                    tokens[pos],
+                    row[best as usize],
+                    head.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_logits(out: &std::path::Path, values: &[f32], rows: usize, vocab: usize) -> Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, vocab], &bytes)?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let buffer = safetensors::serialize([("logits", view)], Some(metadata))?;
+    llmtrain_core::fsutil::write_atomic(out, &buffer)?;
+    Ok(())
+}

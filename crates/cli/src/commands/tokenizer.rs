@@ -1,0 +1,56 @@
+//! `llmtrain tokenizer train --files ... --vocab-size N --out DIR` and `llmtrain tokenizer encode`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use llmtrain_core::chat::Message;
+use llmtrain_core::tokenizer::{BpeTrainingOptions, TextTokenizer, train_bpe_to_dir};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Train a byte-level BPE tokenizer on text files; writes tokenizer.json and tokenizer_config.json.
+    Train {
+        #[arg(long, num_args = 1.., required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the token ids of a text (with the tokenizer's special tokens), or of a chat turn with --chat.
+    Encode {
+        /// Directory holding tokenizer.json (and tokenizer_config.json).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        text: String,
+        /// Render the text as a user turn with the chat template (add_generation_prompt) first.
+        #[arg(long)]
+        chat: bool,
+    },
+}
+
+pub fn run(command: &Command) -> Result<()> {
+    match command {
+        Command::Train { files, vocab_size, min_frequency, out } => {
+            let options = BpeTrainingOptions { vocab_size: *vocab_size, min_frequency: *min_frequency };
+            let tok = train_bpe_to_dir(files, &options, out)?;
+            println!("trained a {}-token byte-level BPE tokenizer into {}", tok.vocab_size(), out.display());
+            Ok(())
+        }
+        Command::Encode { tokenizer, text, chat } => {
+            let tok = TextTokenizer::load(tokenizer)?;
+            let ids = if *chat {
+                let rendered = tok.apply_chat_template(&[Message::new("user", text)], true)?;
+                tok.encode_with(&rendered, false)?
+            } else {
+                tok.encode(text)?
+            };
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            println!("{}", ids.join(","));
+            Ok(())
+        }
+    }
+}

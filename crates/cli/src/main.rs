@@ -1,0 +1,64 @@
+//! `llmtrain`: one command for LLM training and finetuning. It parses arguments, picks the backend and hands
+//! the work to the library crates; no numeric logic lives here.
+
+mod backend;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "llmtrain", version, about = "LLM training and finetuning in Rust, on burn")]
+struct Cli {
+    /// Where tensors live: cpu, or cuda / wgpu when built with those features.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: llmtrain_core::device::DeviceKind,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Logits of a model for given token ids (to check a checkpoint or a conversion).
+    Logits(commands::logits::Args),
+    /// Generate text from a prompt.
+    Generate(commands::generate::Args),
+    /// Re-save a checkpoint (change dtype, shard size), as transformers would write it.
+    Convert(commands::convert::Args),
+    /// Tokenizer tools.
+    #[command(subcommand)]
+    Tokenizer(commands::tokenizer::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Logits(args) => backend::dispatch!(cli.device, logits, &args),
+        Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
+        Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
+        Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the causes joined (skipping a cause its parent already quoted), no backtrace.
+            let mut message = String::new();
+            for cause in err.chain().map(|e| e.to_string()) {
+                if !message.ends_with(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Hugging Face checkpoint directories in and out: config.json, model.safetensors (or shards), generation_config.json.
+//!
+//! What [`save_model`] writes, transformers' `from_pretrained` loads; what transformers writes, [`load_model`] reads.
+
+mod config;
+mod tensors;
+
+pub use config::HfConfig;
+pub use tensors::{HostTensor, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorFiles, write_tensors};
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde_json::json;
+
+use crate::error::{CoreError, Result};
+use crate::fsutil::write_atomic;
+use crate::model::{Attention, DecoderLayer, Linear, LlamaModel, Mlp, ModelConfig, RmsNorm, Rotary};
+
+/// transformers' default shard limit for `save_pretrained` ("5GB").
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// How to write a checkpoint.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// Storage dtype; `None` keeps the dtype the config names (f32 when it names none).
+    pub dtype: Option<StorageDtype>,
+    pub max_shard_bytes: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self { dtype: None, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+    }
+}
+
+/// Every tensor name of a model with this config, with its shape, in the order transformers lists them.
+pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, d) = (config.hidden_size, config.head_dim);
+    let q = config.num_attention_heads * d;
+    let kv = config.num_key_value_heads * d;
+    let ffn = config.intermediate_size;
+    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut linear = |name: &str, out_dim: usize, in_dim: usize, bias: bool| {
+            specs.push((format!("{p}.{name}.weight"), vec![out_dim, in_dim]));
+            if bias {
+                specs.push((format!("{p}.{name}.bias"), vec![out_dim]));
+            }
+        };
+        linear("self_attn.q_proj", q, h, config.qkv_bias);
+        linear("self_attn.k_proj", kv, h, config.qkv_bias);
+        linear("self_attn.v_proj", kv, h, config.qkv_bias);
+        linear("self_attn.o_proj", h, q, config.o_bias);
+        linear("mlp.gate_proj", ffn, h, config.mlp_bias);
+        linear("mlp.up_proj", ffn, h, config.mlp_bias);
+        linear("mlp.down_proj", h, ffn, config.mlp_bias);
+        specs.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        specs.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+    }
+    specs.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        specs.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+    }
+    specs
+}
+
+/// Tensors a checkpoint may hold that the model does not use: RoPE buffers some exporters save, and a head
+/// saved alongside tied embeddings.
+fn ignorable(name: &str, config: &ModelConfig) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight")
+}
+
+/// Loads an HF checkpoint directory (config.json plus model.safetensors or its shards) onto `device`.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaModel<B>, HfConfig)> {
+    let config = HfConfig::load(dir)?;
+    let files = TensorFiles::open(dir)?;
+    let specs = tensor_specs(&config.model);
+    for name in files.names() {
+        if !ignorable(name, &config.model) && !specs.iter().any(|(n, _)| n == name) {
+            return Err(CoreError::ExtraTensor {
+                path: files.path_of(name).to_path_buf(),
+                name: name.to_string(),
+                shape: files.shape(name).unwrap_or_default(),
+            });
+        }
+    }
+    let model = build_model(&config.model, device, |name, shape| files.read(name, shape))?;
+    Ok((model, config))
+}
+
+/// Builds a model from a source of named host tensors (a checkpoint, or tensors in memory).
+pub fn build_model<B: Backend, F>(config: &ModelConfig, device: &B::Device, mut source: F) -> Result<LlamaModel<B>>
+where
+    F: FnMut(&str, &[usize]) -> Result<HostTensor>,
+{
+    config.validate().map_err(CoreError::Invalid)?;
+    let (h, d) = (config.hidden_size, config.head_dim);
+    let q = config.num_attention_heads * d;
+    let kv = config.num_key_value_heads * d;
+    let ffn = config.intermediate_size;
+    let mut matrix = |name: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>> {
+        let t = source(name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(t.values, shape), device))
+    };
+    let embed_tokens = matrix("model.embed_tokens.weight", [config.vocab_size, h])?;
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(Linear::new(matrix("lm_head.weight", [config.vocab_size, h])?, None))
+    };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut linear = |name: &str, out_dim: usize, in_dim: usize, bias: bool| -> Result<Linear<B>> {
+            let w = source(&format!("{p}.{name}.weight"), &[out_dim, in_dim])?;
+            let weight = Tensor::from_data(TensorData::new(w.values, [out_dim, in_dim]), device);
+            let bias = if bias {
+                let b = source(&format!("{p}.{name}.bias"), &[out_dim])?;
+                Some(Tensor::from_data(TensorData::new(b.values, [out_dim]), device))
+            } else {
+                None
+            };
+            Ok(Linear::new(weight, bias))
+        };
+        let self_attn = Attention {
+            q_proj: linear("self_attn.q_proj", q, h, config.qkv_bias)?,
+            k_proj: linear("self_attn.k_proj", kv, h, config.qkv_bias)?,
+            v_proj: linear("self_attn.v_proj", kv, h, config.qkv_bias)?,
+            o_proj: linear("self_attn.o_proj", h, q, config.o_bias)?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: d,
+        };
+        let mlp = Mlp {
+            gate_proj: linear("mlp.gate_proj", ffn, h, config.mlp_bias)?,
+            up_proj: linear("mlp.up_proj", ffn, h, config.mlp_bias)?,
+            down_proj: linear("mlp.down_proj", h, ffn, config.mlp_bias)?,
+        };
+        let mut norm = |name: &str| -> Result<RmsNorm<B>> {
+            let w = source(&format!("{p}.{name}.weight"), &[h])?;
+            Ok(RmsNorm::new(Tensor::from_data(TensorData::new(w.values, [h]), device), config.rms_norm_eps))
+        };
+        layers.push(DecoderLayer {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp,
+        });
+    }
+    let norm = source("model.norm.weight", &[h])?;
+    let norm = RmsNorm::new(Tensor::from_data(TensorData::new(norm.values, [h]), device), config.rms_norm_eps);
+    Ok(LlamaModel {
+        embed_tokens: Param::from_tensor(embed_tokens),
+        layers,
+        norm,
+        lm_head,
+        config: config.clone(),
+        rotary: Rotary::new(&config.rope, d),
+    })
+}
+
+/// The model's tensors under their HF names, copied to the host as f32, in [`tensor_specs`] order.
+pub fn model_tensors<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, HostTensor)> {
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
+        let shape = t.dims().to_vec();
+        let values = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
+        HostTensor { shape, values }
+    }
+    let mut out = vec![("model.embed_tokens.weight".to_string(), host(model.embed_tokens.val()))];
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        let mut linear = |name: &str, l: &Linear<B>| {
+            out.push((format!("{p}.{name}.weight"), host(l.weight.val())));
+            if let Some(b) = &l.bias {
+                out.push((format!("{p}.{name}.bias"), host(b.val())));
+            }
+        };
+        linear("self_attn.q_proj", &layer.self_attn.q_proj);
+        linear("self_attn.k_proj", &layer.self_attn.k_proj);
+        linear("self_attn.v_proj", &layer.self_attn.v_proj);
+        linear("self_attn.o_proj", &layer.self_attn.o_proj);
+        linear("mlp.gate_proj", &layer.mlp.gate_proj);
+        linear("mlp.up_proj", &layer.mlp.up_proj);
+        linear("mlp.down_proj", &layer.mlp.down_proj);
+        out.push((format!("{p}.input_layernorm.weight"), host(layer.input_layernorm.weight.val())));
+        out.push((format!("{p}.post_attention_layernorm.weight"), host(layer.post_attention_layernorm.weight.val())));
+    }
+    out.push(("model.norm.weight".to_string(), host(model.norm.weight.val())));
+    if let Some(head) = &model.lm_head {
+        out.push(("lm_head.weight".to_string(), host(head.weight.val())));
+    }
+    out
+}
+
+/// Writes config.json, generation_config.json and the weights into `dir` (created if needed). Each file is
+/// written atomically; callers wanting the whole directory swapped at once use [`crate::fsutil::write_dir_atomic`].
+pub fn save_model<B: Backend>(
+    model: &LlamaModel<B>,
+    config: &HfConfig,
+    dir: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let dtype =
+        options.dtype.or_else(|| config.dtype.as_deref().and_then(StorageDtype::parse)).unwrap_or(StorageDtype::F32);
+    let mut config = config.clone();
+    config.model = model.config.clone();
+    write_tensors(dir, &model_tensors(model), dtype, options.max_shard_bytes)?;
+    write_json(&dir.join("generation_config.json"), &generation_config(&config.model))?;
+    write_json(&dir.join("config.json"), &config.to_json(dtype.torch_name()))
+}
+
+fn generation_config(model: &ModelConfig) -> serde_json::Value {
+    let eos = match model.eos_token_ids.as_slice() {
+        [] => serde_json::Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    };
+    json!({"_from_model_config": true, "bos_token_id": model.bos_token_id, "eos_token_id": eos,
+           "pad_token_id": model.pad_token_id})
+}
+
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    write_atomic(path, format!("{text}\n").as_bytes())
+}

@@ -1,0 +1,174 @@
+//! The decoder's building blocks: linear, RMSNorm, attention, SwiGLU MLP and the decoder layer.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor};
+
+use super::rope::apply_rotary;
+
+/// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// Root-mean-square normalisation: `x / sqrt(mean(x²) + eps) · weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
+        Self { weight: Param::from_tensor(weight), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let inv_rms = mean_square.add_scalar(self.eps).sqrt().recip();
+        x * inv_rms * self.weight.val().unsqueeze()
+    }
+}
+
+/// Grouped-query self-attention (multi-head when kv heads = heads, multi-query when kv heads = 1).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    #[module(skip)]
+    pub num_heads: usize,
+    #[module(skip)]
+    pub num_kv_heads: usize,
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+/// What one attention call sees besides its input.
+pub struct AttentionContext<'a, B: Backend> {
+    pub cos: &'a Tensor<B, 4>,
+    pub sin: &'a Tensor<B, 4>,
+    /// `true` where a query may not see a key, `[batch, 1, q, k]`; `None` means plain causal.
+    pub mask: Option<&'a Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x` is `[batch, seq, hidden]`; `past` holds earlier keys and values `[batch, kv_heads, past, head_dim]`
+    /// (after RoPE). Returns the output and the keys/values including this call's.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &AttentionContext<'_, B>,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let [batch, seq, _] = x.dims();
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, self.head_dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = split(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = split(self.v_proj.forward(x), self.num_kv_heads);
+        let q = apply_rotary(q, ctx.cos, ctx.sin);
+        let k = apply_rotary(k, ctx.cos, ctx.sin);
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        let groups = self.num_heads / self.num_kv_heads;
+        let out = scaled_dot_product(q, repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups), ctx.mask);
+        let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        (self.o_proj.forward(out), (k, v))
+    }
+}
+
+/// softmax(q kᵀ / sqrt(d) + mask) v, causal (bottom-right aligned) unless an explicit mask is given.
+fn scaled_dot_product<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let k_len = k.dims()[2];
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    if B::ad_enabled(&q.device()) {
+        // Under autodiff burn decomposes attention anyway; doing it here keeps one code path for the mask.
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let blocked = match mask {
+            Some(m) => m.clone().expand([batch, heads, q_len, k_len]),
+            None => causal_mask::<B>(q_len, k_len, &scores.device()).expand([batch, heads, q_len, k_len]),
+        };
+        let scores = scores.mask_fill(blocked, f32::NEG_INFINITY);
+        return softmax(scores, 3).matmul(v);
+    }
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: mask.is_none() };
+    let mask = mask.map(|m| m.clone().expand([batch, heads, q_len, k_len]));
+    burn::tensor::module::attention(q, k, v, mask, None, options)
+}
+
+/// `true` above the diagonal, aligned so the last query sees every key: `[1, 1, q_len, k_len]`.
+pub fn causal_mask<B: Backend>(q_len: usize, k_len: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let offset = k_len as i64 - q_len as i64;
+    Tensor::<B, 2, Bool>::triu_mask([q_len, k_len], offset + 1, device).unsqueeze()
+}
+
+/// Repeats each KV head `groups` times so grouped-query attention can use a plain attention kernel.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq, dim] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq, dim]).reshape([batch, kv_heads * groups, seq, dim])
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer: attention and MLP, each with a residual connection.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &AttentionContext<'_, B>,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let (attn, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx, past);
+        let x = x + attn;
+        let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
+        (x, kv)
+    }
+}

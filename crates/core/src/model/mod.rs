@@ -1,0 +1,148 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, TinyLlama, SmolLM), generic over burn's `Backend`.
+//!
+//! Weights keep Hugging Face's names and layouts field for field (`model.layers.0.self_attn.q_proj.weight` is
+//! `layers[0].self_attn.q_proj.weight`), so [`crate::hf`] maps checkpoints without renaming tables.
+
+mod cache;
+pub mod config;
+mod layers;
+mod packing;
+mod rope;
+
+pub use cache::KvCache;
+pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, Mlp, RmsNorm, causal_mask};
+pub use packing::PositionIds;
+pub use rope::Rotary;
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+/// A decoder-only causal language model.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+    #[module(skip)]
+    pub rotary: Rotary,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// A randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), as transformers does.
+    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+        let normal = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device);
+        let linear = |out_dim: usize, in_dim: usize, bias: bool| {
+            Linear::new(normal([out_dim, in_dim]), bias.then(|| Tensor::zeros([out_dim], device)))
+        };
+        let norm = || RmsNorm::new(Tensor::ones([config.hidden_size], device), config.rms_norm_eps);
+        let (h, d) = (config.hidden_size, config.head_dim);
+        let q_dim = config.num_attention_heads * d;
+        let kv_dim = config.num_key_value_heads * d;
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(q_dim, h, config.qkv_bias),
+                    k_proj: linear(kv_dim, h, config.qkv_bias),
+                    v_proj: linear(kv_dim, h, config.qkv_bias),
+                    o_proj: linear(h, q_dim, config.o_bias),
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: d,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                    up_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                    down_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                },
+            })
+            .collect();
+        Self {
+            embed_tokens: Param::from_tensor(normal([config.vocab_size, h])),
+            layers,
+            norm: norm(),
+            lm_head: (!config.tie_word_embeddings).then(|| linear(config.vocab_size, h, false)),
+            config: config.clone(),
+            rotary: Rotary::new(&config.rope, d),
+        }
+    }
+
+    /// Training forward over whole sequences: `tokens` `[batch, seq]` → logits `[batch, seq, vocab]`.
+    ///
+    /// Without `positions` every row is one sequence starting at position 0 under a causal mask. With them
+    /// (packed batches), each row may hold several sequences: a sequence starts wherever a position id does not
+    /// follow the previous one, RoPE uses the given ids, and attention stays within each sequence.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, positions: Option<&PositionIds>) -> Tensor<B, 3> {
+        self.logits(self.hidden_states(tokens, positions))
+    }
+
+    /// The final normalised hidden states `[batch, seq, hidden]` (the input of the head).
+    pub fn hidden_states(&self, tokens: Tensor<B, 2, Int>, positions: Option<&PositionIds>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let (cos, sin, mask) = match positions {
+            Some(p) => {
+                assert_eq!((p.batch, p.seq), (batch, seq), "position ids must have the tokens' shape");
+                let (cos, sin) = self.rotary.tables(&p.ids, batch, seq, &device);
+                (cos, sin, p.attention_mask::<B>(self.config.sliding_window, &device))
+            }
+            None => {
+                let ids: Vec<u32> = (0..seq as u32).collect();
+                let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
+                (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, &device))
+            }
+        };
+        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref() };
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx, None).0;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Applies the (possibly tied) head to hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+        }
+    }
+
+    /// Incremental forward for generation: runs `tokens` `[batch, new]` after what `cache` already holds and
+    /// appends their keys and values to it. Returns logits for the new tokens only.
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let [_, seq] = tokens.dims();
+        let device = tokens.device();
+        let past = cache.len();
+        let ids: Vec<u32> = (past as u32..(past + seq) as u32).collect();
+        let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
+        let mask = packing::window_mask::<B>(seq, past + seq, self.config.sliding_window, &device);
+        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref() };
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let (out, kv) = layer.forward(x, &ctx, cache.take(index));
+            cache.put(index, kv);
+            x = out;
+        }
+        cache.advance(seq);
+        self.logits(self.norm.forward(x))
+    }
+
+    /// An empty cache sized for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+}
+
+/// Turns host token ids into a `[batch, seq]` tensor.
+pub fn tokens_tensor<B: Backend>(ids: &[u32], batch: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(data, [batch, ids.len() / batch.max(1)]), device)
+}

@@ -1,0 +1,50 @@
+//! Helpers for the end-to-end tests in `tests/tests/`: build the real `llmtrain` binary once and run it.
+//!
+//! The binary lives in another package, so cargo does not hand us its path; we ask cargo to build it (a no-op
+//! when it is fresh) and run it from the workspace's target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+/// A committed model fixture (an HF checkpoint directory made by transformers).
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("crates/core/tests/fixtures").join(name)
+}
+
+/// Path of a freshly built `llmtrain` binary.
+pub fn llmtrain_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args(["build", "--quiet", "-p", "llmtrain-cli", "--bin", "llmtrain"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building llmtrain failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+        target.join("debug").join(format!("llmtrain{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
+/// Runs `llmtrain args...` to completion.
+pub fn llmtrain(args: &[&str]) -> Output {
+    Command::new(llmtrain_bin()).args(args).output().expect("llmtrain starts")
+}
+
+/// Asserts a run failed with exactly one line on stderr containing `needle`, and returns that line.
+pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
+    assert!(!out.status.success(), "expected failure, got success; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(stderr.lines().count(), 1, "one line expected, got:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
