@@ -78,6 +78,35 @@ And by opposing end them.
 """ * 20
 
 
+def adamw_reference(model, out_path):
+    """Three AdamW steps (torch.optim.AdamW; no weight decay on 1-D tensors, as transformers' Trainer) with global
+    grad-norm clipping on the causal-LM loss of a two-row batch, from a copy of the model. Stores each step's
+    loss and grad norm, and some tensors after the last step."""
+    import copy
+    model = copy.deepcopy(model).train()
+    batch = torch.tensor([TOKENS, TOKENS[::-1]])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    losses, norms = [], []
+    for _ in range(3):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    names = ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "model.layers.1.mlp.down_proj.weight",
+             "model.layers.0.self_attn.q_proj.weight"]
+    params = dict(model.named_parameters())
+    tensors = {n: params[n].detach().contiguous() for n in names}
+    tensors["losses"] = torch.tensor(losses)
+    tensors["grad_norms"] = torch.tensor(norms)
+    tensors["batch"] = batch.to(torch.int64)
+    save_file(tensors, out_path, metadata={"format": "pt"})
+
+
 def make_tokenizer(out_dir):
     """A byte-level BPE tokenizer (300 ids) made with HF tokenizers, saved as transformers saves one."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -171,6 +200,7 @@ def main():
                 out = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
             new = out[0, prompt.shape[1]:]
             extra = {"generate_prompt": prompt[0].to(torch.int64), "generate_output": new.to(torch.int64)}
+            adamw_reference(model, os.path.join(d, "train_expected.safetensors"))
             with open(os.path.join(d, "generate_expected.txt"), "w") as f:
                 f.write(GENERATE_PROMPT + tok.decode(new, skip_special_tokens=True) + "\n")
         save_file({**extra, "tokens": tokens[0].to(torch.int64), "logits": logits.contiguous(),

@@ -86,21 +86,13 @@ pub fn run(args: &Args) -> Result<()> {
     println!("| backend          | forward ms | backward ms | total ms  | tokens/s   |");
     println!("|------------------|-----------:|------------:|----------:|-----------:|");
     let mut rows = Vec::new();
-    report("flex", &measure::<Autodiff<llmtrain_core::device::CpuBackend>>(args), args, &mut rows);
-    #[cfg(feature = "ndarray")]
-    {
-        let name = if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" };
-        report(name, &measure::<Autodiff<llmtrain_core::device::NdArrayBackend>>(args), args, &mut rows);
-    }
+    let default_name = if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" };
+    report(default_name, &measure::<Autodiff<llmtrain_core::device::CpuBackend>>(args), args, &mut rows);
+    #[cfg(feature = "flex")]
+    report("flex", &measure::<Autodiff<llmtrain_core::device::FlexBackend>>(args), args, &mut rows);
     let dir = std::path::Path::new("target/bench");
     std::fs::create_dir_all(dir)?;
-    let file = dir.join(if cfg!(feature = "openblas") {
-        "backends-openblas.json"
-    } else if cfg!(feature = "ndarray") {
-        "backends-ndarray.json"
-    } else {
-        "backends.json"
-    });
+    let file = dir.join(format!("backends-{default_name}{}.json", if cfg!(feature = "flex") { "-flex" } else { "" }));
     std::fs::write(&file, serde_json::to_string_pretty(&rows)?)?;
     println!("wrote {}", file.display());
     Ok(())

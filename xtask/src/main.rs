@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: developer tasks that are not part of the `llmtrain` binary.
 //!
-//! - `backends`: forward+backward time of the model on each CPU backend compiled in (Flex always; NdArray with
-//!   `--features ndarray`, over OpenBLAS with `--features openblas`), on DESIGN.md's `full-tiny` shape.
+//! - `backends`: forward+backward time of the model on the default CPU backend (NdArray, or NdArray over OpenBLAS
+//!   with `--features openblas`) and, with `--features flex`, on burn's Flex, on DESIGN.md's `full-tiny` shape.
 
 mod backends;
 

@@ -21,6 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train or finetune a model from a TOML config.
     /// Logits of a model for given token ids (to check a checkpoint or a conversion).
     Logits(commands::logits::Args),
     /// Generate text from a prompt.

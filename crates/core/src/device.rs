@@ -3,14 +3,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The CPU backend llmtrain uses by default (the faster of Flex and NdArray on our forward+backward bench).
-pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend: NdArray, which ran the model's forward+backward 1.5x faster than Flex on the full-tiny
+/// shape (2 threads; `cargo xtask backends`), and 1.9x faster over OpenBLAS (feature `openblas`).
+pub type CpuBackend = burn::backend::NdArray<f32>;
 
 /// The CPU backend with automatic differentiation, for training.
 pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
 
-#[cfg(feature = "ndarray")]
-pub type NdArrayBackend = burn::backend::NdArray<f32>;
+/// burn's pure-Rust Flex backend, kept for comparison.
+#[cfg(feature = "flex")]
+pub type FlexBackend = burn::backend::Flex;
 
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;

@@ -6,7 +6,9 @@ mod config;
 mod tensors;
 
 pub use config::HfConfig;
-pub use tensors::{HostTensor, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorFiles, write_tensors};
+pub use tensors::{
+    HostTensor, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorFiles, write_safetensors_file, write_tensors,
+};
 
 use std::path::Path;
 
@@ -17,7 +19,7 @@ use serde_json::json;
 
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
-use crate::model::{Attention, DecoderLayer, Linear, LlamaModel, Mlp, ModelConfig, RmsNorm, Rotary};
+use crate::model::{Attention, DecoderLayer, Linear, LlamaModel, Mlp, ModelConfig, ParamRef, RmsNorm, Rotary};
 
 /// transformers' default shard limit for `save_pretrained` ("5GB").
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -163,37 +165,21 @@ where
     })
 }
 
-/// The model's tensors under their HF names, copied to the host as f32, in [`tensor_specs`] order.
+/// The model's tensors under their HF names, copied to the host as f32.
 pub fn model_tensors<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, HostTensor)> {
     fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
         let shape = t.dims().to_vec();
         let values = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
         HostTensor { shape, values }
     }
-    let mut out = vec![("model.embed_tokens.weight".to_string(), host(model.embed_tokens.val()))];
-    for (i, layer) in model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let mut linear = |name: &str, l: &Linear<B>| {
-            out.push((format!("{p}.{name}.weight"), host(l.weight.val())));
-            if let Some(b) = &l.bias {
-                out.push((format!("{p}.{name}.bias"), host(b.val())));
-            }
-        };
-        linear("self_attn.q_proj", &layer.self_attn.q_proj);
-        linear("self_attn.k_proj", &layer.self_attn.k_proj);
-        linear("self_attn.v_proj", &layer.self_attn.v_proj);
-        linear("self_attn.o_proj", &layer.self_attn.o_proj);
-        linear("mlp.gate_proj", &layer.mlp.gate_proj);
-        linear("mlp.up_proj", &layer.mlp.up_proj);
-        linear("mlp.down_proj", &layer.mlp.down_proj);
-        out.push((format!("{p}.input_layernorm.weight"), host(layer.input_layernorm.weight.val())));
-        out.push((format!("{p}.post_attention_layernorm.weight"), host(layer.post_attention_layernorm.weight.val())));
-    }
-    out.push(("model.norm.weight".to_string(), host(model.norm.weight.val())));
-    if let Some(head) = &model.lm_head {
-        out.push(("lm_head.weight".to_string(), host(head.weight.val())));
-    }
-    out
+    model
+        .named_params()
+        .into_iter()
+        .map(|(name, param)| match param {
+            ParamRef::Vector(p) => (name, host(p.val())),
+            ParamRef::Matrix(p) => (name, host(p.val())),
+        })
+        .collect()
 }
 
 /// Writes config.json, generation_config.json and the weights into `dir` (created if needed). Each file is

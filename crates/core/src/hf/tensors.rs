@@ -92,6 +92,11 @@ impl TensorFiles {
                 dir.display()
             )));
         };
+        Self::open_files(paths)
+    }
+
+    /// Opens the given safetensors files as one collection of tensors.
+    pub fn open_files(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut locations = BTreeMap::new();
         for path in paths {
@@ -214,27 +219,11 @@ pub fn write_tensors(
     let mut weight_map = serde_json::Map::new();
     for (k, members) in shards.iter().enumerate() {
         let file = name_of(k);
-        let encoded: Vec<(String, Vec<u8>, Vec<usize>)> = members
-            .iter()
-            .map(|&i| {
-                let (name, t) = &tensors[i];
-                let mut bytes = Vec::with_capacity(t.values.len() * dtype.size());
-                dtype.encode(&t.values, &mut bytes);
-                (name.clone(), bytes, t.shape.clone())
-            })
-            .collect();
-        let mut views = Vec::with_capacity(encoded.len());
-        for (name, bytes, shape) in &encoded {
-            let view = safetensors::tensor::TensorView::new(dtype.safetensors(), shape.clone(), bytes)
-                .map_err(|e| CoreError::Invalid(format!("tensor `{name}`: {e}")))?;
-            views.push((name.as_str(), view));
+        let shard: Vec<&(String, HostTensor)> = members.iter().map(|&i| &tensors[i]).collect();
+        write_safetensors_file(&dir.join(&file), &shard, dtype)?;
+        for (name, _) in shard {
             weight_map.insert(name.clone(), json!(file));
         }
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let path = dir.join(&file);
-        let buffer = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| CoreError::Safetensors { path: path.clone(), message: e.to_string() })?;
-        write_atomic(&path, &buffer)?;
     }
     if count > 1 {
         let index = json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map});
@@ -242,4 +231,26 @@ pub fn write_tensors(
         write_atomic(&dir.join(INDEX_FILE), format!("{text}\n").as_bytes())?;
     }
     Ok(())
+}
+
+/// Writes one safetensors file (metadata `format: pt`) atomically.
+pub fn write_safetensors_file(path: &Path, tensors: &[&(String, HostTensor)], dtype: StorageDtype) -> Result<()> {
+    let encoded: Vec<(&str, Vec<u8>, &[usize])> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let mut bytes = Vec::with_capacity(t.values.len() * dtype.size());
+            dtype.encode(&t.values, &mut bytes);
+            (name.as_str(), bytes, t.shape.as_slice())
+        })
+        .collect();
+    let mut views = Vec::with_capacity(encoded.len());
+    for (name, bytes, shape) in &encoded {
+        let view = safetensors::tensor::TensorView::new(dtype.safetensors(), shape.to_vec(), bytes)
+            .map_err(|e| CoreError::Invalid(format!("tensor `{name}`: {e}")))?;
+        views.push((*name, view));
+    }
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let buffer = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| CoreError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &buffer)
 }

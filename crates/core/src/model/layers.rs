@@ -122,8 +122,9 @@ fn scaled_dot_product<B: Backend>(
 
 /// `true` above the diagonal, aligned so the last query sees every key: `[1, 1, q_len, k_len]`.
 pub fn causal_mask<B: Backend>(q_len: usize, k_len: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    // burn's tril_mask marks what lies outside the lower triangle (j > i + offset): exactly the future.
     let offset = k_len as i64 - q_len as i64;
-    Tensor::<B, 2, Bool>::triu_mask([q_len, k_len], offset + 1, device).unsqueeze()
+    Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], offset, device).unsqueeze()
 }
 
 /// Repeats each KV head `groups` times so grouped-query attention can use a plain attention kernel.

@@ -7,12 +7,14 @@ mod cache;
 pub mod config;
 mod layers;
 mod packing;
+mod params;
 mod rope;
 
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, Mlp, RmsNorm, causal_mask};
 pub use packing::PositionIds;
+pub use params::{ParamMut, ParamRef};
 pub use rope::Rotary;
 
 use burn::module::{Module, Param};

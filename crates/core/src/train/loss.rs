@@ -7,9 +7,12 @@ use burn::tensor::{Int, Tensor};
 /// Labels equal to this are not scored (prompt tokens, padding), as in PyTorch's `ignore_index`.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// Mean cross-entropy of predicting `labels[:, t + 1]` from `logits[:, t]` over positions whose label is not
-/// [`IGNORE_INDEX`]. `logits` `[batch, seq, vocab]`, `labels` `[batch, seq]`.
-pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+/// Summed cross-entropy over scored positions and the number of scored positions, as scalar tensors (for
+/// token-weighted means across micro-batches and evaluation batches).
+pub fn causal_lm_loss_parts<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [batch, seq, _] = logits.dims();
     let logits = logits.narrow(1, 0, seq - 1);
     let targets = labels.narrow(1, 1, seq - 1);
@@ -19,8 +22,14 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     let log_probs = log_softmax(logits, 2);
     let picked = log_probs.gather(2, safe_targets.reshape([batch, seq - 1, 1])).reshape([batch, seq - 1]);
     let keep = keep.float();
-    let count = keep.clone().sum().clamp_min(1.0);
-    (picked * keep).sum().neg() / count
+    ((picked * keep.clone()).sum().neg(), keep.sum())
+}
+
+/// Mean cross-entropy of predicting `labels[:, t + 1]` from `logits[:, t]` over positions whose label is not
+/// [`IGNORE_INDEX`]. `logits` `[batch, seq, vocab]`, `labels` `[batch, seq]`.
+pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let (sum, count) = causal_lm_loss_parts(logits, labels);
+    sum / count.clamp_min(1.0)
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
-//! Training building blocks. So far: the causal-LM loss (the loop, optimizer and checkpoints come with issue 3).
+//! Training: the causal-LM loss, AdamW, learning-rate schedules, clipping and accumulation, checkpoints, metrics,
+//! and the loop that ties them together ([`run_training`]).
 
 mod loss;
+pub mod metrics;
+mod optim;
+mod schedule;
 
-pub use loss::{IGNORE_INDEX, causal_lm_loss};
+pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_parts};
+pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
+pub use schedule::{Schedule, ScheduleKind};

@@ -1,0 +1,69 @@
+//! The model's parameters listed under their Hugging Face names, for optimizers and checkpoint writers.
+
+use burn::module::Param;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+use super::LlamaModel;
+
+/// A parameter by reference: vectors (norms, biases) or matrices (embeddings, projections).
+pub enum ParamRef<'a, B: Backend> {
+    Vector(&'a Param<Tensor<B, 1>>),
+    Matrix(&'a Param<Tensor<B, 2>>),
+}
+
+/// A parameter by mutable reference, to replace its value after an update.
+pub enum ParamMut<'a, B: Backend> {
+    Vector(&'a mut Param<Tensor<B, 1>>),
+    Matrix(&'a mut Param<Tensor<B, 2>>),
+}
+
+/// Expands to the (HF name, parameter) list of `$model`, borrowing with `& $($m)*` and iterating layers with
+/// `$iter`; one listing serves both the shared and the mutable view.
+macro_rules! list_params {
+    ($model:expr, $kind:ident, $iter:ident, $($m:tt)*) => {{
+        let model = $model;
+        let mut out = Vec::new();
+        out.push(("model.embed_tokens.weight".to_string(), $kind::Matrix(& $($m)* model.embed_tokens)));
+        for (i, layer) in model.layers.$iter().enumerate() {
+            macro_rules! linear {
+                ($name:literal, $l:expr) => {{
+                    let l = & $($m)* $l;
+                    out.push((format!("model.layers.{i}.{}.weight", $name), $kind::Matrix(& $($m)* l.weight)));
+                    if let Some(b) = & $($m)* l.bias {
+                        out.push((format!("model.layers.{i}.{}.bias", $name), $kind::Vector(b)));
+                    }
+                }};
+            }
+            linear!("self_attn.q_proj", layer.self_attn.q_proj);
+            linear!("self_attn.k_proj", layer.self_attn.k_proj);
+            linear!("self_attn.v_proj", layer.self_attn.v_proj);
+            linear!("self_attn.o_proj", layer.self_attn.o_proj);
+            linear!("mlp.gate_proj", layer.mlp.gate_proj);
+            linear!("mlp.up_proj", layer.mlp.up_proj);
+            linear!("mlp.down_proj", layer.mlp.down_proj);
+            out.push((format!("model.layers.{i}.input_layernorm.weight"), $kind::Vector(& $($m)* layer.input_layernorm.weight)));
+            out.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                $kind::Vector(& $($m)* layer.post_attention_layernorm.weight),
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), $kind::Vector(& $($m)* model.norm.weight)));
+        if let Some(head) = & $($m)* model.lm_head {
+            out.push(("lm_head.weight".to_string(), $kind::Matrix(& $($m)* head.weight)));
+        }
+        out
+    }};
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Every parameter under its HF name (tied heads appear once, as `model.embed_tokens.weight`).
+    pub fn named_params(&self) -> Vec<(String, ParamRef<'_, B>)> {
+        list_params!(self, ParamRef, iter,)
+    }
+
+    /// Every parameter under its HF name, mutably, in the same order as [`LlamaModel::named_params`].
+    pub fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
+        list_params!(self, ParamMut, iter_mut, mut)
+    }
+}
