@@ -38,13 +38,16 @@ pub fn llmtrain(args: &[&str]) -> Output {
     Command::new(llmtrain_bin()).args(args).output().expect("llmtrain starts")
 }
 
-/// Asserts a run failed with exactly one line on stderr containing `needle`, and returns that line.
+/// Asserts a run failed with a non-zero exit and one error line (the last line of stderr; progress lines may
+/// come before it) containing `needle`, and returns that line.
 pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
     assert!(!out.status.success(), "expected failure, got success; stdout: {}", String::from_utf8_lossy(&out.stdout));
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert_eq!(stderr.lines().count(), 1, "one line expected, got:\n{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected, got:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "the error is not the last line:\n{stderr}");
+    assert!(last.contains(needle), "`{needle}` not in: {last}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{stderr}");
+    last
 }

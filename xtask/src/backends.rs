@@ -86,13 +86,22 @@ pub fn run(args: &Args) -> Result<()> {
     println!("| backend          | forward ms | backward ms | total ms  | tokens/s   |");
     println!("|------------------|-----------:|------------:|----------:|-----------:|");
     let mut rows = Vec::new();
-    let default_name = if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" };
-    report(default_name, &measure::<Autodiff<llmtrain_core::device::CpuBackend>>(args), args, &mut rows);
-    #[cfg(feature = "flex")]
-    report("flex", &measure::<Autodiff<llmtrain_core::device::FlexBackend>>(args), args, &mut rows);
+    report("flex", &measure::<Autodiff<llmtrain_core::device::CpuBackend>>(args), args, &mut rows);
+    #[cfg(feature = "ndarray")]
+    {
+        let name = if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" };
+        report(name, &measure::<Autodiff<llmtrain_core::device::NdArrayBackend>>(args), args, &mut rows);
+    }
     let dir = std::path::Path::new("target/bench");
     std::fs::create_dir_all(dir)?;
-    let file = dir.join(format!("backends-{default_name}{}.json", if cfg!(feature = "flex") { "-flex" } else { "" }));
+    let variant = if cfg!(feature = "openblas") {
+        "-openblas"
+    } else if cfg!(feature = "ndarray") {
+        "-ndarray"
+    } else {
+        ""
+    };
+    let file = dir.join(format!("backends{variant}.json"));
     std::fs::write(&file, serde_json::to_string_pretty(&rows)?)?;
     println!("wrote {}", file.display());
     Ok(())

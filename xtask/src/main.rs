@@ -1,9 +1,11 @@
 //! `cargo xtask <task>`: developer tasks that are not part of the `llmtrain` binary.
 //!
-//! - `backends`: forward+backward time of the model on the default CPU backend (NdArray, or NdArray over OpenBLAS
-//!   with `--features openblas`) and, with `--features flex`, on burn's Flex, on DESIGN.md's `full-tiny` shape.
+//! - `bench`: training-step tokens/s, median ms and peak RSS per case, and the ratio to PyTorch eager.
+//! - `backends`: forward+backward time of the model on the default CPU backend (Flex) and, with `--features
+//!   ndarray` or `--features openblas`, on NdArray (over OpenBLAS), on DESIGN.md's `full-tiny` shape.
 
 mod backends;
+mod bench;
 
 use clap::{Parser, Subcommand};
 
@@ -17,10 +19,21 @@ struct Cli {
 enum Task {
     /// Compare CPU backends on the model's forward and backward.
     Backends(backends::Args),
+    /// Training-step throughput and peak memory per case (target/bench/report.json), with PyTorch's ratio.
+    Bench(bench::Args),
+    /// One bench case in this process (used by `bench`).
+    #[command(hide = true)]
+    BenchCase {
+        name: String,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Backends(args) => backends::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchCase { name, steps } => bench::run_case(&name, steps),
     }
 }

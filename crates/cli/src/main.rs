@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train or finetune a model from a TOML config.
+    Train(commands::train::Args),
     /// Logits of a model for given token ids (to check a checkpoint or a conversion).
     Logits(commands::logits::Args),
     /// Generate text from a prompt.
@@ -37,9 +38,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => backend::dispatch!(cli.device, train, &args),
         Command::Logits(args) => backend::dispatch!(cli.device, logits, &args),
         Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),

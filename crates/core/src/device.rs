@@ -3,16 +3,17 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The CPU backend: NdArray, which ran the model's forward+backward 1.5x faster than Flex on the full-tiny
-/// shape (2 threads; `cargo xtask backends`), and 1.9x faster over OpenBLAS (feature `openblas`).
-pub type CpuBackend = burn::backend::NdArray<f32>;
+/// The CPU backend: burn's pure-Rust Flex. On the model's forward+backward (full-tiny shape, 2 threads,
+/// `cargo xtask backends`) it ran 1.10x faster than NdArray and level with NdArray over OpenBLAS, without
+/// needing a system library.
+pub type CpuBackend = burn::backend::Flex;
 
 /// The CPU backend with automatic differentiation, for training.
 pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
 
-/// burn's pure-Rust Flex backend, kept for comparison.
-#[cfg(feature = "flex")]
-pub type FlexBackend = burn::backend::Flex;
+/// burn's NdArray backend (over OpenBLAS with the `openblas` feature), kept for comparison.
+#[cfg(feature = "ndarray")]
+pub type NdArrayBackend = burn::backend::NdArray<f32>;
 
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;

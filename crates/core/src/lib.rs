@@ -21,6 +21,8 @@
 //! ```
 
 pub mod chat;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;

@@ -23,6 +23,7 @@ pub const TRAINED_SPECIAL_TOKENS: [&str; 5] = ["<pad>", "<s>", "</s>", "<|im_sta
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// A tokenizer with its special tokens and chat template.
+#[derive(Clone)]
 pub struct TextTokenizer {
     pub inner: Tokenizer,
     pub bos_token: Option<String>,

@@ -1,0 +1,341 @@
+//! The run configuration: a TOML file with [model], [tokenizer], [data], [training] and [output] sections.
+//!
+//! Unknown keys are errors naming the key, its line and the closest valid key. Relative paths are relative to
+//! the config file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::LossOn;
+use crate::error::{CoreError, Result};
+use crate::model::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+use crate::train::ScheduleKind;
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub tokenizer: TokenizerSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub training: TrainingSection,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+/// Where the model comes from: an HF checkpoint directory (`path`), or a from-scratch shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub path: Option<PathBuf>,
+    pub architecture: Option<Architecture>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rope_theta: Option<f64>,
+    pub max_position_embeddings: Option<usize>,
+    pub tie_word_embeddings: Option<bool>,
+    pub rms_norm_eps: Option<f64>,
+}
+
+/// Where the tokenizer comes from: a directory (`path`), BPE training on `train_files`, or the model directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSection {
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub train_files: Vec<PathBuf>,
+    pub vocab_size: Option<usize>,
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+}
+
+impl Default for TokenizerSection {
+    fn default() -> Self {
+        Self { path: None, train_files: Vec::new(), vocab_size: None, min_frequency: default_min_frequency() }
+    }
+}
+
+/// The dataset and how it is cut into batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSONL, Parquet or plain-text files; a directory stands for the files in it.
+    pub files: Vec<PathBuf>,
+    pub seq_len: usize,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    #[serde(default = "yes")]
+    pub packing: bool,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    #[serde(default = "default_loss_on")]
+    pub loss_on: LossOn,
+    #[serde(default)]
+    pub skip_malformed: bool,
+    /// Share of sequences held out for evaluation.
+    #[serde(default)]
+    pub eval_fraction: f64,
+}
+
+/// Optimisation and bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub max_steps: u64,
+    pub learning_rate: f64,
+    pub lr_schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub gradient_accumulation_steps: usize,
+    /// Global grad-norm clipping; 0 turns it off.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub logging_steps: u64,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_steps: u64,
+    /// At most this many eval batches per evaluation.
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub save_steps: u64,
+    /// Keep this many most recent checkpoints.
+    pub save_total_limit: usize,
+    /// Text to continue with the trained model at the end of the run.
+    pub sample_prompt: Option<String>,
+    pub sample_max_new_tokens: usize,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            max_steps: 100,
+            learning_rate: 3e-4,
+            lr_schedule: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: 1.0,
+            seed: 42,
+            logging_steps: 10,
+            eval_steps: 0,
+            eval_batches: 20,
+            save_steps: 0,
+            save_total_limit: 2,
+            sample_prompt: None,
+            sample_max_new_tokens: 48,
+        }
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub dir: PathBuf,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("runs/default") }
+    }
+}
+
+fn default_min_frequency() -> u64 {
+    2
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_loss_on() -> LossOn {
+    LossOn::All
+}
+
+impl RunConfig {
+    /// Reads and validates a config file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses TOML text; `path` names the file in errors, `base` anchors relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self> {
+        let mut config: RunConfig = toml::from_str(text).map_err(|e| describe_toml_error(&e, text, path))?;
+        config.resolve_paths(base);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.model.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.tokenizer.path.as_mut() {
+            fix(p);
+        }
+        self.tokenizer.train_files.iter_mut().for_each(fix);
+        self.data.files.iter_mut().for_each(fix);
+        fix(&mut self.output.dir);
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, message: &str| Err(CoreError::key(path, key, message));
+        let m = &self.model;
+        let has_shape = m.hidden_size.is_some() || m.num_hidden_layers.is_some() || m.num_attention_heads.is_some();
+        match (&m.path, has_shape) {
+            (Some(_), true) => return bad("model.path", "give either `path` or a from-scratch shape, not both"),
+            (None, false) => {
+                return bad("model", "give `path` (an HF checkpoint directory) or a shape (hidden_size, ...)");
+            }
+            _ => {}
+        }
+        let t = &self.tokenizer;
+        if t.path.is_some() && !t.train_files.is_empty() {
+            return bad("tokenizer.path", "give either `path` or `train_files`, not both");
+        }
+        if !t.train_files.is_empty() && t.vocab_size.is_none() {
+            return bad("tokenizer.vocab_size", "required with `train_files`");
+        }
+        if t.path.is_none() && t.train_files.is_empty() && m.path.is_none() {
+            return bad("tokenizer", "a from-scratch model needs `path` or `train_files`");
+        }
+        if self.data.files.is_empty() {
+            return bad("data.files", "list at least one file or directory");
+        }
+        if self.data.seq_len < 2 {
+            return bad("data.seq_len", "must be at least 2");
+        }
+        if self.data.batch_size == 0 {
+            return bad("data.batch_size", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.data.eval_fraction) {
+            return bad("data.eval_fraction", "must be in [0, 1)");
+        }
+        let tr = &self.training;
+        if tr.gradient_accumulation_steps == 0 {
+            return bad("training.gradient_accumulation_steps", "must be at least 1");
+        }
+        if tr.learning_rate.is_nan() || tr.learning_rate <= 0.0 {
+            return bad("training.learning_rate", "must be positive");
+        }
+        if tr.logging_steps == 0 {
+            return bad("training.logging_steps", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The from-scratch model shape for a tokenizer of `vocab_size` tokens.
+    pub fn scratch_model(&self, vocab_size: usize) -> ModelConfig {
+        let m = &self.model;
+        let hidden = m.hidden_size.unwrap_or(256);
+        let heads = m.num_attention_heads.unwrap_or(8);
+        let mut c = ModelConfig::tiny_llama(
+            vocab_size,
+            hidden,
+            m.num_hidden_layers.unwrap_or(4),
+            heads,
+            m.num_key_value_heads.unwrap_or(heads),
+        );
+        c.architecture = m.architecture.unwrap_or(Architecture::Llama);
+        if let Some(v) = m.intermediate_size {
+            c.intermediate_size = v;
+        }
+        if let Some(v) = m.head_dim {
+            c.head_dim = v;
+        }
+        c.rope = RopeConfig { theta: m.rope_theta.unwrap_or(10_000.0), scaling: RopeScaling::Default };
+        c.max_position_embeddings = m.max_position_embeddings.unwrap_or(2048);
+        c.tie_word_embeddings = m.tie_word_embeddings.unwrap_or(false);
+        c.rms_norm_eps = m.rms_norm_eps.unwrap_or(1e-5);
+        c.qkv_bias = c.architecture == Architecture::Qwen2;
+        c
+    }
+}
+
+/// One line: `file:line:col: message`, with the closest valid key for an unknown one.
+fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreError {
+    let message = err.message().trim().replace('\n', " ");
+    let (line, column) = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    if let Some((unknown, closest)) = unknown_field(&message) {
+        // The table the key sits in: the last `[section]` header above it.
+        let section = text
+            .lines()
+            .take(line)
+            .filter_map(|l| l.trim().strip_prefix('[')?.split(']').next().map(str::to_string))
+            .last()
+            .map(|s| format!(" in [{s}]"))
+            .unwrap_or_default();
+        return CoreError::Invalid(format!(
+            "{}:{line}:{column}: unknown key `{unknown}`{section}; did you mean `{closest}`?",
+            path.display()
+        ));
+    }
+    CoreError::Invalid(format!("{}:{line}:{column}: {message}", path.display()))
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`": the unknown key and the closest expected one.
+fn unknown_field(message: &str) -> Option<(String, String)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let closest = expected
+        .iter()
+        .min_by(|a, b| strsim::damerau_levenshtein(unknown, a).cmp(&strsim::damerau_levenshtein(unknown, b)))?;
+    Some((unknown.to_string(), closest.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\nhidden_size = 64\n[tokenizer]\ntrain_files = [\"a.txt\"]\nvocab_size = 300\n\
+                           [data]\nfiles = [\"a.txt\"]\nseq_len = 32\nbatch_size = 2\n";
+
+    #[test]
+    fn unknown_key_names_line_and_closest_key() {
+        let text = format!("{MINIMAL}[training]\nmax_steps = 5\nlerning_rate = 0.1\n");
+        let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
+        assert_eq!(err, "run.toml:12:1: unknown key `lerning_rate` in [training]; did you mean `learning_rate`?");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = RunConfig::parse(MINIMAL, Path::new("cfg/run.toml"), Path::new("cfg")).unwrap();
+        assert_eq!(c.data.files, vec![PathBuf::from("cfg/a.txt")]);
+        assert_eq!(c.training.max_steps, 100);
+    }
+
+    #[test]
+    fn both_path_and_shape_is_refused() {
+        let text = MINIMAL.replace("[model]\n", "[model]\npath = \"m\"\n");
+        let err = RunConfig::parse(&text, Path::new("r.toml"), Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("key `model.path`"), "{err}");
+    }
+}

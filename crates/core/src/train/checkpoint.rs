@@ -1,0 +1,181 @@
+//! Crash-safe training checkpoints: `checkpoint-<step>/` holds an HF model directory plus the optimizer moments
+//! and the trainer state, written into a temporary directory and renamed into place, with a digest of every file
+//! so a damaged checkpoint is detected on resume and the previous one used instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{AdamW, AdamWConfig, Moments};
+use crate::data::DataPosition;
+use crate::error::{CoreError, Result};
+use crate::fsutil::{write_atomic, write_dir_atomic};
+use crate::hf::{self, HfConfig, HostTensor, SaveOptions, StorageDtype, TensorFiles};
+use crate::model::LlamaModel;
+use crate::tokenizer::TextTokenizer;
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const OPTIMIZER_META_FILE: &str = "optimizer.json";
+const PREFIX: &str = "checkpoint-";
+
+/// Size and CRC-32 of one file of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// Everything besides tensors that a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer updates done.
+    pub step: u64,
+    /// Where the training data continues.
+    pub data_position: DataPosition,
+    pub seed: u64,
+    /// Digests of the other files in the checkpoint, checked before resuming from it.
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+fn digest(path: &Path) -> Result<FileDigest> {
+    let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    Ok(FileDigest { bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
+}
+
+/// Writes `output_dir/checkpoint-<step>/` atomically and removes all but the `keep` most recent checkpoints.
+pub fn save_checkpoint<B: Backend, I: Backend>(
+    output_dir: &Path,
+    model: &LlamaModel<B>,
+    hf_config: &HfConfig,
+    optimizer: &AdamW<I>,
+    tokenizer: &TextTokenizer,
+    mut state: TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let target = output_dir.join(format!("{PREFIX}{}", state.step));
+    write_dir_atomic(&target, |dir| {
+        // f32 weights: a resumed run continues bit for bit.
+        hf::save_model(model, hf_config, dir, &SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() })?;
+        tokenizer.save(dir)?;
+        write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
+        state.files.clear();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| CoreError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        for path in names {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            state.files.insert(name, digest(&path)?);
+        }
+        let text = serde_json::to_string_pretty(&state).expect("state serialises");
+        write_atomic(&dir.join(STATE_FILE), format!("{text}\n").as_bytes())
+    })?;
+    for (_, old) in list_checkpoints(output_dir)?.into_iter().skip(keep.max(1)) {
+        std::fs::remove_dir_all(&old).map_err(|e| CoreError::io(&old, e))?;
+    }
+    Ok(target)
+}
+
+/// `checkpoint-<step>` directories under `output_dir`, newest first.
+pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    if !output_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(output_dir).map_err(|e| CoreError::io(output_dir, e))? {
+        let path = entry.map_err(|e| CoreError::io(output_dir, e))?.path();
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(PREFIX)?.parse::<u64>().ok());
+        if let Some(step) = step.filter(|_| path.is_dir()) {
+            found.push((step, path));
+        }
+    }
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    Ok(found)
+}
+
+/// Reads and verifies a checkpoint's state: every recorded file present with the recorded size and CRC.
+pub fn verify_checkpoint(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| CoreError::io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| CoreError::json(&state_path, &e))?;
+    for (name, want) in &state.files {
+        let got = digest(&dir.join(name))?;
+        if got != *want {
+            return Err(CoreError::Invalid(format!(
+                "{}: {} bytes / crc {:08x}, expected {} bytes / crc {:08x}",
+                dir.join(name).display(),
+                got.bytes,
+                got.crc32,
+                want.bytes,
+                want.crc32
+            )));
+        }
+    }
+    Ok(state)
+}
+
+/// The newest checkpoint that verifies; damaged ones are reported with a warning and passed over.
+pub fn latest_valid_checkpoint(output_dir: &Path) -> Result<Option<(PathBuf, TrainerState)>> {
+    for (_, dir) in list_checkpoints(output_dir)? {
+        match verify_checkpoint(&dir) {
+            Ok(state) => return Ok(Some((dir, state))),
+            Err(err) => tracing::warn!("skipping damaged checkpoint {}: {err}", dir.display()),
+        }
+    }
+    Ok(None)
+}
+
+fn write_optimizer<B: Backend>(optimizer: &AdamW<B>, path: &Path) -> Result<()> {
+    let mut tensors = Vec::with_capacity(optimizer.moments.len() * 2);
+    for (name, m) in &optimizer.moments {
+        for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
+            let values = t.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
+            tensors.push((format!("{kind}.{name}"), HostTensor { shape: vec![values.len()], values }));
+        }
+    }
+    let refs: Vec<&(String, HostTensor)> = tensors.iter().collect();
+    hf::write_safetensors_file(path, &refs, StorageDtype::F32)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let meta = serde_json::json!({"step": optimizer.step, "config": optimizer.config});
+    write_atomic(&dir.join(OPTIMIZER_META_FILE), meta.to_string().as_bytes())
+}
+
+/// Loads the optimizer moments and step saved in checkpoint `dir`.
+pub fn load_optimizer<B: Backend>(dir: &Path, config: AdamWConfig, device: &B::Device) -> Result<AdamW<B>> {
+    let meta_path = dir.join(OPTIMIZER_META_FILE);
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| CoreError::io(&meta_path, e))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| CoreError::json(&meta_path, &e))?;
+    let step = meta["step"].as_u64().ok_or_else(|| CoreError::key(&meta_path, "step", "missing"))?;
+    let files = TensorFiles::open_files(vec![dir.join(OPTIMIZER_FILE)])?;
+    let mut exp_avg = BTreeMap::new();
+    let mut exp_avg_sq = BTreeMap::new();
+    for name in files.names().map(String::from).collect::<Vec<_>>() {
+        let shape = files.shape(&name).unwrap_or_default();
+        let values = files.read(&name, &shape)?.values;
+        let n = values.len();
+        let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+        if let Some(param) = name.strip_prefix("exp_avg_sq.") {
+            exp_avg_sq.insert(param.to_string(), tensor);
+        } else if let Some(param) = name.strip_prefix("exp_avg.") {
+            exp_avg.insert(param.to_string(), tensor);
+        }
+    }
+    let mut optimizer = AdamW::new(config);
+    optimizer.step = step;
+    for (name, m) in exp_avg {
+        let Some(v) = exp_avg_sq.remove(&name) else {
+            return Err(CoreError::MissingTensor {
+                path: dir.join(OPTIMIZER_FILE),
+                name: format!("exp_avg_sq.{name}"),
+                expected: vec![],
+            });
+        };
+        optimizer.moments.insert(name, Moments { exp_avg: m, exp_avg_sq: v });
+    }
+    Ok(optimizer)
+}

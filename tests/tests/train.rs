@@ -1,0 +1,209 @@
+//! `llmtrain train` end to end: a short quickstart-shaped run, SIGKILL and resume (bit-identical), damaged
+//! checkpoints, and one test per class of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain, llmtrain_bin, root};
+
+/// A run directory with a small corpus and a config pretraining a tiny model on it.
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new(extra_training: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = std::fs::read_to_string(root().join("data/shakespeare/hamlet.txt")).unwrap();
+        std::fs::create_dir(dir.path().join("corpus")).unwrap();
+        std::fs::write(dir.path().join("corpus/hamlet.txt"), &corpus[..40_000]).unwrap();
+        let config = format!(
+            "[model]\nhidden_size = 32\nintermediate_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 4\n\
+             num_key_value_heads = 2\n\n[tokenizer]\ntrain_files = [\"corpus\"]\nvocab_size = 400\n\n\
+             [data]\nfiles = [\"corpus\"]\nseq_len = 32\nbatch_size = 4\neval_fraction = 0.1\n\n\
+             [training]\nmax_steps = 24\nlearning_rate = 0.01\nwarmup_steps = 2\nlogging_steps = 2\n\
+             save_steps = 4\nsave_total_limit = 3\ngradient_accumulation_steps = 2\n{extra_training}\n\
+             [output]\ndir = \"out\"\n"
+        );
+        std::fs::write(dir.path().join("run.toml"), config).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(llmtrain_bin());
+        cmd.args(["train", "--config", self.path("run.toml").to_str().unwrap()]).args(extra);
+        cmd.env("LLMTRAIN_CACHE", self.path("cache"));
+        cmd
+    }
+
+    fn train(&self, extra: &[&str]) -> std::process::Output {
+        self.command(extra).output().unwrap()
+    }
+
+    fn final_weights(&self) -> Vec<u8> {
+        std::fs::read(self.path("out/final/model.safetensors")).unwrap()
+    }
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn short_run_writes_metrics_checkpoints_and_an_hf_final_directory() {
+    let run = Run::new("eval_steps = 8");
+    let stdout = ok(&run.train(&[]));
+    assert!(stdout.contains("final eval loss"), "{stdout}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(run.path("out/final").join(f).exists(), "final/{f}");
+    }
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<u64> =
+        records.iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).map(|k| 2 * k).collect::<Vec<_>>());
+    for r in records.iter().filter(|r| r.get("loss").is_some()) {
+        assert!(
+            r["loss"].as_f64().unwrap().is_finite()
+                && r["lr"].as_f64().is_some()
+                && r["tokens_per_sec"].as_f64().unwrap() > 0.0
+        );
+    }
+    assert!(records.iter().any(|r| r.get("eval_loss").is_some()));
+    // The first logged loss is above the last: it learns.
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert!(losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
+    // Keep-last-3 retention, checkpoint at the end included.
+    let mut ckpts: Vec<String> = std::fs::read_dir(run.path("out"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    ckpts.sort();
+    assert_eq!(ckpts, vec!["checkpoint-16", "checkpoint-20", "checkpoint-24"]);
+    // final/ is an HF directory llmtrain itself can read back.
+    let logits = llmtrain(&["logits", "--model", run.path("out/final").to_str().unwrap(), "--tokens", "1,2,3"]);
+    ok(&logits);
+}
+
+/// Starts a run and SIGKILLs it once `trigger` exists plus `delay`; returns whether it was still running.
+fn kill_when(run: &Run, extra: &[&str], trigger: &Path, delay: Duration) -> bool {
+    let mut child = run.command(extra).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !trigger.exists() && Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(delay);
+    let alive = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    alive
+}
+
+#[test]
+fn sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run() {
+    let reference = Run::new("");
+    ok(&reference.train(&[]));
+    let want = reference.final_weights();
+
+    let run = Run::new("");
+    // Kill twice at different moments (mid-step after a checkpoint, and during a later checkpoint write), resuming
+    // each time; the cache is shared so the tokenizer is identical.
+    assert!(
+        kill_when(&run, &[], &run.path("out/checkpoint-4"), Duration::from_millis(30)),
+        "run ended before the kill"
+    );
+    kill_when(&run, &["--resume"], &run.path("out/checkpoint-12"), Duration::from_millis(0));
+    let stdout = ok(&run.train(&["--resume"]));
+    assert_eq!(run.final_weights(), want, "resumed run differs from the uninterrupted one");
+    let _ = stdout;
+    // metrics.jsonl holds each logged step once.
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=12).map(|k| 2 * k).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_damaged_checkpoint_is_skipped_with_a_warning() {
+    // A constant schedule, so stopping at step 8 and going on to 12 follows the 12-step run's learning rates.
+    let reference = Run::new("lr_schedule = \"constant\"");
+    ok(&reference.train(&["--max-steps", "12"]));
+    let want = reference.final_weights();
+    let run = Run::new("lr_schedule = \"constant\"");
+    ok(&run.train(&["--max-steps", "8"]));
+    // Damage the newest checkpoint (8): resume must fall back to checkpoint-4 and still end identical.
+    let weights = run.path("out/checkpoint-8/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let out = run.train(&["--resume", "--max-steps", "12"]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipping damaged checkpoint") && stderr.contains("checkpoint-8"), "{stderr}");
+    assert!(stderr.contains("resuming from") && stderr.contains("checkpoint-4"), "{stderr}");
+    assert_eq!(run.final_weights(), want);
+}
+
+#[test]
+fn unknown_config_key_names_it_and_the_closest_key() {
+    let run = Run::new("lerning_rate = 0.1");
+    let err = assert_one_line_error(&run.train(&[]), "unknown key `lerning_rate` in [training]");
+    assert!(err.contains("run.toml:") && err.contains("did you mean `learning_rate`?"), "{err}");
+    assert!(!run.path("out").exists(), "nothing written for a bad config");
+}
+
+#[test]
+fn missing_data_file_is_named() {
+    let run = Run::new("");
+    std::fs::remove_dir_all(run.path("corpus")).unwrap();
+    assert_one_line_error(&run.train(&[]), "corpus");
+}
+
+#[test]
+fn malformed_jsonl_row_names_file_line_and_field_or_is_skipped_and_counted() {
+    let run = Run::new("");
+    let mut rows = String::new();
+    for i in 0..200 {
+        rows.push_str(&format!("{{\"text\": \"line {i}: to be or not to be, that is the question\"}}\n"));
+    }
+    rows.push_str("{\"text\": 5}\n");
+    std::fs::write(run.path("rows.jsonl"), rows).unwrap();
+    let config = std::fs::read_to_string(run.path("run.toml")).unwrap();
+    std::fs::write(
+        run.path("run.toml"),
+        config.replace("files = [\"corpus\"]\nseq_len", "files = [\"rows.jsonl\"]\nseq_len"),
+    )
+    .unwrap();
+    let err = assert_one_line_error(&run.train(&[]), "rows.jsonl:201");
+    assert!(err.contains("text"), "{err}");
+    let config = std::fs::read_to_string(run.path("run.toml")).unwrap();
+    std::fs::write(
+        run.path("run.toml"),
+        config.replace("eval_fraction = 0.1", "eval_fraction = 0.1\nskip_malformed = true"),
+    )
+    .unwrap();
+    let stdout = ok(&run.train(&["--max-steps", "2"]));
+    assert!(stdout.contains("skipped malformed rows: 1"), "{stdout}");
+}
+
+#[test]
+fn tokenizer_larger_than_the_model_vocabulary_is_refused() {
+    let run = Run::new("");
+    // The Qwen2 fixture has 256 token ids; the run's tokenizer has 400.
+    let model = fixture("qwen2_bias");
+    let err = assert_one_line_error(&run.train(&["--model", model.to_str().unwrap()]), "tokenizer has");
+    assert!(err.contains("vocab_size is 256"), "{err}");
+}

@@ -1,0 +1,187 @@
+//! `cargo xtask bench`: training-step throughput and peak memory per case, side by side with PyTorch.
+//!
+//! Each case runs in a child process (`xtask bench-case NAME`) so its peak RSS is its own. Results go to
+//! `target/bench/report.json` (keyed by case) and `target/bench/report.md`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use llmtrain_core::data::Batch;
+use llmtrain_core::device::CpuBackend;
+use llmtrain_core::model::{LlamaModel, ModelConfig};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, train_step};
+use serde_json::{Value, json};
+
+use crate::backends::full_tiny;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only these cases (default: all).
+    #[arg(long)]
+    pub case: Vec<String>,
+    /// Timed steps per case, after 2 warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Skip the PyTorch side even when python3 with torch is installed.
+    #[arg(long)]
+    pub no_torch: bool,
+}
+
+/// A benchmark case: a model shape and a batch.
+pub struct Case {
+    pub name: &'static str,
+    pub model: ModelConfig,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut quickstart = ModelConfig::tiny_llama(2048, 128, 4, 4, 2);
+    quickstart.intermediate_size = 352;
+    quickstart.tie_word_embeddings = true;
+    vec![
+        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256 },
+        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128 },
+    ]
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs one case in this process and prints its JSON result on stdout.
+pub fn run_case(name: &str, steps: usize) -> Result<()> {
+    let case = cases().into_iter().find(|c| c.name == name).with_context(|| format!("unknown case `{name}`"))?;
+    type A = Autodiff<CpuBackend>;
+    let device = Default::default();
+    let mut model = LlamaModel::<A>::init(&case.model, &device);
+    let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
+    let mut grads = GradientBuffer::default();
+    // Random tokens, as the PyTorch reference uses; labels = inputs.
+    let n = case.batch * case.seq;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let input_ids: Vec<u32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % case.model.vocab_size as u64) as u32
+        })
+        .collect();
+    let labels = input_ids.iter().map(|&t| t as i64).collect();
+    let batch = Batch { rows: case.batch, seq: case.seq, input_ids, labels, position_ids: None };
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..steps + 2 {
+        let start = Instant::now();
+        train_step(&mut model, &mut optimizer, &mut grads, std::slice::from_ref(&batch), 1e-4, Some(1.0), &device);
+        if step >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let m = &case.model;
+    println!(
+        "{}",
+        json!({
+            "tokens_per_sec": n as f64 / (median / 1e3),
+            "step_ms_median": median,
+            "step_ms_all": times,
+            "peak_rss_mb": peak_rss_mb(),
+            "shape": {
+                "vocab": m.vocab_size, "hidden": m.hidden_size, "layers": m.num_hidden_layers,
+                "heads": m.num_attention_heads, "kv_heads": m.num_key_value_heads, "ffn": m.intermediate_size,
+                "batch": case.batch, "seq": case.seq, "dtype": "f32", "optimizer": "adamw",
+                "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+                "tied": m.tie_word_embeddings,
+            },
+            "backend": if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" },
+        })
+    );
+    Ok(())
+}
+
+/// The PyTorch reference on the same shape, when python3 with torch is available.
+fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/torch_llama.py");
+    if !script.exists() {
+        return None;
+    }
+    let probe = Command::new("python3").args(["-c", "import torch, transformers"]).output().ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let m = &case.model;
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--vocab", &m.vocab_size.to_string(), "--hidden", &m.hidden_size.to_string()])
+        .args(["--layers", &m.num_hidden_layers.to_string(), "--heads", &m.num_attention_heads.to_string()])
+        .args(["--kv-heads", &m.num_key_value_heads.to_string(), "--ffn", &m.intermediate_size.to_string()])
+        .args(["--batch", &case.batch.to_string(), "--seq", &case.seq.to_string()])
+        .args(["--steps", &steps.to_string(), "--threads", "2"])
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).lines().last()?.to_string();
+    serde_json::from_str(&line).ok()
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut report = serde_json::Map::new();
+    let mut table = String::from(
+        "| case | tokens/s | ms/step (median) | peak RSS MB | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for case in cases() {
+        if !args.case.is_empty() && !args.case.iter().any(|c| c == case.name) {
+            continue;
+        }
+        eprintln!("bench {} ...", case.name);
+        let out = Command::new(&exe)
+            .args(["bench-case", case.name, "--steps", &args.steps.to_string()])
+            .env("RAYON_NUM_THREADS", "2")
+            .output()?;
+        if !out.status.success() {
+            bail!("case {} failed: {}", case.name, String::from_utf8_lossy(&out.stderr));
+        }
+        let mut result: Value = serde_json::from_slice(&out.stdout).context("case output is JSON")?;
+        let torch = if args.no_torch { None } else { torch_reference(&case, args.steps) };
+        let (torch_rate, ratio) = match &torch {
+            Some(t) => {
+                let rate = t["tokens_per_sec"].as_f64().unwrap_or(f64::NAN);
+                (format!("{rate:.0}"), format!("{:.2}x", result["tokens_per_sec"].as_f64().unwrap_or(0.0) / rate))
+            }
+            None => ("-".into(), "-".into()),
+        };
+        if let Some(t) = torch {
+            result["torch"] = t.clone();
+            result["ratio_vs_torch"] = json!(
+                result["tokens_per_sec"].as_f64().unwrap_or(0.0) / t["tokens_per_sec"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.0} | {torch_rate} | {ratio} |\n",
+            case.name,
+            result["tokens_per_sec"].as_f64().unwrap_or(0.0),
+            result["step_ms_median"].as_f64().unwrap_or(0.0),
+            result["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        ));
+        report.insert(case.name.to_string(), result);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&Value::Object(report))? + "\n")?;
+    std::fs::write(dir.join("report.md"), &table)?;
+    print!("{table}");
+    println!("wrote {}", dir.join("report.json").display());
+    Ok(())
+}
