@@ -63,6 +63,8 @@ fn short_run_writes_metrics_checkpoints_and_an_hf_final_directory() {
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(run.path("out/final").join(f).exists(), "final/{f}");
     }
+    let png = std::fs::read(run.path("out/loss_curve.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
     let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let steps: Vec<u64> =

@@ -5,6 +5,7 @@ pub mod checkpoint;
 mod loss;
 pub mod metrics;
 mod optim;
+pub mod plot;
 mod schedule;
 mod trainer;
 

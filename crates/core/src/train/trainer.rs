@@ -172,6 +172,10 @@ pub fn run_training<A: AutodiffBackend>(
     };
     let entropy = unigram_entropy(&options, &tokenizer)?;
     let records = metrics.read_all()?;
+    // A figure is a convenience: failing to draw it does not fail a finished run.
+    if let Err(err) = super::plot::write_loss_curve(&records, &out.join(super::plot::LOSS_CURVE_FILE)) {
+        tracing::warn!("{err}");
+    }
     let rates: Vec<f64> = records.iter().filter_map(|r| r["tokens_per_sec"].as_f64()).collect();
     Ok(TrainSummary {
         steps: step,
@@ -273,7 +277,7 @@ fn clear_previous_run(out: &Path) -> Result<()> {
     for (_, dir) in previous {
         std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
     }
-    for stale in [out.join("final"), out.join(METRICS_FILE)] {
+    for stale in [out.join("final"), out.join(METRICS_FILE), out.join(super::plot::LOSS_CURVE_FILE)] {
         if stale.is_dir() {
             std::fs::remove_dir_all(&stale).map_err(|e| CoreError::io(&stale, e))?;
         } else if stale.exists() {
