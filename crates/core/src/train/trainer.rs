@@ -439,17 +439,9 @@ pub fn unigram_entropy(options: &DataOptions, tokenizer: &TextTokenizer) -> Resu
             }
         }
     };
-    let mut train = DataLoader::new(options, tokenizer, Split::Train)?;
-    // `position()` names the batch the next call returns: stop once that is in the second epoch.
-    while train.position().epoch == 0 {
-        match train.next_batch()? {
-            Some(batch) => add(&batch),
-            None => break,
-        }
-    }
-    if options.eval_fraction > 0.0 {
-        let mut eval = DataLoader::new(options, tokenizer, Split::Eval)?;
-        while let Some(batch) = eval.next_batch()? {
+    for split in [Split::Train, Split::Eval] {
+        let mut loader = DataLoader::single_pass(options, tokenizer, split)?;
+        while let Some(batch) = loader.next_batch()? {
             add(&batch);
         }
     }
