@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
@@ -70,11 +71,13 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
-/// The tensors of a checkpoint directory, memory-mapped, decoded to f32 on request.
+/// The tensors of a checkpoint directory, memory-mapped, decoded to f32 on request. Each file's header is parsed
+/// once, at open.
 pub struct TensorFiles {
-    files: Vec<(PathBuf, Mmap)>,
-    /// Tensor name → index into `files`.
-    locations: BTreeMap<String, usize>,
+    /// Path, mapping, and where the tensor bytes start (after the 8-byte length and the JSON header).
+    files: Vec<(PathBuf, Mmap, usize)>,
+    /// Tensor name → (index into `files`, its dtype, shape and byte range).
+    locations: BTreeMap<String, (usize, TensorInfo)>,
 }
 
 impl TensorFiles {
@@ -103,12 +106,15 @@ impl TensorFiles {
             let file = File::open(&path).map_err(|e| CoreError::io(&path, e))?;
             // SAFETY: the map is read-only and checkpoint files are not modified while a model loads.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(&path, e))?;
-            let parsed = SafeTensors::deserialize(&map)
-                .map_err(|e| CoreError::Safetensors { path: path.clone(), message: e.to_string() })?;
-            for name in parsed.names() {
-                locations.insert(name.to_string(), files.len());
+            let invalid =
+                |e: safetensors::SafeTensorError| CoreError::Safetensors { path: path.clone(), message: e.to_string() };
+            // `deserialize` validates that every tensor's bytes lie inside the file; then keep the header.
+            SafeTensors::deserialize(&map).map_err(invalid)?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(invalid)?;
+            for (name, info) in metadata.tensors() {
+                locations.insert(name, (files.len(), info.clone()));
             }
-            files.push((path, map));
+            files.push((path, map, 8 + header_len));
         }
         Ok(Self { files, locations })
     }
@@ -120,41 +126,35 @@ impl TensorFiles {
 
     /// The file holding `name`, or the directory's main file when it is absent (for error messages).
     pub fn path_of(&self, name: &str) -> &Path {
-        let index = self.locations.get(name).copied().unwrap_or(0);
+        let index = self.locations.get(name).map(|l| l.0).unwrap_or(0);
         &self.files[index].0
     }
 
     /// Shape of `name`, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let (_, map) = &self.files[*self.locations.get(name)?];
-        let parsed = SafeTensors::deserialize(map).ok()?;
-        parsed.tensor(name).ok().map(|t| t.shape().to_vec())
+        self.locations.get(name).map(|(_, info)| info.shape.clone())
     }
 
     /// Decodes `name` to f32, checking it has `expected` shape.
     pub fn read(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let Some(&index) = self.locations.get(name) else {
+        let Some((index, info)) = self.locations.get(name) else {
             return Err(CoreError::MissingTensor {
                 path: self.files[0].0.clone(),
                 name: name.to_string(),
                 expected: expected.to_vec(),
             });
         };
-        let (path, map) = &self.files[index];
-        let parsed = SafeTensors::deserialize(map)
-            .map_err(|e| CoreError::Safetensors { path: path.clone(), message: e.to_string() })?;
-        let view =
-            parsed.tensor(name).map_err(|e| CoreError::Safetensors { path: path.clone(), message: e.to_string() })?;
-        if view.shape() != expected {
+        let (path, map, start) = &self.files[*index];
+        if info.shape != expected {
             return Err(CoreError::ShapeMismatch {
                 path: path.clone(),
                 name: name.to_string(),
                 expected: expected.to_vec(),
-                found: view.shape().to_vec(),
+                found: info.shape.clone(),
             });
         }
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
+        let bytes = &map[start + info.data_offsets.0..start + info.data_offsets.1];
+        let values: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
