@@ -125,9 +125,11 @@ fn sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run() {
         "run ended before the kill"
     );
     kill_when(&run, &["--resume"], &run.path("out/checkpoint-12"), Duration::from_millis(0));
-    let stdout = ok(&run.train(&["--resume"]));
+    let out = run.train(&["--resume"]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("steps: 24"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"), "the last run must resume, not restart");
     assert_eq!(run.final_weights(), want, "resumed run differs from the uninterrupted one");
-    let _ = stdout;
     // metrics.jsonl holds each logged step once.
     let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
     let steps: Vec<u64> = metrics
