@@ -24,6 +24,7 @@ pub mod chat;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
