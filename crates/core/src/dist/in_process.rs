@@ -81,7 +81,7 @@ impl InProcess {
             Some(rank) => Err(DistError::LengthMismatch { rank, expected, found: state.slots[rank].len() }),
             None => read(&state.slots),
         };
-        self.wait_all(state)?;
+        drop(self.wait_all(state)?);
         result
     }
 }
