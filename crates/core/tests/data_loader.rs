@@ -1,26 +1,21 @@
-//! The data loader: formats from JSONL and Parquet, loss masks, shuffling, sharding, exact resume, bad rows.
+//! The loader: packing, seeded shuffling, sharding by rank, exact resume, the eval split, and skipped rows.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use llmtrain_core::chat::Message;
-use llmtrain_core::data::{Batch, DataLoader, DataOptions, LossOn, Split};
+use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, LossOn, Split};
 use llmtrain_core::tokenizer::{BpeTrainingOptions, TextTokenizer, train_bpe};
 
 fn tokenizer(dir: &Path) -> TextTokenizer {
     let corpus = dir.join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        "the cat sat on the mat. what is two plus two? four. hello there, how are you?\n".repeat(30),
-    )
-    .unwrap();
+    std::fs::write(&corpus, "row 0123456789: the cat sat on the mat and then it sat on the hat\n".repeat(30)).unwrap();
     train_bpe(&[corpus], &BpeTrainingOptions { vocab_size: 320, min_frequency: 2 }).unwrap()
 }
 
 fn options(files: Vec<PathBuf>) -> DataOptions {
     DataOptions {
         files,
-        seq_len: 24,
+        seq_len: 32,
         batch_size: 2,
         packing: false,
         shuffle: false,
@@ -33,9 +28,12 @@ fn options(files: Vec<PathBuf>) -> DataOptions {
     }
 }
 
+/// `n` text rows of varied lengths, each starting with its number.
 fn text_rows(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("rows.jsonl");
-    let rows: String = (0..n).map(|i| format!("{{\"text\": \"row {i}: the cat sat on the mat\"}}\n")).collect();
+    let words = ["the cat", "sat on the mat", "and then it sat on the hat", "the mat"];
+    let rows: String =
+        (0..n).map(|i| format!("{{\"text\": \"row {i}: {}\"}}\n", words[..1 + i % 4].join(" "))).collect();
     std::fs::write(&path, rows).unwrap();
     path
 }
@@ -44,152 +42,249 @@ fn take(loader: &mut DataLoader, n: usize) -> Vec<Batch> {
     (0..n).map(|_| loader.next_batch().unwrap().unwrap()).collect()
 }
 
-#[test]
-fn completion_only_masks_the_prompt_and_assistant_only_masks_all_but_assistant_turns() {
-    let dir = tempfile::tempdir().unwrap();
-    let tok = tokenizer(dir.path());
-    let path = dir.path().join("sft.jsonl");
-    std::fs::write(
-        &path,
-        "{\"prompt\": \"what is two plus two?\", \"completion\": \" four.\"}\n\
-         {\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}, {\"role\": \"assistant\", \"content\": \"how are you?\"}]}\n",
-    )
-    .unwrap();
-    let mut o = options(vec![path]);
-    o.batch_size = 1;
-    o.seq_len = 64;
-    o.loss_on = LossOn::CompletionOnly;
-    let mut loader = DataLoader::new(&o, &tok, Split::Train).unwrap();
-    let batch = loader.next_batch().unwrap().unwrap();
-    let prompt_len = tok.encode("what is two plus two?").unwrap().len();
-    assert!(batch.labels[..prompt_len].iter().all(|&l| l == -100));
-    let completion: Vec<u32> =
-        batch.labels[prompt_len..].iter().take_while(|&&l| l != -100).map(|&l| l as u32).collect();
-    assert_eq!(tok.decode(&completion, false).unwrap(), " four.</s>");
-
-    o.loss_on = LossOn::AssistantOnly;
-    let mut loader = DataLoader::new(&o, &tok, Split::Train).unwrap();
-    loader.next_batch().unwrap();
-    let batch = loader.next_batch().unwrap().unwrap();
-    let scored: Vec<u32> = batch.labels.iter().filter(|&&l| l != -100).map(|&l| l as u32).collect();
-    // ChatML: the assistant turn's content and its closing tag are scored, nothing of the user's turn.
-    assert_eq!(tok.decode(&scored, false).unwrap(), "how are you?<|im_end|>\n");
-    let rendered = tok
-        .apply_chat_template(&[Message::new("user", "hello there"), Message::new("assistant", "how are you?")], false);
-    assert!(rendered.unwrap().starts_with("<|im_start|>user"));
+fn run(tok: &TextTokenizer, o: &DataOptions, n: usize) -> Vec<Batch> {
+    take(&mut DataLoader::new(o, tok, Split::Train).unwrap(), n)
 }
 
-#[test]
-fn parquet_rows_read_like_jsonl_rows() {
-    use parquet::data_type::ByteArray;
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::parser::parse_message_type;
+fn all_batches(tok: &TextTokenizer, o: &DataOptions, split: Split) -> Vec<Batch> {
+    let mut loader = DataLoader::single_pass(o, tok, split).unwrap();
+    std::iter::from_fn(|| loader.next_batch().unwrap()).collect()
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let tok = tokenizer(dir.path());
-    let jsonl = text_rows(dir.path(), 6);
-    let path = dir.path().join("rows.parquet");
-    let schema = Arc::new(parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap());
-    let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
-    let mut writer = SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, props).unwrap();
-    for chunk in [0..3, 3..6] {
-        // Two row groups, so reading streams across them.
-        let mut group = writer.next_row_group().unwrap();
-        let mut column = group.next_column().unwrap().unwrap();
-        let values: Vec<ByteArray> =
-            chunk.map(|i| ByteArray::from(format!("row {i}: the cat sat on the mat").as_str())).collect();
-        column.typed::<parquet::data_type::ByteArrayType>().write_batch(&values, None, None).unwrap();
-        column.close().unwrap();
-        group.close().unwrap();
+/// The sequences of a batch: rows cut where position ids restart (packed) or the unpadded rows (unpacked).
+fn sequences(tok: &TextTokenizer, batch: &Batch) -> Vec<String> {
+    let pad = tok.token_id("<pad>").unwrap();
+    let mut out = Vec::new();
+    for r in 0..batch.rows {
+        let ids = &batch.input_ids[r * batch.seq..(r + 1) * batch.seq];
+        let mut starts: Vec<usize> = match &batch.position_ids {
+            Some(p) => (0..batch.seq).filter(|&t| p[r * batch.seq + t] == 0).collect(),
+            None => vec![0],
+        };
+        starts.push(batch.seq);
+        for w in starts.windows(2) {
+            let seq: Vec<u32> = ids[w[0]..w[1]].iter().copied().filter(|&t| t != pad).collect();
+            if !seq.is_empty() {
+                out.push(tok.decode(&seq, true).unwrap());
+            }
+        }
     }
-    writer.close().unwrap();
-    let from_parquet = take(&mut DataLoader::new(&options(vec![path]), &tok, Split::Train).unwrap(), 3);
-    let from_jsonl = take(&mut DataLoader::new(&options(vec![jsonl]), &tok, Split::Train).unwrap(), 3);
-    assert_eq!(from_parquet, from_jsonl);
+    out
+}
+
+fn multiset(items: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for item in items {
+        *counts.entry(item).or_insert(0) += 1;
+    }
+    counts
 }
 
 #[test]
-fn shuffle_is_seeded_sharding_splits_and_seek_resumes_exactly() {
+fn packing_fills_rows_with_whole_sequences_once_each_and_restarts_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer(dir.path());
+    let mut o = options(vec![text_rows(dir.path(), 40)]);
+    let unpacked = all_batches(&tok, &o, Split::Train);
+    assert!(unpacked.iter().all(|b| b.position_ids.is_none()));
+    let want = multiset(unpacked.iter().flat_map(|b| sequences(&tok, b)));
+    assert_eq!(want.values().sum::<usize>(), 40);
+
+    o.packing = true;
+    o.shuffle = true;
+    o.batch_size = 1; // nothing dropped at the end of the pass
+    let packed = all_batches(&tok, &o, Split::Train);
+    // Best-fit decreasing needs at most 11/9 of the optimum (+1), which needs at least tokens / seq_len rows.
+    let pad = tok.token_id("<pad>").unwrap();
+    let tokens = unpacked.iter().flat_map(|b| &b.input_ids).filter(|&&t| t != pad).count();
+    let least = tokens.div_ceil(32);
+    assert!(packed.len() <= least * 11 / 9 + 1 && packed.len() < 40, "{} rows for {tokens} tokens", packed.len());
+    assert_eq!(multiset(packed.iter().flat_map(|b| sequences(&tok, b))), want, "every sequence exactly once, whole");
+    for b in &packed {
+        assert_eq!((b.rows, b.seq, b.input_ids.len(), b.labels.len()), (1, 32, 32, 32));
+        let positions = b.position_ids.as_ref().unwrap();
+        for t in 0..b.seq {
+            // Positions count up within a sequence and restart at 0 at each sequence (padding included).
+            assert!(positions[t] == 0 || (t > 0 && positions[t] == positions[t - 1] + 1));
+            let scored = b.labels[t] != -100;
+            let is_pad = b.input_ids[t] == pad;
+            let starts_later_sequence = positions[t] == 0 && t > 0;
+            assert_eq!(scored, !is_pad && !starts_later_sequence, "token {t}: {b:?}");
+        }
+        let real = b.input_ids.iter().filter(|&&t| t != pad).count();
+        let starts = (1..b.seq).filter(|&t| positions[t] == 0 && b.input_ids[t] != pad).count();
+        assert_eq!(b.scored_tokens(), real - 1 - starts, "a packed sequence's first token is not predicted");
+    }
+}
+
+#[test]
+fn shuffling_is_seeded_and_differs_by_seed_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer(dir.path());
+    let mut o = options(vec![text_rows(dir.path(), 40)]);
+    let in_order = run(&tok, &o, 20);
+    o.shuffle = true;
+    let shuffled = run(&tok, &o, 40);
+    assert_eq!(shuffled, run(&tok, &o, 40), "same seed, same batches");
+    assert_ne!(shuffled[..20], in_order[..], "shuffled");
+    let (epoch0, epoch1) = shuffled.split_at(20);
+    assert_ne!(epoch0, epoch1, "reshuffled each epoch");
+    let seqs = |b: &[Batch]| multiset(b.iter().flat_map(|b| sequences(&tok, b)));
+    assert_eq!(seqs(epoch0), seqs(epoch1), "an epoch is a permutation");
+    assert_eq!(seqs(epoch0), seqs(&in_order));
+    let mut other = o.clone();
+    other.seed = 8;
+    assert_ne!(run(&tok, &other, 20), epoch0, "another seed, another order");
+}
+
+#[test]
+fn ranks_take_disjoint_interleaved_shares_of_the_global_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer(dir.path());
+    let mut o = options(vec![text_rows(dir.path(), 41)]);
+    o.shuffle = true;
+    o.packing = true;
+    let global = all_batches(&tok, &o, Split::Train);
+    let world = 3;
+    let full_groups = global.len() / world;
+    let mut union = Vec::new();
+    for rank in 0..world {
+        let mut r = o.clone();
+        r.rank = rank;
+        r.world_size = world;
+        let mine = all_batches(&tok, &r, Split::Train);
+        assert_eq!(mine.len(), full_groups, "rank {rank}: same count, incomplete tail group dropped");
+        let want: Vec<Batch> = global.iter().skip(rank).step_by(world).take(full_groups).cloned().collect();
+        assert_eq!(mine, want, "rank {rank}");
+        union.extend(mine);
+    }
+    assert_eq!(multiset(union.iter().flat_map(|b| sequences(&tok, b))).values().sum::<usize>(), {
+        let kept = &global[..full_groups * world];
+        kept.iter().map(|b| sequences(&tok, b).len()).sum::<usize>()
+    });
+}
+
+#[test]
+fn seek_resumes_exactly_where_an_uninterrupted_loader_would_be() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer(dir.path());
     let mut o = options(vec![text_rows(dir.path(), 40)]);
     o.shuffle = true;
     o.packing = true;
-    let run = |o: &DataOptions, n| take(&mut DataLoader::new(o, &tok, Split::Train).unwrap(), n);
-    assert_eq!(run(&o, 12), run(&o, 12), "same seed, same batches");
-    let mut other = o.clone();
-    other.seed = 8;
-    assert_ne!(run(&o, 4), run(&other, 4), "another seed, another order");
-
-    // Two ranks take alternate batches of the same global stream.
-    let global = run(&o, 8);
-    for rank in 0..2 {
-        let mut r = o.clone();
-        r.rank = rank;
-        r.world_size = 2;
-        let mine = run(&r, 4);
-        let want: Vec<Batch> = global.iter().skip(rank).step_by(2).cloned().collect();
-        assert_eq!(mine, want, "rank {rank}");
+    for world_size in [1, 2] {
+        o.world_size = world_size;
+        o.rank = world_size - 1;
+        let mut straight = DataLoader::new(&o, &tok, Split::Train).unwrap();
+        let mut batches = Vec::new();
+        let mut positions = Vec::new();
+        for _ in 0..14 {
+            positions.push(straight.position());
+            batches.push(straight.next_batch().unwrap().unwrap());
+        }
+        assert!(positions.iter().any(|p| p.epoch > 0), "crosses an epoch boundary: {positions:?}");
+        for k in [0, 3, 8, 13] {
+            let mut resumed = DataLoader::new(&o, &tok, Split::Train).unwrap();
+            resumed.seek(positions[k]).unwrap();
+            assert_eq!(resumed.position(), positions[k]);
+            assert_eq!(take(&mut resumed, 14 - k), batches[k..], "world {world_size}, resumed after {k}");
+        }
     }
-
-    // Resume after k batches (crossing an epoch boundary) gives what an uninterrupted loader gives.
-    let straight = run(&o, 30);
-    for k in [0usize, 5, 17, 29] {
-        let mut first = DataLoader::new(&o, &tok, Split::Train).unwrap();
-        take(&mut first, k);
-        let position = first.position();
-        let mut resumed = DataLoader::new(&o, &tok, Split::Train).unwrap();
-        resumed.seek(position).unwrap();
-        assert_eq!(take(&mut resumed, 30 - k), straight[k..], "resume after {k}");
-    }
+    let mut loader = DataLoader::new(&o, &tok, Split::Train).unwrap();
+    let err = loader.seek(DataPosition { epoch: 0, batch_in_epoch: 1000 }).unwrap_err().to_string();
+    assert!(err.starts_with("cannot resume the data at epoch 0 batch 1000"), "{err}");
 }
 
 #[test]
-fn eval_split_is_disjoint_from_train_and_one_pass() {
+fn eval_split_is_a_deterministic_disjoint_share_and_one_pass() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer(dir.path());
     let mut o = options(vec![text_rows(dir.path(), 40)]);
+    o.batch_size = 3;
+    let everything = multiset(all_batches(&tok, &{ o.clone() }, Split::Eval).iter().flat_map(|b| sequences(&tok, b)));
+    assert!(everything.is_empty(), "no eval split without eval_fraction");
     o.eval_fraction = 0.25;
-    let decode =
-        |b: &Batch| -> Vec<String> { b.input_ids.chunks(b.seq).map(|r| tok.decode(r, true).unwrap()).collect() };
+    o.shuffle = true;
     let mut eval = DataLoader::new(&o, &tok, Split::Eval).unwrap();
-    let mut eval_rows = Vec::new();
-    while let Some(b) = eval.next_batch().unwrap() {
-        eval_rows.extend(decode(&b));
-    }
-    assert_eq!(eval_rows.len(), 10);
-    let mut train = DataLoader::single_pass(&o, &tok, Split::Train).unwrap();
-    let mut train_rows = Vec::new();
-    while let Some(b) = train.next_batch().unwrap() {
-        train_rows.extend(decode(&b));
-    }
-    assert_eq!(train_rows.len(), 30);
-    assert!(eval_rows.iter().all(|r| !train_rows.contains(r)));
+    let eval_batches: Vec<Batch> = std::iter::from_fn(|| eval.next_batch().unwrap()).collect();
+    assert!(eval.next_batch().unwrap().is_none(), "stays done");
+    assert_eq!(eval_batches.last().unwrap().rows, 1, "the eval split keeps its last partial batch");
+    let eval_seqs: Vec<String> = eval_batches.iter().flat_map(|b| sequences(&tok, b)).collect();
+    assert_eq!(eval_seqs.len(), 10);
+    // Sequence i (in file order, whatever the shuffle) is held out iff floor((i + 1) / 4) > floor(i / 4).
+    let row_number = |s: &String| -> usize { s[4..s.find(':').unwrap()].parse().unwrap() };
+    assert_eq!(eval_seqs.iter().map(row_number).collect::<Vec<_>>(), (0..10).map(|k| 4 * k + 3).collect::<Vec<_>>());
+    let mut train_o = o.clone();
+    train_o.batch_size = 1;
+    let train_seqs: Vec<String> =
+        all_batches(&tok, &train_o, Split::Train).iter().flat_map(|b| sequences(&tok, b)).collect();
+    assert_eq!(train_seqs.len(), 30);
+    assert!(eval_seqs.iter().all(|s| !train_seqs.contains(s)), "disjoint");
+    let union = multiset(eval_seqs.into_iter().chain(train_seqs));
+    o.eval_fraction = 0.0;
+    o.batch_size = 1;
+    let whole = multiset(all_batches(&tok, &o, Split::Train).iter().flat_map(|b| sequences(&tok, b)));
+    assert_eq!(union, whole, "together they cover everything");
 }
 
 #[test]
-fn malformed_rows_fail_with_file_line_and_field_or_are_skipped_and_counted() {
+fn malformed_rows_are_skipped_and_counted_once_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer(dir.path());
     let path = dir.path().join("bad.jsonl");
-    std::fs::write(&path, "{\"text\": \"fine row here\"}\n{\"text\": \"fine\"}\n{\"messages\": \"oops\"}\n{\"text\": \"ok\"}\n{not json\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "{\"text\": \"the cat sat\"}\n{\"text\": 5}\n{\"text\": \"on the mat\"}\n{not json\n{\"text\": \"the hat\"}\n",
+    )
+    .unwrap();
     let mut o = options(vec![path.clone()]);
     o.batch_size = 1;
-    // Rows are read a block at a time, so the bad row stops the loader at its first batch.
-    let mut loader = DataLoader::new(&o, &tok, Split::Train).unwrap();
-    let err = loader.next_batch().unwrap_err().to_string();
-    assert_eq!(
-        err,
-        format!("{}:3: field `messages`: expected a list of {{role, content}} objects, found a string", path.display())
-    );
+    let err = DataLoader::new(&o, &tok, Split::Train).unwrap().next_batch().unwrap_err().to_string();
+    assert_eq!(err, format!("{}:2: field `text`: expected a string, found a number", path.display()));
+
     o.skip_malformed = true;
     let mut loader = DataLoader::new(&o, &tok, Split::Train).unwrap();
-    take(&mut loader, 5);
-    assert_eq!(loader.skipped_rows(), 2, "counted once, not again in the second epoch");
-    let preference = dir.path().join("pref.jsonl");
-    std::fs::write(&preference, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n").unwrap();
-    let err = DataLoader::new(&options(vec![preference]), &tok, Split::Train).unwrap().next_batch().unwrap_err();
-    assert!(err.to_string().contains("pref.jsonl:1: a preference row needs a preference"), "{err}");
+    let batches = take(&mut loader, 7);
+    assert_eq!(loader.position(), DataPosition { epoch: 2, batch_in_epoch: 1 });
+    assert_eq!(loader.skipped_rows(), 2, "counted once, not again in later epochs");
+    let texts: Vec<String> = batches[..3].iter().flat_map(|b| sequences(&tok, b)).collect();
+    assert_eq!(texts, ["the cat sat", "on the mat", "the hat"]);
+    let mut resumed = DataLoader::new(&o, &tok, Split::Train).unwrap();
+    resumed.seek(DataPosition { epoch: 1, batch_in_epoch: 2 }).unwrap();
+    assert_eq!(resumed.skipped_rows(), 2, "a resumed loader counts them too");
+
+    // Nothing usable at all: a one-line error, not an endless loop.
+    std::fs::write(&path, "{\"text\": 5}\n").unwrap();
+    let err = DataLoader::new(&o, &tok, Split::Train).unwrap().next_batch().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "the training split of the data holds no sequence (1 malformed rows skipped); files: {}",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer(dir.path());
+    let o = options(vec![text_rows(dir.path(), 4)]);
+    let check = |change: fn(&mut DataOptions), want: &str| {
+        let mut bad = o.clone();
+        change(&mut bad);
+        let err = DataLoader::new(&bad, &tok, Split::Train).err().unwrap().to_string();
+        assert_eq!(err, want);
+    };
+    check(|o| o.rank = 2, "data: rank 2 must be below world_size 1");
+    check(|o| o.eval_fraction = 1.0, "data: eval_fraction must be in [0, 1), got 1");
+    check(|o| o.seq_len = 1, "data: seq_len must be at least 2, got 1");
+    check(|o| o.files.clear(), "data: no files given");
+    let mut few = o.clone();
+    few.batch_size = 8;
+    let err = DataLoader::new(&few, &tok, Split::Train).unwrap().next_batch().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the training split of the data fills no batch: its 4 sequences make 4 rows of 32 tokens, fewer than \
+         batch_size 8 x world_size 1"
+    );
 }

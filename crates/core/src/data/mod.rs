@@ -1,5 +1,12 @@
-//! Datasets in TRL's formats (JSONL, Parquet, plain text), tokenized with loss masks, packed, batched,
-//! shuffled with a seed, sharded by rank, and resumable at any batch.
+//! Datasets in TRL's formats, from JSONL, Parquet and plain-text files, tokenized with loss masks, packed,
+//! batched, shuffled with a seed, sharded by rank, and resumable at any batch.
+//!
+//! Row formats (detected per row from its keys; other keys are ignored): `text`, `messages`, `prompt` +
+//! `completion`, `prompt` + `chosen` + `rejected`, `chosen` + `rejected` (implicit prompt), `prompt` alone, and
+//! `prompt` + `completion` + `label`. The [`DataLoader`] trains causal LMs on the first three; [`RowReader`] reads
+//! any of them for the preference and online trainers. A plain-text file is one document, cut into `seq_len`-token
+//! chunks; JSONL and Parquet rows are truncated to `seq_len`. Errors are one line naming the file, the line
+//! (JSONL, 1-based) or row (Parquet, 0-based), and the field.
 //!
 //! ```no_run
 //! use llmtrain_core::data::{DataLoader, DataOptions, LossOn, Split};
@@ -11,8 +18,9 @@
 //!     loss_on: LossOn::CompletionOnly, skip_malformed: false, eval_fraction: 0.05, rank: 0, world_size: 1,
 //! };
 //! let mut loader = DataLoader::new(&options, &tokenizer, Split::Train)?;
-//! let batch = loader.next_batch()?.expect("train loaders cycle");
-//! let resume_here = loader.position();
+//! let batch = loader.next_batch()?.expect("the train split cycles forever");
+//! println!("{} rows of {} tokens, {} scored", batch.rows, batch.seq, batch.scored_tokens());
+//! let resume_here = loader.position(); // saved with a checkpoint; later: `loader.seek(resume_here)?`
 //! # Ok::<(), llmtrain_core::CoreError>(())
 //! ```
 
@@ -28,7 +36,8 @@ use serde::{Deserialize, Serialize};
 
 pub use loader::DataLoader;
 pub use packing::{PackedRow, best_fit_decreasing, collate};
-pub use rows::{Content, Row};
+pub use readers::{Location, RowReader};
+pub use rows::{Content, FORMAT_KEYS, Row};
 pub use tokenize::Sequence;
 
 use crate::train::IGNORE_INDEX;
@@ -43,13 +52,17 @@ pub struct Batch {
     /// under completion-only loss, non-assistant tokens under assistant-only loss, padding, the first token of
     /// each packed sequence). The loss shifts them.
     pub labels: Vec<i64>,
-    /// Per-token position ids restarting at each sequence, when rows are packed.
+    /// Some when rows are packed: per-token position ids restarting at 0 at each sequence; a row's padding forms
+    /// a sequence of its own (0, 1, 2, ...), so no real token attends to it.
     pub position_ids: Option<Vec<u32>>,
 }
 
 impl Batch {
     /// Label positions the loss counts: per row, t in 1..seq with `labels[t] != -100`.
     pub fn scored_tokens(&self) -> usize {
+        if self.seq == 0 {
+            return 0;
+        }
         self.labels.chunks(self.seq).map(|row| row[1..].iter().filter(|&&l| l != IGNORE_INDEX).count()).sum()
     }
 }
@@ -61,7 +74,9 @@ pub struct DataPosition {
     pub batch_in_epoch: u64,
 }
 
-/// Which tokens the loss scores.
+/// Which tokens the loss scores (config values `all`, `completion-only`, `assistant-only`). Completion-only
+/// masks the prompt of prompt/completion rows; assistant-only also keeps only the assistant turns of `messages`
+/// rows. `text` rows are scored whole under every setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossOn {
@@ -80,19 +95,22 @@ pub enum Split {
 /// How to read and batch a dataset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataOptions {
-    /// `.jsonl`/`.json` (one JSON object per line), `.parquet`, or plain text (any other extension; one document
-    /// per file, split into `seq_len` chunks).
+    /// `.jsonl`/`.json`/`.ndjson` (one JSON object per line), `.parquet`, or plain text (`.txt` and any other
+    /// extension but obvious binaries: one document per file, cut into `seq_len`-token chunks).
     pub files: Vec<PathBuf>,
+    /// Tokens per row; longer JSONL/Parquet rows are truncated to it.
     pub seq_len: usize,
     /// Rows per micro-batch.
     pub batch_size: usize,
+    /// Best-fit-decreasing packing of several sequences per row (with position ids); else one per row.
     pub packing: bool,
+    /// Shuffle the train split (within windows of sequences; see [`DataLoader`]) with `seed` and the epoch.
     pub shuffle: bool,
     pub seed: u64,
     pub loss_on: LossOn,
     /// Skip and count malformed rows instead of failing.
     pub skip_malformed: bool,
-    /// Share of sequences held out for [`Split::Eval`].
+    /// Share of sequences held out for [`Split::Eval`], in [0, 1), chosen by index (see [`DataLoader`]).
     pub eval_fraction: f64,
     pub rank: usize,
     pub world_size: usize,

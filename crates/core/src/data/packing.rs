@@ -44,8 +44,11 @@ pub fn best_fit_decreasing(mut sequences: Vec<Sequence>, capacity: usize) -> Vec
     let mut rows: Vec<PackedRow> = Vec::new();
     // (room left, row index) of every open row.
     let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
-    for seq in sequences {
-        let len = seq.len().min(capacity);
+    for mut seq in sequences {
+        // Callers truncate to `capacity` already; this keeps the no-overflow promise regardless.
+        seq.ids.truncate(capacity);
+        seq.labels.truncate(capacity);
+        let len = seq.len();
         let fit = room.range((len, 0)..).next().copied();
         let index = match fit {
             Some(entry) => {
@@ -70,13 +73,14 @@ pub fn collate(rows: &[PackedRow], seq_len: usize, pad_id: u32, packed: bool) ->
     let mut labels = Vec::with_capacity(rows.len() * seq_len);
     let mut positions = Vec::with_capacity(if packed { rows.len() * seq_len } else { 0 });
     for row in rows {
-        let pad = seq_len - row.ids.len();
-        input_ids.extend_from_slice(&row.ids);
+        let len = row.ids.len().min(seq_len);
+        let pad = seq_len - len;
+        input_ids.extend_from_slice(&row.ids[..len]);
         input_ids.extend(std::iter::repeat_n(pad_id, pad));
-        labels.extend_from_slice(&row.labels);
+        labels.extend_from_slice(&row.labels[..len]);
         labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         if packed {
-            positions.extend_from_slice(&row.positions);
+            positions.extend_from_slice(&row.positions[..len]);
             positions.extend(0..pad as u32);
         }
     }
