@@ -183,7 +183,7 @@ impl RunConfig {
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = join_lexically(base, p);
             }
         };
         if let Some(p) = self.model.path.as_mut() {
@@ -271,6 +271,22 @@ impl RunConfig {
     }
 }
 
+/// `base/rel` with `.` dropped and `dir/..` folded, so messages say `runs/x`, not `configs/../runs/x`.
+fn join_lexically(base: &Path, rel: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in base.join(rel).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
 /// One line: `file:line:col: message`, with the closest valid key for an unknown one.
 fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreError {
     let message = err.message().trim().replace('\n', " ");
@@ -329,6 +345,9 @@ mod tests {
     fn relative_paths_follow_the_config_file() {
         let c = RunConfig::parse(MINIMAL, Path::new("cfg/run.toml"), Path::new("cfg")).unwrap();
         assert_eq!(c.data.files, vec![PathBuf::from("cfg/a.txt")]);
+        let up = MINIMAL.replace("files = [\"a.txt\"]\nseq_len", "files = [\"../data/a.txt\"]\nseq_len");
+        let c = RunConfig::parse(&up, Path::new("cfg/run.toml"), Path::new("./cfg")).unwrap();
+        assert_eq!(c.data.files, vec![PathBuf::from("data/a.txt")]);
         assert_eq!(c.training.max_steps, 100);
     }
 
