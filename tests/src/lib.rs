@@ -25,6 +25,7 @@ pub fn llmtrain_bin() -> &'static Path {
         let status = Command::new(cargo)
             .current_dir(root())
             .args(["build", "--quiet", "-p", "llmtrain-cli", "--bin", "llmtrain"])
+            .args(if cfg!(feature = "mpi") { &["--features", "mpi"][..] } else { &[][..] })
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building llmtrain failed");
@@ -50,4 +51,31 @@ pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
     assert!(last.contains(needle), "`{needle}` not in: {last}");
     assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{stderr}");
     last
+}
+
+/// Runs `llmtrain args...` with `input` on its stdin and the environment changed by `env` (`None` removes a
+/// variable), to completion.
+pub fn llmtrain_with_stdin(args: &[&str], input: &str, env: &[(&str, Option<&str>)]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let mut command = Command::new(llmtrain_bin());
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command.spawn().expect("llmtrain starts");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_string();
+    // Written from a thread so a child that fills its output pipes first cannot deadlock us; a child that exits
+    // before reading everything (an error) closes the pipe, which is not our failure.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let output = child.wait_with_output().expect("llmtrain runs");
+    writer.join().expect("stdin writer");
+    output
 }

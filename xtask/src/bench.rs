@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
+use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process, train_step};
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
+use llmtrain_core::dist::Communicator;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
-use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, train_step};
+use llmtrain_core::train::{AdamW, AdamWConfig};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -30,12 +32,13 @@ pub struct Args {
     pub no_torch: bool,
 }
 
-/// A benchmark case: a model shape and a batch.
+/// A benchmark case: a model shape, a global batch, and the data-parallel ranks (threads) sharing it.
 pub struct Case {
     pub name: &'static str,
     pub model: ModelConfig,
     pub batch: usize,
     pub seq: usize,
+    pub ranks: usize,
 }
 
 pub fn cases() -> Vec<Case> {
@@ -43,8 +46,10 @@ pub fn cases() -> Vec<Case> {
     quickstart.intermediate_size = 352;
     quickstart.tie_word_embeddings = true;
     vec![
-        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256 },
-        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128 },
+        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256, ranks: 1 },
+        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128, ranks: 1 },
+        // full-tiny's global batch over 2 in-process ranks: the cost of data parallelism's communication.
+        Case { name: "ddp-2", model: full_tiny(), batch: 8, seq: 256, ranks: 2 },
     ]
 }
 
@@ -59,18 +64,61 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs one case in this process and prints its JSON result on stdout.
+/// Step times (ms) and the all-reduce time within each step (ms), measured on rank 0.
+struct Timings {
+    step_ms: Vec<f64>,
+    comm_ms: Vec<f64>,
+}
+
+/// Runs one case in this process (each rank a thread) and prints its JSON result on stdout.
 pub fn run_case(name: &str, steps: usize) -> Result<()> {
     let case = cases().into_iter().find(|c| c.name == name).with_context(|| format!("unknown case `{name}`"))?;
+    if case.batch % case.ranks != 0 {
+        bail!("case {name}: batch {} does not split over {} ranks", case.batch, case.ranks);
+    }
+    let ranks = run_in_process(case.ranks, |comm| bench_rank(&case, comm, steps))?;
+    let Timings { step_ms: mut times, comm_ms } = ranks.into_iter().next().context("no rank")?;
+    let comm_share = comm_ms.iter().sum::<f64>() / times.iter().sum::<f64>();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let m = &case.model;
+    let n = case.batch * case.seq;
+    let mut result = json!({
+        "tokens_per_sec": n as f64 / (median / 1e3),
+        "step_ms_median": median,
+        "step_ms_all": times,
+        "peak_rss_mb": peak_rss_mb(),
+        "shape": {
+            "vocab": m.vocab_size, "hidden": m.hidden_size, "layers": m.num_hidden_layers,
+            "heads": m.num_attention_heads, "kv_heads": m.num_key_value_heads, "ffn": m.intermediate_size,
+            "batch": case.batch, "seq": case.seq, "dtype": "f32", "optimizer": "adamw",
+            "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+            "tied": m.tie_word_embeddings,
+            "ranks": case.ranks,
+        },
+        "backend": "flex",
+    });
+    if case.ranks > 1 {
+        result["comm_share"] = json!(comm_share);
+        result["comm_ms_per_step"] = json!(comm_ms.iter().sum::<f64>() / comm_ms.len() as f64);
+    }
+    println!("{result}");
+    Ok(())
+}
+
+/// One rank of a case: its share of the global batch, 2 warm-up steps, then `steps` timed ones.
+fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<Timings> {
     type A = Autodiff<CpuBackend>;
     let device = Default::default();
-    let mut model = LlamaModel::<A>::init(&case.model, &device);
+    let rank = comm.rank();
+    let mut accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
+    let mut model = accelerator.prepare_model(LlamaModel::<A>::init(&case.model, &device))?;
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
-    let mut grads = GradientBuffer::default();
-    // Random tokens, as the PyTorch reference uses; labels = inputs.
+    // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
+    let rows = case.batch / case.ranks;
     let n = case.batch * case.seq;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let input_ids: Vec<u32> = (0..n)
+    let all_ids: Vec<u32> = (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -78,37 +126,28 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
             (state % case.model.vocab_size as u64) as u32
         })
         .collect();
+    let input_ids = all_ids[rank * rows * case.seq..(rank + 1) * rows * case.seq].to_vec();
     let labels = input_ids.iter().map(|&t| t as i64).collect();
-    let batch = Batch { rows: case.batch, seq: case.seq, input_ids, labels, position_ids: None };
-    let mut times = Vec::with_capacity(steps);
+    let batch = Batch { rows, seq: case.seq, input_ids, labels, position_ids: None };
+    let mut timings = Timings { step_ms: Vec::with_capacity(steps), comm_ms: Vec::with_capacity(steps) };
     for step in 0..steps + 2 {
         let start = Instant::now();
-        train_step(&mut model, &mut optimizer, &mut grads, std::slice::from_ref(&batch), 1e-4, Some(1.0), &device);
+        let comm_before = accelerator.communication_time();
+        train_step(
+            &mut accelerator,
+            &mut model,
+            &mut optimizer,
+            std::slice::from_ref(&batch),
+            1e-4,
+            Some(1.0),
+            &device,
+        )?;
         if step >= 2 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let m = &case.model;
-    println!(
-        "{}",
-        json!({
-            "tokens_per_sec": n as f64 / (median / 1e3),
-            "step_ms_median": median,
-            "step_ms_all": times,
-            "peak_rss_mb": peak_rss_mb(),
-            "shape": {
-                "vocab": m.vocab_size, "hidden": m.hidden_size, "layers": m.num_hidden_layers,
-                "heads": m.num_attention_heads, "kv_heads": m.num_key_value_heads, "ffn": m.intermediate_size,
-                "batch": case.batch, "seq": case.seq, "dtype": "f32", "optimizer": "adamw",
-                "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-                "tied": m.tie_word_embeddings,
-            },
-            "backend": if cfg!(feature = "openblas") { "ndarray+openblas" } else { "ndarray" },
-        })
-    );
-    Ok(())
+    Ok(timings)
 }
 
 /// The PyTorch reference on the same shape, when python3 with torch is available.
@@ -119,6 +158,9 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     }
     let probe = Command::new("python3").args(["-c", "import torch, transformers"]).output().ok()?;
     if !probe.status.success() {
+        return None;
+    }
+    if case.ranks > 1 {
         return None;
     }
     let m = &case.model;
@@ -139,7 +181,7 @@ pub fn run(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = serde_json::Map::new();
     let mut table = String::from(
-        "| case | tokens/s | ms/step (median) | peak RSS MB | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|---:|---:|\n",
+        "| case | tokens/s | ms/step (median) | peak RSS MB | comm share | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for case in cases() {
         if !args.case.is_empty() && !args.case.iter().any(|c| c == case.name) {
@@ -169,11 +211,12 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
         table.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.0} | {torch_rate} | {ratio} |\n",
+            "| {} | {:.0} | {:.1} | {:.0} | {} | {torch_rate} | {ratio} |\n",
             case.name,
             result["tokens_per_sec"].as_f64().unwrap_or(0.0),
             result["step_ms_median"].as_f64().unwrap_or(0.0),
             result["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            result["comm_share"].as_f64().map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
         ));
         report.insert(case.name.to_string(), result);
     }

@@ -1,3 +1,39 @@
-//! llmtrain-accel — Accelerate's role: one Accelerator that runs the same training loop on one CPU, several devices or several processes (data parallel, config and launch). Arrives with issue 4.
+//! llmtrain-accel — Accelerate's role: one [`Accelerator`] that runs the same training loop on one CPU, on several
+//! devices of one process, or on several processes and machines (data parallel), plus the launcher and the launch
+//! config behind `llmtrain launch` and `llmtrain config`.
 //!
-//! This crate holds no API yet: its issue has not been worked on. See DESIGN.md for where it sits.
+//! - [`Accelerator`]: `prepare_model` (rank 0's weights everywhere), `prepare_data` (this rank's shard),
+//!   `accumulate` / `sync_gradients`, `backward` (bucketed gradient all-reduce on synchronising steps),
+//!   `clip_grad_norm`, `step`, `gather` / `gather_for_metrics` / `reduce`, `wait_for_everyone`,
+//!   `save_state` / `load_state`, `unwrap_model`, `is_main_process` / `print`.
+//! - [`run_training`] / [`train_step`]: the training loop of `llmtrain train`, for any world size.
+//! - [`run_in_process`]: ranks as threads of this process; [`process_launch_command`]: the `mpirun` / `srun` line.
+//! - [`LaunchConfig`]: the launch config file `llmtrain config` writes ([`ask`]: its questionnaire).
+//!
+//! ```
+//! use burn::backend::Autodiff;
+//! use llmtrain_accel::{Accelerator, AcceleratorConfig, ReduceOp, run_in_process};
+//! use llmtrain_core::device::CpuBackend;
+//!
+//! // Two ranks as threads; each contributes its rank + 1 and sees the sum.
+//! let sums = run_in_process(2, |comm| {
+//!     let acc = Accelerator::<Autodiff<CpuBackend>>::new(AcceleratorConfig::default(), comm)?;
+//!     acc.reduce(acc.rank() as f64 + 1.0, ReduceOp::Sum)
+//! })
+//! .unwrap();
+//! assert_eq!(sums, vec![3.0, 3.0]);
+//! ```
+
+mod accelerator;
+mod buckets;
+mod error;
+mod launch;
+pub mod launch_config;
+mod trainer;
+
+pub use accelerator::{Accelerator, AcceleratorConfig, ReduceOp};
+pub use error::{AccelError, Result};
+pub use launch::{process_launch_command, run_in_process};
+pub use launch_config::{Answers, ParseChoiceError, ask, ask_with};
+pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};
+pub use trainer::{StepStats, run_training, train_step};

@@ -29,6 +29,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Re-save a checkpoint (change dtype, shard size), as transformers would write it.
     Convert(commands::convert::Args),
+    /// Run a training command as data-parallel ranks: threads of this process, or processes under mpirun / srun.
+    Launch(commands::launch::Args),
+    /// Write a launch config, asking what `accelerate config` asks.
+    Config(commands::config::Args),
     /// Tokenizer tools.
     #[command(subcommand)]
     Tokenizer(commands::tokenizer::Command),
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
+        Command::Launch(args) => commands::launch::start(&args, cli.device),
+        Command::Config(args) => commands::config::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

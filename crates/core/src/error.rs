@@ -45,7 +45,7 @@ pub enum CoreError {
 pub type Result<T> = std::result::Result<T, CoreError>;
 
 impl CoreError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         CoreError::Io { path: path.to_path_buf(), source }
     }
 

@@ -165,6 +165,30 @@ fn ranks_take_disjoint_interleaved_shares_of_the_global_stream() {
 }
 
 #[test]
+fn eval_ranks_together_score_every_held_out_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer(dir.path());
+    let mut o = options(vec![text_rows(dir.path(), 83)]);
+    o.packing = true;
+    o.eval_fraction = 0.5;
+    o.batch_size = 1;
+    let global = all_batches(&tok, &o, Split::Eval);
+    let world = 3;
+    assert_ne!(global.len() % world, 0, "the test needs an incomplete last group");
+    let mut union = Vec::new();
+    for rank in 0..world {
+        let mut r = o.clone();
+        r.rank = rank;
+        r.world_size = world;
+        let mine = all_batches(&tok, &r, Split::Eval);
+        let want: Vec<Batch> = global.iter().skip(rank).step_by(world).cloned().collect();
+        assert_eq!(mine, want, "rank {rank}: its batches of every group, the last one included");
+        union.extend(mine);
+    }
+    assert_eq!(union.len(), global.len());
+}
+
+#[test]
 fn seek_resumes_exactly_where_an_uninterrupted_loader_would_be() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer(dir.path());

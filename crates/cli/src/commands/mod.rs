@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod config;
 pub mod convert;
 pub mod generate;
+pub mod launch;
 pub mod logits;
 pub mod tokenizer;
 pub mod train;

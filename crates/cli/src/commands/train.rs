@@ -1,14 +1,19 @@
 //! `llmtrain train --config FILE [--model DIR] [--max-steps N] [--output-dir DIR] [--resume]`.
+//!
+//! One process is a world of one rank; under `mpirun`/`srun` (built with `mpi`) each process is one rank of
+//! the MPI world; `llmtrain launch` runs it as several in-process ranks through [`run_rank`].
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use llmtrain_accel::{Accelerator, AcceleratorConfig, MixedPrecision, run_training};
 use llmtrain_core::config::RunConfig;
-use llmtrain_core::train::{TrainOverrides, run_training};
+use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::train::TrainOverrides;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// The run's TOML config (see configs/).
     #[arg(long)]
@@ -23,17 +28,55 @@ pub struct Args {
     /// Continue from the latest complete checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
+    /// Compute precision: no (fp32), fp16 or bf16 (`llmtrain launch --mixed-precision` sets it for every rank).
+    #[arg(long, default_value = "no")]
+    pub mixed_precision: MixedPrecision,
 }
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if llmtrain_core::dist::launched_by_mpi() {
+        let comm = llmtrain_core::dist::Mpi::init()?;
+        let rank = comm.rank();
+        // Every rank prints its own error: name the rank, as the in-process launcher does.
+        return run_rank::<B>(args, device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")));
+    }
+    let single = InProcess::group(1).into_iter().next().ok_or_else(|| anyhow::anyhow!("no rank"))?;
+    run_rank::<B>(args, device, Box::new(single))
+}
+
+/// Trains as the rank `comm` stands for; rank 0 prints the summary.
+pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Communicator>) -> Result<()> {
+    let world = comm.world_size();
     let config = RunConfig::load(&args.config)?;
+    let accel_config = AcceleratorConfig {
+        gradient_accumulation_steps: config.training.gradient_accumulation_steps,
+        mixed_precision: args.mixed_precision,
+        ..Default::default()
+    };
+    let mut accelerator = Accelerator::<Autodiff<B>>::new(accel_config, comm)?;
     let overrides = TrainOverrides {
         model: args.model.clone(),
         max_steps: args.max_steps,
         output_dir: args.output_dir.clone(),
         resume: args.resume,
     };
-    let summary = run_training::<Autodiff<B>>(&config, &overrides, device)?;
+    let summary = match run_training(&config, &overrides, &mut accelerator, device) {
+        Ok(summary) => summary,
+        Err(err) => {
+            // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
+            if world > 1 {
+                accelerator.abort(&err.to_string());
+            }
+            return Err(err.into());
+        }
+    };
+    if !accelerator.is_main_process() {
+        return Ok(());
+    }
+    if world > 1 {
+        println!("ranks: {world}");
+    }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", summary.steps, summary.elapsed_secs, summary.tokens_per_sec);
     println!("final train loss: {:.4}", summary.final_train_loss);
     if let Some(eval) = summary.final_eval_loss {

@@ -33,8 +33,10 @@ const FORMAT_CHECK_FILES: usize = 8;
 /// decided by its index in file order, before shuffling: sequence `i` is held out iff
 /// `floor((i + 1) * eval_fraction) > floor(i * eval_fraction)`, which spreads exactly that share evenly. Sequences
 /// with no scored token (say, a prompt longer than `seq_len` under completion-only loss) are dropped first.
-/// Rank `r` of `W` takes global micro-batches `r, r + W, ...`; an incomplete final group, and on the train split
-/// an incomplete final batch, are dropped so every rank takes the same number of full batches.
+/// Rank `r` of `W` takes global micro-batches `r, r + W, ...`. On the train split an incomplete final batch and an
+/// incomplete final group are dropped, so every rank takes the same number of full batches; on the eval split
+/// nothing is dropped (the last batch may be short, and ranks past the end of the last group get none), so the
+/// ranks together score every held-out row once.
 pub struct DataLoader {
     options: DataOptions,
     encoder: Encoder,
@@ -164,7 +166,10 @@ impl DataLoader {
             match self.next_global_rows()? {
                 Some(rows) if r == self.options.rank => mine = Some(rows),
                 Some(_) => {}
-                // An incomplete group at the end of an epoch is dropped, so ranks stay in step.
+                // Train: an incomplete group at the end of an epoch is dropped, so ranks stay in step. Eval: every
+                // row is scored exactly once, so a rank whose batch exists still takes it (ranks add up loss sums
+                // after the pass, not per batch).
+                None if self.split == Split::Eval => return Ok(mine),
                 None => return Ok(None),
             }
         }

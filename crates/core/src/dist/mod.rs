@@ -3,6 +3,9 @@
 //! [`Communicator`] is what the training loop and `llmtrain-accel` talk to; [`InProcess`] implements it for ranks
 //! that are threads of one process (CPU threads, or several devices in one process). Reductions add the ranks'
 //! contributions in rank order, so every rank gets bit-identical results and runs are reproducible.
+//! With the `mpi` feature, `Mpi` connects the processes `mpirun`/`srun` started; with `cuda`, `Nccl` runs the
+//! collectives between GPUs of one process. Both leave the summation order to the library, so sums can differ
+//! from [`InProcess`] in the last bits (every rank still gets the same result).
 //!
 //! ```
 //! use llmtrain_core::dist::{Communicator, InProcess};
@@ -22,7 +25,15 @@
 //! ```
 
 mod in_process;
+#[cfg(feature = "mpi")]
+mod mpi;
+#[cfg(feature = "cuda")]
+mod nccl;
 
+#[cfg(feature = "mpi")]
+pub use self::mpi::{Mpi, launched_by_mpi};
+#[cfg(feature = "cuda")]
+pub use self::nccl::Nccl;
 pub use in_process::InProcess;
 
 /// Why a collective could not complete.
@@ -34,6 +45,23 @@ pub enum DistError {
     LengthMismatch { rank: usize, expected: usize, found: usize },
     #[error("broadcast root {root} is not below the world size {world}")]
     BadRoot { root: usize, world: usize },
+    /// The MPI or NCCL library (or the setup around it) failed.
+    #[error("communication backend failed: {0}")]
+    Backend(String),
+}
+
+/// [`DistError::LengthMismatch`] for the first rank whose length differs from rank 0's. MPI and NCCL can't
+/// detect this themselves (they hang, end the job or mix up data), so their communicators gather the
+/// lengths first.
+#[cfg(any(feature = "mpi", feature = "cuda"))]
+fn check_lengths(lengths: &[u64]) -> Result<(), DistError> {
+    let expected = lengths.first().copied().unwrap_or(0);
+    match lengths.iter().position(|&len| len != expected) {
+        Some(rank) => {
+            Err(DistError::LengthMismatch { rank, expected: expected as usize, found: lengths[rank] as usize })
+        }
+        None => Ok(()),
+    }
 }
 
 /// The collectives data parallelism needs. Every rank must call the same collectives in the same order.

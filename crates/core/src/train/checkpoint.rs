@@ -37,8 +37,15 @@ pub struct TrainerState {
     /// Where the training data continues.
     pub data_position: DataPosition,
     pub seed: u64,
+    /// Data-parallel ranks of the run that wrote it: the data position counts batches of this many ranks.
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Digests of the other files in the checkpoint, checked before resuming from it.
     pub files: BTreeMap<String, FileDigest>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn digest(path: &Path) -> Result<FileDigest> {

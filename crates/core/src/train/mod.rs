@@ -1,5 +1,5 @@
 //! Training: the causal-LM loss, AdamW, learning-rate schedules, clipping and accumulation, checkpoints, metrics,
-//! and the loop that ties them together ([`run_training`]).
+//! and the pieces every training loop shares (the loop itself is `llmtrain-accel`'s `run_training`).
 
 pub mod checkpoint;
 mod loss;
@@ -12,4 +12,7 @@ mod trainer;
 pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_parts};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{StepStats, TrainOverrides, TrainSummary, run_training, train_step, unigram_entropy};
+pub use trainer::{
+    TrainOverrides, TrainSummary, batch_loss, build_model, clear_previous_run, data_options, eval_mean, evaluate,
+    evaluate_parts, expand_files, resolve_tokenizer, sample_text, unigram_entropy,
+};

@@ -96,6 +96,23 @@ impl<B: Backend> GradientBuffer<B> {
         self.grads.is_empty()
     }
 
+    /// The gradients by parameter name, in name order (the same order on every rank, which is what lets
+    /// data-parallel ranks flatten them into matching buckets).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor<B, 1>)> {
+        self.grads.iter().map(|(name, grad)| (name.as_str(), grad))
+    }
+
+    /// Replaces the gradient of `name` (after an all-reduce, say); returns false if it holds none.
+    pub fn replace(&mut self, name: &str, grad: Tensor<B, 1>) -> bool {
+        match self.grads.get_mut(name) {
+            Some(slot) => {
+                *slot = grad;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn take(&mut self, name: &str) -> Option<Tensor<B, 1>> {
         self.grads.remove(name)
     }

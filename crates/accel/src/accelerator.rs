@@ -1,0 +1,298 @@
+//! The [`Accelerator`]: one object that makes a training loop data parallel, with Accelerate's method names.
+//! With a world of one rank every collective is skipped, so single-process training is the same code.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use llmtrain_core::data::DataOptions;
+use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::hf::{self, HfConfig};
+use llmtrain_core::model::{LlamaModel, ParamMut};
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint, verify_checkpoint};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, clip_grad_norm};
+
+use crate::buckets::all_reduce_mean;
+use crate::error::{AccelError, Result};
+use crate::launch_config::MixedPrecision;
+
+/// How the Accelerator trains: Accelerate's constructor arguments that llmtrain supports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceleratorConfig {
+    /// Micro-batches whose gradients are summed before one optimizer step.
+    pub gradient_accumulation_steps: usize,
+    pub mixed_precision: MixedPrecision,
+    /// Gradients are all-reduced in flat buckets of about this many MiB (PyTorch DDP's `bucket_cap_mb`).
+    pub bucket_cap_mb: f64,
+}
+
+impl Default for AcceleratorConfig {
+    fn default() -> Self {
+        Self { gradient_accumulation_steps: 1, mixed_precision: MixedPrecision::No, bucket_cap_mb: 25.0 }
+    }
+}
+
+/// How [`Accelerator::reduce`] combines the ranks' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+}
+
+/// One rank's handle on data-parallel training: every rank holds a full replica of the model and optimizer,
+/// reads its own share of the data, and all-reduces gradients on synchronising steps so the replicas stay
+/// identical.
+pub struct Accelerator<A: AutodiffBackend> {
+    config: AcceleratorConfig,
+    comm: Box<dyn Communicator>,
+    grads: GradientBuffer<A::InnerBackend>,
+    /// Micro-batches seen so far (Accelerate's `GradientState.step`).
+    micro_step: usize,
+    sync_gradients: bool,
+    /// Time spent in gradient all-reduces, for the share of step time that communication costs.
+    comm_time: Duration,
+}
+
+impl<A: AutodiffBackend> Accelerator<A> {
+    /// An accelerator for the rank `comm` stands for.
+    pub fn new(config: AcceleratorConfig, comm: Box<dyn Communicator>) -> Result<Self> {
+        if config.gradient_accumulation_steps == 0 {
+            return Err(AccelError::Config("gradient_accumulation_steps must be at least 1".into()));
+        }
+        if config.mixed_precision != MixedPrecision::No {
+            return Err(AccelError::Config(format!(
+                "mixed_precision = {}: only `no` (fp32) is available in this version; bf16/fp16 arrive with memopt",
+                config.mixed_precision
+            )));
+        }
+        if config.bucket_cap_mb.is_nan() || config.bucket_cap_mb <= 0.0 {
+            return Err(AccelError::Config(format!("bucket_cap_mb must be positive, got {}", config.bucket_cap_mb)));
+        }
+        Ok(Self {
+            config,
+            comm,
+            grads: GradientBuffer::default(),
+            micro_step: 0,
+            sync_gradients: true,
+            comm_time: Duration::ZERO,
+        })
+    }
+
+    /// A world of one rank: plain single-process training.
+    pub fn single(config: AcceleratorConfig) -> Result<Self> {
+        let comm = InProcess::group(1).pop().ok_or_else(|| AccelError::Config("empty group".into()))?;
+        Self::new(config, Box::new(comm))
+    }
+
+    pub fn config(&self) -> &AcceleratorConfig {
+        &self.config
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// Rank 0 alone writes metrics, checkpoints and the final model.
+    pub fn is_main_process(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Prints a line once (on the main process).
+    pub fn print(&self, line: impl std::fmt::Display) {
+        if self.is_main_process() {
+            println!("{line}");
+        }
+    }
+
+    /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time).
+    pub fn prepare_model(&self, mut model: LlamaModel<A>) -> Result<LlamaModel<A>> {
+        if self.world_size() == 1 {
+            return Ok(model);
+        }
+        for (_, param) in model.named_params_mut() {
+            match param {
+                ParamMut::Vector(p) => broadcast_param(self.comm.as_ref(), p)?,
+                ParamMut::Matrix(p) => broadcast_param(self.comm.as_ref(), p)?,
+            }
+        }
+        Ok(model)
+    }
+
+    /// The data options for this rank's shard: each rank takes its `batch_size` rows of every global batch.
+    pub fn prepare_data(&self, options: &DataOptions) -> DataOptions {
+        DataOptions { rank: self.rank(), world_size: self.world_size(), ..options.clone() }
+    }
+
+    /// Starts a micro-batch (Accelerate's `with accelerator.accumulate(model)`): returns whether its backward
+    /// completes an optimizer step, and so synchronises gradients across ranks.
+    pub fn accumulate(&mut self) -> bool {
+        self.micro_step += 1;
+        self.sync_gradients = self.micro_step.is_multiple_of(self.config.gradient_accumulation_steps);
+        self.sync_gradients
+    }
+
+    /// Whether the current micro-batch completes an optimizer step.
+    pub fn sync_gradients(&self) -> bool {
+        self.sync_gradients
+    }
+
+    /// Backward of `loss` divided by the accumulation steps; its gradients are added to this rank's sum, and on a
+    /// synchronising micro-batch averaged over ranks (bucketed all-reduce).
+    pub fn backward(&mut self, model: &LlamaModel<A>, loss: Tensor<A, 1>) -> Result<()> {
+        let loss = loss.div_scalar(self.config.gradient_accumulation_steps as f64);
+        self.grads.accumulate(model, &loss.backward());
+        if self.sync_gradients && self.world_size() > 1 {
+            let started = Instant::now();
+            let bucket_elems = (self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize;
+            all_reduce_mean(&mut self.grads, self.comm.as_ref(), bucket_elems.max(1))?;
+            self.comm_time += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Clips the summed gradients to a global L2 norm (PyTorch's `clip_grad_norm_`) and returns the norm before
+    /// clipping. After synchronisation every rank holds the same gradients, so the norm is global without more
+    /// communication.
+    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
+        clip_grad_norm(&mut self.grads, max_norm)
+    }
+
+    /// Applies the optimizer on a synchronising micro-batch (a no-op otherwise, as Accelerate's wrapped
+    /// optimizer); returns whether it stepped.
+    pub fn step(&mut self, model: &mut LlamaModel<A>, optimizer: &mut AdamW<A::InnerBackend>, lr: f64) -> bool {
+        if !self.sync_gradients {
+            return false;
+        }
+        optimizer.step(model, &mut self.grads, lr);
+        true
+    }
+
+    /// Every rank's `values` (of equal length), concatenated in rank order.
+    pub fn gather(&self, values: &[f32]) -> Result<Vec<f32>> {
+        if self.world_size() == 1 {
+            return Ok(values.to_vec());
+        }
+        Ok(self.comm.all_gather(values)?)
+    }
+
+    /// [`gather`](Self::gather) for evaluation: when the last batch was filled up with repeated samples so that
+    /// every rank had one, only the first `samples_left` gathered values are real and the rest is dropped.
+    pub fn gather_for_metrics(&self, values: &[f32], samples_left: usize) -> Result<Vec<f32>> {
+        let mut all = self.gather(values)?;
+        all.truncate(samples_left);
+        Ok(all)
+    }
+
+    /// `value` combined over ranks (identical on every rank).
+    pub fn reduce(&self, value: f64, op: ReduceOp) -> Result<f64> {
+        self.reduce_many(&[value], op).map(|v| v[0])
+    }
+
+    /// Several values combined over ranks in one collective. Sums are carried as f64 split into two f32s, so
+    /// token counts and loss sums keep their precision.
+    pub fn reduce_many(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        if self.world_size() == 1 {
+            return Ok(values.to_vec());
+        }
+        let mut parts: Vec<f32> = Vec::with_capacity(values.len() * 2);
+        for &v in values {
+            let high = v as f32;
+            parts.push(high);
+            parts.push((v - high as f64) as f32);
+        }
+        self.comm.all_reduce_sum(&mut parts)?;
+        let divisor = match op {
+            ReduceOp::Sum => 1.0,
+            ReduceOp::Mean => self.world_size() as f64,
+        };
+        Ok(parts.chunks(2).map(|p| (p[0] as f64 + p[1] as f64) / divisor).collect())
+    }
+
+    /// Returns once every rank got here.
+    pub fn wait_for_everyone(&self) -> Result<()> {
+        Ok(self.comm.barrier()?)
+    }
+
+    /// Saves the training state (model, optimizer, trainer state with this run's world size) as
+    /// `output_dir/checkpoint-<step>/`: written by rank 0, atomically, then every rank waits for it. All ranks
+    /// hold identical replicas, and the data position is common to them, so one copy is every rank's state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_state(
+        &self,
+        output_dir: &Path,
+        model: &LlamaModel<A>,
+        hf_config: &HfConfig,
+        optimizer: &AdamW<A::InnerBackend>,
+        tokenizer: &TextTokenizer,
+        mut state: TrainerState,
+        keep: usize,
+    ) -> Result<Option<PathBuf>> {
+        state.world_size = self.world_size();
+        let written = if self.is_main_process() {
+            Some(save_checkpoint(output_dir, model, hf_config, optimizer, tokenizer, state, keep)?)
+        } else {
+            None
+        };
+        self.wait_for_everyone()?;
+        Ok(written)
+    }
+
+    /// Loads a state written by [`save_state`](Self::save_state), refusing one written by a different number
+    /// of ranks (its data position counts their batches).
+    pub fn load_state(
+        &self,
+        dir: &Path,
+        optimizer: AdamWConfig,
+        device: &A::Device,
+    ) -> Result<(LlamaModel<A>, AdamW<A::InnerBackend>, TrainerState)> {
+        let state = verify_checkpoint(dir)?;
+        if state.world_size != self.world_size() {
+            return Err(AccelError::WorldSizeMismatch {
+                dir: dir.to_path_buf(),
+                saved: state.world_size,
+                current: self.world_size(),
+            });
+        }
+        let model = hf::load_model::<A>(dir, device)?.0;
+        let optimizer = load_optimizer(dir, optimizer, device)?;
+        Ok((model, optimizer, state))
+    }
+
+    /// The bare model for inference and saving (burn needs no wrapper for data parallelism, so this only drops
+    /// the autodiff graph).
+    pub fn unwrap_model(&self, model: &LlamaModel<A>) -> LlamaModel<A::InnerBackend> {
+        model.valid()
+    }
+
+    /// Tells the other ranks this one failed, so none waits forever.
+    pub fn abort(&self, reason: &str) {
+        self.comm.abort(reason);
+    }
+
+    /// Wall time spent in gradient all-reduces so far.
+    pub fn communication_time(&self) -> Duration {
+        self.comm_time
+    }
+}
+
+/// Copies rank 0's value of one parameter to every rank, keeping its id.
+fn broadcast_param<A: AutodiffBackend, const D: usize>(
+    comm: &dyn Communicator,
+    param: &mut Param<Tensor<A, D>>,
+) -> Result<()> {
+    let value = param.val().inner();
+    let shape = value.shape();
+    let device = value.device();
+    let mut host: Vec<f32> = value.into_data().convert::<f32>().into_vec().map_err(AccelError::tensor)?;
+    comm.broadcast(&mut host, 0)?;
+    let inner = Tensor::<A::InnerBackend, D>::from_data(TensorData::new(host, shape), &device);
+    *param = Param::initialized(param.id, Tensor::from_inner(inner).require_grad());
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Errors of the accelerator, the data-parallel loop and the launcher.
+
+use std::path::PathBuf;
+
+use llmtrain_core::dist::DistError;
+use llmtrain_core::error::CoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccelError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{dir}: written by a run of {saved} rank(s); this run has {current} (resume with --num-processes {saved})")]
+    WorldSizeMismatch { dir: PathBuf, saved: usize, current: usize },
+    #[error("reading a tensor back: {0}")]
+    Tensor(String),
+    #[error("{0}")]
+    Launch(String),
+}
+
+impl AccelError {
+    pub(crate) fn tensor(err: impl std::fmt::Debug) -> Self {
+        AccelError::Tensor(format!("{err:?}"))
+    }
+}
+
+pub type Result<T, E = AccelError> = std::result::Result<T, E>;

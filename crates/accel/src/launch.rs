@@ -1,0 +1,131 @@
+//! Starting the ranks of a job: as threads of this process, or as processes under `mpirun` / `srun`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use llmtrain_core::dist::{Communicator, DistError, InProcess};
+
+use crate::error::{AccelError, Result};
+use crate::launch_config::{LaunchConfig, Launcher};
+
+/// Stack size of a rank's thread: the model's forward and backward recurse deeper than the 2 MiB default allows.
+const RANK_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `body` once per rank, each on its own thread with its own communicator, and returns the ranks' results
+/// in rank order. A rank that fails (error or panic) aborts the group, so the others stop at their next
+/// collective instead of waiting; the error names the rank that failed first and why.
+pub fn run_in_process<T, E, F>(world: usize, body: F) -> Result<Vec<T>>
+where
+    T: Send,
+    E: std::fmt::Display,
+    F: Fn(Box<dyn Communicator>) -> Result<T, E> + Sync,
+{
+    if world == 0 {
+        return Err(AccelError::Launch("--num-processes must be at least 1".into()));
+    }
+    let ranks: Vec<Arc<InProcess>> = InProcess::group(world).into_iter().map(Arc::new).collect();
+    let first_failure: OnceLock<(usize, String)> = OnceLock::new();
+    let outcomes: Vec<Option<T>> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(world);
+        for (rank, comm) in ranks.iter().enumerate() {
+            let (body, first_failure) = (&body, &first_failure);
+            let spawned = std::thread::Builder::new()
+                .name(format!("rank-{rank}"))
+                .stack_size(RANK_STACK_BYTES)
+                .spawn_scoped(scope, move || {
+                    let handle: Box<dyn Communicator> = Box::new(SharedRank(comm.clone()));
+                    let reason = match catch_unwind(AssertUnwindSafe(|| body(handle))) {
+                        Ok(Ok(value)) => return Some(value),
+                        Ok(Err(err)) => err.to_string(),
+                        Err(panic) => panic_message(panic.as_ref()),
+                    };
+                    // The first failure is the cause; later ones are ranks stopping because of it.
+                    let _ = first_failure.set((rank, reason.clone()));
+                    comm.abort(&reason);
+                    None
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    let reason = format!("cannot start a thread: {err}");
+                    let _ = first_failure.set((rank, reason.clone()));
+                    comm.abort(&reason);
+                }
+            }
+        }
+        handles.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    if let Some((rank, reason)) = first_failure.into_inner() {
+        return Err(AccelError::Dist(DistError::PeerFailed { rank, reason }));
+    }
+    outcomes
+        .into_iter()
+        .collect::<Option<Vec<T>>>()
+        .ok_or_else(|| AccelError::Launch("a rank stopped without a result".into()))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    format!("panicked: {}", text.unwrap_or_else(|| "(no message)".into()))
+}
+
+/// A rank's communicator shared between its thread (which trains) and the launcher (which aborts the group
+/// when the thread fails).
+struct SharedRank(Arc<InProcess>);
+
+impl Communicator for SharedRank {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
+        self.0.all_reduce_sum(data)
+    }
+    fn reduce_scatter_sum(&self, data: &[f32]) -> Result<Vec<f32>, DistError> {
+        self.0.reduce_scatter_sum(data)
+    }
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, DistError> {
+        self.0.all_gather(data)
+    }
+    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<(), DistError> {
+        self.0.broadcast(data, root)
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        self.0.barrier()
+    }
+    fn abort(&self, reason: &str) {
+        self.0.abort(reason)
+    }
+}
+
+/// The command line that starts `program args...` as the job's ranks under `mpirun` or `srun`.
+pub fn process_launch_command(config: &LaunchConfig, program: &Path, args: &[String]) -> Result<Vec<String>> {
+    let mut line: Vec<String> = match config.launcher {
+        Launcher::Mpirun => {
+            let mut line = vec!["mpirun".to_string(), "-np".into(), config.num_processes.to_string()];
+            if let Some(hostfile) = &config.hostfile {
+                line.extend(["--hostfile".into(), hostfile.display().to_string()]);
+            } else if config.num_machines == 1 {
+                // One machine: allow more ranks than cores (Open MPI refuses by default).
+                line.push("--oversubscribe".into());
+            }
+            // Ranks of one machine each get a share of its cores instead of being pinned to one core.
+            line.extend(["--bind-to".into(), "none".into()]);
+            line
+        }
+        Launcher::Srun => vec![
+            "srun".to_string(),
+            format!("--ntasks={}", config.num_processes),
+            format!("--nodes={}", config.num_machines),
+        ],
+        Launcher::InProcess => {
+            return Err(AccelError::Launch("the in-process launcher starts no processes".into()));
+        }
+    };
+    line.push(program.display().to_string());
+    line.extend(args.iter().cloned());
+    Ok(line)
+}

@@ -1,0 +1,303 @@
+//! The training loop: config in, trained HF checkpoint out, resumable at any checkpoint, on one rank or many.
+//! Every rank runs this function with its own [`Accelerator`]; rank 0 alone writes metrics, checkpoints and
+//! the final model.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use llmtrain_core::config::RunConfig;
+use llmtrain_core::data::{Batch, DataLoader, Split};
+use llmtrain_core::error::CoreError;
+use llmtrain_core::fsutil::write_dir_atomic;
+use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::model::LlamaModel;
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
+use llmtrain_core::train::metrics::MetricsLog;
+use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
+use llmtrain_core::train::{
+    AdamW, AdamWConfig, Schedule, TrainOverrides, TrainSummary, batch_loss, build_model, clear_previous_run,
+    data_options, eval_mean, evaluate_parts, resolve_tokenizer, sample_text, unigram_entropy,
+};
+use serde_json::json;
+
+use crate::accelerator::{Accelerator, ReduceOp};
+use crate::error::{AccelError, Result};
+
+/// What one optimizer step measured (identical on every rank).
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Token-weighted mean loss over the step's micro-batches on all ranks.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step over this rank's `micro` batches: forward, backward and gradient sum per micro-batch,
+/// all-reduce on the last, global-norm clipping, then AdamW at `lr`.
+///
+/// The loss of every micro-batch on every rank is its summed cross-entropy over the step's total scored-token
+/// count (all ranks, all micro-batches), so the step's gradient equals that of one large batch: N ranks with
+/// micro-batch b train exactly like one rank with batch N·b. As transformers' Trainer does with
+/// `num_items_in_batch`, the loss is scaled up by ranks × accumulation steps to undo the averaging over ranks and
+/// the division in [`Accelerator::backward`].
+pub fn train_step<A: AutodiffBackend>(
+    accelerator: &mut Accelerator<A>,
+    model: &mut LlamaModel<A>,
+    optimizer: &mut AdamW<A::InnerBackend>,
+    micro: &[Batch],
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    device: &A::Device,
+) -> Result<StepStats> {
+    let local_scored = micro.iter().map(Batch::scored_tokens).sum::<usize>() as f64;
+    let scored = accelerator.reduce(local_scored, ReduceOp::Sum)?.max(1.0);
+    let undo_averaging = (accelerator.world_size() * accelerator.config().gradient_accumulation_steps) as f64;
+    let mut local_loss = 0.0;
+    for batch in micro {
+        accelerator.accumulate();
+        let (sum, _) = batch_loss(model, batch, device);
+        let loss = sum.div_scalar(scored);
+        local_loss += loss.clone().into_scalar().elem::<f64>();
+        accelerator.backward(model, loss.mul_scalar(undo_averaging))?;
+    }
+    if !accelerator.sync_gradients() {
+        return Err(AccelError::Config(format!(
+            "a step got {} micro-batch(es) but gradient_accumulation_steps is {}",
+            micro.len(),
+            accelerator.config().gradient_accumulation_steps
+        )));
+    }
+    let loss = accelerator.reduce(local_loss, ReduceOp::Sum)?;
+    let grad_norm = accelerator.clip_grad_norm(max_grad_norm);
+    accelerator.step(model, optimizer, lr);
+    Ok(StepStats { loss, grad_norm })
+}
+
+/// Runs a whole training job on backend `A` as one rank of `accelerator`'s world.
+pub fn run_training<A: AutodiffBackend>(
+    config: &RunConfig,
+    overrides: &TrainOverrides,
+    accelerator: &mut Accelerator<A>,
+    device: &A::Device,
+) -> Result<TrainSummary> {
+    let started = Instant::now();
+    let config = overrides.apply(config);
+    let tr = config.training.clone();
+    let out = config.output.dir.clone();
+    let main = accelerator.is_main_process();
+    if main {
+        std::fs::create_dir_all(&out).map_err(|e| CoreError::io(&out, e))?;
+    }
+
+    // Rank 0 goes first: it trains (and caches) the tokenizer if it has to, and initialises its model alone, since
+    // burn's CPU backends seed one process-wide generator that in-process ranks would otherwise draw from at once.
+    // The others then load the cached tokenizer and get rank 0's weights from `prepare_model`.
+    let first = if main { Some(tokenizer_and_model::<A>(&config, device)?) } else { None };
+    accelerator.wait_for_everyone()?;
+    let (tokenizer, model, hf_config) = match first {
+        Some(built) => built,
+        None => tokenizer_and_model::<A>(&config, device)?,
+    };
+    let mut model = accelerator.prepare_model(model)?;
+    let single_options = data_options(&config)?;
+    let options = accelerator.prepare_data(&single_options);
+    let mut train_data = DataLoader::new(&options, &tokenizer, Split::Train)?;
+
+    let adam =
+        AdamWConfig { beta1: tr.adam_beta1, beta2: tr.adam_beta2, eps: tr.adam_epsilon, weight_decay: tr.weight_decay };
+    let mut optimizer = AdamW::<A::InnerBackend>::new(adam);
+    let mut resumed_from = None;
+    if overrides.resume {
+        if let Some((dir, _)) = latest_valid_checkpoint(&out)? {
+            let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
+            (model, optimizer) = (loaded, loaded_optimizer);
+            train_data.seek(state.data_position)?;
+            resumed_from = Some(state.step);
+            if main {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
+        } else if main {
+            eprintln!("no complete checkpoint in {}: starting from the beginning", out.display());
+        }
+    } else if main {
+        clear_previous_run(&out)?;
+    }
+    // Nobody reads the output directory before rank 0 has cleared it.
+    accelerator.wait_for_everyone()?;
+    let mut step = resumed_from.unwrap_or(0);
+    let mut metrics = if main { Some(MetricsLog::open(&out, resumed_from)?) } else { None };
+    let schedule = Schedule {
+        kind: tr.lr_schedule,
+        peak_lr: tr.learning_rate,
+        warmup_steps: tr.warmup_steps,
+        total_steps: tr.max_steps,
+    };
+
+    let progress = if main { progress_bar(tr.max_steps, step) } else { ProgressBar::hidden() };
+    let mut window = Window::new(accelerator);
+    let mut last_loss = f64::NAN;
+    let mut last_eval = None;
+    let evaluate = |model: &LlamaModel<A>, accelerator: &Accelerator<A>| -> Result<f64> {
+        let inference = accelerator.unwrap_model(model);
+        let (sum, count) = evaluate_parts(&inference, &options, &tokenizer, tr.eval_batches, device)?;
+        let parts = accelerator.reduce_many(&[sum, count], ReduceOp::Sum)?;
+        Ok(eval_mean(parts[0], parts[1])?)
+    };
+    while step < tr.max_steps {
+        let mut micro = Vec::with_capacity(tr.gradient_accumulation_steps);
+        for _ in 0..tr.gradient_accumulation_steps {
+            match train_data.next_batch()? {
+                Some(batch) => micro.push(batch),
+                None => return Err(CoreError::Invalid("the training data yielded no batch".into()).into()),
+            }
+        }
+        let lr = schedule.lr(step);
+        let max_norm = (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm);
+        let stats = train_step(accelerator, &mut model, &mut optimizer, &micro, lr, max_norm, device)?;
+        window.tokens += micro.iter().map(|b| b.rows * b.seq).sum::<usize>() * accelerator.world_size();
+        step += 1;
+        last_loss = stats.loss;
+        progress.set_position(step);
+        progress.set_message(format!("loss {:.4} lr {lr:.2e}", stats.loss));
+
+        if step % tr.logging_steps == 0 || step == tr.max_steps {
+            let mut record = json!({
+                "step": step, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
+                "tokens_per_sec": window.rate(), "epoch": train_data.position().epoch,
+            });
+            if accelerator.world_size() > 1 {
+                record["comm_share"] = json!(window.comm_share(accelerator));
+            }
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&record)?;
+                log_line(&progress, &record);
+            }
+            window = Window::new(accelerator);
+        }
+        let eval_due = tr.eval_steps > 0 && step % tr.eval_steps == 0 && step != tr.max_steps;
+        if eval_due && options.eval_fraction > 0.0 {
+            let eval_loss = evaluate(&model, accelerator)?;
+            let record = json!({"step": step, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp()});
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&record)?;
+                log_line(&progress, &record);
+            }
+            last_eval = Some(eval_loss);
+        }
+        if tr.save_steps > 0 && step % tr.save_steps == 0 && step != tr.max_steps {
+            let state = trainer_state(step, &train_data, tr.seed);
+            accelerator.save_state(&out, &model, &hf_config, &optimizer, &tokenizer, state, tr.save_total_limit)?;
+        }
+    }
+    progress.finish_and_clear();
+
+    if options.eval_fraction > 0.0 {
+        let eval_loss = evaluate(&model, accelerator)?;
+        let record = json!({"step": step, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp()});
+        if let Some(metrics) = &mut metrics {
+            metrics.write(&record)?;
+        }
+        last_eval = Some(eval_loss);
+    }
+    // The last checkpoint and `final/` both hold the end state.
+    let state = trainer_state(step, &train_data, tr.seed);
+    accelerator.save_state(&out, &model, &hf_config, &optimizer, &tokenizer, state, tr.save_total_limit)?;
+    let final_dir = out.join("final");
+    let inference = accelerator.unwrap_model(&model);
+    let mut summary = TrainSummary {
+        steps: step,
+        resumed_from,
+        final_train_loss: last_loss,
+        final_eval_loss: last_eval,
+        unigram_entropy: f64::NAN,
+        tokens_per_sec: 0.0,
+        skipped_rows: train_data.skipped_rows(),
+        sample: None,
+        final_dir: final_dir.clone(),
+        elapsed_secs: 0.0,
+    };
+    if main {
+        write_dir_atomic(&final_dir, |dir| {
+            hf::save_model(&inference, &hf_config, dir, &SaveOptions::default())?;
+            tokenizer.save(dir)
+        })?;
+        if let Some(prompt) = &tr.sample_prompt {
+            summary.sample = Some(sample_text(&inference, &tokenizer, prompt, tr.sample_max_new_tokens, device)?);
+        }
+        summary.unigram_entropy = unigram_entropy(&single_options, &tokenizer)?;
+        if let Some(metrics) = &metrics {
+            let records = metrics.read_all()?;
+            // A figure is a convenience: failing to draw it does not fail a finished run.
+            if let Err(err) = write_loss_curve(&records, &out.join(LOSS_CURVE_FILE)) {
+                tracing::warn!("{err}");
+            }
+            let rates: Vec<f64> = records.iter().filter_map(|r| r["tokens_per_sec"].as_f64()).collect();
+            summary.tokens_per_sec =
+                if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
+        }
+    }
+    // No rank reports success before the final model is in place.
+    accelerator.wait_for_everyone()?;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn tokenizer_and_model<A: AutodiffBackend>(
+    config: &RunConfig,
+    device: &A::Device,
+) -> Result<(TextTokenizer, LlamaModel<A>, HfConfig)> {
+    let tokenizer = resolve_tokenizer(config)?;
+    let (model, hf_config) = build_model::<A>(config, &tokenizer, device)?;
+    Ok((tokenizer, model, hf_config))
+}
+
+fn trainer_state(step: u64, data: &DataLoader, seed: u64) -> TrainerState {
+    TrainerState { step, data_position: data.position(), seed, world_size: 1, files: Default::default() }
+}
+
+/// Tokens (all ranks) and communication time since the last log line, for throughput and the share of time
+/// spent all-reducing.
+struct Window {
+    start: Instant,
+    tokens: usize,
+    comm_at_start: Duration,
+}
+
+impl Window {
+    fn new<A: AutodiffBackend>(accelerator: &Accelerator<A>) -> Self {
+        Self { start: Instant::now(), tokens: 0, comm_at_start: accelerator.communication_time() }
+    }
+
+    fn rate(&self) -> f64 {
+        self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn comm_share<A: AutodiffBackend>(&self, accelerator: &Accelerator<A>) -> f64 {
+        let comm = (accelerator.communication_time() - self.comm_at_start).as_secs_f64();
+        comm / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+fn progress_bar(total: u64, position: u64) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} ({per_sec}, ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(position);
+    bar
+}
+
+/// One log line per logged step: above the progress bar on a terminal, on stderr otherwise.
+fn log_line(bar: &ProgressBar, record: &serde_json::Value) {
+    tracing::info!("{record}");
+    if bar.is_hidden() {
+        eprintln!("{record}");
+    } else {
+        bar.println(record.to_string());
+    }
+}
