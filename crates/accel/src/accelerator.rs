@@ -195,24 +195,19 @@ impl<A: AutodiffBackend> Accelerator<A> {
         self.reduce_many(&[value], op).map(|v| v[0])
     }
 
-    /// Several values combined over ranks in one collective. Sums are carried as f64 split into two f32s, so
-    /// token counts and loss sums keep their precision.
+    /// Several values combined over ranks in one collective, in f64 (token counts and loss sums keep their
+    /// precision) and added in rank order.
     pub fn reduce_many(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        let mut values = values.to_vec();
         if self.world_size() == 1 {
-            return Ok(values.to_vec());
+            return Ok(values);
         }
-        let mut parts: Vec<f32> = Vec::with_capacity(values.len() * 2);
-        for &v in values {
-            let high = v as f32;
-            parts.push(high);
-            parts.push((v - high as f64) as f32);
+        self.comm.all_reduce_sum_f64(&mut values)?;
+        if op == ReduceOp::Mean {
+            let world = self.world_size() as f64;
+            values.iter_mut().for_each(|v| *v /= world);
         }
-        self.comm.all_reduce_sum(&mut parts)?;
-        let divisor = match op {
-            ReduceOp::Sum => 1.0,
-            ReduceOp::Mean => self.world_size() as f64,
-        };
-        Ok(parts.chunks(2).map(|p| (p[0] as f64 + p[1] as f64) / divisor).collect())
+        Ok(values)
     }
 
     /// Returns once every rank got here.

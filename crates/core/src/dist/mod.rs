@@ -81,4 +81,31 @@ pub trait Communicator: Send {
     /// Tells the other ranks this one failed, so their pending and future collectives return an error instead
     /// of waiting forever.
     fn abort(&self, reason: &str);
+
+    /// Element-wise f64 sum over ranks, identical on every rank, for scalars that need f64 (token counts past
+    /// 2^24, loss sums). The values travel bit for bit through [`all_gather`](Self::all_gather) (each f64 as two
+    /// f32 bit patterns, never computed with) and are added in rank order.
+    fn all_reduce_sum_f64(&self, data: &mut [f64]) -> Result<(), DistError> {
+        let bits: Vec<f32> = data
+            .iter()
+            .flat_map(|v| {
+                let b = v.to_bits();
+                [f32::from_bits(b as u32), f32::from_bits((b >> 32) as u32)]
+            })
+            .collect();
+        let all = self.all_gather(&bits)?;
+        if bits.is_empty() {
+            return Ok(());
+        }
+        for (i, value) in data.iter_mut().enumerate() {
+            *value = all
+                .chunks(bits.len())
+                .map(|rank| {
+                    let (low, high) = (rank[2 * i].to_bits() as u64, rank[2 * i + 1].to_bits() as u64);
+                    f64::from_bits(high << 32 | low)
+                })
+                .sum();
+        }
+        Ok(())
+    }
 }
