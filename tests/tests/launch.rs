@@ -133,5 +133,27 @@ fn dry_run_prints_the_exact_mpirun_and_srun_lines() {
         "--config",
         "r.toml",
     ]);
-    assert_eq!(ok(&out).trim(), format!("srun --ntasks=8 --nodes=2 {bin} --device cpu train --config r.toml"));
+    assert_eq!(
+        ok(&out).trim(),
+        format!("srun --ntasks=8 --nodes=2 --kill-on-bad-exit=1 {bin} --device cpu train --config r.toml")
+    );
+    // The command's own `--device X` is the ranks' device, passed once.
+    let out = job.run(&[
+        "launch",
+        "--launcher",
+        "mpirun",
+        "--num-processes",
+        "2",
+        "--dry-run",
+        "--",
+        "--device",
+        "cpu",
+        "train",
+        "--config",
+        "r.toml",
+    ]);
+    assert_eq!(
+        ok(&out).trim(),
+        format!("mpirun -np 2 --oversubscribe --bind-to none {bin} --device cpu train --config r.toml")
+    );
 }

@@ -35,6 +35,25 @@ impl Default for AcceleratorConfig {
     }
 }
 
+impl AcceleratorConfig {
+    /// Refuses what the accelerator cannot honour (so a rank can check before handing over its communicator).
+    pub fn validate(&self) -> Result<()> {
+        if self.gradient_accumulation_steps == 0 {
+            return Err(AccelError::Config("gradient_accumulation_steps must be at least 1".into()));
+        }
+        if self.mixed_precision != MixedPrecision::No {
+            return Err(AccelError::Config(format!(
+                "mixed_precision = {}: only `no` (fp32) is available in this version; bf16/fp16 arrive with memopt",
+                self.mixed_precision
+            )));
+        }
+        if self.bucket_cap_mb.is_nan() || self.bucket_cap_mb <= 0.0 {
+            return Err(AccelError::Config(format!("bucket_cap_mb must be positive, got {}", self.bucket_cap_mb)));
+        }
+        Ok(())
+    }
+}
+
 /// How [`Accelerator::reduce`] combines the ranks' values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -59,18 +78,7 @@ pub struct Accelerator<A: AutodiffBackend> {
 impl<A: AutodiffBackend> Accelerator<A> {
     /// An accelerator for the rank `comm` stands for.
     pub fn new(config: AcceleratorConfig, comm: Box<dyn Communicator>) -> Result<Self> {
-        if config.gradient_accumulation_steps == 0 {
-            return Err(AccelError::Config("gradient_accumulation_steps must be at least 1".into()));
-        }
-        if config.mixed_precision != MixedPrecision::No {
-            return Err(AccelError::Config(format!(
-                "mixed_precision = {}: only `no` (fp32) is available in this version; bf16/fp16 arrive with memopt",
-                config.mixed_precision
-            )));
-        }
-        if config.bucket_cap_mb.is_nan() || config.bucket_cap_mb <= 0.0 {
-            return Err(AccelError::Config(format!("bucket_cap_mb must be positive, got {}", config.bucket_cap_mb)));
-        }
+        config.validate()?;
         Ok(Self {
             config,
             comm,
@@ -184,6 +192,9 @@ impl<A: AutodiffBackend> Accelerator<A> {
 
     /// [`gather`](Self::gather) for evaluation: when the last batch was filled up with repeated samples so that
     /// every rank had one, only the first `samples_left` gathered values are real and the rest is dropped.
+    /// (llmtrain's own eval split is not padded: ranks may hold different numbers of batches, so the trainer sums
+    /// locally and reduces once after the pass; gather per batch only from loaders that give every rank equal
+    /// batches.)
     pub fn gather_for_metrics(&self, values: &[f32], samples_left: usize) -> Result<Vec<f32>> {
         let mut all = self.gather(values)?;
         all.truncate(samples_left);

@@ -56,6 +56,11 @@ where
         }
         handles.into_iter().map(|h| h.join().ok().flatten()).collect()
     });
+    // The group records the first abort, which is the cause: a rank may abort the group itself before returning
+    // its error, and the ranks it released then fail too, racing it to `first_failure`.
+    if let Some(cause) = ranks.first().and_then(|comm| comm.failure()) {
+        return Err(AccelError::Dist(cause));
+    }
     if let Some((rank, reason)) = first_failure.into_inner() {
         return Err(AccelError::Dist(DistError::PeerFailed { rank, reason }));
     }
@@ -120,6 +125,8 @@ pub fn process_launch_command(config: &LaunchConfig, program: &Path, args: &[Str
             "srun".to_string(),
             format!("--ntasks={}", config.num_processes),
             format!("--nodes={}", config.num_machines),
+            // A rank that exits with an error ends the step instead of leaving the others waiting.
+            "--kill-on-bad-exit=1".to_string(),
         ],
         Launcher::InProcess => {
             return Err(AccelError::Launch("the in-process launcher starts no processes".into()));

@@ -102,6 +102,8 @@ pub fn run_training<A: AutodiffBackend>(
         Some(built) => built,
         None => tokenizer_and_model::<A>(&config, device)?,
     };
+    // Every rank has read the model (which may sit in the output directory) before rank 0 clears that directory.
+    accelerator.wait_for_everyone()?;
     let mut model = accelerator.prepare_model(model)?;
     let single_options = data_options(&config)?;
     let options = accelerator.prepare_data(&single_options);

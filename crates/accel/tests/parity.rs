@@ -183,6 +183,24 @@ fn a_failing_rank_stops_the_others_and_is_named() {
 }
 
 #[test]
+fn a_rank_that_aborts_the_group_itself_is_the_one_named() {
+    // As `llmtrain train` does on an error: abort the group, then return the error. The released ranks fail
+    // with "rank 1 failed: ..." too; the report must still name rank 1, once.
+    for _ in 0..20 {
+        let result = run_in_process(4, |comm| -> Result<(), AccelError> {
+            let rank = comm.rank();
+            if rank == 1 {
+                comm.abort("disk full");
+                return Err(AccelError::Config("disk full".into()));
+            }
+            let accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
+            accelerator.wait_for_everyone()
+        });
+        assert_eq!(result.unwrap_err().to_string(), "rank 1 failed: disk full");
+    }
+}
+
+#[test]
 fn a_panicking_rank_stops_the_others() {
     let result = run_in_process(2, |comm| -> Result<(), AccelError> {
         let accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;

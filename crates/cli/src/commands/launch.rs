@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::{Backend, DeviceOps};
+use burn::tensor::backend::Backend;
 use clap::Parser;
 use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command, run_in_process};
 use llmtrain_core::device::DeviceKind;
@@ -74,7 +74,10 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
     match config.launcher {
         Launcher::InProcess => {
             let RankCommand::Train(mut train) = rank_cli.command;
-            train.mixed_precision = config.mixed_precision;
+            // The launch's precision applies unless the command asked for one itself.
+            if train.mixed_precision == MixedPrecision::No {
+                train.mixed_precision = config.mixed_precision;
+            }
             if args.dry_run {
                 println!(
                     "{} in-process rank(s) on {device}: llmtrain {}",
@@ -99,9 +102,7 @@ pub struct InProcessJob {
 /// Runs the job's ranks on backend `B`; rank r uses device r of `device`'s kind (GPU r; the CPU is one device).
 pub fn run<B: Backend>(job: &InProcessJob, device: &B::Device) -> Result<()> {
     run_in_process(job.world, |comm| {
-        let mut id = device.id();
-        id.index_id = id.index_id.saturating_add(comm.rank() as u16);
-        let rank_device = <B::Device as burn::tensor::backend::Device>::from_id(id);
+        let rank_device = super::train::device_for_rank::<B>(device, comm.rank());
         super::train::run_rank::<B>(&job.train, &rank_device, comm)
     })?;
     Ok(())
@@ -150,9 +151,18 @@ fn resolve_config(args: &Args, device: DeviceKind) -> Result<LaunchConfig> {
 /// Ranks as processes: this binary under `mpirun` or `srun`, with the rank command's arguments.
 fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> Result<()> {
     let program = std::env::current_exe().context("locating the llmtrain binary")?;
+    // The device goes first, once: the command's own `--device X` / `--device=X` (flag and value) is replaced.
     let mut rank_args = vec!["--device".to_string(), device.to_string()];
-    rank_args.extend(args.command.iter().filter(|a| !a.starts_with("--device")).cloned());
-    if config.mixed_precision != MixedPrecision::No {
+    let mut words = args.command.iter();
+    while let Some(word) = words.next() {
+        if word == "--device" {
+            words.next();
+        } else if !word.starts_with("--device=") {
+            rank_args.push(word.clone());
+        }
+    }
+    let asks_precision = args.command.iter().any(|a| a == "--mixed-precision" || a.starts_with("--mixed-precision="));
+    if config.mixed_precision != MixedPrecision::No && !asks_precision {
         rank_args.extend(["--mixed-precision".into(), config.mixed_precision.to_string()]);
     }
     let line = process_launch_command(config, &program, &rank_args)?;

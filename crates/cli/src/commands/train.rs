@@ -38,21 +38,53 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     if llmtrain_core::dist::launched_by_mpi() {
         let comm = llmtrain_core::dist::Mpi::init()?;
         let rank = comm.rank();
+        // Ranks of one machine take its devices in turn (GPU k for local rank k; the CPU is one device).
+        let device = device_for_rank::<B>(device, local_rank_from_env());
         // Every rank prints its own error: name the rank, as the in-process launcher does.
-        return run_rank::<B>(args, device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")));
+        return run_rank::<B>(args, &device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")));
     }
     let single = InProcess::group(1).into_iter().next().ok_or_else(|| anyhow::anyhow!("no rank"))?;
     run_rank::<B>(args, device, Box::new(single))
 }
 
-/// Trains as the rank `comm` stands for; rank 0 prints the summary.
+/// Device `index` of `device`'s kind (GPU `index`; backends with one device ignore it).
+pub fn device_for_rank<B: Backend>(device: &B::Device, index: usize) -> B::Device {
+    use burn::tensor::backend::DeviceOps;
+    let mut id = device.id();
+    id.index_id = id.index_id.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
+    <B::Device as burn::tensor::backend::Device>::from_id(id)
+}
+
+/// This process's rank among the ranks of its machine, as Open MPI, Slurm or MPICH tell it.
+#[cfg(feature = "mpi")]
+fn local_rank_from_env() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Trains as the rank `comm` stands for; rank 0 prints the summary. Any error, from the config on, aborts the
+/// group first, so no other rank waits for this one.
 pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Communicator>) -> Result<()> {
     let world = comm.world_size();
-    let config = RunConfig::load(&args.config)?;
-    let accel_config = AcceleratorConfig {
-        gradient_accumulation_steps: config.training.gradient_accumulation_steps,
-        mixed_precision: args.mixed_precision,
-        ..Default::default()
+    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|config| {
+        let accel_config = AcceleratorConfig {
+            gradient_accumulation_steps: config.training.gradient_accumulation_steps,
+            mixed_precision: args.mixed_precision,
+            ..Default::default()
+        };
+        accel_config.validate()?;
+        Ok((config, accel_config))
+    });
+    let (config, accel_config) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            if world > 1 {
+                comm.abort(&err.to_string());
+            }
+            return Err(err);
+        }
     };
     let mut accelerator = Accelerator::<Autodiff<B>>::new(accel_config, comm)?;
     let overrides = TrainOverrides {

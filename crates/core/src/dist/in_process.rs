@@ -38,6 +38,11 @@ impl InProcess {
         (0..world).map(|rank| InProcess { rank, shared: shared.clone() }).collect()
     }
 
+    /// The group's first failure (the rank that aborted first and why), if any rank aborted.
+    pub fn failure(&self) -> Option<DistError> {
+        self.lock().failure.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A rank that panicked while holding the lock leaves the data consistent (we only swap whole vectors).
         self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

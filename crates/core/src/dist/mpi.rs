@@ -196,7 +196,9 @@ impl Communicator for Mpi {
 
     /// Never returns: `MPI_Abort` on the world makes the launcher end every rank, so none waits forever.
     fn abort(&self, reason: &str) {
-        eprintln!("rank {} failed: {reason}", self.rank);
+        // MPI_Abort ends this process before the caller could report the error: say it here, in the command
+        // line's one-line error form.
+        eprintln!("error: rank {} failed: {}", self.rank, reason.replace('\n', " "));
         self.comm().abort(1)
     }
 }
