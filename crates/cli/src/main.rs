@@ -31,6 +31,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Run a training command as data-parallel ranks: threads of this process, or processes under mpirun / srun.
     Launch(commands::launch::Args),
+    /// Memory per device for a model and method, before a run (weights, gradients, optimizer, activations; ZeRO).
+    EstimateMemory(commands::estimate_memory::Args),
     /// Write a launch config, asking what `accelerate config` asks.
     Config(commands::config::Args),
     /// Tokenizer tools.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
         Command::Launch(args) => commands::launch::start(&args, cli.device),
+        Command::EstimateMemory(args) => commands::estimate_memory::run(&args),
         Command::Config(args) => commands::config::run(&args),
     };
     match result {

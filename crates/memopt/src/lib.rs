@@ -1,3 +1,21 @@
-//! llmtrain-memopt — The memory techniques: gradient checkpointing, mixed precision, NF4 4-bit quantization, memory-efficient attention, gradient accumulation, and a memory estimator. Arrives with issue 5.
+//! llmtrain-memopt — the memory techniques (gradient checkpointing, mixed precision, NF4 4-bit quantization,
+//! memory-efficient attention, gradient accumulation) and a memory estimator. Issue 5 brings them one by one;
+//! what is here now:
 //!
-//! This crate holds no API yet: its issue has not been worked on. See DESIGN.md for where it sits.
+//! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
+//!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus
+//!   activations for a batch shape.
+//!
+//! ```
+//! use llmtrain_memopt::estimate::{EstimateInput, Method, Precision, estimate};
+//!
+//! // The ZeRO paper's example: 7.5B parameters, 64 GPUs, mixed precision, stage 3.
+//! let input = EstimateInput {
+//!     params: 7_500_000_000, model: None, method: Method::Full, lora_rank: 16, precision: Precision::Mixed,
+//!     zero_stage: 3, gpus: 64, batch: None, gradient_checkpointing: false,
+//! };
+//! let per_device = estimate(&input).unwrap();
+//! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB
+//! ```
+
+pub mod estimate;
