@@ -5,6 +5,9 @@
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
 //!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus
 //!   activations for a batch shape.
+//! - [`nf4`]: NF4 4-bit quantization with double quantization, byte for byte as bitsandbytes on the CPU
+//!   (quantize, pack, dequantize; ~4.127 bits per weight).
+//! - [`quantized_linear::Nf4Linear`]: a frozen NF4 linear layer, dequantized on the fly (QLoRA's base layer).
 //!
 //! ```
 //! use llmtrain_memopt::estimate::{EstimateInput, Method, Precision, estimate};
@@ -19,3 +22,5 @@
 //! ```
 
 pub mod estimate;
+pub mod nf4;
+pub mod quantized_linear;
