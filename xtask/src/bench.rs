@@ -72,6 +72,9 @@ struct Timings {
 
 /// Runs one case in this process (each rank a thread) and prints its JSON result on stdout.
 pub fn run_case(name: &str, steps: usize) -> Result<()> {
+    if name == NF4_CASE {
+        return nf4_storage(steps);
+    }
     let case = cases().into_iter().find(|c| c.name == name).with_context(|| format!("unknown case `{name}`"))?;
     if case.batch % case.ranks != 0 {
         bail!("case {name}: batch {} does not split over {} ranks", case.batch, case.ranks);
@@ -103,6 +106,62 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
         result["comm_ms_per_step"] = json!(comm_ms.iter().sum::<f64>() / comm_ms.len() as f64);
     }
     println!("{result}");
+    Ok(())
+}
+
+/// The NF4 storage case: not a training step but QLoRA's weight format, so its figures are storage.
+const NF4_CASE: &str = "nf4-storage";
+
+/// A 4096 x 4096 weight (normal, std 0.02) quantized to NF4 with double quantization: bits per parameter,
+/// and quantize / dequantize time (`tokens_per_sec` holds weights quantized per second here).
+fn nf4_storage(steps: usize) -> Result<()> {
+    use llmtrain_memopt::nf4::Nf4Tensor;
+    let (rows, cols) = (4096usize, 4096usize);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    // Box-Muller: normal weights like a trained layer's.
+    let weight: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            let (u, v) = (uniform().max(1e-12), uniform());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * 0.02) as f32
+        })
+        .collect();
+    let mut quantize_ms = Vec::with_capacity(steps);
+    let mut dequantize_ms = Vec::with_capacity(steps);
+    let mut quantized = Nf4Tensor::quantize(&weight, true);
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        quantized = Nf4Tensor::quantize(&weight, true);
+        quantize_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        let restored = quantized.dequantize();
+        dequantize_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(restored);
+    }
+    quantize_ms.sort_by(f64::total_cmp);
+    dequantize_ms.sort_by(f64::total_cmp);
+    let median = quantize_ms[quantize_ms.len() / 2];
+    let plain = Nf4Tensor::quantize(&weight, false);
+    println!(
+        "{}",
+        json!({
+            "tokens_per_sec": (rows * cols) as f64 / (median / 1e3),
+            "step_ms_median": median,
+            "dequantize_ms_median": dequantize_ms[dequantize_ms.len() / 2],
+            "peak_rss_mb": peak_rss_mb(),
+            "bits_per_param": quantized.bits_per_value(),
+            "bits_per_param_without_double_quant": plain.bits_per_value(),
+            "bytes": quantized.storage_bytes(),
+            "f32_bytes": rows * cols * 4,
+            "shape": {"rows": rows, "cols": cols, "block": 64, "absmax_block": 256, "dtype": "nf4"},
+            "note": "tokens_per_sec = weights quantized per second; step_ms_median = one quantization",
+        })
+    );
     Ok(())
 }
 
@@ -219,6 +278,22 @@ pub fn run(args: &Args) -> Result<()> {
             result["comm_share"].as_f64().map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
         ));
         report.insert(case.name.to_string(), result);
+    }
+    if args.case.is_empty() || args.case.iter().any(|c| c == NF4_CASE) {
+        eprintln!("bench {NF4_CASE} ...");
+        let out = Command::new(&exe).args(["bench-case", NF4_CASE, "--steps", &args.steps.to_string()]).output()?;
+        if !out.status.success() {
+            bail!("case {NF4_CASE} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let result: Value = serde_json::from_slice(&out.stdout).context("case output is JSON")?;
+        table.push_str(&format!(
+            "\n{NF4_CASE}: {:.3} bits per parameter with double quantization ({:.3} without), {:.0} ms to quantize \
+             a 4096 x 4096 weight\n",
+            result["bits_per_param"].as_f64().unwrap_or(f64::NAN),
+            result["bits_per_param_without_double_quant"].as_f64().unwrap_or(f64::NAN),
+            result["step_ms_median"].as_f64().unwrap_or(f64::NAN),
+        ));
+        report.insert(NF4_CASE.to_string(), result);
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
