@@ -157,3 +157,21 @@ fn dry_run_prints_the_exact_mpirun_and_srun_lines() {
         format!("mpirun -np 2 --oversubscribe --bind-to none {bin} --device cpu train --config r.toml")
     );
 }
+
+#[test]
+fn gradient_checkpointing_from_the_config_follows_the_plain_run() {
+    // 2 ranks of 4 rows with checkpointing against one plain process of 8 rows: the same global batch.
+    let job = Job::new();
+    let plain = job.config(8, "plain8", "");
+    let checkpointed = job.config(4, "ckpt", "");
+    let text = std::fs::read_to_string(&checkpointed).unwrap() + "\n[memopt]\ngradient_checkpointing = true\n";
+    std::fs::write(&checkpointed, text).unwrap();
+    ok(&job.run(&["train", "--config", plain.to_str().unwrap()]));
+    ok(&job.run(&["launch", "--num-processes", "2", "--", "train", "--config", checkpointed.to_str().unwrap()]));
+    let (plain_loss, _) = launch_common::curves(&job.path("out-plain8"));
+    let (ckpt_loss, _) = launch_common::curves(&job.path("out-ckpt"));
+    assert_eq!(ckpt_loss.len(), plain_loss.len());
+    let diff = ckpt_loss.iter().zip(&plain_loss).map(|(a, b)| (a.1 - b.1).abs()).fold(0.0, f64::max);
+    eprintln!("checkpointed (2 ranks) vs plain (1 rank, same global batch): max |Δloss| {diff:.2e}");
+    assert!(diff <= 1e-5, "{diff}");
+}

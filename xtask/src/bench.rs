@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process, train_step};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, StepOptions, run_in_process, train_step};
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
@@ -39,6 +39,8 @@ pub struct Case {
     pub batch: usize,
     pub seq: usize,
     pub ranks: usize,
+    /// Recompute each decoder layer in backward (llmtrain-memopt).
+    pub checkpointing: bool,
 }
 
 pub fn cases() -> Vec<Case> {
@@ -46,10 +48,15 @@ pub fn cases() -> Vec<Case> {
     quickstart.intermediate_size = 352;
     quickstart.tie_word_embeddings = true;
     vec![
-        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256, ranks: 1 },
-        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128, ranks: 1 },
+        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256, ranks: 1, checkpointing: false },
+        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128, ranks: 1, checkpointing: false },
         // full-tiny's global batch over 2 in-process ranks: the cost of data parallelism's communication.
-        Case { name: "ddp-2", model: full_tiny(), batch: 8, seq: 256, ranks: 2 },
+        Case { name: "ddp-2", model: full_tiny(), batch: 8, seq: 256, ranks: 2, checkpointing: false },
+        // Gradient checkpointing on full-tiny's shape, and on the same tokens as 2 sequences of 1024, where
+        // attention's activations dominate; each beside the same shape without it.
+        Case { name: "full-tiny-ckpt", model: full_tiny(), batch: 8, seq: 256, ranks: 1, checkpointing: true },
+        Case { name: "full-tiny-seq1024", model: full_tiny(), batch: 2, seq: 1024, ranks: 1, checkpointing: false },
+        Case { name: "full-tiny-seq1024-ckpt", model: full_tiny(), batch: 2, seq: 1024, ranks: 1, checkpointing: true },
     ]
 }
 
@@ -98,6 +105,7 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
             "threads": std::env::var("RAYON_NUM_THREADS").ok(),
             "tied": m.tie_word_embeddings,
             "ranks": case.ranks,
+            "gradient_checkpointing": case.checkpointing,
         },
         "backend": "flex",
     });
@@ -192,15 +200,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     for step in 0..steps + 2 {
         let start = Instant::now();
         let comm_before = accelerator.communication_time();
-        train_step(
-            &mut accelerator,
-            &mut model,
-            &mut optimizer,
-            std::slice::from_ref(&batch),
-            1e-4,
-            Some(1.0),
-            &device,
-        )?;
+        let options = StepOptions { lr: 1e-4, max_grad_norm: Some(1.0), gradient_checkpointing: case.checkpointing };
+        train_step(&mut accelerator, &mut model, &mut optimizer, std::slice::from_ref(&batch), options, &device)?;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);

@@ -154,8 +154,23 @@ impl<A: AutodiffBackend> Accelerator<A> {
     /// Backward of `loss` divided by the accumulation steps; its gradients are added to this rank's sum, and on a
     /// synchronising micro-batch averaged over ranks (bucketed all-reduce).
     pub fn backward(&mut self, model: &LlamaModel<A>, loss: Tensor<A, 1>) -> Result<()> {
-        let loss = loss.div_scalar(self.config.gradient_accumulation_steps as f64);
-        self.grads.accumulate(model, &loss.backward());
+        self.backward_with(|grads, divisor| grads.accumulate(model, &loss.div_scalar(divisor).backward()))
+    }
+
+    /// [`backward`](Self::backward) for gradients the caller computes itself (gradient checkpointing computes
+    /// them layer by layer): `compute(buffer, divisor)` adds to `buffer` the gradients of its loss divided by
+    /// `divisor` (the accumulation steps); the synchronisation follows as for `backward`.
+    pub fn backward_with<T>(
+        &mut self,
+        compute: impl FnOnce(&mut GradientBuffer<A::InnerBackend>, f64) -> T,
+    ) -> Result<T> {
+        let out = compute(&mut self.grads, self.config.gradient_accumulation_steps as f64);
+        self.synchronise_if_due()?;
+        Ok(out)
+    }
+
+    /// Averages the summed gradients over ranks on a synchronising micro-batch.
+    fn synchronise_if_due(&mut self) -> Result<()> {
         if self.sync_gradients && self.world_size() > 1 {
             let started = Instant::now();
             let bucket_elems = (self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize;

@@ -36,4 +36,4 @@ pub use error::{AccelError, Result};
 pub use launch::{process_launch_command, run_in_process};
 pub use launch_config::{Answers, ParseChoiceError, ask, ask_with};
 pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};
-pub use trainer::{StepStats, run_training, train_step};
+pub use trainer::{StepOptions, StepStats, run_training, train_step};

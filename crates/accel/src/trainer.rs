@@ -24,6 +24,8 @@ use llmtrain_core::train::{
 };
 use serde_json::json;
 
+use llmtrain_memopt::checkpoint::backward_by_layers;
+
 use crate::accelerator::{Accelerator, ReduceOp};
 use crate::error::{AccelError, Result};
 
@@ -36,8 +38,18 @@ pub struct StepStats {
     pub grad_norm: f64,
 }
 
+/// How one optimizer step runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    pub lr: f64,
+    /// Global-norm clipping threshold.
+    pub max_grad_norm: Option<f64>,
+    /// Recompute each decoder layer in backward instead of keeping its activations (llmtrain-memopt).
+    pub gradient_checkpointing: bool,
+}
+
 /// One optimizer step over this rank's `micro` batches: forward, backward and gradient sum per micro-batch,
-/// all-reduce on the last, global-norm clipping, then AdamW at `lr`.
+/// all-reduce on the last, global-norm clipping, then AdamW.
 ///
 /// The loss of every micro-batch on every rank is its summed cross-entropy over the step's total scored-token
 /// count (all ranks, all micro-batches), so the step's gradient equals that of one large batch: N ranks with
@@ -49,20 +61,27 @@ pub fn train_step<A: AutodiffBackend>(
     model: &mut LlamaModel<A>,
     optimizer: &mut AdamW<A::InnerBackend>,
     micro: &[Batch],
-    lr: f64,
-    max_grad_norm: Option<f64>,
+    options: StepOptions,
     device: &A::Device,
 ) -> Result<StepStats> {
     let local_scored = micro.iter().map(Batch::scored_tokens).sum::<usize>() as f64;
     let scored = accelerator.reduce(local_scored, ReduceOp::Sum)?.max(1.0);
     let undo_averaging = (accelerator.world_size() * accelerator.config().gradient_accumulation_steps) as f64;
+    // Applied to each micro-batch's summed loss; backward divides by the accumulation steps on top.
+    let scale = undo_averaging / scored;
     let mut local_loss = 0.0;
     for batch in micro {
         accelerator.accumulate();
-        let (sum, _) = batch_loss(model, batch, device);
-        let loss = sum.div_scalar(scored);
-        local_loss += loss.clone().into_scalar().elem::<f64>();
-        accelerator.backward(model, loss.mul_scalar(undo_averaging))?;
+        let loss_sum = if options.gradient_checkpointing {
+            accelerator
+                .backward_with(|grads, divisor| backward_by_layers(model, batch, scale / divisor, grads, device))?
+        } else {
+            let (sum, _) = batch_loss(model, batch, device);
+            let value = sum.clone().into_scalar().elem::<f64>();
+            accelerator.backward(model, sum.mul_scalar(scale))?;
+            value
+        };
+        local_loss += loss_sum / scored;
     }
     if !accelerator.sync_gradients() {
         return Err(AccelError::Config(format!(
@@ -72,8 +91,8 @@ pub fn train_step<A: AutodiffBackend>(
         )));
     }
     let loss = accelerator.reduce(local_loss, ReduceOp::Sum)?;
-    let grad_norm = accelerator.clip_grad_norm(max_grad_norm);
-    accelerator.step(model, optimizer, lr);
+    let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
+    accelerator.step(model, optimizer, options.lr);
     Ok(StepStats { loss, grad_norm })
 }
 
@@ -159,7 +178,9 @@ pub fn run_training<A: AutodiffBackend>(
         }
         let lr = schedule.lr(step);
         let max_norm = (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm);
-        let stats = train_step(accelerator, &mut model, &mut optimizer, &micro, lr, max_norm, device)?;
+        let step_options =
+            StepOptions { lr, max_grad_norm: max_norm, gradient_checkpointing: config.memopt.gradient_checkpointing };
+        let stats = train_step(accelerator, &mut model, &mut optimizer, &micro, step_options, device)?;
         window.tokens += micro.iter().map(|b| b.rows * b.seq).sum::<usize>() * accelerator.world_size();
         step += 1;
         last_loss = stats.loss;

@@ -1,12 +1,12 @@
 //! Data-parallel parity: N in-process ranks with micro-batch b train exactly like one rank with batch N·b —
 //! same per-step losses and final weights within 1e-5 over 20 steps — for N = 2 and 4, with and without
-//! gradient accumulation; and a failing rank stops the others instead of hanging them.
+//! gradient accumulation and with gradient checkpointing; and a failing rank stops the others instead of hanging them.
 
 use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use llmtrain_accel::{AccelError, Accelerator, AcceleratorConfig, run_in_process, train_step};
+use llmtrain_accel::{AccelError, Accelerator, AcceleratorConfig, StepOptions, run_in_process, train_step};
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
@@ -91,6 +91,7 @@ fn train_rank(
     init: &std::path::Path,
     micro_rows: usize,
     accumulation: usize,
+    checkpointing: bool,
 ) -> Result<Outcome, AccelError> {
     let device = Default::default();
     let (rank, world) = (comm.rank(), comm.world_size());
@@ -109,7 +110,8 @@ fn train_rank(
         let micro: Vec<Batch> = (0..accumulation)
             .map(|m| rows_of(&global_batch(step, m, micro_rows * world), rank * micro_rows, micro_rows))
             .collect();
-        let stats = train_step(&mut accelerator, &mut model, &mut optimizer, &micro, 1e-2, Some(1.0), &device)?;
+        let options = StepOptions { lr: 1e-2, max_grad_norm: Some(1.0), gradient_checkpointing: checkpointing };
+        let stats = train_step(&mut accelerator, &mut model, &mut optimizer, &micro, options, &device)?;
         losses.push(stats.loss);
     }
     Ok(Outcome { losses, weights: weights(&model) })
@@ -127,14 +129,21 @@ fn max_weight_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
 }
 
 fn check_parity(world: usize, micro_rows: usize, accumulation: usize) {
+    check_parity_with(world, micro_rows, accumulation, false);
+}
+
+/// `checkpointing` applies to the N-rank run; the single-rank reference always backpropagates plainly.
+fn check_parity_with(world: usize, micro_rows: usize, accumulation: usize, checkpointing: bool) {
     let init = initial_model();
-    let single = run_in_process(1, |comm| train_rank(comm, init.path(), micro_rows * world, accumulation)).unwrap();
-    let ranks = run_in_process(world, |comm| train_rank(comm, init.path(), micro_rows, accumulation)).unwrap();
+    let single =
+        run_in_process(1, |comm| train_rank(comm, init.path(), micro_rows * world, accumulation, false)).unwrap();
+    let ranks =
+        run_in_process(world, |comm| train_rank(comm, init.path(), micro_rows, accumulation, checkpointing)).unwrap();
     let reference = &single[0];
     let loss_diff = ranks[0].losses.iter().zip(&reference.losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let weight_diff = max_weight_diff(&ranks[0].weights, &reference.weights);
     eprintln!(
-        "N={world} b={micro_rows} accumulation={accumulation}: max |Δloss| {loss_diff:.2e}, max |Δweight| \
+        "N={world} b={micro_rows} accumulation={accumulation} checkpointing={checkpointing}: max |Δloss| {loss_diff:.2e}, max |Δweight| \
          {weight_diff:.2e} over {STEPS} steps (first loss {:.4}, last {:.4})",
         reference.losses[0],
         reference.losses[STEPS - 1]
@@ -162,6 +171,11 @@ fn four_ranks_train_like_one_rank_with_four_times_the_batch() {
 #[test]
 fn parity_holds_with_gradient_accumulation() {
     check_parity(2, 1, 2);
+}
+
+#[test]
+fn gradient_checkpointing_trains_like_plain_backpropagation() {
+    check_parity_with(2, 1, 2, true);
 }
 
 #[test]

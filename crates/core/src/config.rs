@@ -24,6 +24,17 @@ pub struct RunConfig {
     pub training: TrainingSection,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default)]
+    pub memopt: MemoptSection,
+}
+
+/// The memory techniques (llmtrain-memopt), each off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoptSection {
+    /// Keep only each decoder layer's input in the forward pass and recompute the layer in backward.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// Where the model comes from: an HF checkpoint directory (`path`), or a from-scratch shape.

@@ -2,6 +2,7 @@
 //! memory-efficient attention, gradient accumulation) and a memory estimator. Issue 5 brings them one by one;
 //! what is here now:
 //!
+//! - [`checkpoint::backward_by_layers`]: gradient checkpointing per decoder layer (recompute in backward).
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
 //!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus
 //!   activations for a batch shape.
@@ -21,6 +22,7 @@
 //! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB
 //! ```
 
+pub mod checkpoint;
 pub mod estimate;
 pub mod nf4;
 pub mod quantized_linear;

@@ -19,7 +19,7 @@ pub use rope::Rotary;
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 
 /// A decoder-only causal language model.
 #[derive(Module, Debug)]
@@ -88,25 +88,43 @@ impl<B: Backend> LlamaModel<B> {
     /// The final normalised hidden states `[batch, seq, hidden]` (the input of the head).
     pub fn hidden_states(&self, tokens: Tensor<B, 2, Int>, positions: Option<&PositionIds>) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
-        let device = tokens.device();
-        let (cos, sin, mask) = match positions {
-            Some(p) => {
-                assert_eq!((p.batch, p.seq), (batch, seq), "position ids must have the tokens' shape");
-                let (cos, sin) = self.rotary.tables(&p.ids, batch, seq, &device);
-                (cos, sin, p.attention_mask::<B>(self.config.sliding_window, &device))
-            }
-            None => {
-                let ids: Vec<u32> = (0..seq as u32).collect();
-                let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
-                (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, &device))
-            }
-        };
-        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref() };
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        let inputs = self.layer_inputs(batch, seq, positions, &tokens.device());
+        let ctx = inputs.context();
+        let mut x = self.embed(tokens);
         for layer in &self.layers {
             x = layer.forward(x, &ctx, None).0;
         }
         self.norm.forward(x)
+    }
+
+    /// The token embeddings `[batch, seq, hidden]` (the first layer's input).
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embed_tokens.val(), tokens)
+    }
+
+    /// What every decoder layer sees besides its input, for a `[batch, seq]` batch: rotary tables and the
+    /// attention mask (packed sequences, sliding window). For callers that run the layers one at a time
+    /// (gradient checkpointing).
+    pub fn layer_inputs(
+        &self,
+        batch: usize,
+        seq: usize,
+        positions: Option<&PositionIds>,
+        device: &B::Device,
+    ) -> LayerInputs<B> {
+        let (cos, sin, mask) = match positions {
+            Some(p) => {
+                assert_eq!((p.batch, p.seq), (batch, seq), "position ids must have the tokens' shape");
+                let (cos, sin) = self.rotary.tables(&p.ids, batch, seq, device);
+                (cos, sin, p.attention_mask::<B>(self.config.sliding_window, device))
+            }
+            None => {
+                let ids: Vec<u32> = (0..seq as u32).collect();
+                let (cos, sin) = self.rotary.tables(&ids, 1, seq, device);
+                (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, device))
+            }
+        };
+        LayerInputs { cos, sin, mask }
     }
 
     /// Applies the (possibly tied) head to hidden states.
@@ -140,6 +158,19 @@ impl<B: Backend> LlamaModel<B> {
     /// An empty cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
+    }
+}
+
+/// Rotary tables and attention mask shared by the decoder layers of one batch (see [`LlamaModel::layer_inputs`]).
+pub struct LayerInputs<B: Backend> {
+    pub cos: Tensor<B, 4>,
+    pub sin: Tensor<B, 4>,
+    pub mask: Option<Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> LayerInputs<B> {
+    pub fn context(&self) -> AttentionContext<'_, B> {
+        AttentionContext { cos: &self.cos, sin: &self.sin, mask: self.mask.as_ref() }
     }
 }
 

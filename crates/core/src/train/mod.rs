@@ -13,6 +13,6 @@ pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_parts};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{
-    TrainOverrides, TrainSummary, batch_loss, build_model, clear_previous_run, data_options, eval_mean, evaluate,
-    evaluate_parts, expand_files, resolve_tokenizer, sample_text, unigram_entropy,
+    TrainOverrides, TrainSummary, batch_loss, batch_tensors, build_model, clear_previous_run, data_options, eval_mean,
+    evaluate, evaluate_parts, expand_files, resolve_tokenizer, sample_text, unigram_entropy,
 };

@@ -195,11 +195,20 @@ pub fn batch_loss<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let (tokens, labels, positions) = batch_tensors::<B>(batch, device);
+    causal_lm_loss_parts(model.forward(tokens, positions.as_ref()), labels)
+}
+
+/// A batch as the model takes it: token ids and labels `[rows, seq]`, and position ids when rows are packed.
+pub fn batch_tensors<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<PositionIds>) {
     let ids: Vec<i64> = batch.input_ids.iter().map(|&t| t as i64).collect();
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch.rows, batch.seq]), device);
     let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.labels.clone(), [batch.rows, batch.seq]), device);
     let positions = batch.position_ids.as_ref().map(|ids| PositionIds::new(batch.rows, batch.seq, ids.clone()));
-    causal_lm_loss_parts(model.forward(tokens, positions.as_ref()), labels)
+    (tokens, labels, positions)
 }
 
 /// Token-weighted mean loss over at most `max_batches` batches of the eval split.
