@@ -19,6 +19,8 @@ fn mpi_ranks_follow_the_single_process_run() {
 fn a_failing_mpi_rank_ends_the_job_with_its_error() {
     let job = Job::new();
     let missing = job.path("missing.toml");
+    // Built first: the time limit is for the job, not for compiling the binary.
+    llmtrain_e2e::llmtrain_bin();
     let started = std::time::Instant::now();
     let out = job.run(
         &["launch", "--launcher", "mpirun", "--num-processes", "2", "--", "train", "--config"]
