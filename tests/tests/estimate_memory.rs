@@ -26,32 +26,10 @@ fn zero_stages_for_7_5b_on_64_gpus_match_the_zero_paper() {
 #[test]
 fn a_model_directory_gives_shape_activations_and_lora_states() {
     let model = fixture("llama_gqa_tied");
-    let full = llmtrain(&[
-        "estimate-memory",
-        "--model",
-        model.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-        "--zero-stage",
-        "0",
-    ]);
-    let lora = llmtrain(&[
-        "estimate-memory",
-        "--model",
-        model.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-        "--zero-stage",
-        "0",
-        "--method",
-        "lora",
-        "--lora-rank",
-        "2",
-    ]);
+    let shape =
+        ["estimate-memory", "--model", model.to_str().unwrap(), "--batch", "2", "--seq", "16", "--zero-stage", "0"];
+    let full = llmtrain(&shape);
+    let lora = llmtrain(&[&shape[..], &["--method", "lora", "--lora-rank", "2"]].concat());
     let (full, lora) = (String::from_utf8_lossy(&full.stdout), String::from_utf8_lossy(&lora.stdout));
     assert!(full.contains("total MB per device") && !full.contains("| - |"), "{full}");
     let (f, l) = (totals(&full), totals(&lora));

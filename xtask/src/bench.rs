@@ -117,6 +117,18 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
     Ok(())
 }
 
+/// Marsaglia's xorshift64: the same pseudo-random inputs on every run, without a dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// The NF4 storage case: not a training step but QLoRA's weight format, so its figures are storage.
 const NF4_CASE: &str = "nf4-storage";
 
@@ -125,13 +137,8 @@ const NF4_CASE: &str = "nf4-storage";
 fn nf4_storage(steps: usize) -> Result<()> {
     use llmtrain_memopt::nf4::Nf4Tensor;
     let (rows, cols) = (4096usize, 4096usize);
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut random = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut uniform = move || (random.next() >> 11) as f64 / (1u64 << 53) as f64;
     // Box-Muller: normal weights like a trained layer's.
     let weight: Vec<f32> = (0..rows * cols)
         .map(|_| {
@@ -184,15 +191,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
     let rows = case.batch / case.ranks;
     let n = case.batch * case.seq;
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let all_ids: Vec<u32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % case.model.vocab_size as u64) as u32
-        })
-        .collect();
+    let mut random = XorShift(0x2545_F491_4F6C_DD1D);
+    let all_ids: Vec<u32> = (0..n).map(|_| (random.next() % case.model.vocab_size as u64) as u32).collect();
     let input_ids = all_ids[rank * rows * case.seq..(rank + 1) * rows * case.seq].to_vec();
     let labels = input_ids.iter().map(|&t| t as i64).collect();
     let batch = Batch { rows, seq: case.seq, input_ids, labels, position_ids: None };
