@@ -10,10 +10,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, StepOptions, run_in_process, train_step};
+use llmtrain_core::config::MixedPrecision;
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
-use llmtrain_core::model::{LlamaModel, ModelConfig};
+use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use serde_json::{Value, json};
 
@@ -41,6 +42,15 @@ pub struct Case {
     pub ranks: usize,
     /// Recompute each decoder layer in backward (llmtrain-memopt).
     pub checkpointing: bool,
+    /// The compute precision (f32 master weights either way).
+    pub precision: MixedPrecision,
+    /// Tiled attention with a recomputing backward instead of eager attention.
+    pub flash: bool,
+}
+
+/// A one-rank f32 case with every memory technique off.
+fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Case {
+    Case { name, model, batch, seq, ranks: 1, checkpointing: false, precision: MixedPrecision::No, flash: false }
 }
 
 pub fn cases() -> Vec<Case> {
@@ -48,15 +58,22 @@ pub fn cases() -> Vec<Case> {
     quickstart.intermediate_size = 352;
     quickstart.tie_word_embeddings = true;
     vec![
-        Case { name: "full-tiny", model: full_tiny(), batch: 8, seq: 256, ranks: 1, checkpointing: false },
-        Case { name: "quickstart", model: quickstart, batch: 16, seq: 128, ranks: 1, checkpointing: false },
+        case("full-tiny", full_tiny(), 8, 256),
+        case("quickstart", quickstart, 16, 128),
         // full-tiny's global batch over 2 in-process ranks: the cost of data parallelism's communication.
-        Case { name: "ddp-2", model: full_tiny(), batch: 8, seq: 256, ranks: 2, checkpointing: false },
+        Case { ranks: 2, ..case("ddp-2", full_tiny(), 8, 256) },
         // Gradient checkpointing on full-tiny's shape, and on the same tokens as 2 sequences of 1024, where
         // attention's activations dominate; each beside the same shape without it.
-        Case { name: "full-tiny-ckpt", model: full_tiny(), batch: 8, seq: 256, ranks: 1, checkpointing: true },
-        Case { name: "full-tiny-seq1024", model: full_tiny(), batch: 2, seq: 1024, ranks: 1, checkpointing: false },
-        Case { name: "full-tiny-seq1024-ckpt", model: full_tiny(), batch: 2, seq: 1024, ranks: 1, checkpointing: true },
+        Case { checkpointing: true, ..case("full-tiny-ckpt", full_tiny(), 8, 256) },
+        case("full-tiny-seq1024", full_tiny(), 2, 1024),
+        Case { checkpointing: true, ..case("full-tiny-seq1024-ckpt", full_tiny(), 2, 1024) },
+        // Mixed precision on full-tiny's shape (compare with full-tiny).
+        Case { precision: MixedPrecision::Bf16, ..case("full-tiny-bf16", full_tiny(), 8, 256) },
+        Case { precision: MixedPrecision::Fp16, ..case("full-tiny-fp16", full_tiny(), 8, 256) },
+        // One sequence of 2048 tokens on full-tiny's shape: eager attention keeps 8 heads × 2048² scores and
+        // probabilities per layer for backward, flash attention keeps none.
+        case("attention-naive-2048", full_tiny(), 1, 2048),
+        Case { flash: true, ..case("attention-flash-2048", full_tiny(), 1, 2048) },
     ]
 }
 
@@ -101,11 +118,13 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
         "shape": {
             "vocab": m.vocab_size, "hidden": m.hidden_size, "layers": m.num_hidden_layers,
             "heads": m.num_attention_heads, "kv_heads": m.num_key_value_heads, "ffn": m.intermediate_size,
-            "batch": case.batch, "seq": case.seq, "dtype": "f32", "optimizer": "adamw",
+            "batch": case.batch, "seq": case.seq, "dtype": "f32", "compute_dtype": compute_dtype(case.precision),
+            "optimizer": "adamw",
             "threads": std::env::var("RAYON_NUM_THREADS").ok(),
             "tied": m.tie_word_embeddings,
             "ranks": case.ranks,
             "gradient_checkpointing": case.checkpointing,
+            "attention": if case.flash { "flash" } else { "eager" },
         },
         "backend": "flex",
     });
@@ -185,8 +204,12 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     type A = Autodiff<CpuBackend>;
     let device = Default::default();
     let rank = comm.rank();
-    let mut accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
+    let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
+    let mut accelerator = Accelerator::<A>::new(config, comm)?;
     let mut model = accelerator.prepare_model(LlamaModel::<A>::init(&case.model, &device))?;
+    if case.flash {
+        model.compute.attention = AttentionKernel::Flash { block: FLASH_BLOCK };
+    }
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
     let rows = case.batch / case.ranks;
@@ -200,7 +223,12 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     for step in 0..steps + 2 {
         let start = Instant::now();
         let comm_before = accelerator.communication_time();
-        let options = StepOptions { lr: 1e-4, max_grad_norm: Some(1.0), gradient_checkpointing: case.checkpointing };
+        let options = StepOptions {
+            lr: 1e-4,
+            max_grad_norm: Some(1.0),
+            gradient_checkpointing: case.checkpointing,
+            ..Default::default()
+        };
         train_step(&mut accelerator, &mut model, &mut optimizer, std::slice::from_ref(&batch), options, &device)?;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -208,6 +236,18 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         }
     }
     Ok(timings)
+}
+
+/// The tile of flash attention in the bench (the `[memopt] flash_block` default).
+const FLASH_BLOCK: usize = 128;
+
+/// The report's name for the activations' type.
+fn compute_dtype(precision: MixedPrecision) -> &'static str {
+    match precision {
+        MixedPrecision::No => "f32",
+        MixedPrecision::Bf16 => "bf16",
+        MixedPrecision::Fp16 => "f16",
+    }
 }
 
 /// The PyTorch reference on the same shape, when python3 with torch is available.
@@ -220,7 +260,8 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     if !probe.status.success() {
         return None;
     }
-    if case.ranks > 1 {
+    // The reference trains plain f32 data parallelism-free steps only.
+    if case.ranks > 1 || case.checkpointing || case.flash || case.precision != MixedPrecision::No {
         return None;
     }
     let m = &case.model;

@@ -10,10 +10,11 @@ use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
 use llmtrain_core::dist::{Communicator, InProcess};
 use llmtrain_core::hf::{self, HfConfig};
+use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{LlamaModel, ParamMut};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint, verify_checkpoint};
-use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, clip_grad_norm};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_grad_norm};
 
 use crate::buckets::all_reduce_mean;
 use crate::error::{AccelError, Result};
@@ -24,14 +25,22 @@ use crate::launch_config::MixedPrecision;
 pub struct AcceleratorConfig {
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub gradient_accumulation_steps: usize,
+    /// bf16/fp16 compute (the model's activations; master weights, gradients and optimizer state stay f32).
     pub mixed_precision: MixedPrecision,
+    /// fp16 only: DeepSpeed's loss scaling.
+    pub loss_scale: LossScaleConfig,
     /// Gradients are all-reduced in flat buckets of about this many MiB (PyTorch DDP's `bucket_cap_mb`).
     pub bucket_cap_mb: f64,
 }
 
 impl Default for AcceleratorConfig {
     fn default() -> Self {
-        Self { gradient_accumulation_steps: 1, mixed_precision: MixedPrecision::No, bucket_cap_mb: 25.0 }
+        Self {
+            gradient_accumulation_steps: 1,
+            mixed_precision: MixedPrecision::No,
+            loss_scale: LossScaleConfig::default(),
+            bucket_cap_mb: 25.0,
+        }
     }
 }
 
@@ -41,11 +50,12 @@ impl AcceleratorConfig {
         if self.gradient_accumulation_steps == 0 {
             return Err(AccelError::Config("gradient_accumulation_steps must be at least 1".into()));
         }
-        if self.mixed_precision != MixedPrecision::No {
-            return Err(AccelError::Config(format!(
-                "mixed_precision = {}: only `no` (fp32) is available in this version; bf16/fp16 arrive with memopt",
-                self.mixed_precision
-            )));
+        let ls = &self.loss_scale;
+        if ls.loss_scale.is_nan() || ls.loss_scale < 0.0 || ls.min_scale.is_nan() || ls.min_scale <= 0.0 {
+            return Err(AccelError::Config("loss_scale must be ≥ 0 and min_loss_scale positive".into()));
+        }
+        if ls.window == 0 || ls.hysteresis == 0 {
+            return Err(AccelError::Config("loss_scale_window and hysteresis must be at least 1".into()));
         }
         if self.bucket_cap_mb.is_nan() || self.bucket_cap_mb <= 0.0 {
             return Err(AccelError::Config(format!("bucket_cap_mb must be positive, got {}", self.bucket_cap_mb)));
@@ -73,6 +83,11 @@ pub struct Accelerator<A: AutodiffBackend> {
     sync_gradients: bool,
     /// Time spent in gradient all-reduces, for the share of step time that communication costs.
     comm_time: Duration,
+    /// fp16 runs: scales the loss before backward and skips steps whose gradients overflow.
+    scaler: Option<LossScaler>,
+    /// This step's gradients held an inf or NaN (known once the norm was taken).
+    found_overflow: Option<bool>,
+    last_step_skipped: bool,
 }
 
 impl<A: AutodiffBackend> Accelerator<A> {
@@ -80,12 +95,15 @@ impl<A: AutodiffBackend> Accelerator<A> {
     pub fn new(config: AcceleratorConfig, comm: Box<dyn Communicator>) -> Result<Self> {
         config.validate()?;
         Ok(Self {
-            config,
             comm,
             grads: GradientBuffer::default(),
             micro_step: 0,
             sync_gradients: true,
             comm_time: Duration::ZERO,
+            scaler: (config.mixed_precision == MixedPrecision::Fp16).then(|| LossScaler::new(config.loss_scale)),
+            found_overflow: None,
+            last_step_skipped: false,
+            config,
         })
     }
 
@@ -119,8 +137,10 @@ impl<A: AutodiffBackend> Accelerator<A> {
         }
     }
 
-    /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time).
+    /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time) and compute in the
+    /// configured precision (Accelerate's autocast; the weights themselves stay f32).
     pub fn prepare_model(&self, mut model: LlamaModel<A>) -> Result<LlamaModel<A>> {
+        model.compute.dtype = precision_dtype(self.config.mixed_precision);
         if self.world_size() == 1 {
             return Ok(model);
         }
@@ -151,21 +171,29 @@ impl<A: AutodiffBackend> Accelerator<A> {
         self.sync_gradients
     }
 
-    /// Backward of `loss` divided by the accumulation steps; its gradients are added to this rank's sum, and on a
-    /// synchronising micro-batch averaged over ranks (bucketed all-reduce).
+    /// Backward of `loss` divided by the accumulation steps (and multiplied by the loss scale in fp16); its
+    /// gradients are added to this rank's sum, and on a synchronising micro-batch averaged over ranks (bucketed
+    /// all-reduce) and unscaled.
     pub fn backward(&mut self, model: &LlamaModel<A>, loss: Tensor<A, 1>) -> Result<()> {
         self.backward_with(|grads, divisor| grads.accumulate(model, &loss.div_scalar(divisor).backward()))
     }
 
     /// [`backward`](Self::backward) for gradients the caller computes itself (gradient checkpointing computes
     /// them layer by layer): `compute(buffer, divisor)` adds to `buffer` the gradients of its loss divided by
-    /// `divisor` (the accumulation steps); the synchronisation follows as for `backward`.
+    /// `divisor` (the accumulation steps over the loss scale); the synchronisation follows as for `backward`.
     pub fn backward_with<T>(
         &mut self,
         compute: impl FnOnce(&mut GradientBuffer<A::InnerBackend>, f64) -> T,
     ) -> Result<T> {
-        let out = compute(&mut self.grads, self.config.gradient_accumulation_steps as f64);
+        let divisor = self.config.gradient_accumulation_steps as f64 / self.loss_scale().unwrap_or(1.0);
+        let out = compute(&mut self.grads, divisor);
         self.synchronise_if_due()?;
+        if self.sync_gradients
+            && let Some(scale) = self.loss_scale()
+        {
+            self.grads.scale(1.0 / scale);
+            self.found_overflow = None;
+        }
         Ok(out)
     }
 
@@ -183,18 +211,60 @@ impl<A: AutodiffBackend> Accelerator<A> {
     /// Clips the summed gradients to a global L2 norm (PyTorch's `clip_grad_norm_`) and returns the norm before
     /// clipping. After synchronisation every rank holds the same gradients, so the norm is global without more
     /// communication.
+    ///
+    /// In fp16 a non-finite norm marks the step as overflowed: nothing is clipped and [`step`](Self::step) skips.
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
+        if self.scaler.is_some() {
+            let norm = self.grads.global_norm();
+            let overflow = !norm.is_finite();
+            self.found_overflow = Some(overflow);
+            if !overflow && let Some(max_norm) = max_norm {
+                let coef = max_norm / (norm + 1e-6);
+                if coef < 1.0 {
+                    self.grads.scale(coef);
+                }
+            }
+            return norm;
+        }
         clip_grad_norm(&mut self.grads, max_norm)
     }
 
     /// Applies the optimizer on a synchronising micro-batch (a no-op otherwise, as Accelerate's wrapped
-    /// optimizer); returns whether it stepped.
-    pub fn step(&mut self, model: &mut LlamaModel<A>, optimizer: &mut AdamW<A::InnerBackend>, lr: f64) -> bool {
+    /// optimizer); returns whether it stepped. In fp16 a step whose gradients overflowed is skipped (its
+    /// gradients dropped) and the loss scale updated, as DeepSpeed does; every rank holds the same reduced
+    /// gradients, so all ranks decide alike. Fails when the scale is already at its floor and still overflows.
+    pub fn step(&mut self, model: &mut LlamaModel<A>, optimizer: &mut AdamW<A::InnerBackend>, lr: f64) -> Result<bool> {
         if !self.sync_gradients {
-            return false;
+            return Ok(false);
+        }
+        self.last_step_skipped = false;
+        if let Some(scaler) = self.scaler.as_mut() {
+            let overflow = self.found_overflow.take().unwrap_or_else(|| !self.grads.global_norm().is_finite());
+            scaler.update(overflow).map_err(|e| AccelError::Config(e.to_string()))?;
+            if overflow {
+                self.grads.clear();
+                self.last_step_skipped = true;
+                return Ok(false);
+            }
         }
         optimizer.step(model, &mut self.grads, lr);
-        true
+        Ok(true)
+    }
+
+    /// Whether the last synchronising step was skipped for an fp16 overflow (Accelerate's
+    /// `optimizer_step_was_skipped`).
+    pub fn optimizer_step_was_skipped(&self) -> bool {
+        self.last_step_skipped
+    }
+
+    /// The current fp16 loss scale (`None` unless fp16).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.scaler.as_ref().map(|s| s.scale)
+    }
+
+    /// Steps skipped for fp16 overflows so far.
+    pub fn skipped_steps(&self) -> u64 {
+        self.scaler.as_ref().map_or(0, |s| s.skipped_steps)
     }
 
     /// Every rank's `values` (of equal length), concatenated in rank order.
@@ -256,6 +326,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         keep: usize,
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
+        state.loss_scaler = self.scaler.clone();
         let written = if self.is_main_process() {
             Some(save_checkpoint(output_dir, model, hf_config, optimizer, tokenizer, state, keep)?)
         } else {
@@ -266,9 +337,9 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Loads a state written by [`save_state`](Self::save_state), refusing one written by a different number
-    /// of ranks (its data position counts their batches).
+    /// of ranks (its data position counts their batches). An fp16 run continues with the saved loss scale.
     pub fn load_state(
-        &self,
+        &mut self,
         dir: &Path,
         optimizer: AdamWConfig,
         device: &A::Device,
@@ -281,7 +352,11 @@ impl<A: AutodiffBackend> Accelerator<A> {
                 current: self.world_size(),
             });
         }
-        let model = hf::load_model::<A>(dir, device)?.0;
+        if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {
+            *scaler = saved.clone();
+        }
+        let mut model = hf::load_model::<A>(dir, device)?.0;
+        model.compute.dtype = precision_dtype(self.config.mixed_precision);
         let optimizer = load_optimizer(dir, optimizer, device)?;
         Ok((model, optimizer, state))
     }

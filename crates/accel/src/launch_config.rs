@@ -138,31 +138,19 @@ impl Choice for DistributedType {
 }
 choice_traits!(DistributedType);
 
-/// The precision of the forward and backward passes; master weights stay f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MixedPrecision {
-    #[default]
-    No,
-    Fp16,
-    Bf16,
-}
+// The precision of the forward and backward passes lives in core (the run config's `[memopt]` names it too).
+pub use llmtrain_core::config::MixedPrecision;
 
 impl Choice for MixedPrecision {
     const WHAT: &'static str = "mixed precision";
-    const ALL: &'static [Self] = &[Self::No, Self::Fp16, Self::Bf16];
+    const ALL: &'static [Self] = MixedPrecision::ALL;
     fn name(self) -> &'static str {
-        match self {
-            Self::No => "no",
-            Self::Fp16 => "fp16",
-            Self::Bf16 => "bf16",
-        }
+        MixedPrecision::name(self)
     }
     fn label(self) -> &'static str {
-        self.name()
+        MixedPrecision::name(self)
     }
 }
-choice_traits!(MixedPrecision);
 
 /// How the ranks are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

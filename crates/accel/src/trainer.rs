@@ -13,7 +13,7 @@ use llmtrain_core::data::{Batch, DataLoader, Split};
 use llmtrain_core::error::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
-use llmtrain_core::model::LlamaModel;
+use llmtrain_core::model::{Compute, LlamaModel};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
 use llmtrain_core::train::metrics::MetricsLog;
@@ -39,13 +39,15 @@ pub struct StepStats {
 }
 
 /// How one optimizer step runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StepOptions {
     pub lr: f64,
     /// Global-norm clipping threshold.
     pub max_grad_norm: Option<f64>,
     /// Recompute each decoder layer in backward instead of keeping its activations (llmtrain-memopt).
     pub gradient_checkpointing: bool,
+    /// With checkpointing, keep the layer inputs in host memory.
+    pub checkpoint_offload: bool,
 }
 
 /// One optimizer step over this rank's `micro` batches: forward, backward and gradient sum per micro-batch,
@@ -73,8 +75,9 @@ pub fn train_step<A: AutodiffBackend>(
     for batch in micro {
         accelerator.accumulate();
         let loss_sum = if options.gradient_checkpointing {
-            accelerator
-                .backward_with(|grads, divisor| backward_by_layers(model, batch, scale / divisor, grads, device))?
+            accelerator.backward_with(|grads, divisor| {
+                backward_by_layers(model, batch, scale / divisor, options.checkpoint_offload, grads, device)
+            })?
         } else {
             let (sum, _) = batch_loss(model, batch, device);
             let value = sum.clone().into_scalar().elem::<f64>();
@@ -92,7 +95,7 @@ pub fn train_step<A: AutodiffBackend>(
     }
     let loss = accelerator.reduce(local_loss, ReduceOp::Sum)?;
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
-    accelerator.step(model, optimizer, options.lr);
+    accelerator.step(model, optimizer, options.lr)?;
     Ok(StepStats { loss, grad_norm })
 }
 
@@ -124,6 +127,9 @@ pub fn run_training<A: AutodiffBackend>(
     // Every rank has read the model (which may sit in the output directory) before rank 0 clears that directory.
     accelerator.wait_for_everyone()?;
     let mut model = accelerator.prepare_model(model)?;
+    let memopt = &config.memopt;
+    let attention = Compute::new(memopt.mixed_precision, memopt.attention, memopt.flash_block).attention;
+    model.compute.attention = attention;
     let single_options = data_options(&config)?;
     let options = accelerator.prepare_data(&single_options);
     let mut train_data = DataLoader::new(&options, &tokenizer, Split::Train)?;
@@ -136,6 +142,7 @@ pub fn run_training<A: AutodiffBackend>(
         if let Some((dir, _)) = latest_valid_checkpoint(&out)? {
             let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
             (model, optimizer) = (loaded, loaded_optimizer);
+            model.compute.attention = attention;
             train_data.seek(state.data_position)?;
             resumed_from = Some(state.step);
             if main {
@@ -178,8 +185,12 @@ pub fn run_training<A: AutodiffBackend>(
         }
         let lr = schedule.lr(step);
         let max_norm = (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm);
-        let step_options =
-            StepOptions { lr, max_grad_norm: max_norm, gradient_checkpointing: config.memopt.gradient_checkpointing };
+        let step_options = StepOptions {
+            lr,
+            max_grad_norm: max_norm,
+            gradient_checkpointing: config.memopt.gradient_checkpointing,
+            checkpoint_offload: config.memopt.checkpoint_offload,
+        };
         let stats = train_step(accelerator, &mut model, &mut optimizer, &micro, step_options, device)?;
         window.tokens += micro.iter().map(|b| b.rows * b.seq).sum::<usize>() * accelerator.world_size();
         step += 1;
@@ -194,6 +205,10 @@ pub fn run_training<A: AutodiffBackend>(
             });
             if accelerator.world_size() > 1 {
                 record["comm_share"] = json!(window.comm_share(accelerator));
+            }
+            if let Some(scale) = accelerator.loss_scale() {
+                record["loss_scale"] = json!(scale);
+                record["skipped_steps"] = json!(accelerator.skipped_steps());
             }
             if let Some(metrics) = &mut metrics {
                 metrics.write(&record)?;
@@ -239,6 +254,8 @@ pub fn run_training<A: AutodiffBackend>(
         unigram_entropy: f64::NAN,
         tokens_per_sec: 0.0,
         skipped_rows: train_data.skipped_rows(),
+        skipped_steps: accelerator.skipped_steps(),
+        loss_scale: accelerator.loss_scale(),
         sample: None,
         final_dir: final_dir.clone(),
         elapsed_secs: 0.0,
@@ -279,7 +296,14 @@ fn tokenizer_and_model<A: AutodiffBackend>(
 }
 
 fn trainer_state(step: u64, data: &DataLoader, seed: u64) -> TrainerState {
-    TrainerState { step, data_position: data.position(), seed, world_size: 1, files: Default::default() }
+    TrainerState {
+        step,
+        data_position: data.position(),
+        seed,
+        world_size: 1,
+        loss_scaler: None,
+        files: Default::default(),
+    }
 }
 
 /// Tokens (all ranks) and communication time since the last log line, for throughput and the share of time

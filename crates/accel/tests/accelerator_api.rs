@@ -7,6 +7,7 @@ use llmtrain_accel::{AccelError, Accelerator, AcceleratorConfig, MixedPrecision,
 use llmtrain_core::data::{DataOptions, LossOn};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
+use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::{AdamW, AdamWConfig};
 
 type A = Autodiff<CpuBackend>;
@@ -37,7 +38,7 @@ fn accumulation_syncs_every_nth_micro_batch_and_steps_only_then() {
         let tokens = Tensor::<A, 2, burn::tensor::Int>::from_data([[1, 2, 3]], &device);
         let loss = model.forward(tokens, None).sum().reshape([1]);
         acc.backward(&model, loss).unwrap();
-        let stepped = acc.step(&mut model, &mut optimizer, 1e-2);
+        let stepped = acc.step(&mut model, &mut optimizer, 1e-2).unwrap();
         assert_eq!(stepped, acc.sync_gradients());
         let now = embedding(&model);
         assert_eq!(now != last, stepped, "weights change exactly on synchronising micro-batches");
@@ -119,8 +120,9 @@ fn prepare_data_gives_each_rank_its_shard() {
 fn configs_it_cannot_honour_are_refused() {
     let err = |c: AcceleratorConfig| Accelerator::<A>::single(c).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err(config(0)).contains("gradient_accumulation_steps must be at least 1"));
-    let bf16 = AcceleratorConfig { mixed_precision: MixedPrecision::Bf16, ..Default::default() };
-    assert!(err(bf16).contains("mixed_precision = bf16"));
+    let no_window = LossScaleConfig { window: 0, ..Default::default() };
+    let fp16 = AcceleratorConfig { mixed_precision: MixedPrecision::Fp16, loss_scale: no_window, ..Default::default() };
+    assert!(err(fp16).contains("loss_scale_window"));
     let no_buckets = AcceleratorConfig { bucket_cap_mb: 0.0, ..Default::default() };
     assert!(err(no_buckets).contains("bucket_cap_mb"));
 }

@@ -110,7 +110,12 @@ fn train_rank(
         let micro: Vec<Batch> = (0..accumulation)
             .map(|m| rows_of(&global_batch(step, m, micro_rows * world), rank * micro_rows, micro_rows))
             .collect();
-        let options = StepOptions { lr: 1e-2, max_grad_norm: Some(1.0), gradient_checkpointing: checkpointing };
+        let options = StepOptions {
+            lr: 1e-2,
+            max_grad_norm: Some(1.0),
+            gradient_checkpointing: checkpointing,
+            ..Default::default()
+        };
         let stats = train_step(&mut accelerator, &mut model, &mut optimizer, &micro, options, &device)?;
         losses.push(stats.loss);
     }

@@ -29,12 +29,90 @@ pub struct RunConfig {
 }
 
 /// The memory techniques (llmtrain-memopt), each off by default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MemoptSection {
     /// Keep only each decoder layer's input in the forward pass and recompute the layer in backward.
-    #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// With checkpointing, keep each layer's input in host memory instead of on the device (for GPUs).
+    pub checkpoint_offload: bool,
+    /// The forward and backward passes' float type; master weights and optimizer state stay f32.
+    pub mixed_precision: MixedPrecision,
+    /// `eager` (scores and probabilities kept for backward) or `flash` (tiled, recomputed in backward).
+    pub attention: AttentionImpl,
+    /// Rows of queries and keys per tile of flash attention.
+    pub flash_block: usize,
+    /// fp16 loss scaling, DeepSpeed's `fp16` section: `loss_scale` 0 means dynamic.
+    pub loss_scale: f64,
+    pub initial_scale_power: u32,
+    pub loss_scale_window: u64,
+    pub hysteresis: u32,
+    pub min_loss_scale: f64,
+}
+
+impl Default for MemoptSection {
+    fn default() -> Self {
+        Self {
+            gradient_checkpointing: false,
+            checkpoint_offload: false,
+            mixed_precision: MixedPrecision::No,
+            attention: AttentionImpl::Eager,
+            flash_block: 128,
+            loss_scale: 0.0,
+            initial_scale_power: 16,
+            loss_scale_window: 1000,
+            hysteresis: 2,
+            min_loss_scale: 1.0,
+        }
+    }
+}
+
+/// The precision of the forward and backward passes (Accelerate's `mixed_precision`); master weights stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixedPrecision {
+    #[default]
+    No,
+    Fp16,
+    Bf16,
+}
+
+impl MixedPrecision {
+    pub const ALL: &'static [Self] = &[Self::No, Self::Fp16, Self::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::No => "no",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for MixedPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MixedPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let wanted = s.trim().to_lowercase();
+        Self::ALL.iter().copied().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mixed precision `{s}`; expected one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Which attention kernel training uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    #[default]
+    Eager,
+    Flash,
 }
 
 /// Where the model comes from: an HF checkpoint directory (`path`), or a from-scratch shape.
@@ -250,6 +328,25 @@ impl RunConfig {
         }
         if tr.logging_steps == 0 {
             return bad("training.logging_steps", "must be at least 1");
+        }
+        let mo = &self.memopt;
+        if mo.flash_block == 0 {
+            return bad("memopt.flash_block", "must be at least 1");
+        }
+        if mo.checkpoint_offload && !mo.gradient_checkpointing {
+            return bad("memopt.checkpoint_offload", "needs `gradient_checkpointing = true`");
+        }
+        if mo.loss_scale.is_nan() || mo.loss_scale < 0.0 {
+            return bad("memopt.loss_scale", "must be 0 (dynamic) or a positive static scale");
+        }
+        if mo.min_loss_scale.is_nan() || mo.min_loss_scale <= 0.0 {
+            return bad("memopt.min_loss_scale", "must be positive");
+        }
+        if mo.loss_scale_window == 0 {
+            return bad("memopt.loss_scale_window", "must be at least 1");
+        }
+        if mo.hysteresis == 0 {
+            return bad("memopt.hysteresis", "must be at least 1");
         }
         Ok(())
     }

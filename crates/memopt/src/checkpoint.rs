@@ -3,20 +3,26 @@
 //! and passing the input's gradient down. Peak activation memory falls from all layers' to one layer's plus the
 //! saved inputs, for one more forward pass of compute. Gradients equal plain backpropagation's up to float
 //! rounding (each layer's vector-Jacobian product is the same computation).
+//!
+//! With `offload` the saved inputs live in host memory (as `TensorData`) until their layer's turn in backward,
+//! as PyTorch's CPU-offloaded checkpointing does: on a GPU the device then holds one layer's activations at a
+//! time; on the CPU it only adds copies.
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use llmtrain_core::data::Batch;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_core::train::{GradientBuffer, batch_tensors, causal_lm_loss_parts};
 
 /// Adds to `grads` the gradients of `scale` × the batch's summed loss, recomputing each decoder layer in backward,
-/// and returns the summed loss (unscaled).
+/// and returns the summed loss (unscaled). `offload` keeps the layer inputs in host memory.
 pub fn backward_by_layers<A: AutodiffBackend>(
     model: &LlamaModel<A>,
     batch: &Batch,
     scale: f64,
+    offload: bool,
     grads: &mut GradientBuffer<A::InnerBackend>,
     device: &A::Device,
 ) -> f64 {
@@ -28,7 +34,7 @@ pub fn backward_by_layers<A: AutodiffBackend>(
     let mut layer_inputs = Vec::with_capacity(inner.layers.len());
     let mut x = inner.embed(tokens);
     for layer in &inner.layers {
-        layer_inputs.push(x.clone());
+        layer_inputs.push(Saved::keep(x.clone(), offload));
         x = layer.forward(x, &inner_ctx, None).0;
     }
 
@@ -46,7 +52,7 @@ pub fn backward_by_layers<A: AutodiffBackend>(
     let ctx = inputs.context();
     for (layer, input) in model.layers.iter().zip(layer_inputs).rev() {
         let Some(grad_out) = upstream else { break };
-        let x = Tensor::<A, 3>::from_inner(input).require_grad();
+        let x = Tensor::<A, 3>::from_inner(input.restore(device)).require_grad();
         let out = layer.forward(x.clone(), &ctx, None).0;
         let step = (out * Tensor::from_inner(grad_out)).sum().backward();
         grads.accumulate(model, &step);
@@ -59,4 +65,24 @@ pub fn backward_by_layers<A: AutodiffBackend>(
         grads.accumulate(model, &step);
     }
     loss_value
+}
+
+/// A layer input kept for backward: on the device, or copied to host memory.
+enum Saved<B: Backend> {
+    Device(Tensor<B, 3>),
+    Host(TensorData),
+}
+
+impl<B: Backend> Saved<B> {
+    fn keep(x: Tensor<B, 3>, offload: bool) -> Self {
+        if offload { Saved::Host(x.into_data()) } else { Saved::Device(x) }
+    }
+
+    fn restore(self, device: &B::Device) -> Tensor<B, 3> {
+        match self {
+            Saved::Device(x) => x,
+            // The data keeps its dtype (bf16 stays bf16), so the round trip is exact.
+            Saved::Host(data) => Tensor::from_data(data, device),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Gradient checkpointing per decoder layer gives the gradients of plain backpropagation (within 1e-6) and the
-//! same loss, for tied and untied heads, packed rows and masked labels.
+//! same loss, for tied and untied heads, packed rows and masked labels, with the layer inputs on the device or
+//! offloaded to host memory.
 
 use burn::backend::Autodiff;
 use burn::tensor::ElementConversion;
@@ -19,7 +20,7 @@ fn batch(rows: usize, seq: usize, vocab: u32) -> Batch {
     Batch { rows, seq, input_ids, labels, position_ids: Some(position_ids) }
 }
 
-fn compare(tied: bool) {
+fn compare(tied: bool, offload: bool) {
     let device = Default::default();
     A::seed(&device, 3);
     let mut config = ModelConfig::tiny_llama(64, 32, 3, 4, 2);
@@ -34,12 +35,12 @@ fn compare(tied: bool) {
     plain.accumulate(&model, &sum.mul_scalar(scale).backward());
 
     let mut checkpointed = GradientBuffer::default();
-    let loss = backward_by_layers(&model, &batch, scale, &mut checkpointed, &device);
+    let loss = backward_by_layers(&model, &batch, scale, offload, &mut checkpointed, &device);
 
     assert!((loss - plain_loss).abs() < 1e-9 * plain_loss.abs(), "{loss} vs {plain_loss}");
     let diff = checkpointed.max_abs_diff(&plain);
     let largest = plain.iter().map(|(_, g)| g.clone().abs().max().into_scalar().elem::<f64>()).fold(0.0, f64::max);
-    eprintln!("tied={tied}: max |Δgrad| {diff:.2e} (largest gradient {largest:.2e})");
+    eprintln!("tied={tied} offload={offload}: max |Δgrad| {diff:.2e} (largest gradient {largest:.2e})");
     assert!(diff <= 1e-6, "gradients differ by {diff}");
     assert!(largest > 1e-3, "the comparison is between real gradients");
     assert_eq!(plain.iter().count(), checkpointed.iter().count());
@@ -47,10 +48,15 @@ fn compare(tied: bool) {
 
 #[test]
 fn tied_head_gradients_match_plain_backpropagation() {
-    compare(true);
+    compare(true, false);
+}
+
+#[test]
+fn offloaded_inputs_give_the_same_gradients() {
+    compare(true, true);
 }
 
 #[test]
 fn untied_head_gradients_match_plain_backpropagation() {
-    compare(false);
+    compare(false, false);
 }

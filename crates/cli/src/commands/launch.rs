@@ -74,9 +74,10 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
     match config.launcher {
         Launcher::InProcess => {
             let RankCommand::Train(mut train) = rank_cli.command;
-            // The launch's precision applies unless the command asked for one itself.
-            if train.mixed_precision == MixedPrecision::No {
-                train.mixed_precision = config.mixed_precision;
+            // The launch's precision applies unless the command asked for one itself; `no` leaves the run
+            // config's `[memopt] mixed_precision` in charge.
+            if train.mixed_precision.is_none() && config.mixed_precision != MixedPrecision::No {
+                train.mixed_precision = Some(config.mixed_precision);
             }
             if args.dry_run {
                 println!(

@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, MixedPrecision, run_training};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::TrainOverrides;
 
 #[derive(clap::Args, Clone)]
@@ -28,9 +29,10 @@ pub struct Args {
     /// Continue from the latest complete checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
-    /// Compute precision: no (fp32), fp16 or bf16 (`llmtrain launch --mixed-precision` sets it for every rank).
-    #[arg(long, default_value = "no")]
-    pub mixed_precision: MixedPrecision,
+    /// Compute precision: no (fp32), fp16 or bf16; overrides `[memopt] mixed_precision` (`llmtrain launch
+    /// --mixed-precision` sets it for every rank).
+    #[arg(long)]
+    pub mixed_precision: Option<MixedPrecision>,
 }
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
@@ -71,7 +73,8 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
     let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|config| {
         let accel_config = AcceleratorConfig {
             gradient_accumulation_steps: config.training.gradient_accumulation_steps,
-            mixed_precision: args.mixed_precision,
+            mixed_precision: args.mixed_precision.unwrap_or(config.memopt.mixed_precision),
+            loss_scale: LossScaleConfig::from(&config.memopt),
             ..Default::default()
         };
         accel_config.validate()?;
@@ -120,6 +123,9 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
         );
     } else {
         println!("corpus unigram entropy: {:.4} nats/token", summary.unigram_entropy);
+    }
+    if let Some(scale) = summary.loss_scale {
+        println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", summary.skipped_steps);
     }
     if summary.skipped_rows > 0 {
         println!("skipped malformed rows: {}", summary.skipped_rows);

@@ -162,6 +162,7 @@ where
         lm_head,
         config: config.clone(),
         rotary: Rotary::new(&config.rope, d),
+        compute: Default::default(),
     })
 }
 

@@ -4,8 +4,10 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
+use super::compute::{AttentionKernel, float_dtype, to_dtype};
+use super::flash_attention::flash_attention;
 use super::rope::apply_rotary;
 
 /// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
@@ -20,8 +22,12 @@ impl<B: Backend> Linear<B> {
         Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
     }
 
+    /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        let dtype = float_dtype(&x);
+        let weight = to_dtype(self.weight.val(), dtype);
+        let bias = self.bias.as_ref().map(|b| to_dtype(b.val(), dtype));
+        burn::tensor::module::linear(x, weight.transpose(), bias)
     }
 }
 
@@ -38,10 +44,17 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight: Param::from_tensor(weight), eps }
     }
 
+    /// In 16-bit compute the statistics and the normalisation run in f32, as transformers' LlamaRMSNorm does, and
+    /// the result is cast back before the weight multiplies it.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let dtype = float_dtype(&x);
+        let x32 = to_dtype(x, FloatDType::F32);
+        let mean_square = x32.clone().powi_scalar(2).mean_dim(D - 1);
         let inv_rms = mean_square.add_scalar(self.eps).sqrt().recip();
-        x * inv_rms * self.weight.val().unsqueeze()
+        if dtype == FloatDType::F32 {
+            return x32 * inv_rms * self.weight.val().unsqueeze();
+        }
+        to_dtype(x32 * inv_rms, dtype) * to_dtype(self.weight.val(), dtype).unsqueeze()
     }
 }
 
@@ -66,6 +79,7 @@ pub struct AttentionContext<'a, B: Backend> {
     pub sin: &'a Tensor<B, 4>,
     /// `true` where a query may not see a key, `[batch, 1, q, k]`; `None` means plain causal.
     pub mask: Option<&'a Tensor<B, 4, Bool>>,
+    pub kernel: AttentionKernel,
 }
 
 impl<B: Backend> Attention<B> {
@@ -89,7 +103,14 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let groups = self.num_heads / self.num_kv_heads;
-        let out = scaled_dot_product(q, repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups), ctx.mask);
+        let (rk, rv) = (repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups));
+        let out = match ctx.kernel {
+            AttentionKernel::Flash { block } => {
+                let scale = 1.0 / (self.head_dim as f64).sqrt();
+                flash_attention(q, rk, rv, ctx.mask, scale, block)
+            }
+            AttentionKernel::Eager => scaled_dot_product(q, rk, rv, ctx.mask),
+        };
         let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
         (self.o_proj.forward(out), (k, v))
     }
@@ -112,8 +133,10 @@ fn scaled_dot_product<B: Backend>(
             Some(m) => m.clone().expand([batch, heads, q_len, k_len]),
             None => causal_mask::<B>(q_len, k_len, &scores.device()).expand([batch, heads, q_len, k_len]),
         };
-        let scores = scores.mask_fill(blocked, f32::NEG_INFINITY);
-        return softmax(scores, 3).matmul(v);
+        // Softmax in f32 under 16-bit compute, as transformers' eager attention does.
+        let dtype = float_dtype(&v);
+        let scores = to_dtype(scores, FloatDType::F32).mask_fill(blocked, f32::NEG_INFINITY);
+        return to_dtype(softmax(scores, 3), dtype).matmul(v);
     }
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: mask.is_none() };
     let mask = mask.map(|m| m.clone().expand([batch, heads, q_len, k_len]));

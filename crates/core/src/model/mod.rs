@@ -4,13 +4,16 @@
 //! `layers[0].self_attn.q_proj.weight`), so [`crate::hf`] maps checkpoints without renaming tables.
 
 mod cache;
+pub mod compute;
 pub mod config;
+pub mod flash_attention;
 mod layers;
 mod packing;
 mod params;
 mod rope;
 
 pub use cache::KvCache;
+pub use compute::{AttentionKernel, Compute};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, Mlp, RmsNorm, causal_mask};
 pub use packing::PositionIds;
@@ -33,6 +36,9 @@ pub struct LlamaModel<B: Backend> {
     pub config: ModelConfig,
     #[module(skip)]
     pub rotary: Rotary,
+    /// Activation float type and attention kernel; f32 and eager unless a run asks otherwise.
+    #[module(skip)]
+    pub compute: Compute,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -73,6 +79,7 @@ impl<B: Backend> LlamaModel<B> {
             lm_head: (!config.tie_word_embeddings).then(|| linear(config.vocab_size, h, false)),
             config: config.clone(),
             rotary: Rotary::new(&config.rope, d),
+            compute: Compute::default(),
         }
     }
 
@@ -99,7 +106,8 @@ impl<B: Backend> LlamaModel<B> {
 
     /// The token embeddings `[batch, seq, hidden]` (the first layer's input).
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.embed_tokens.val(), tokens)
+        // Gathered from the stored table, then cast: only the picked rows are converted.
+        compute::to_dtype(burn::tensor::module::embedding(self.embed_tokens.val(), tokens), self.compute.dtype)
     }
 
     /// What every decoder layer sees besides its input, for a `[batch, seq]` batch: rotary tables and the
@@ -124,14 +132,19 @@ impl<B: Backend> LlamaModel<B> {
                 (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, device))
             }
         };
-        LayerInputs { cos, sin, mask }
+        let dtype = self.compute.dtype;
+        let (cos, sin) = (compute::to_dtype(cos, dtype), compute::to_dtype(sin, dtype));
+        LayerInputs { cos, sin, mask, kernel: self.compute.attention }
     }
 
-    /// Applies the (possibly tied) head to hidden states.
+    /// Applies the (possibly tied) head to hidden states, in their float type.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+            None => {
+                let table = compute::to_dtype(self.embed_tokens.val(), compute::float_dtype(&hidden));
+                burn::tensor::module::linear(hidden, table.transpose(), None)
+            }
         }
     }
 
@@ -143,9 +156,10 @@ impl<B: Backend> LlamaModel<B> {
         let past = cache.len();
         let ids: Vec<u32> = (past as u32..(past + seq) as u32).collect();
         let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
+        let (cos, sin) = (compute::to_dtype(cos, self.compute.dtype), compute::to_dtype(sin, self.compute.dtype));
         let mask = packing::window_mask::<B>(seq, past + seq, self.config.sliding_window, &device);
-        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref() };
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref(), kernel: self.compute.attention };
+        let mut x = self.embed(tokens);
         for (index, layer) in self.layers.iter().enumerate() {
             let (out, kv) = layer.forward(x, &ctx, cache.take(index));
             cache.put(index, kv);
@@ -166,11 +180,12 @@ pub struct LayerInputs<B: Backend> {
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
     pub mask: Option<Tensor<B, 4, Bool>>,
+    pub kernel: AttentionKernel,
 }
 
 impl<B: Backend> LayerInputs<B> {
     pub fn context(&self) -> AttentionContext<'_, B> {
-        AttentionContext { cos: &self.cos, sin: &self.sin, mask: self.mask.as_ref() }
+        AttentionContext { cos: &self.cos, sin: &self.sin, mask: self.mask.as_ref(), kernel: self.kernel }
     }
 }
 

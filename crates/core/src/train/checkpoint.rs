@@ -40,6 +40,9 @@ pub struct TrainerState {
     /// Data-parallel ranks of the run that wrote it: the data position counts batches of this many ranks.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// fp16 runs: the loss scaler, so a resumed run continues at the same scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::train::LossScaler>,
     /// Digests of the other files in the checkpoint, checked before resuming from it.
     pub files: BTreeMap<String, FileDigest>,
 }

@@ -14,7 +14,8 @@ pub fn causal_lm_loss_parts<B: Backend>(
     labels: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [batch, seq, _] = logits.dims();
-    let logits = logits.narrow(1, 0, seq - 1);
+    // Scored in f32 whatever the compute type, as transformers upcasts logits before the loss.
+    let logits = crate::model::compute::to_dtype(logits.narrow(1, 0, seq - 1), burn::tensor::FloatDType::F32);
     let targets = labels.narrow(1, 1, seq - 1);
     let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
     // Ignored positions gather class 0 and are then zeroed, so no index is out of range.

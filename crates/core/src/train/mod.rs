@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 mod loss;
+pub mod loss_scale;
 pub mod metrics;
 mod optim;
 pub mod plot;
@@ -10,6 +11,7 @@ mod schedule;
 mod trainer;
 
 pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_parts};
+pub use loss_scale::{LossScaleConfig, LossScaler};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{

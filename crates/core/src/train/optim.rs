@@ -96,6 +96,11 @@ impl<B: Backend> GradientBuffer<B> {
         self.grads.is_empty()
     }
 
+    /// Drops every gradient (a skipped step).
+    pub fn clear(&mut self) {
+        self.grads.clear();
+    }
+
     /// The gradients by parameter name, in name order (the same order on every rank, which is what lets
     /// data-parallel ranks flatten them into matching buckets).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor<B, 1>)> {

@@ -56,6 +56,9 @@ pub struct TrainSummary {
     pub unigram_entropy: f64,
     pub tokens_per_sec: f64,
     pub skipped_rows: u64,
+    /// fp16: optimizer steps skipped because the gradients overflowed, and the loss scale at the end.
+    pub skipped_steps: u64,
+    pub loss_scale: Option<f64>,
     pub sample: Option<String>,
     pub final_dir: PathBuf,
     pub elapsed_secs: f64,
