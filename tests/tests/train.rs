@@ -211,3 +211,34 @@ fn tokenizer_larger_than_the_model_vocabulary_is_refused() {
     let err = assert_one_line_error(&run.train(&["--model", model.to_str().unwrap()]), "tokenizer has");
     assert!(err.contains("vocab_size is 256"), "{err}");
 }
+
+#[test]
+fn memopt_switches_train_end_to_end() {
+    // fp16 with loss scaling, flash attention and offloaded checkpointing together; the metrics log the scale
+    // and the checkpoints carry the scaler so a resumed run continues with it.
+    let memopt = "eval_steps = 8\n\n[memopt]\nmixed_precision = \"fp16\"\nattention = \"flash\"\nflash_block = 8\n\
+                  gradient_checkpointing = true\ncheckpoint_offload = true\ninitial_scale_power = 24\n";
+    let run = Run::new(memopt);
+    let stdout = ok(&run.train(&[]));
+    assert!(stdout.contains("fp16: ") && stdout.contains("final loss scale"), "{stdout}");
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let scales: Vec<f64> = records.iter().filter_map(|r| r["loss_scale"].as_f64()).collect();
+    assert_eq!(scales.len(), 12, "every training record has the loss scale: {metrics}");
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert!(losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
+    let state = std::fs::read_to_string(run.path("out/checkpoint-24/trainer_state.json")).unwrap();
+    assert!(state.contains("loss_scaler"), "{state}");
+
+    // bf16 from the command line overrides the config's fp16: no loss scale.
+    let bf16 = ok(&run.train(&["--mixed-precision", "bf16"]));
+    assert!(!bf16.contains("fp16: "), "{bf16}");
+}
+
+#[test]
+fn unknown_precision_names_the_key() {
+    let run = Run::new("\n[memopt]\nmixed_precision = \"fp8\"\n");
+    let out = run.train(&[]);
+    let line = assert_one_line_error(&out, "fp8");
+    assert!(line.contains("run.toml:28:"), "names the file and line: {line}");
+}

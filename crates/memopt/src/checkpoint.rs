@@ -81,8 +81,11 @@ impl<B: Backend> Saved<B> {
     fn restore(self, device: &B::Device) -> Tensor<B, 3> {
         match self {
             Saved::Device(x) => x,
-            // The data keeps its dtype (bf16 stays bf16), so the round trip is exact.
-            Saved::Host(data) => Tensor::from_data(data, device),
+            // Created in the data's own dtype (bf16 stays bf16, not the default f32), so the round trip is exact.
+            Saved::Host(data) => {
+                let dtype = data.dtype;
+                Tensor::from_data(data, (device, dtype))
+            }
         }
     }
 }

@@ -60,3 +60,18 @@ fn offloaded_inputs_give_the_same_gradients() {
 fn untied_head_gradients_match_plain_backpropagation() {
     compare(false, false);
 }
+
+#[test]
+fn offloading_sixteen_bit_inputs_is_exact() {
+    let device = Default::default();
+    A::seed(&device, 4);
+    let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(64, 32, 2, 4, 2), &device);
+    model.compute.dtype = burn::tensor::FloatDType::BF16;
+    let batch = batch(2, 16, 64);
+    let mut on_device = GradientBuffer::default();
+    let mut offloaded = GradientBuffer::default();
+    let a = backward_by_layers(&model, &batch, 1.0, false, &mut on_device, &device);
+    let b = backward_by_layers(&model, &batch, 1.0, true, &mut offloaded, &device);
+    assert_eq!(a, b);
+    assert_eq!(on_device.max_abs_diff(&offloaded), 0.0, "host copies of bf16 inputs come back unchanged");
+}

@@ -105,11 +105,13 @@ impl<B: Backend> Attention<B> {
         let groups = self.num_heads / self.num_kv_heads;
         let (rk, rv) = (repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups));
         let out = match ctx.kernel {
-            AttentionKernel::Flash { block } => {
+            // Without autodiff burn's own fused attention is already memory-efficient (Flex tiles long sequences,
+            // CubeCL backends run their flash kernel); training needs ours, which has a backward.
+            AttentionKernel::Flash { block } if B::ad_enabled(&q.device()) => {
                 let scale = 1.0 / (self.head_dim as f64).sqrt();
                 flash_attention(q, rk, rv, ctx.mask, scale, block)
             }
-            AttentionKernel::Eager => scaled_dot_product(q, rk, rv, ctx.mask),
+            _ => scaled_dot_product(q, rk, rv, ctx.mask),
         };
         let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
         (self.o_proj.forward(out), (k, v))
