@@ -383,12 +383,14 @@ fn broadcast_param<A: AutodiffBackend, const D: usize>(
     comm: &dyn Communicator,
     param: &mut Param<Tensor<A, D>>,
 ) -> Result<()> {
+    // Frozen parameters (a LoRA base) stay frozen.
+    let trainable = param.val().is_require_grad();
     let value = param.val().inner();
     let shape = value.shape();
     let device = value.device();
     let mut host: Vec<f32> = value.into_data().convert::<f32>().into_vec().map_err(AccelError::tensor)?;
     comm.broadcast(&mut host, 0)?;
     let inner = Tensor::<A::InnerBackend, D>::from_data(TensorData::new(host, shape), &device);
-    *param = Param::initialized(param.id, Tensor::from_inner(inner).require_grad());
+    *param = Param::initialized(param.id, Tensor::from_inner(inner).set_require_grad(trainable));
     Ok(())
 }

@@ -176,11 +176,18 @@ pub fn model_tensors<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, HostTens
     model
         .named_params()
         .into_iter()
+        // Adapters are not part of the base checkpoint (llmtrain-fastlora writes them in PEFT's format).
+        .filter(|(name, _)| !is_adapter_tensor(name))
         .map(|(name, param)| match param {
             ParamRef::Vector(p) => (name, host(p.val())),
             ParamRef::Matrix(p) => (name, host(p.val())),
         })
         .collect()
+}
+
+/// Whether a parameter name belongs to a LoRA/DoRA adapter rather than to the base model.
+pub fn is_adapter_tensor(name: &str) -> bool {
+    name.contains(".lora_")
 }
 
 /// Writes config.json, generation_config.json and the weights into `dir` (created if needed). Each file is

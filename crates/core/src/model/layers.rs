@@ -8,6 +8,7 @@ use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::compute::{AttentionKernel, float_dtype, to_dtype};
 use super::flash_attention::flash_attention;
+use super::lora::LoraAdapter;
 use super::rope::apply_rotary;
 
 /// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
@@ -15,11 +16,13 @@ use super::rope::apply_rotary;
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// A LoRA/DoRA adapter (llmtrain-fastlora attaches them).
+    pub adapter: Option<LoraAdapter<B>>,
 }
 
 impl<B: Backend> Linear<B> {
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), adapter: None }
     }
 
     /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights).
@@ -27,7 +30,11 @@ impl<B: Backend> Linear<B> {
         let dtype = float_dtype(&x);
         let weight = to_dtype(self.weight.val(), dtype);
         let bias = self.bias.as_ref().map(|b| to_dtype(b.val(), dtype));
-        burn::tensor::module::linear(x, weight.transpose(), bias)
+        let Some(adapter) = &self.adapter else {
+            return burn::tensor::module::linear(x, weight.transpose(), bias);
+        };
+        let base = burn::tensor::module::linear(x.clone(), weight.clone().transpose(), bias.clone());
+        adapter.apply(x, base, weight, bias)
     }
 }
 

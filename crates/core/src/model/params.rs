@@ -33,6 +33,14 @@ macro_rules! list_params {
                     if let Some(b) = & $($m)* l.bias {
                         out.push((format!("model.layers.{i}.{}.bias", $name), $kind::Vector(b)));
                     }
+                    if let Some(adapter) = & $($m)* l.adapter {
+                        let prefix = format!("model.layers.{i}.{}", $name);
+                        out.push((format!("{prefix}.lora_A.weight"), $kind::Matrix(& $($m)* adapter.lora_a)));
+                        out.push((format!("{prefix}.lora_B.weight"), $kind::Matrix(& $($m)* adapter.lora_b)));
+                        if let Some(m) = & $($m)* adapter.magnitude {
+                            out.push((format!("{prefix}.lora_magnitude_vector"), $kind::Vector(m)));
+                        }
+                    }
                 }};
             }
             linear!("self_attn.q_proj", layer.self_attn.q_proj);
@@ -57,7 +65,8 @@ macro_rules! list_params {
 }
 
 impl<B: Backend> LlamaModel<B> {
-    /// Every parameter under its HF name (tied heads appear once, as `model.embed_tokens.weight`).
+    /// Every parameter under its HF name (tied heads appear once, as `model.embed_tokens.weight`); adapters'
+    /// tensors follow their layer's under PEFT's names (`model.layers.0.self_attn.q_proj.lora_A.weight`).
     pub fn named_params(&self) -> Vec<(String, ParamRef<'_, B>)> {
         list_params!(self, ParamRef, iter,)
     }
