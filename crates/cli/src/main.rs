@@ -25,6 +25,8 @@ enum Command {
     Train(commands::train::Args),
     /// Logits of a model for given token ids (to check a checkpoint or a conversion).
     Logits(commands::logits::Args),
+    /// Fold a PEFT LoRA/DoRA adapter into its base model and write a plain HF checkpoint.
+    Merge(commands::merge::Args),
     /// Generate text from a prompt.
     Generate(commands::generate::Args),
     /// Re-save a checkpoint (change dtype, shard size), as transformers would write it.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => backend::dispatch!(cli.device, logits, &args),
         Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
+        Command::Merge(args) => backend::dispatch!(cli.device, merge, &args),
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
         Command::Launch(args) => commands::launch::start(&args, cli.device),
         Command::EstimateMemory(args) => commands::estimate_memory::run(&args),

@@ -59,10 +59,24 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     };
     let options = SaveOptions { dtype, max_shard_bytes: parse_size(&args.max_shard_size)? };
     let (model, config) = hf::load_model::<B>(&args.model, device)?;
-    write_dir_atomic(&args.out, |dir| {
-        hf::save_model(&model, &config, dir, &options)?;
+    write_checkpoint(&model, &config, &args.model, &args.out, &options)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Writes `model` as an HF checkpoint directory `out` (replaced atomically), with the tokenizer and chat template
+/// files of `source` beside it.
+pub fn write_checkpoint<B: Backend>(
+    model: &llmtrain_core::model::LlamaModel<B>,
+    config: &hf::HfConfig,
+    source: &std::path::Path,
+    out: &std::path::Path,
+    options: &SaveOptions,
+) -> Result<()> {
+    write_dir_atomic(out, |dir| {
+        hf::save_model(model, config, dir, options)?;
         for name in COMPANION_FILES {
-            let from = args.model.join(name);
+            let from = source.join(name);
             if from.is_file() {
                 std::fs::copy(&from, dir.join(name))
                     .map_err(|e| llmtrain_core::CoreError::Io { path: from, source: e })?;
@@ -70,6 +84,5 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         }
         Ok(())
     })?;
-    println!("wrote {}", args.out.display());
     Ok(())
 }

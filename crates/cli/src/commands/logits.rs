@@ -1,4 +1,4 @@
-//! `llmtrain logits --model DIR --tokens 1,2,3 [--out FILE.safetensors]`.
+//! `llmtrain logits --model DIR [--adapter PEFT_DIR] --tokens 1,2,3 [--out FILE.safetensors]`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +13,9 @@ pub struct Args {
     /// An HF checkpoint directory (config.json + model.safetensors or shards); no tokenizer needed.
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA/DoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied to the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Comma-separated token ids, e.g. 1,2,3.
     #[arg(long)]
     pub tokens: String,
@@ -36,7 +39,10 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
-    let (model, _) = hf::load_model::<B>(&args.model, device)?;
+    let (mut model, _) = hf::load_model::<B>(&args.model, device)?;
+    if let Some(adapter) = &args.adapter {
+        llmtrain_fastlora::load_adapter(&mut model, adapter, device)?;
+    }
     let vocab = model.config.vocab_size;
     if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
         bail!(

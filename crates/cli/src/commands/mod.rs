@@ -6,5 +6,6 @@ pub mod estimate_memory;
 pub mod generate;
 pub mod launch;
 pub mod logits;
+pub mod merge;
 pub mod tokenizer;
 pub mod train;

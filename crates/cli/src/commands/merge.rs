@@ -1,0 +1,41 @@
+//! `llmtrain merge --base DIR --adapter DIR --out DIR [--dtype bf16]`: folds a PEFT adapter into its base and
+//! writes a plain HF checkpoint (PEFT's `merge_and_unload` + `save_pretrained`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model's HF checkpoint directory.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The checkpoint directory to write (replaced as a whole, atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// float32, bfloat16 or float16 (default: the base's dtype).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    let dtype = match &args.dtype {
+        Some(name) => Some(
+            StorageDtype::parse(name)
+                .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))?,
+        ),
+        None => None,
+    };
+    let (mut model, config) = hf::load_model::<B>(&args.base, device)?;
+    llmtrain_fastlora::load_adapter(&mut model, &args.adapter, device)?;
+    let merged = llmtrain_fastlora::merge(&mut model)?;
+    let options = SaveOptions { dtype, ..SaveOptions::default() };
+    super::convert::write_checkpoint(&model, &config, &args.base, &args.out, &options)?;
+    println!("merged {merged} adapted layer(s) into {}", args.out.display());
+    Ok(())
+}
