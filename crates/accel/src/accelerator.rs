@@ -13,7 +13,7 @@ use llmtrain_core::hf::{self, HfConfig};
 use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{LlamaModel, ParamMut};
 use llmtrain_core::tokenizer::TextTokenizer;
-use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint, verify_checkpoint};
+use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint};
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_grad_norm};
 
 use crate::buckets::all_reduce_mean;
@@ -322,13 +322,29 @@ impl<A: AutodiffBackend> Accelerator<A> {
         hf_config: &HfConfig,
         optimizer: &AdamW<A::InnerBackend>,
         tokenizer: &TextTokenizer,
+        state: TrainerState,
+        keep: usize,
+    ) -> Result<Option<PathBuf>> {
+        self.save_state_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, |_| Ok(()))
+    }
+
+    /// [`save_state`](Self::save_state) with `extra` writing more files into the checkpoint (a LoRA adapter).
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_state_with(
+        &self,
+        output_dir: &Path,
+        model: &LlamaModel<A>,
+        hf_config: &HfConfig,
+        optimizer: &AdamW<A::InnerBackend>,
+        tokenizer: &TextTokenizer,
         mut state: TrainerState,
         keep: usize,
+        extra: impl FnOnce(&Path) -> llmtrain_core::Result<()>,
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
         let written = if self.is_main_process() {
-            Some(save_checkpoint(output_dir, model, hf_config, optimizer, tokenizer, state, keep)?)
+            Some(save_checkpoint_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, extra)?)
         } else {
             None
         };

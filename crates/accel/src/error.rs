@@ -19,6 +19,8 @@ pub enum AccelError {
     Tensor(String),
     #[error("{0}")]
     Launch(String),
+    #[error("{0}")]
+    Finetune(String),
 }
 
 impl AccelError {

@@ -6,7 +6,8 @@
 //!   `accumulate` / `sync_gradients`, `backward` (bucketed gradient all-reduce on synchronising steps),
 //!   `clip_grad_norm`, `step`, `gather` / `gather_for_metrics` / `reduce`, `wait_for_everyone`,
 //!   `save_state` / `load_state`, `unwrap_model`, `is_main_process` / `print`.
-//! - [`run_training`] / [`train_step`]: the training loop of `llmtrain train`, for any world size.
+//! - [`run_training`] / [`train_step`]: the training loop of `llmtrain train`, for any world size; [`Finetune`]
+//!   is where a method such as LoRA plugs in ([`FullFinetune`] trains everything).
 //! - [`run_in_process`]: ranks as threads of this process; [`process_launch_command`]: the `mpirun` / `srun` line.
 //! - [`LaunchConfig`]: the launch config file `llmtrain config` writes ([`ask`]: its questionnaire).
 //!
@@ -27,12 +28,14 @@
 mod accelerator;
 mod buckets;
 mod error;
+mod finetune;
 mod launch;
 pub mod launch_config;
 mod trainer;
 
 pub use accelerator::{Accelerator, AcceleratorConfig, ReduceOp};
 pub use error::{AccelError, Result};
+pub use finetune::{Finetune, FullFinetune};
 pub use launch::{process_launch_command, run_in_process};
 pub use launch_config::{Answers, ParseChoiceError, ask, ask_with};
 pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};

@@ -2,7 +2,9 @@
 //! Every rank runs this function with its own [`Accelerator`]; rank 0 alone writes metrics, checkpoints and
 //! the final model.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::tensor::ElementConversion;
@@ -28,6 +30,7 @@ use llmtrain_memopt::checkpoint::backward_by_layers;
 
 use crate::accelerator::{Accelerator, ReduceOp};
 use crate::error::{AccelError, Result};
+use crate::finetune::Finetune;
 
 /// What one optimizer step measured (identical on every rank).
 #[derive(Debug, Clone, Copy)]
@@ -99,11 +102,13 @@ pub fn train_step<A: AutodiffBackend>(
     Ok(StepStats { loss, grad_norm })
 }
 
-/// Runs a whole training job on backend `A` as one rank of `accelerator`'s world.
+/// Runs a whole training job on backend `A` as one rank of `accelerator`'s world; `finetune` is the method
+/// ([`FullFinetune`](crate::FullFinetune), or llmtrain-fastlora's LoRA).
 pub fn run_training<A: AutodiffBackend>(
     config: &RunConfig,
     overrides: &TrainOverrides,
     accelerator: &mut Accelerator<A>,
+    finetune: &dyn Finetune<A>,
     device: &A::Device,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
@@ -120,10 +125,11 @@ pub fn run_training<A: AutodiffBackend>(
     // The others then load the cached tokenizer and get rank 0's weights from `prepare_model`.
     let first = if main { Some(tokenizer_and_model::<A>(&config, device)?) } else { None };
     accelerator.wait_for_everyone()?;
-    let (tokenizer, model, hf_config) = match first {
+    let (tokenizer, mut model, hf_config) = match first {
         Some(built) => built,
         None => tokenizer_and_model::<A>(&config, device)?,
     };
+    finetune.prepare(&mut model, device).map_err(AccelError::Finetune)?;
     // Every rank has read the model (which may sit in the output directory) before rank 0 clears that directory.
     accelerator.wait_for_everyone()?;
     let mut model = accelerator.prepare_model(model)?;
@@ -137,11 +143,14 @@ pub fn run_training<A: AutodiffBackend>(
     let adam =
         AdamWConfig { beta1: tr.adam_beta1, beta2: tr.adam_beta2, eps: tr.adam_epsilon, weight_decay: tr.weight_decay };
     let mut optimizer = AdamW::<A::InnerBackend>::new(adam);
+    optimizer.lr_scale = lr_scales(&model, finetune);
     let mut resumed_from = None;
     if overrides.resume {
         if let Some((dir, _)) = latest_valid_checkpoint(&out)? {
             let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
             (model, optimizer) = (loaded, loaded_optimizer);
+            finetune.load(&mut model, &dir, device).map_err(AccelError::Finetune)?;
+            optimizer.lr_scale = lr_scales(&model, finetune);
             model.compute.attention = attention;
             train_data.seek(state.data_position)?;
             resumed_from = Some(state.step);
@@ -228,7 +237,9 @@ pub fn run_training<A: AutodiffBackend>(
         }
         if tr.save_steps > 0 && step % tr.save_steps == 0 && step != tr.max_steps {
             let state = trainer_state(step, &train_data, tr.seed);
-            accelerator.save_state(&out, &model, &hf_config, &optimizer, &tokenizer, state, tr.save_total_limit)?;
+            let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
+            let keep = tr.save_total_limit;
+            accelerator.save_state_with(&out, &model, &hf_config, &optimizer, &tokenizer, state, keep, extra)?;
         }
     }
     progress.finish_and_clear();
@@ -243,7 +254,9 @@ pub fn run_training<A: AutodiffBackend>(
     }
     // The last checkpoint and `final/` both hold the end state.
     let state = trainer_state(step, &train_data, tr.seed);
-    accelerator.save_state(&out, &model, &hf_config, &optimizer, &tokenizer, state, tr.save_total_limit)?;
+    let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
+    let keep = tr.save_total_limit;
+    accelerator.save_state_with(&out, &model, &hf_config, &optimizer, &tokenizer, state, keep, extra)?;
     let final_dir = out.join("final");
     let inference = accelerator.unwrap_model(&model);
     let mut summary = TrainSummary {
@@ -262,7 +275,10 @@ pub fn run_training<A: AutodiffBackend>(
     };
     if main {
         write_dir_atomic(&final_dir, |dir| {
-            hf::save_model(&inference, &hf_config, dir, &SaveOptions::default())?;
+            if !finetune.final_is_adapter() {
+                hf::save_model(&inference, &hf_config, dir, &SaveOptions::default())?;
+            }
+            finetune.save(&model, dir).map_err(CoreError::Invalid)?;
             tokenizer.save(dir)
         })?;
         if let Some(prompt) = &tr.sample_prompt {
@@ -284,6 +300,19 @@ pub fn run_training<A: AutodiffBackend>(
     accelerator.wait_for_everyone()?;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The learning-rate multipliers the method asks for, by parameter name (only those other than 1).
+fn lr_scales<A: AutodiffBackend>(model: &LlamaModel<A>, finetune: &dyn Finetune<A>) -> BTreeMap<String, f64> {
+    model
+        .named_params()
+        .into_iter()
+        .map(|(name, _)| {
+            let scale = finetune.lr_scale(&name);
+            (name, scale)
+        })
+        .filter(|(_, scale)| *scale != 1.0)
+        .collect()
 }
 
 fn tokenizer_and_model<A: AutodiffBackend>(

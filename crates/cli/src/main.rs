@@ -3,6 +3,7 @@
 
 mod backend;
 mod commands;
+mod lora_method;
 
 use std::process::ExitCode;
 

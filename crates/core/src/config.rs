@@ -26,6 +26,53 @@ pub struct RunConfig {
     pub output: OutputSection,
     #[serde(default)]
     pub memopt: MemoptSection,
+    /// LoRA finetuning (llmtrain-fastlora): present means the base is frozen and adapters train.
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+}
+
+/// A LoRA adapter to train, in PEFT's terms (`LoraConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    #[serde(default = "lora_rank")]
+    pub r: usize,
+    /// PEFT's `lora_alpha`; scaling = alpha / r (rsLoRA: alpha / √r).
+    #[serde(default = "lora_alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Module names matched at the end of each module's name (`["q_proj", "v_proj"]`), a regex matched against
+    /// the whole name, or `"all-linear"`.
+    #[serde(default = "all_linear")]
+    pub target_modules: ModuleSelector,
+    #[serde(default)]
+    pub exclude_modules: Option<ModuleSelector>,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    /// LoRA+: B's learning rate is the run's times this ratio (e.g. 16).
+    #[serde(default)]
+    pub loraplus_lr_ratio: Option<f64>,
+}
+
+/// A list of module names or one pattern (`"all-linear"` or a regex).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModuleSelector {
+    Names(Vec<String>),
+    Pattern(String),
+}
+
+fn lora_rank() -> usize {
+    8
+}
+fn lora_alpha() -> f64 {
+    16.0
+}
+fn all_linear() -> ModuleSelector {
+    ModuleSelector::Pattern("all-linear".into())
 }
 
 /// The memory techniques (llmtrain-memopt), each off by default.
@@ -328,6 +375,17 @@ impl RunConfig {
         }
         if tr.logging_steps == 0 {
             return bad("training.logging_steps", "must be at least 1");
+        }
+        if let Some(lora) = &self.lora {
+            if lora.r == 0 {
+                return bad("lora.r", "must be at least 1");
+            }
+            if !(0.0..1.0).contains(&lora.dropout) {
+                return bad("lora.dropout", "must be in [0, 1)");
+            }
+            if lora.loraplus_lr_ratio.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                return bad("lora.loraplus_lr_ratio", "must be positive");
+            }
         }
         let mo = &self.memopt;
         if mo.flash_block == 0 {

@@ -31,4 +31,4 @@ pub mod peft;
 pub use adapt::{attach, freeze_base, merge, trainable_params};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::{LoraError, Result};
-pub use peft::{load_adapter, save_adapter};
+pub use peft::{load_adapter, save_adapter, write_adapter_files};

@@ -25,6 +25,18 @@ const PEFT_PREFIX: &str = "base_model.model.";
 
 /// Writes the model's adapters and `config` as a PEFT adapter directory, replacing `dir` atomically.
 pub fn save_adapter<B: Backend>(model: &LlamaModel<B>, config: &LoraConfig, dir: &Path) -> Result<()> {
+    write_dir_atomic(dir, |tmp| {
+        write_adapter_files(model, config, tmp).map_err(|e| match e {
+            LoraError::Core(core) => core,
+            other => CoreError::Invalid(other.to_string()),
+        })
+    })?;
+    Ok(())
+}
+
+/// Writes PEFT's two adapter files into the existing directory `dir` (each file atomically), beside whatever
+/// else it holds (a training checkpoint, say).
+pub fn write_adapter_files<B: Backend>(model: &LlamaModel<B>, config: &LoraConfig, dir: &Path) -> Result<()> {
     let tensors: Vec<(String, HostTensor)> = model
         .named_params()
         .into_iter()
@@ -42,10 +54,8 @@ pub fn save_adapter<B: Backend>(model: &LlamaModel<B>, config: &LoraConfig, dir:
     }
     let refs: Vec<&(String, HostTensor)> = tensors.iter().collect();
     let json = serde_json::to_string_pretty(&config.to_json()).map_err(|e| LoraError::Invalid(e.to_string()))?;
-    write_dir_atomic(dir, |tmp| {
-        write_safetensors_file(&tmp.join(ADAPTER_WEIGHTS_FILE), &refs, StorageDtype::F32)?;
-        write_atomic(&tmp.join(ADAPTER_CONFIG_FILE), json.as_bytes())
-    })?;
+    write_safetensors_file(&dir.join(ADAPTER_WEIGHTS_FILE), &refs, StorageDtype::F32)?;
+    write_atomic(&dir.join(ADAPTER_CONFIG_FILE), json.as_bytes())?;
     Ok(())
 }
 

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, MixedPrecision, run_training};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, MixedPrecision, run_training};
+
+use crate::lora_method::LoraMethod;
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
 use llmtrain_core::train::LossScaleConfig;
@@ -96,7 +98,11 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
         output_dir: args.output_dir.clone(),
         resume: args.resume,
     };
-    let summary = match run_training(&config, &overrides, &mut accelerator, device) {
+    let method: Box<dyn Finetune<Autodiff<B>>> = match &config.lora {
+        Some(section) => Box::new(LoraMethod::new(section, overrides.apply(&config).model.path.as_deref())),
+        None => Box::new(FullFinetune),
+    };
+    let summary = match run_training(&config, &overrides, &mut accelerator, method.as_ref(), device) {
         Ok(summary) => summary,
         Err(err) => {
             // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).

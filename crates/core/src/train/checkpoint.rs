@@ -63,8 +63,24 @@ pub fn save_checkpoint<B: Backend, I: Backend>(
     hf_config: &HfConfig,
     optimizer: &AdamW<I>,
     tokenizer: &TextTokenizer,
+    state: TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    save_checkpoint_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, |_| Ok(()))
+}
+
+/// [`save_checkpoint`] with `extra` writing more files into the checkpoint (a LoRA adapter) before it is
+/// sealed; they are digested and verified like the others.
+#[allow(clippy::too_many_arguments)]
+pub fn save_checkpoint_with<B: Backend, I: Backend>(
+    output_dir: &Path,
+    model: &LlamaModel<B>,
+    hf_config: &HfConfig,
+    optimizer: &AdamW<I>,
+    tokenizer: &TextTokenizer,
     mut state: TrainerState,
     keep: usize,
+    extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let target = output_dir.join(format!("{PREFIX}{}", state.step));
     write_dir_atomic(&target, |dir| {
@@ -72,6 +88,7 @@ pub fn save_checkpoint<B: Backend, I: Backend>(
         hf::save_model(model, hf_config, dir, &SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() })?;
         tokenizer.save(dir)?;
         write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
+        extra(dir)?;
         state.files.clear();
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| CoreError::io(dir, e))?

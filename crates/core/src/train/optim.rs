@@ -150,11 +150,13 @@ pub struct AdamW<B: Backend> {
     /// Number of updates done.
     pub step: u64,
     pub moments: BTreeMap<String, Moments<B>>,
+    /// Learning-rate multipliers by parameter name (LoRA+ raises the B matrices'); absent means 1.
+    pub lr_scale: BTreeMap<String, f64>,
 }
 
 impl<B: Backend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, moments: BTreeMap::new() }
+        Self { config, step: 0, moments: BTreeMap::new(), lr_scale: BTreeMap::new() }
     }
 
     /// Applies one update with learning rate `lr` from `grads` (consumed) to `model`'s parameters.
@@ -171,6 +173,7 @@ impl<B: Backend> AdamW<B> {
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         for (name, param) in model.named_params_mut() {
             let Some(grad) = grads.take(&name) else { continue };
+            let lr = lr * self.lr_scale.get(&name).copied().unwrap_or(1.0);
             let decay = match param {
                 ParamMut::Vector(_) => 0.0,
                 ParamMut::Matrix(_) => c.weight_decay,
@@ -244,5 +247,25 @@ mod tests {
         let got: Vec<f32> = model.embed_tokens.val().into_data().convert::<f32>().into_vec().unwrap();
         let diff = got.iter().zip(&p).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
         assert!(diff < 1e-7, "max |Δ| {diff}");
+    }
+
+    /// A parameter with an lr multiplier (LoRA+) moves that many times as far on Adam's first step, where the
+    /// update is lr · sign(g) without weight decay.
+    #[test]
+    fn lr_scale_multiplies_one_parameters_learning_rate() {
+        let device = Default::default();
+        let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device);
+        let mut opt = AdamW::<CpuBackend>::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+        let (scaled, plain) = ("model.embed_tokens.weight", "model.norm.weight");
+        opt.lr_scale.insert(scaled.to_string(), 16.0);
+        let before = (model.embed_tokens.val(), model.norm.weight.val());
+        let mut buffer = GradientBuffer::<CpuBackend>::default();
+        buffer.grads.insert(scaled.to_string(), Tensor::ones([32], &device));
+        buffer.grads.insert(plain.to_string(), Tensor::ones([4], &device));
+        opt.step(&mut model, &mut buffer, 1e-3);
+        let moved = |a: Tensor<A, 1>, b: Tensor<A, 1>| (a - b).abs().max().into_scalar().elem::<f64>();
+        let embed = moved(before.0.reshape([32]), model.embed_tokens.val().reshape([32]));
+        let norm = moved(before.1, model.norm.weight.val());
+        assert!((embed / norm - 16.0).abs() < 1e-3, "{embed} vs {norm}");
     }
 }

@@ -1,0 +1,42 @@
+//! What a finetuning method changes in a training run. Full finetuning changes nothing; llmtrain-fastlora's LoRA
+//! attaches adapters and freezes the base, and writes a PEFT adapter instead of the whole model. The `llmtrain`
+//! command composes the two: accel runs the loop, the method plugs in here.
+
+use std::path::Path;
+
+use burn::tensor::backend::AutodiffBackend;
+use llmtrain_core::model::LlamaModel;
+
+/// A finetuning method's hooks into [`crate::run_training`]. Errors are one-line messages.
+pub trait Finetune<A: AutodiffBackend>: Sync {
+    /// Adapts a freshly built or loaded model (before rank 0's weights are broadcast to the other ranks).
+    fn prepare(&self, model: &mut LlamaModel<A>, device: &A::Device) -> Result<(), String>;
+    /// Writes the method's files (a PEFT adapter) into `dir`: each checkpoint, and `final/`.
+    fn save(&self, model: &LlamaModel<A>, dir: &Path) -> Result<(), String>;
+    /// Restores, on a model loaded from checkpoint `dir`, what [`save`](Self::save) wrote there.
+    fn load(&self, model: &mut LlamaModel<A>, dir: &Path, device: &A::Device) -> Result<(), String>;
+    /// Whether `final/` holds only what `save` writes instead of the whole model.
+    fn final_is_adapter(&self) -> bool;
+    /// The learning-rate multiplier of parameter `name` (LoRA+ raises the B matrices').
+    fn lr_scale(&self, _name: &str) -> f64 {
+        1.0
+    }
+}
+
+/// Every parameter trains; checkpoints and `final/` hold the whole model.
+pub struct FullFinetune;
+
+impl<A: AutodiffBackend> Finetune<A> for FullFinetune {
+    fn prepare(&self, _: &mut LlamaModel<A>, _: &A::Device) -> Result<(), String> {
+        Ok(())
+    }
+    fn save(&self, _: &LlamaModel<A>, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+    fn load(&self, _: &mut LlamaModel<A>, _: &Path, _: &A::Device) -> Result<(), String> {
+        Ok(())
+    }
+    fn final_is_adapter(&self) -> bool {
+        false
+    }
+}

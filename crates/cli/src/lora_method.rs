@@ -1,0 +1,50 @@
+//! LoRA as a finetuning method of the training loop: llmtrain-fastlora's adapters through llmtrain-accel's
+//! [`Finetune`] hook (the command composes the two crates; neither depends on the other).
+
+use std::path::Path;
+
+use burn::tensor::backend::AutodiffBackend;
+use llmtrain_accel::Finetune;
+use llmtrain_core::config::LoraSection;
+use llmtrain_core::model::LlamaModel;
+use llmtrain_fastlora::{LoraConfig, attach, load_adapter, write_adapter_files};
+
+/// Trains a PEFT adapter on a frozen base; checkpoints carry it beside the base, and `final/` holds only it.
+pub struct LoraMethod {
+    config: LoraConfig,
+    /// LoRA+: B's learning-rate multiplier.
+    loraplus_lr_ratio: Option<f64>,
+}
+
+impl LoraMethod {
+    /// From the run config's `[lora]` section; `base` is the base model's directory, recorded in the adapter.
+    pub fn new(section: &LoraSection, base: Option<&Path>) -> Self {
+        let base = base.map(|p| p.display().to_string());
+        Self { config: LoraConfig::from_section(section, base), loraplus_lr_ratio: section.loraplus_lr_ratio }
+    }
+}
+
+impl<A: AutodiffBackend> Finetune<A> for LoraMethod {
+    fn prepare(&self, model: &mut LlamaModel<A>, device: &A::Device) -> Result<(), String> {
+        attach(model, &self.config, device).map(|_| ()).map_err(|e| format!("[lora]: {e}"))
+    }
+
+    fn save(&self, model: &LlamaModel<A>, dir: &Path) -> Result<(), String> {
+        write_adapter_files(model, &self.config, dir).map_err(|e| e.to_string())
+    }
+
+    fn load(&self, model: &mut LlamaModel<A>, dir: &Path, device: &A::Device) -> Result<(), String> {
+        load_adapter(model, dir, device).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn final_is_adapter(&self) -> bool {
+        true
+    }
+
+    fn lr_scale(&self, name: &str) -> f64 {
+        match self.loraplus_lr_ratio {
+            Some(ratio) if name.ends_with(".lora_B.weight") => ratio,
+            _ => 1.0,
+        }
+    }
+}
