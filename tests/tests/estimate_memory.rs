@@ -1,25 +1,45 @@
-//! `llmtrain estimate-memory`: DeepSpeed's ZeRO figures from the command line, a model directory's shape, and
-//! one-line errors for bad input.
+//! `llmtrain estimate-memory`: DeepSpeed's ZeRO figures from the command line, a model directory's shape, the
+//! activation and CPU-peak terms for a batch (precision, attention kernel, checkpointing), and one-line errors for
+//! bad input.
 
 use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain};
 
-/// The per-device totals column of the printed table, by ZeRO stage.
-fn totals(stdout: &str) -> Vec<(u8, f64)> {
+/// The column whose header starts with `name` of the printed table, by ZeRO stage.
+fn column(stdout: &str, name: &str) -> Vec<(u8, f64)> {
+    let cells =
+        |line: &str| -> Vec<String> { line.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect() };
+    let Some(index) = stdout
+        .lines()
+        .find(|l| l.starts_with("| ZeRO stage"))
+        .and_then(|h| cells(h).iter().position(|c| c.starts_with(name)))
+    else {
+        return Vec::new();
+    };
     stdout
         .lines()
         .filter_map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            Some((cells.first()?.parse().ok()?, cells.last()?.parse().ok()?))
+            let cells = cells(line);
+            Some((cells.first()?.parse().ok()?, cells.get(index)?.parse().ok()?))
         })
         .collect()
 }
 
+/// The per-device totals column of the printed table, by ZeRO stage.
+fn totals(stdout: &str) -> Vec<(u8, f64)> {
+    column(stdout, "total")
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = llmtrain(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn zero_stages_for_7_5b_on_64_gpus_match_the_zero_paper() {
-    let out = llmtrain(&["estimate-memory", "--params", "7.5B", "--precision", "mixed", "--gpus", "64"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_ok(&["estimate-memory", "--params", "7.5B", "--precision", "mixed", "--gpus", "64"]);
     assert!(stdout.contains("total GB per device"), "{stdout}");
+    assert!(!stdout.contains("CPU step peak"), "no batch, no peak:\n{stdout}");
     assert_eq!(totals(&stdout), vec![(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)], "{stdout}");
 }
 
@@ -28,13 +48,41 @@ fn a_model_directory_gives_shape_activations_and_lora_states() {
     let model = fixture("llama_gqa_tied");
     let shape =
         ["estimate-memory", "--model", model.to_str().unwrap(), "--batch", "2", "--seq", "16", "--zero-stage", "0"];
-    let full = llmtrain(&shape);
-    let lora = llmtrain(&[&shape[..], &["--method", "lora", "--lora-rank", "2"]].concat());
-    let (full, lora) = (String::from_utf8_lossy(&full.stdout), String::from_utf8_lossy(&lora.stdout));
+    let full = run_ok(&shape);
+    let lora = run_ok(&[&shape[..], &["--method", "lora", "--lora-rank", "2"]].concat());
     assert!(full.contains("total MB per device") && !full.contains("| - |"), "{full}");
     let (f, l) = (totals(&full), totals(&lora));
     assert_eq!(f.len(), 1);
     assert!(l[0].1 < f[0].1, "LoRA keeps less:\n{full}\n{lora}");
+}
+
+#[test]
+fn precision_attention_and_checkpointing_change_activations_and_the_cpu_peak() {
+    let model = fixture("llama_gqa_tied");
+    let base =
+        ["estimate-memory", "--model", model.to_str().unwrap(), "--batch", "4", "--seq", "256", "--zero-stage", "0"];
+    let run = |extra: &[&str]| {
+        let stdout = run_ok(&[&base[..], extra].concat());
+        let activations = column(&stdout, "activations");
+        let peak = column(&stdout, "CPU step peak");
+        assert_eq!((activations.len(), peak.len()), (1, 1), "{stdout}");
+        assert!(stdout.contains("CPU step peak, ZeRO stage 0:"), "{stdout}");
+        (activations[0].1, peak[0].1, stdout)
+    };
+    let (fp32, fp32_peak, stdout) = run(&[]);
+    assert!(stdout.contains("f32 activations, eager attention"), "{stdout}");
+    // 16-bit activations: `--precision mixed` means bf16 compute unless fp16 is asked for (same bytes).
+    let (mixed, _, stdout) = run(&["--precision", "mixed"]);
+    assert!(stdout.contains("bf16 activations"), "{stdout}");
+    let (fp16, _, _) = run(&["--precision", "mixed", "--compute-dtype", "fp16"]);
+    assert!(mixed < fp32 * 0.9 && fp16 == mixed, "fp32 {fp32}, mixed {mixed}, fp16 {fp16}");
+    // At 256 tokens eager attention's [seq x seq] scores dominate; flash keeps none of them.
+    let (flash, flash_peak, _) = run(&["--attention", "flash"]);
+    assert!(flash < fp32 / 2.0 && flash_peak < fp32_peak, "eager {fp32} ({fp32_peak}), flash {flash} ({flash_peak})");
+    // Two layers: one layer's graph at a time instead of both.
+    let (ckpt, ckpt_peak, stdout) = run(&["--grad-checkpointing"]);
+    assert!(ckpt < fp32 * 0.6 && ckpt_peak < fp32_peak, "plain {fp32} ({fp32_peak}), ckpt {ckpt} ({ckpt_peak})");
+    assert!(stdout.contains("recomputed"), "{stdout}");
 }
 
 #[test]
@@ -46,4 +94,13 @@ fn bad_input_is_one_error_line() {
         "needs the model's shape",
     );
     assert_one_line_error(&llmtrain(&["estimate-memory", "--model", "/nonexistent"]), "/nonexistent/config.json");
+    assert_one_line_error(
+        &llmtrain(&["estimate-memory", "--params", "7B", "--precision", "fp32", "--compute-dtype", "bf16"]),
+        "--compute-dtype bf16",
+    );
+    let model = fixture("llama_gqa_tied");
+    assert_one_line_error(
+        &llmtrain(&["estimate-memory", "--model", model.to_str().unwrap(), "--batch", "0", "--seq", "16"]),
+        "--batch and --seq",
+    );
 }

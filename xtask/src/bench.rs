@@ -16,6 +16,9 @@ use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
+use llmtrain_memopt::estimate::{
+    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
+};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -250,6 +253,30 @@ fn compute_dtype(precision: MixedPrecision) -> &'static str {
     }
 }
 
+/// The estimator's peak RSS for a case in MiB (`llmtrain_memopt::estimate`, fed the case's shape, precision,
+/// attention, checkpointing and rows per rank). The ranks are threads of one process, so it holds every rank's
+/// peak and one process baseline.
+fn predicted_peak_mb(case: &Case) -> Result<f64> {
+    let compute = ComputeDtype::from(case.precision);
+    let input = EstimateInput {
+        params: count_params(&case.model),
+        model: Some(case.model.clone()),
+        method: Method::Full,
+        lora_rank: 0,
+        // 16-bit compute over f32 master weights is the ZeRO accounting's mixed precision.
+        precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
+        compute,
+        attention: if case.flash { AttentionKind::Flash } else { AttentionKind::Eager },
+        zero_stage: 0,
+        gpus: case.ranks,
+        batch: Some(BatchShape { batch: case.batch / case.ranks, seq: case.seq }),
+        gradient_checkpointing: case.checkpointing,
+    };
+    let peak = estimate(&input)?.cpu_peak.context("a batch shape gives a CPU peak")?;
+    let ranks = case.ranks as f64;
+    Ok((ranks * peak.total() - (ranks - 1.0) * peak.baseline) / (1024.0 * 1024.0))
+}
+
 /// The PyTorch reference on the same shape, when python3 with torch is available.
 fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/torch_llama.py");
@@ -282,7 +309,8 @@ pub fn run(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = serde_json::Map::new();
     let mut table = String::from(
-        "| case | tokens/s | ms/step (median) | peak RSS MB | comm share | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| case | tokens/s | ms/step (median) | peak RSS MB | predicted MB | comm share | PyTorch tokens/s | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for case in cases() {
         if !args.case.is_empty() && !args.case.iter().any(|c| c == case.name) {
@@ -297,6 +325,11 @@ pub fn run(args: &Args) -> Result<()> {
             bail!("case {} failed: {}", case.name, String::from_utf8_lossy(&out.stderr));
         }
         let mut result: Value = serde_json::from_slice(&out.stdout).context("case output is JSON")?;
+        let predicted = predicted_peak_mb(&case)?;
+        let measured = result["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+        let error = (predicted - measured) / measured;
+        result["predicted_peak_mb"] = json!(predicted);
+        result["prediction_error"] = json!(error);
         let torch = if args.no_torch { None } else { torch_reference(&case, args.steps) };
         let (torch_rate, ratio) = match &torch {
             Some(t) => {
@@ -312,11 +345,12 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
         table.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.0} | {} | {torch_rate} | {ratio} |\n",
+            "| {} | {:.0} | {:.1} | {:.0} | {predicted:.0} ({:+.1}%) | {} | {torch_rate} | {ratio} |\n",
             case.name,
             result["tokens_per_sec"].as_f64().unwrap_or(0.0),
             result["step_ms_median"].as_f64().unwrap_or(0.0),
             result["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            error * 100.0,
             result["comm_share"].as_f64().map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
         ));
         report.insert(case.name.to_string(), result);

@@ -17,6 +17,7 @@ use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
 use llmtrain_core::model::{Compute, LlamaModel};
 use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_core::train::accuracy::{accuracy_examples, completion_accuracy};
 use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
 use llmtrain_core::train::metrics::MetricsLog;
 use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
@@ -174,6 +175,23 @@ pub fn run_training<A: AutodiffBackend>(
         total_steps: tr.max_steps,
     };
 
+    // Held-out task accuracy, measured on rank 0 before the first step of a fresh run and after the last.
+    let accuracy_examples = match (&tr.accuracy_file, main) {
+        (Some(file), true) => Some(accuracy_examples(file, &tokenizer, options.seq_len, tr.accuracy_samples)?),
+        _ => None,
+    };
+    let accuracy = |model: &LlamaModel<A>| {
+        accuracy_examples.as_ref().map(|examples| {
+            let inference = inference_model(model);
+            completion_accuracy(&inference, examples, &tokenizer, device)
+        })
+    };
+    let accuracy_before = if resumed_from.is_none() { accuracy(&model) } else { None };
+    if let (Some(acc), Some(metrics)) = (accuracy_before, &mut metrics) {
+        metrics.write(&json!({"step": step, "accuracy": acc.fraction(), "accuracy_correct": acc.correct,
+                              "accuracy_total": acc.total}))?;
+    }
+
     let progress = if main { progress_bar(tr.max_steps, step) } else { ProgressBar::hidden() };
     let mut window = Window::new(accelerator);
     let mut last_loss = f64::NAN;
@@ -252,6 +270,11 @@ pub fn run_training<A: AutodiffBackend>(
         }
         last_eval = Some(eval_loss);
     }
+    let accuracy_after = accuracy(&model);
+    if let (Some(acc), Some(metrics)) = (accuracy_after, &mut metrics) {
+        metrics.write(&json!({"step": step, "accuracy": acc.fraction(), "accuracy_correct": acc.correct,
+                              "accuracy_total": acc.total}))?;
+    }
     // The last checkpoint and `final/` both hold the end state.
     let state = trainer_state(step, &train_data, tr.seed);
     let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
@@ -269,6 +292,8 @@ pub fn run_training<A: AutodiffBackend>(
         skipped_rows: train_data.skipped_rows(),
         skipped_steps: accelerator.skipped_steps(),
         loss_scale: accelerator.loss_scale(),
+        accuracy_before,
+        accuracy_after,
         sample: None,
         final_dir: final_dir.clone(),
         elapsed_secs: 0.0,
@@ -313,6 +338,12 @@ fn lr_scales<A: AutodiffBackend>(model: &LlamaModel<A>, finetune: &dyn Finetune<
         })
         .filter(|(_, scale)| *scale != 1.0)
         .collect()
+}
+
+/// The model without its autodiff graph (what `Accelerator::unwrap_model` gives), for evaluation.
+fn inference_model<A: AutodiffBackend>(model: &LlamaModel<A>) -> LlamaModel<A::InnerBackend> {
+    use burn::module::AutodiffModule;
+    model.valid()
 }
 
 fn tokenizer_and_model<A: AutodiffBackend>(

@@ -248,6 +248,11 @@ pub struct TrainingSection {
     /// Text to continue with the trained model at the end of the run.
     pub sample_prompt: Option<String>,
     pub sample_max_new_tokens: usize,
+    /// Held-out prompt/completion rows (JSONL or Parquet): exact-match accuracy of greedy completions is
+    /// measured before training and at the end.
+    pub accuracy_file: Option<PathBuf>,
+    /// At most this many rows of `accuracy_file`.
+    pub accuracy_samples: usize,
 }
 
 impl Default for TrainingSection {
@@ -271,6 +276,8 @@ impl Default for TrainingSection {
             save_total_limit: 2,
             sample_prompt: None,
             sample_max_new_tokens: 48,
+            accuracy_file: None,
+            accuracy_samples: 200,
         }
     }
 }
@@ -330,6 +337,9 @@ impl RunConfig {
         }
         self.tokenizer.train_files.iter_mut().for_each(fix);
         self.data.files.iter_mut().for_each(fix);
+        if let Some(p) = self.training.accuracy_file.as_mut() {
+            fix(p);
+        }
         fix(&mut self.output.dir);
     }
 

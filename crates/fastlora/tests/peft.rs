@@ -146,3 +146,59 @@ fn an_adapter_for_another_shape_is_refused_naming_the_tensor() {
     assert!(err.contains("lora_A.weight") && err.contains("shape"), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
+
+/// The adapter's gradients (burn's autodiff through the two thin matmuls) agree with central finite differences
+/// of the loss, for elements of A and of B, at a point where B ≠ 0.
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    use burn::backend::Autodiff;
+    use llmtrain_core::model::LoraAdapter;
+    type A = Autodiff<B>;
+    let device = Default::default();
+    let mut model = hf::load_model::<A>(&fixtures().join("base"), &device).unwrap().0;
+    let mut config = LoraConfig::new(4, 8.0, TargetModules::List(vec!["q_proj".into(), "down_proj".into()]));
+    config.init_lora_weights = llmtrain_fastlora::InitLoraWeights::Default(false);
+    attach(&mut model, &config, &device).unwrap();
+    let tokens = || Tensor::<A, 2, Int>::from_data([[3, 17, 42, 99, 5, 120]], &device);
+    let loss = |m: &LlamaModel<A>| m.forward(tokens(), None).powi_scalar(2).sum();
+    let grads = loss(&model).backward();
+    // (layer, which matrix, element)
+    type Pick = fn(&mut LlamaModel<A>) -> &mut LoraAdapter<A>;
+    let q: Pick = |m| m.layers[0].self_attn.q_proj.adapter.as_mut().unwrap();
+    let down: Pick = |m| m.layers[1].mlp.down_proj.adapter.as_mut().unwrap();
+    let (mut worst, mut largest) = (0.0f64, 0.0f64);
+    for (pick, use_b, index) in [(q, true, 0), (q, false, 5), (down, true, 7), (down, false, 3)] {
+        let param = |m: &mut LlamaModel<A>| {
+            let ad = pick(m);
+            if use_b { ad.lora_b.clone() } else { ad.lora_a.clone() }
+        };
+        let analytic: Vec<f32> =
+            param(&mut model).val().grad(&grads).unwrap().into_data().convert::<f32>().into_vec().unwrap();
+        let shifted = |delta: f32| {
+            let mut m = model.clone();
+            let p = param(&mut m);
+            let dims = p.val().dims();
+            let mut values: Vec<f32> = p.val().into_data().convert::<f32>().into_vec().unwrap();
+            values[index] += delta;
+            let t = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(values, dims), &device));
+            let ad = pick(&mut m);
+            if use_b {
+                ad.lora_b = t
+            } else {
+                ad.lora_a = t
+            }
+            loss(&m).into_scalar() as f64
+        };
+        let eps = 1e-2;
+        let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+        largest = largest.max(numeric.abs());
+        println!(
+            "{} [{index}]: autodiff {:.6} finite difference {numeric:.6}",
+            if use_b { "B" } else { "A" },
+            analytic[index]
+        );
+        worst = worst.max((analytic[index] as f64 - numeric).abs());
+    }
+    // The f32 loss limits the finite differences' precision: compare with the largest gradient checked.
+    assert!(worst < 2e-3 * largest, "max |autodiff - finite difference| {worst} (largest gradient {largest})");
+}

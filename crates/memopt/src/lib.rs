@@ -4,19 +4,21 @@
 //!
 //! - [`checkpoint::backward_by_layers`]: gradient checkpointing per decoder layer (recompute in backward).
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
-//!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus
-//!   activations for a batch shape.
+//!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus, for a
+//!   batch shape, the activations autodiff keeps (f32 or 16-bit compute, eager or flash attention, with or
+//!   without checkpointing) and the CPU trainer's peak resident memory per step.
 //! - [`nf4`]: NF4 4-bit quantization with double quantization, byte for byte as bitsandbytes on the CPU
 //!   (quantize, pack, dequantize; ~4.127 bits per weight).
 //! - [`quantized_linear::Nf4Linear`]: a frozen NF4 linear layer, dequantized on the fly (QLoRA's base layer).
 //!
 //! ```
-//! use llmtrain_memopt::estimate::{EstimateInput, Method, Precision, estimate};
+//! use llmtrain_memopt::estimate::{AttentionKind, ComputeDtype, EstimateInput, Method, Precision, estimate};
 //!
 //! // The ZeRO paper's example: 7.5B parameters, 64 GPUs, mixed precision, stage 3.
 //! let input = EstimateInput {
 //!     params: 7_500_000_000, model: None, method: Method::Full, lora_rank: 16, precision: Precision::Mixed,
-//!     zero_stage: 3, gpus: 64, batch: None, gradient_checkpointing: false,
+//!     compute: ComputeDtype::Bf16, attention: AttentionKind::Eager, zero_stage: 3, gpus: 64, batch: None,
+//!     gradient_checkpointing: false,
 //! };
 //! let per_device = estimate(&input).unwrap();
 //! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB

@@ -1,12 +1,16 @@
 //! `llmtrain estimate-memory (--model DIR | --params 7B) [--method full|lora|qlora] [--precision fp32|mixed|bf16]
-//! [--zero-stage 0..3] [--gpus G] [--batch B --seq T] [--grad-checkpointing]`: memory per device, like
-//! `accelerate estimate-memory`, with DeepSpeed's ZeRO accounting.
+//! [--compute-dtype f32|bf16|fp16] [--zero-stage 0..3] [--gpus G] [--batch B --seq T] [--attention eager|flash]
+//! [--grad-checkpointing]`: memory per device, like `accelerate estimate-memory`, with DeepSpeed's ZeRO
+//! accounting; with a batch shape, also the activations autodiff keeps and the peak resident memory of one
+//! training step of llmtrain's CPU trainer.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use llmtrain_core::hf::HfConfig;
-use llmtrain_memopt::estimate::{BatchShape, EstimateInput, Method, Precision, count_params, estimate};
+use llmtrain_memopt::estimate::{
+    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,16 +29,26 @@ pub struct Args {
     /// fp32, mixed (16-bit compute with f32 master weights) or bf16 (bf16 everything).
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "mixed", "bf16"])]
     pub precision: String,
+    /// The activations' type (`[memopt] mixed_precision`): f32 with fp32; bf16 (the default) or fp16 with mixed;
+    /// bf16 with bf16.
+    #[arg(long, value_parser = ["f32", "bf16", "fp16"])]
+    pub compute_dtype: Option<String>,
     /// ZeRO stage 0-3 (default: a row for each).
     #[arg(long)]
     pub zero_stage: Option<u8>,
     /// Data-parallel ranks the states are sharded over.
     #[arg(long, default_value_t = 1)]
     pub gpus: usize,
+    /// Rows per device (one micro-batch).
     #[arg(long, requires = "seq")]
     pub batch: Option<usize>,
+    /// Tokens per row.
     #[arg(long, requires = "batch")]
     pub seq: Option<usize>,
+    /// The attention kernel (`[memopt] attention`): eager keeps the [seq x seq] scores for backward, flash none.
+    #[arg(long, default_value = "eager", value_parser = ["eager", "flash"])]
+    pub attention: String,
+    /// Recompute each decoder layer in backward (`[memopt] gradient_checkpointing`).
     #[arg(long)]
     pub grad_checkpointing: bool,
 }
@@ -62,6 +76,13 @@ pub fn run(args: &Args) -> Result<()> {
         "bf16" => Precision::Bf16,
         _ => Precision::Fp32,
     };
+    let compute = match args.compute_dtype.as_deref() {
+        Some("f32") => ComputeDtype::F32,
+        Some("bf16") => ComputeDtype::Bf16,
+        Some("fp16") => ComputeDtype::F16,
+        _ => ComputeDtype::for_precision(precision),
+    };
+    let attention = if args.attention == "flash" { AttentionKind::Flash } else { AttentionKind::Eager };
     let batch = args.batch.zip(args.seq).map(|(batch, seq)| BatchShape { batch, seq });
     let stages: Vec<u8> = match args.zero_stage {
         Some(stage) => vec![stage],
@@ -75,6 +96,8 @@ pub fn run(args: &Args) -> Result<()> {
             method,
             lora_rank: args.lora_rank,
             precision,
+            compute,
+            attention,
             zero_stage,
             gpus: args.gpus,
             batch,
@@ -83,7 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
         rows.push((zero_stage, estimate(&input)?));
     }
     // GB (10^9 bytes, as DeepSpeed and Accelerate print) unless everything is smaller than that.
-    let largest = rows.iter().map(|(_, e)| e.total()).fold(0.0, f64::max);
+    let largest = rows.iter().map(|(_, e)| e.total().max(e.cpu_peak.map_or(0.0, |p| p.total()))).fold(0.0, f64::max);
     let (unit, scale) = if largest >= 1e9 { ("GB", 1e9) } else { ("MB", 1e6) };
     let count = if params >= 1_000_000_000 {
         format!("{:.2} B", params as f64 / 1e9)
@@ -93,25 +116,52 @@ pub fn run(args: &Args) -> Result<()> {
     let shape = match batch {
         Some(b) => {
             let ckpt = if args.grad_checkpointing { ", gradient checkpointing" } else { "" };
-            format!(", batch {} x {} tokens{ckpt}", b.batch, b.seq)
+            format!(
+                ", batch {} x {} tokens, {} activations, {} attention{ckpt}",
+                b.batch,
+                b.seq,
+                compute.name(),
+                args.attention
+            )
         }
         None => String::new(),
     };
     println!("{count} parameters, {} finetune, {} precision, {} GPU(s){shape}", args.method, args.precision, args.gpus);
+    let with_peak = rows.iter().any(|(_, e)| e.cpu_peak.is_some());
+    let peak_header = if with_peak { format!(" CPU step peak {unit} |") } else { String::new() };
     println!(
-        "| ZeRO stage | weights {unit} | gradients {unit} | optimizer {unit} | activations {unit} | total {unit} per device |"
+        "| ZeRO stage | weights {unit} | gradients {unit} | optimizer {unit} | activations {unit} | total {unit} per device |{peak_header}"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|{}", if with_peak { "---:|" } else { "" });
     let fmt = |bytes: f64| format!("{:.1}", bytes / scale);
-    for (stage, e) in rows {
+    for (stage, e) in &rows {
+        let peak = e.cpu_peak.map_or(String::new(), |p| format!(" {} |", fmt(p.total())));
         println!(
-            "| {stage} | {} | {} | {} | {} | {} |",
+            "| {stage} | {} | {} | {} | {} | {} |{peak}",
             fmt(e.weights),
             fmt(e.gradients),
             fmt(e.optimizer),
             e.activations.map_or("-".to_string(), fmt),
             fmt(e.total())
         );
+    }
+    // What the CPU peak is made of (the trainer on burn's Flex backend, one rank; ranks run as threads of one
+    // process share its baseline).
+    for (stage, e) in &rows {
+        if let Some(p) = e.cpu_peak {
+            println!(
+                "CPU step peak, ZeRO stage {stage}: {} {unit} per rank at {} = {} process baseline + {} weights, \
+                 optimizer state and gradients held + {} saved activations + {} in-flight buffers + {} freed memory \
+                 glibc keeps",
+                fmt(p.total()),
+                p.moment.describe(),
+                fmt(p.baseline),
+                fmt(p.states),
+                fmt(p.saved),
+                fmt(p.transient),
+                fmt(p.allocator)
+            );
+        }
     }
     Ok(())
 }

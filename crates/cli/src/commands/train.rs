@@ -130,6 +130,14 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
     } else {
         println!("corpus unigram entropy: {:.4} nats/token", summary.unigram_entropy);
     }
+    let show = |a: &llmtrain_core::train::accuracy::Accuracy| {
+        format!("{}/{} ({:.1}%)", a.correct, a.total, 100.0 * a.fraction())
+    };
+    match (&summary.accuracy_before, &summary.accuracy_after) {
+        (Some(before), Some(after)) => println!("held-out accuracy: {} before, {} after", show(before), show(after)),
+        (None, Some(after)) => println!("held-out accuracy: {}", show(after)),
+        _ => {}
+    }
     if let Some(scale) = summary.loss_scale {
         println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", summary.skipped_steps);
     }

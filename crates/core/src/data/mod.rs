@@ -38,6 +38,7 @@ pub use loader::DataLoader;
 pub use packing::{PackedRow, best_fit_decreasing, collate};
 pub use readers::{Location, RowReader};
 pub use rows::{Content, FORMAT_KEYS, Row};
+pub(crate) use tokenize::Encoder;
 pub use tokenize::Sequence;
 
 use crate::train::IGNORE_INDEX;

@@ -1,6 +1,7 @@
 //! Training: the causal-LM loss, AdamW, learning-rate schedules, clipping and accumulation, checkpoints, metrics,
 //! and the pieces every training loop shares (the loop itself is `llmtrain-accel`'s `run_training`).
 
+pub mod accuracy;
 pub mod checkpoint;
 mod loss;
 pub mod loss_scale;

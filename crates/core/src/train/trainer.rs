@@ -59,6 +59,9 @@ pub struct TrainSummary {
     /// fp16: optimizer steps skipped because the gradients overflowed, and the loss scale at the end.
     pub skipped_steps: u64,
     pub loss_scale: Option<f64>,
+    /// Held-out exact-match accuracy before training (fresh runs only) and at the end, with `accuracy_file`.
+    pub accuracy_before: Option<crate::train::accuracy::Accuracy>,
+    pub accuracy_after: Option<crate::train::accuracy::Accuracy>,
     pub sample: Option<String>,
     pub final_dir: PathBuf,
     pub elapsed_secs: f64,
