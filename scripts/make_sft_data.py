@@ -3,11 +3,12 @@
 
     python3 scripts/make_sft_data.py [--out data/sft] [--seed 0]
 
-Four word tasks in TRL's prompt/completion format, over words of the Shakespeare corpus the quickstart model was
-pretrained on: count the words (one to six), the first of three, the last of three, and repeat two words. A
-pretrained language model does none of them before finetuning; counting depends only on the prompt's length and
-the others on copying from the prompt, so accuracy on held-out combinations measures whether finetuning taught the
-tasks rather than memorised rows. `train.jsonl` (2000 rows) and `test.jsonl` (200 rows); no word combination of
+Three word-list tasks in TRL's prompt/completion format, over words of the Shakespeare corpus the quickstart model
+was pretrained on: count the words (one to six), say whether their number is even or odd, and say which of two lists
+is longer. A pretrained language model does none of them before finetuning; each depends on the lists' lengths, not
+on which words they hold, so accuracy on held-out word combinations measures whether finetuning taught the tasks
+rather than memorised rows. (Copying tasks, such as repeating the first word, proved beyond the tiny quickstart
+model in a few hundred steps, with full finetuning as with LoRA.) `train.jsonl` (2000 rows) and `test.jsonl` (200 rows); no word combination of
 the test split occurs in the training split.
 """
 import argparse
@@ -33,22 +34,19 @@ def count_task(rng):
     return words, "Count: " + " ".join(words) + "\nAnswer:", " " + NUMBERS[len(words) - 1]
 
 
-def first_task(rng):
-    words = tuple(rng.sample(WORDS, 3))
-    return words, "First word of: " + " ".join(words) + "\nAnswer:", " " + words[0]
+def parity_task(rng):
+    words = tuple(rng.sample(WORDS, rng.randint(1, 6)))
+    return words, "Even or odd: " + " ".join(words) + "\nAnswer:", " even" if len(words) % 2 == 0 else " odd"
 
 
-def last_task(rng):
-    words = tuple(rng.sample(WORDS, 3))
-    return words, "Last word of: " + " ".join(words) + "\nAnswer:", " " + words[-1]
+def longer_task(rng):
+    n, m = rng.sample(range(1, 6), 2)
+    words = tuple(rng.sample(WORDS, n + m))
+    first, second = " ".join(words[:n]), " ".join(words[n:])
+    return words, f"Longer list: {first} | {second}\nAnswer:", " first" if n > m else " second"
 
 
-def repeat_task(rng):
-    words = tuple(rng.sample(WORDS, 2))
-    return words, "Repeat: " + " ".join(words) + "\nAnswer:", " " + " ".join(words)
-
-
-TASKS = [count_task, first_task, last_task, repeat_task]
+TASKS = [count_task, parity_task, longer_task]
 
 
 def rows(rng, count, used, avoid):

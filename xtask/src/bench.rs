@@ -16,6 +16,7 @@ use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
+use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
 use llmtrain_memopt::estimate::{
     AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
 };
@@ -49,11 +50,23 @@ pub struct Case {
     pub precision: MixedPrecision,
     /// Tiled attention with a recomputing backward instead of eager attention.
     pub flash: bool,
+    /// LoRA of this rank on every linear layer (alpha = 2·r, PEFT's defaults otherwise); the base frozen.
+    pub lora_rank: Option<usize>,
 }
 
 /// A one-rank f32 case with every memory technique off.
 fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Case {
-    Case { name, model, batch, seq, ranks: 1, checkpointing: false, precision: MixedPrecision::No, flash: false }
+    Case {
+        name,
+        model,
+        batch,
+        seq,
+        ranks: 1,
+        checkpointing: false,
+        precision: MixedPrecision::No,
+        flash: false,
+        lora_rank: None,
+    }
 }
 
 pub fn cases() -> Vec<Case> {
@@ -77,6 +90,9 @@ pub fn cases() -> Vec<Case> {
         // probabilities per layer for backward, flash attention keeps none.
         case("attention-naive-2048", full_tiny(), 1, 2048),
         Case { flash: true, ..case("attention-flash-2048", full_tiny(), 1, 2048) },
+        // LoRA r=8 on every linear layer of full-tiny, autodiff through everything (PEFT's setup in
+        // torch_llama.py --mode lora).
+        Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
     ]
 }
 
@@ -209,7 +225,12 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let rank = comm.rank();
     let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
     let mut accelerator = Accelerator::<A>::new(config, comm)?;
-    let mut model = accelerator.prepare_model(LlamaModel::<A>::init(&case.model, &device))?;
+    let mut model = LlamaModel::<A>::init(&case.model, &device);
+    if let Some(r) = case.lora_rank {
+        let config = LoraConfig::new(r, 2.0 * r as f64, TargetModules::Pattern("all-linear".into()));
+        attach(&mut model, &config, &device)?;
+    }
+    let mut model = accelerator.prepare_model(model)?;
     if case.flash {
         model.compute.attention = AttentionKernel::Flash { block: FLASH_BLOCK };
     }
@@ -261,8 +282,8 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
     let input = EstimateInput {
         params: count_params(&case.model),
         model: Some(case.model.clone()),
-        method: Method::Full,
-        lora_rank: 0,
+        method: if case.lora_rank.is_some() { Method::Lora } else { Method::Full },
+        lora_rank: case.lora_rank.unwrap_or(0),
         // 16-bit compute over f32 master weights is the ZeRO accounting's mixed precision.
         precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
         compute,
@@ -291,6 +312,10 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     if case.ranks > 1 || case.checkpointing || case.flash || case.precision != MixedPrecision::No {
         return None;
     }
+    let mode = match case.lora_rank {
+        Some(r) => vec!["--mode".to_string(), "lora".into(), "--lora-r".into(), r.to_string()],
+        None => vec![],
+    };
     let m = &case.model;
     let out = Command::new("python3")
         .arg(&script)
@@ -299,6 +324,7 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
         .args(["--kv-heads", &m.num_key_value_heads.to_string(), "--ffn", &m.intermediate_size.to_string()])
         .args(["--batch", &case.batch.to_string(), "--seq", &case.seq.to_string()])
         .args(["--steps", &steps.to_string(), "--threads", "2"])
+        .args(&mode)
         .output()
         .ok()?;
     let line = String::from_utf8_lossy(&out.stdout).lines().last()?.to_string();
