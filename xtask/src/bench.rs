@@ -52,6 +52,8 @@ pub struct Case {
     pub flash: bool,
     /// LoRA of this rank on every linear layer (alpha = 2·r, PEFT's defaults otherwise); the base frozen.
     pub lora_rank: Option<usize>,
+    /// The head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept).
+    pub fused_loss: bool,
 }
 
 /// A one-rank f32 case with every memory technique off.
@@ -66,6 +68,7 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         precision: MixedPrecision::No,
         flash: false,
         lora_rank: None,
+        fused_loss: false,
     }
 }
 
@@ -93,6 +96,8 @@ pub fn cases() -> Vec<Case> {
         // LoRA r=8 on every linear layer of full-tiny, autodiff through everything (PEFT's setup in
         // torch_llama.py --mode lora).
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
+        // The same with llmtrain's fast path: the head fused with the loss.
+        Case { lora_rank: Some(8), fused_loss: true, ..case("lora-tiny", full_tiny(), 8, 256) },
     ]
 }
 
@@ -144,6 +149,8 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
             "ranks": case.ranks,
             "gradient_checkpointing": case.checkpointing,
             "attention": if case.flash { "flash" } else { "eager" },
+            "lora_rank": case.lora_rank,
+            "fused_loss": case.fused_loss,
         },
         "backend": "flex",
     });
@@ -234,6 +241,9 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     if case.flash {
         model.compute.attention = AttentionKernel::Flash { block: FLASH_BLOCK };
     }
+    if case.fused_loss {
+        model.compute.loss_chunk = Some(LOSS_CHUNK);
+    }
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
     let rows = case.batch / case.ranks;
@@ -264,6 +274,9 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
 
 /// The tile of flash attention in the bench (the `[memopt] flash_block` default).
 const FLASH_BLOCK: usize = 128;
+
+/// Rows per chunk of the fused head and loss (the `[memopt] cross_entropy_chunk` default).
+const LOSS_CHUNK: usize = 1024;
 
 /// The report's name for the activations' type.
 fn compute_dtype(precision: MixedPrecision) -> &'static str {
@@ -309,7 +322,8 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
         return None;
     }
     // The reference trains plain f32 data parallelism-free steps only.
-    if case.ranks > 1 || case.checkpointing || case.flash || case.precision != MixedPrecision::No {
+    let plain = !case.checkpointing && !case.flash && !case.fused_loss && case.precision == MixedPrecision::No;
+    if case.ranks > 1 || !plain {
         return None;
     }
     let mode = match case.lora_rank {

@@ -136,7 +136,9 @@ pub fn run_training<A: AutodiffBackend>(
     let mut model = accelerator.prepare_model(model)?;
     let memopt = &config.memopt;
     let attention = Compute::new(memopt.mixed_precision, memopt.attention, memopt.flash_block).attention;
+    let loss_chunk = memopt.fused_cross_entropy.then_some(memopt.cross_entropy_chunk);
     model.compute.attention = attention;
+    model.compute.loss_chunk = loss_chunk;
     let single_options = data_options(&config)?;
     let options = accelerator.prepare_data(&single_options);
     let mut train_data = DataLoader::new(&options, &tokenizer, Split::Train)?;
@@ -153,6 +155,7 @@ pub fn run_training<A: AutodiffBackend>(
             finetune.load(&mut model, &dir, device).map_err(AccelError::Finetune)?;
             optimizer.lr_scale = lr_scales(&model, finetune);
             model.compute.attention = attention;
+            model.compute.loss_chunk = loss_chunk;
             train_data.seek(state.data_position)?;
             resumed_from = Some(state.step);
             if main {

@@ -89,6 +89,10 @@ pub struct MemoptSection {
     pub attention: AttentionImpl,
     /// Rows of queries and keys per tile of flash attention.
     pub flash_block: usize,
+    /// The head fused with cross-entropy over chunks of rows, so the `[tokens × vocab]` logits never exist.
+    pub fused_cross_entropy: bool,
+    /// Rows per chunk of the fused head and loss.
+    pub cross_entropy_chunk: usize,
     /// fp16 loss scaling, DeepSpeed's `fp16` section: `loss_scale` 0 means dynamic.
     pub loss_scale: f64,
     pub initial_scale_power: u32,
@@ -105,6 +109,8 @@ impl Default for MemoptSection {
             mixed_precision: MixedPrecision::No,
             attention: AttentionImpl::Eager,
             flash_block: 128,
+            fused_cross_entropy: false,
+            cross_entropy_chunk: 1024,
             loss_scale: 0.0,
             initial_scale_power: 16,
             loss_scale_window: 1000,
@@ -398,6 +404,9 @@ impl RunConfig {
             }
         }
         let mo = &self.memopt;
+        if mo.cross_entropy_chunk == 0 {
+            return bad("memopt.cross_entropy_chunk", "must be at least 1");
+        }
         if mo.flash_block == 0 {
             return bad("memopt.flash_block", "must be at least 1");
         }

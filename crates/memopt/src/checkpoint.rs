@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use llmtrain_core::data::Batch;
 use llmtrain_core::model::LlamaModel;
+use llmtrain_core::model::fused_loss::fused_causal_lm_loss;
 use llmtrain_core::train::{GradientBuffer, batch_tensors, causal_lm_loss_parts};
 
 /// Adds to `grads` the gradients of `scale` × the batch's summed loss, recomputing each decoder layer in backward,
@@ -41,7 +42,11 @@ pub fn backward_by_layers<A: AutodiffBackend>(
     // The head and the loss, with a graph from the last layer's output.
     let (tokens, labels, positions) = batch_tensors::<A>(batch, device);
     let top = Tensor::<A, 3>::from_inner(x).require_grad();
-    let (loss_sum, _) = causal_lm_loss_parts(model.logits(model.norm.forward(top.clone())), labels);
+    let hidden = model.norm.forward(top.clone());
+    let loss_sum = match model.compute.loss_chunk {
+        Some(chunk) => fused_causal_lm_loss(model, hidden, &batch.labels, chunk).0,
+        None => causal_lm_loss_parts(model.logits(hidden), labels).0,
+    };
     let loss_value = loss_sum.clone().into_scalar().elem::<f64>();
     let step = loss_sum.mul_scalar(scale).backward();
     grads.accumulate(model, &step);

@@ -15,23 +15,26 @@ pub struct Compute {
     /// The float type of activations and of the weights as the matmuls see them.
     pub dtype: FloatDType,
     pub attention: AttentionKernel,
+    /// Rows per chunk of the head fused with cross-entropy in training losses (the `[tokens × vocab]` logits are
+    /// never kept); `None` computes full logits.
+    pub loss_chunk: Option<usize>,
 }
 
 impl Default for Compute {
     fn default() -> Self {
-        Self { dtype: FloatDType::F32, attention: AttentionKernel::Eager }
+        Self { dtype: FloatDType::F32, attention: AttentionKernel::Eager, loss_chunk: None }
     }
 }
 
 impl Compute {
-    /// From the `[memopt]` choices.
+    /// From the `[memopt]` choices (the fused loss is set separately).
     pub fn new(precision: MixedPrecision, attention: AttentionImpl, flash_block: usize) -> Self {
         let dtype = precision_dtype(precision);
         let attention = match attention {
             AttentionImpl::Eager => AttentionKernel::Eager,
             AttentionImpl::Flash => AttentionKernel::Flash { block: flash_block },
         };
-        Self { dtype, attention }
+        Self { dtype, attention, loss_chunk: None }
     }
 }
 

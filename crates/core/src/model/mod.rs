@@ -7,6 +7,7 @@ mod cache;
 pub mod compute;
 pub mod config;
 pub mod flash_attention;
+pub mod fused_loss;
 mod layers;
 pub mod lora;
 mod packing;

@@ -202,6 +202,11 @@ pub fn batch_loss<B: Backend>(
     device: &B::Device,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let (tokens, labels, positions) = batch_tensors::<B>(batch, device);
+    if let Some(chunk) = model.compute.loss_chunk {
+        let hidden = model.hidden_states(tokens, positions.as_ref());
+        let (sum, count) = crate::model::fused_loss::fused_causal_lm_loss(model, hidden, &batch.labels, chunk);
+        return (sum, Tensor::from_floats([count as f32], device));
+    }
     causal_lm_loss_parts(model.forward(tokens, positions.as_ref()), labels)
 }
 

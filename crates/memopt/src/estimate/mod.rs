@@ -1,0 +1,445 @@
+//! Memory per device before a run starts: model states by DeepSpeed's ZeRO accounting (weights, gradients,
+//! optimizer state, each sharded over the data-parallel ranks by the stage), activations for a given batch shape,
+//! and the peak resident memory of one training step of this crate's CPU trainer ([`CpuPeak`]).
+//!
+//! - here: what goes in ([`EstimateInput`]) and comes out ([`MemoryEstimate`]), the model states ([`estimate`])
+//!   and the parameter counts ([`count_params`], [`lora_params`], [`parse_param_count`]);
+//! - `activations`: the tensors burn's autodiff keeps for backward, op by op ([`activation_bytes`], [`StepKind`]);
+//! - `cpu_peak`: the CPU trainer's peak resident set per step ([`cpu_peak()`], [`CpuPeak`], [`PeakMoment`]):
+//!   the process baseline, states, saved tensors, the running op's transient and what the allocator keeps.
+
+mod activations;
+mod cpu_peak;
+
+pub use activations::{StepKind, activation_bytes};
+pub use cpu_peak::{
+    CpuPeak, MMAP_THRESHOLD_MAX, PROCESS_BASELINE, PeakMoment, RankStates, allocator_retention, cpu_peak,
+};
+
+use llmtrain_core::config::{AttentionImpl, MixedPrecision};
+use llmtrain_core::model::ModelConfig;
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Every parameter.
+    Full,
+    /// A low-rank adapter on every linear layer; the base is frozen (no gradients, no optimizer state).
+    Lora,
+    /// LoRA over a base stored in NF4 with double quantization.
+    Qlora,
+}
+
+/// How weights, gradients and optimizer state are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everything: 4 + 4 bytes, Adam's m and v 8 bytes per parameter.
+    Fp32,
+    /// fp16/bf16 compute copy and gradients (2 + 2 bytes) with an f32 master copy, m and v (K = 12), as ZeRO's paper
+    /// counts mixed precision.
+    Mixed,
+    /// bf16 weights, gradients and Adam state, no f32 master (Lightning's "bf16-true"): 2 + 2 + 4 bytes.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Mixed => "mixed",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Bytes per parameter of (compute weights, gradients, optimizer state).
+fn bytes_per_param(precision: Precision) -> (f64, f64, f64) {
+    match precision {
+        Precision::Fp32 => (4.0, 4.0, 8.0),
+        Precision::Mixed => (2.0, 2.0, 12.0),
+        Precision::Bf16 => (2.0, 2.0, 4.0),
+    }
+}
+
+/// NF4 with double quantization: 4 bits per weight, one 8-bit absmax per 64 weights, one f32 scale per 256
+/// absmax values (4 + 8/64 + 32/(64·256) ≈ 4.127 bits).
+pub const NF4_DOUBLE_QUANT_BITS: f64 = 4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0);
+
+/// The float type activations are computed in (`[memopt] mixed_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ComputeDtype {
+    /// What `--precision` implies: f32 for fp32, bf16 for mixed (16-bit compute over f32 master weights) and for
+    /// bf16 (bf16 everything). fp16 is the other 16-bit choice under mixed; it takes the same bytes.
+    pub fn for_precision(precision: Precision) -> Self {
+        match precision {
+            Precision::Fp32 => ComputeDtype::F32,
+            Precision::Mixed | Precision::Bf16 => ComputeDtype::Bf16,
+        }
+    }
+
+    /// Bytes per activation element.
+    pub fn bytes(self) -> f64 {
+        if self.is_half() { 2.0 } else { 4.0 }
+    }
+
+    pub fn is_half(self) -> bool {
+        self != ComputeDtype::F32
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
+            ComputeDtype::F16 => "fp16",
+        }
+    }
+}
+
+impl From<MixedPrecision> for ComputeDtype {
+    fn from(precision: MixedPrecision) -> Self {
+        match precision {
+            MixedPrecision::No => ComputeDtype::F32,
+            MixedPrecision::Bf16 => ComputeDtype::Bf16,
+            MixedPrecision::Fp16 => ComputeDtype::F16,
+        }
+    }
+}
+
+/// The attention kernel (`[memopt] attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKind {
+    /// Scores and probabilities materialised; autodiff keeps three `[seq × seq]` tensors per head and layer.
+    #[default]
+    Eager,
+    /// Tiled online softmax with a recomputing backward (`llmtrain_core::model::flash_attention`).
+    Flash,
+}
+
+impl From<AttentionImpl> for AttentionKind {
+    fn from(kind: AttentionImpl) -> Self {
+        match kind {
+            AttentionImpl::Eager => AttentionKind::Eager,
+            AttentionImpl::Flash => AttentionKind::Flash,
+        }
+    }
+}
+
+/// The batch whose activations are counted: rows per device (one micro-batch) of `seq` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchShape {
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// Everything the estimate depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstimateInput {
+    /// Parameters of the model.
+    pub params: u64,
+    /// The model's shape, when known (needed for LoRA's adapter size and for activations).
+    pub model: Option<ModelConfig>,
+    pub method: Method,
+    /// LoRA rank (adapters on q, k, v, o, gate, up, down of every layer).
+    pub lora_rank: usize,
+    /// How model states are stored (ZeRO's accounting).
+    pub precision: Precision,
+    /// The activations' float type: f32 with [`Precision::Fp32`], 16-bit with `Mixed` and `Bf16`
+    /// ([`ComputeDtype::for_precision`] gives the usual one).
+    pub compute: ComputeDtype,
+    pub attention: AttentionKind,
+    /// ZeRO stage 0 (plain data parallel) to 3.
+    pub zero_stage: u8,
+    /// Data-parallel ranks the states are sharded over.
+    pub gpus: usize,
+    /// Rows per device; `None` counts model states only.
+    pub batch: Option<BatchShape>,
+    pub gradient_checkpointing: bool,
+}
+
+/// Bytes per device, by kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    pub weights: f64,
+    pub gradients: f64,
+    pub optimizer: f64,
+    /// The most bytes autodiff keeps for backward at once: the whole forward's saved tensors, or with
+    /// checkpointing the layer inputs plus one layer's recomputed graph (or the head's, if larger). None when no
+    /// batch shape (or no model shape) was given.
+    pub activations: Option<f64>,
+    /// The CPU trainer's peak resident memory per rank for this batch (None without a batch shape).
+    pub cpu_peak: Option<CpuPeak>,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> f64 {
+        self.weights + self.gradients + self.optimizer + self.activations.unwrap_or(0.0)
+    }
+
+    /// Model states only (what ZeRO's formulas give).
+    pub fn model_states(&self) -> f64 {
+        self.weights + self.gradients + self.optimizer
+    }
+}
+
+/// Why an estimate cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EstimateError {
+    #[error("--zero-stage must be 0, 1, 2 or 3, got {0}")]
+    ZeroStage(u8),
+    #[error("--gpus must be at least 1")]
+    NoGpus,
+    #[error("{0} needs the model's shape: give --model DIR instead of --params")]
+    NeedsShape(&'static str),
+    #[error(
+        "--compute-dtype {compute} does not go with --precision {precision} (fp32 computes in f32, mixed and bf16 in 16 bits)"
+    )]
+    ComputeDtype { precision: &'static str, compute: &'static str },
+    #[error("--batch and --seq must be at least 1")]
+    EmptyBatch,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The estimate per device.
+pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> {
+    if input.zero_stage > 3 {
+        return Err(EstimateError::ZeroStage(input.zero_stage));
+    }
+    if input.gpus == 0 {
+        return Err(EstimateError::NoGpus);
+    }
+    if input.compute.is_half() == (input.precision == Precision::Fp32) {
+        return Err(EstimateError::ComputeDtype { precision: input.precision.name(), compute: input.compute.name() });
+    }
+    let (weight_bytes, gradient_bytes, optimizer_bytes) = bytes_per_param(input.precision);
+    // ZeRO's Ψ.
+    let params = input.params as f64;
+    let ranks = input.gpus as f64;
+    let shard = |stage_shards_it: bool, bytes: f64| if stage_shards_it { bytes / ranks } else { bytes };
+    let stage = input.zero_stage;
+    let (weights, trainable) = match input.method {
+        Method::Full => (params * weight_bytes, params),
+        Method::Lora | Method::Qlora => {
+            let model = input.model.as_ref().ok_or(EstimateError::NeedsShape("--method lora/qlora"))?;
+            let adapter = lora_params(model, input.lora_rank) as f64;
+            let base = if input.method == Method::Qlora {
+                params * NF4_DOUBLE_QUANT_BITS / 8.0
+            } else {
+                params * weight_bytes
+            };
+            (base + adapter * weight_bytes, adapter)
+        }
+    };
+    let weights = shard(stage >= 3, weights);
+    let gradients = shard(stage >= 2, trainable * gradient_bytes);
+    let optimizer = shard(stage >= 1, trainable * optimizer_bytes);
+    let (activations, cpu_peak) = match (input.batch, &input.model) {
+        (Some(shape), _) if shape.batch == 0 || shape.seq == 0 => return Err(EstimateError::EmptyBatch),
+        (Some(shape), Some(model)) => {
+            let kind = StepKind {
+                compute: input.compute,
+                attention: input.attention,
+                // Mixed precision keeps f32 master weights and casts them at use; bf16 weights need no cast.
+                weight_casts: input.precision == Precision::Mixed,
+                dequantized_base: input.method == Method::Qlora,
+                lora_rank: if input.method == Method::Full { 0 } else { input.lora_rank },
+            };
+            let checkpointing = input.gradient_checkpointing;
+            // The trainer's gradients have the parameters' type: f32 unless the weights are bf16.
+            let trainer_gradient_bytes = if input.precision == Precision::Bf16 { 2.0 } else { 4.0 };
+            let full = input.method == Method::Full;
+            let linear_weights = model.num_hidden_layers as f64 * linear_weights_per_layer(model);
+            let head_weights = (model.vocab_size * model.hidden_size) as f64;
+            // The last layer's MLP and `o_proj` weights, whose gradients exist when its attention backward starts.
+            let top_layer_mlp_and_o_proj_weights =
+                (model.hidden_size * (3 * model.intermediate_size + model.num_attention_heads * model.head_dim)) as f64;
+            // In mixed precision the trained parameters are the f32 master copy, which ZeRO counts in the
+            // optimizer's 12 bytes; their 16-bit copies exist only as the casts autodiff keeps. Frozen base weights
+            // stay as stored.
+            let compute_copies =
+                if input.precision == Precision::Mixed { shard(stage >= 3, trainable * weight_bytes) } else { 0.0 };
+            let states = RankStates {
+                persistent: weights - compute_copies + optimizer,
+                gradients: shard(stage >= 2, trainable * trainer_gradient_bytes),
+                copied_gradients: if full {
+                    shard(stage >= 2, (linear_weights + head_weights) * trainer_gradient_bytes)
+                } else {
+                    0.0
+                },
+                head_gradient: if full { head_weights * trainer_gradient_bytes } else { 0.0 },
+                top_layer_gradients: if full { top_layer_mlp_and_o_proj_weights * trainer_gradient_bytes } else { 0.0 },
+                all_reduce: input.gpus > 1,
+            };
+            let peak = cpu_peak(model, shape, kind, checkpointing, states);
+            (Some(activation_bytes(model, shape, kind, checkpointing)), Some(peak))
+        }
+        (Some(_), None) => return Err(EstimateError::NeedsShape("activations (--batch/--seq)")),
+        (None, _) => (None, None),
+    };
+    Ok(MemoryEstimate { weights, gradients, optimizer, activations, cpu_peak })
+}
+
+/// Parses a parameter count such as `7B`, `7.5B`, `350M`, `125k` or `1234`.
+pub fn parse_param_count(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last()? {
+        (at, 'B' | 'b') => (&text[..at], 1e9),
+        (at, 'M' | 'm') => (&text[..at], 1e6),
+        (at, 'K' | 'k') => (&text[..at], 1e3),
+        _ => (text, 1.0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value > 0.0).then(|| (value * scale).round() as u64)
+}
+
+/// Parameters of a Llama-family model of this shape (tied heads counted once).
+pub fn count_params(m: &ModelConfig) -> u64 {
+    let (h, i, v) = (m.hidden_size as u64, m.intermediate_size as u64, m.vocab_size as u64);
+    let q = (m.num_attention_heads * m.head_dim) as u64;
+    let kv = (m.num_key_value_heads * m.head_dim) as u64;
+    let attention = h * q + 2 * h * kv + q * h + if m.qkv_bias { q + 2 * kv } else { 0 } + if m.o_bias { h } else { 0 };
+    let mlp = 3 * h * i + if m.mlp_bias { 2 * i + h } else { 0 };
+    let layer = attention + mlp + 2 * h;
+    let head = if m.tie_word_embeddings { 0 } else { v * h };
+    v * h + m.num_hidden_layers as u64 * layer + h + head
+}
+
+/// Weights of one decoder layer's seven linear projections (no biases).
+fn linear_weights_per_layer(m: &ModelConfig) -> f64 {
+    let (h, i) = (m.hidden_size as f64, m.intermediate_size as f64);
+    let q = (m.num_attention_heads * m.head_dim) as f64;
+    let kv = (m.num_key_value_heads * m.head_dim) as f64;
+    h * q + 2.0 * h * kv + q * h + 3.0 * h * i
+}
+
+/// Adapter parameters of rank `r` on every linear layer of every decoder layer (A: r × in, B: out × r).
+pub fn lora_params(m: &ModelConfig, r: usize) -> u64 {
+    let (h, i, r) = (m.hidden_size as u64, m.intermediate_size as u64, r as u64);
+    let q = (m.num_attention_heads * m.head_dim) as u64;
+    let kv = (m.num_key_value_heads * m.head_dim) as u64;
+    let per_layer = r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h));
+    m.num_hidden_layers as u64 * per_layer
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tests of the model states and the inputs, and the inputs the submodules' tests share.
+
+    use super::*;
+
+    /// The ZeRO paper's example: 7.5B parameters, 64 GPUs, mixed precision, at ZeRO `stage`.
+    pub(super) fn zero_paper(stage: u8) -> EstimateInput {
+        EstimateInput {
+            params: 7_500_000_000,
+            model: None,
+            method: Method::Full,
+            lora_rank: 16,
+            precision: Precision::Mixed,
+            compute: ComputeDtype::Bf16,
+            attention: AttentionKind::Eager,
+            zero_stage: stage,
+            gpus: 64,
+            batch: None,
+            gradient_checkpointing: false,
+        }
+    }
+
+    /// DESIGN.md's full-tiny shape.
+    pub(super) fn full_tiny() -> ModelConfig {
+        let mut m = ModelConfig::tiny_llama(4096, 256, 4, 8, 4);
+        m.intermediate_size = 688;
+        m
+    }
+
+    /// One CPU rank training `m` in f32 (or 16-bit) on `batch` rows of `seq` tokens.
+    pub(super) fn cpu_rank(m: &ModelConfig, batch: usize, seq: usize, compute: ComputeDtype) -> EstimateInput {
+        EstimateInput {
+            params: count_params(m),
+            model: Some(m.clone()),
+            precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
+            compute,
+            gpus: 1,
+            zero_stage: 0,
+            batch: Some(BatchShape { batch, seq }),
+            ..zero_paper(0)
+        }
+    }
+
+    #[test]
+    fn zero_paper_figures_for_7_5b_on_64_gpus() {
+        // ZeRO paper, Figure 1: 120 GB, 31.4 GB, 16.6 GB, 1.9 GB per device.
+        let gb: Vec<f64> = (0..=3).map(|s| estimate(&zero_paper(s)).unwrap().model_states() / 1e9).collect();
+        let rounded: Vec<f64> = gb.iter().map(|g| (g * 10.0).round() / 10.0).collect();
+        assert_eq!(rounded, vec![120.0, 31.4, 16.6, 1.9]);
+    }
+
+    #[test]
+    fn parameter_counts_match_the_shapes() {
+        // TinyLlama-1.1B's published shape and count: 1,100,048,384 parameters.
+        let mut m = ModelConfig::tiny_llama(32000, 2048, 22, 32, 4);
+        m.intermediate_size = 5632;
+        m.tie_word_embeddings = false;
+        assert_eq!(count_params(&m), 1_100_048_384);
+        // Llama-2-7B: 6,738,415,616.
+        let mut m = ModelConfig::tiny_llama(32000, 4096, 32, 32, 32);
+        m.intermediate_size = 11008;
+        m.tie_word_embeddings = false;
+        assert_eq!(count_params(&m), 6_738_415_616);
+    }
+
+    #[test]
+    fn lora_and_qlora_keep_states_only_for_the_adapter() {
+        let mut m = ModelConfig::tiny_llama(32000, 4096, 32, 32, 32);
+        m.intermediate_size = 11008;
+        m.tie_word_embeddings = false;
+        let params = count_params(&m);
+        let input = EstimateInput {
+            params,
+            model: Some(m.clone()),
+            method: Method::Lora,
+            gpus: 1,
+            zero_stage: 0,
+            ..zero_paper(0)
+        };
+        let lora = estimate(&input).unwrap();
+        let adapter = lora_params(&m, 16) as f64;
+        // Llama-2-7B with r = 16 on all linear layers: 39,976,960 adapter parameters (PEFT's count).
+        assert_eq!(adapter, 39_976_960.0);
+        assert_eq!(lora.gradients, adapter * 2.0);
+        assert_eq!(lora.optimizer, adapter * 12.0);
+        let qlora = estimate(&EstimateInput { method: Method::Qlora, ..input }).unwrap();
+        let base_bits = (qlora.weights - adapter * 2.0) * 8.0 / params as f64;
+        assert!((base_bits - 4.127).abs() < 0.001, "{base_bits}");
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        assert_eq!(estimate(&zero_paper(4)), Err(EstimateError::ZeroStage(4)));
+        assert_eq!(estimate(&EstimateInput { gpus: 0, ..zero_paper(0) }), Err(EstimateError::NoGpus));
+        assert!(matches!(
+            estimate(&EstimateInput { method: Method::Lora, ..zero_paper(0) }),
+            Err(EstimateError::NeedsShape(_))
+        ));
+        assert_eq!(
+            estimate(&EstimateInput { compute: ComputeDtype::F32, ..zero_paper(0) }),
+            Err(EstimateError::ComputeDtype { precision: "mixed", compute: "f32" })
+        );
+        let empty = EstimateInput {
+            batch: Some(BatchShape { batch: 0, seq: 8 }),
+            ..cpu_rank(&full_tiny(), 1, 1, ComputeDtype::F32)
+        };
+        assert_eq!(estimate(&empty), Err(EstimateError::EmptyBatch));
+        assert_eq!(parse_param_count("7.5B"), Some(7_500_000_000));
+        assert_eq!(parse_param_count("350M"), Some(350_000_000));
+        assert_eq!(parse_param_count("12"), Some(12));
+        assert_eq!(parse_param_count("seven"), None);
+        assert_eq!(parse_param_count("-1B"), None);
+    }
+}
