@@ -120,7 +120,11 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
     }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", summary.steps, summary.elapsed_secs, summary.tokens_per_sec);
     println!("final train loss: {:.4}", summary.final_train_loss);
-    if let Some(eval) = summary.final_eval_loss {
+    // The unigram entropy is a bar for losses over every token; a completion-only loss is not comparable to it.
+    let scores_everything = config.data.loss_on == llmtrain_core::data::LossOn::All;
+    if let (Some(eval), false) = (summary.final_eval_loss, scores_everything) {
+        println!("final eval loss: {eval:.4} nats/token (perplexity {:.1}) on the scored tokens", eval.exp());
+    } else if let Some(eval) = summary.final_eval_loss {
         let verdict = if eval < summary.unigram_entropy { "below" } else { "NOT below" };
         println!(
             "final eval loss: {eval:.4} nats/token (perplexity {:.1}), {verdict} the corpus's unigram entropy {:.4}",
