@@ -1,6 +1,6 @@
 //! `llmtrain estimate-memory`: DeepSpeed's ZeRO figures from the command line, a model directory's shape, the
-//! activation and CPU-peak terms for a batch (precision, attention kernel, checkpointing), and one-line errors for
-//! bad input.
+//! activation and CPU-peak terms for a batch (precision, attention kernel, checkpointing, fused cross-entropy), and
+//! one-line errors for bad input.
 
 use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain};
 
@@ -86,6 +86,49 @@ fn precision_attention_and_checkpointing_change_activations_and_the_cpu_peak() {
 }
 
 #[test]
+fn the_fused_cross_entropy_keeps_no_logits_and_lowers_the_cpu_peak() {
+    let model = fixture("llama_gqa_tied");
+    // Flash attention, so that the loss's [tokens x vocab] buffers are the largest of the step.
+    let base = [
+        "estimate-memory",
+        "--model",
+        model.to_str().unwrap(),
+        "--batch",
+        "8",
+        "--seq",
+        "256",
+        "--zero-stage",
+        "0",
+        "--attention",
+        "flash",
+    ];
+    let run = |extra: &[&str]| {
+        let stdout = run_ok(&[&base[..], extra].concat());
+        let (activations, peak) = (column(&stdout, "activations"), column(&stdout, "CPU step peak"));
+        assert_eq!((activations.len(), peak.len()), (1, 1), "{stdout}");
+        (activations[0].1, peak[0].1, stdout)
+    };
+    for method in ["full", "lora"] {
+        let (plain, plain_peak, stdout) = run(&["--method", method, "--lora-rank", "4"]);
+        assert!(!stdout.contains("fused"), "{stdout}");
+        let (fused, fused_peak, stdout) = run(&["--method", method, "--lora-rank", "4", "--fused-cross-entropy"]);
+        assert!(stdout.contains("fused cross-entropy (1024 rows a chunk)"), "{stdout}");
+        // No shifted logits kept (2040 x 300 f32, 2.4 MB), one f32 per token instead; with LoRA the fused node
+        // keeps the final norm's output (2048 x 64 f32, 0.5 MB), which the frozen head's matmul does not.
+        assert!(plain - fused > 1.5, "{method}: plain {plain}, fused {fused}");
+        assert!(fused_peak < plain_peak - 2.0, "{method}: plain {plain_peak}, fused {fused_peak}\n{stdout}");
+        // Smaller chunks: the same tensors kept, smaller blocks in flight.
+        let chunk = ["--method", method, "--lora-rank", "4", "--fused-cross-entropy", "--cross-entropy-chunk", "64"];
+        let (small, small_peak, stdout) = run(&chunk);
+        assert!(stdout.contains("fused cross-entropy (64 rows a chunk)"), "{stdout}");
+        assert!(
+            small == fused && small_peak < fused_peak,
+            "{method}: {fused} ({fused_peak}) vs {small} ({small_peak})"
+        );
+    }
+}
+
+#[test]
 fn bad_input_is_one_error_line() {
     assert_one_line_error(&llmtrain(&["estimate-memory", "--params", "seven"]), "--params seven");
     assert_one_line_error(&llmtrain(&["estimate-memory", "--params", "7B", "--zero-stage", "5"]), "--zero-stage");
@@ -103,4 +146,9 @@ fn bad_input_is_one_error_line() {
         &llmtrain(&["estimate-memory", "--model", model.to_str().unwrap(), "--batch", "0", "--seq", "16"]),
         "--batch and --seq",
     );
+    let no_rows = ["estimate-memory", "--params", "7B", "--fused-cross-entropy", "--cross-entropy-chunk", "0"];
+    assert_one_line_error(&llmtrain(&no_rows), "--cross-entropy-chunk must be at least 1");
+    // The chunk alone is refused (it only means something with the fused loss).
+    let out = llmtrain(&["estimate-memory", "--params", "7B", "--cross-entropy-chunk", "64"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -288,8 +288,8 @@ fn compute_dtype(precision: MixedPrecision) -> &'static str {
 }
 
 /// The estimator's peak RSS for a case in MiB (`llmtrain_memopt::estimate`, fed the case's shape, precision,
-/// attention, checkpointing and rows per rank). The ranks are threads of one process, so it holds every rank's
-/// peak and one process baseline.
+/// attention, checkpointing, LoRA, fused loss and rows per rank). The ranks are threads of one process, so it holds
+/// every rank's peak and one process baseline.
 fn predicted_peak_mb(case: &Case) -> Result<f64> {
     let compute = ComputeDtype::from(case.precision);
     let input = EstimateInput {
@@ -305,6 +305,7 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
         gpus: case.ranks,
         batch: Some(BatchShape { batch: case.batch / case.ranks, seq: case.seq }),
         gradient_checkpointing: case.checkpointing,
+        fused_loss_chunk: case.fused_loss.then_some(LOSS_CHUNK),
     };
     let peak = estimate(&input)?.cpu_peak.context("a batch shape gives a CPU peak")?;
     let ranks = case.ranks as f64;

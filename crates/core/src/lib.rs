@@ -1,7 +1,13 @@
 //! llmtrain-core — the foundation every llmtrain role crate stands on.
 //!
 //! - [`model`]: the Llama-family decoder (Llama 2/3, Mistral, Qwen2, TinyLlama, SmolLM), generic over burn's
-//!   `Backend`, with a packed-batch training forward and a KV-cached incremental forward.
+//!   `Backend`, with a packed-batch training forward and a KV-cached incremental forward; its compute settings
+//!   (`model::Compute`: 16-bit activations, flash attention, the fused head + loss), LoRA/DoRA adapters on its
+//!   linear layers (`model::LoraAdapter`, attached by llmtrain-fastlora), and the custom-backward kernels
+//!   (`model::flash_attention`, `model::fused_loss`).
+//! - [`train`]: the causal-LM loss, AdamW, schedules, clipping, checkpoints, metrics, fp16 loss scaling
+//!   (`train::LossScaler`, DeepSpeed's semantics) and held-out completion accuracy; the loop itself is
+//!   llmtrain-accel's.
 //! - [`hf`]: Hugging Face checkpoint directories in and out (config.json in the 4.x and 5.x forms, single or
 //!   sharded safetensors, f32/bf16/f16).
 //! - [`tokenizer`] and [`chat`]: `tokenizer.json` via the `tokenizers` crate, byte-level BPE training, chat

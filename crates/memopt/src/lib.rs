@@ -1,6 +1,6 @@
-//! llmtrain-memopt — the memory techniques (gradient checkpointing, mixed precision, NF4 4-bit quantization,
-//! memory-efficient attention, gradient accumulation) and a memory estimator. Issue 5 brings them one by one;
-//! what is here now:
+//! llmtrain-memopt — the memory techniques and a memory estimator. Every technique is a `[memopt]` switch of the
+//! run config. Those the model itself must run live in llmtrain-core (`model::Compute`: 16-bit compute,
+//! `model::flash_attention`, `model::fused_loss`; `train::LossScaler` for fp16); the rest are here:
 //!
 //! - [`checkpoint::backward_by_layers`]: gradient checkpointing per decoder layer (recompute in backward).
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
@@ -18,7 +18,7 @@
 //! let input = EstimateInput {
 //!     params: 7_500_000_000, model: None, method: Method::Full, lora_rank: 16, precision: Precision::Mixed,
 //!     compute: ComputeDtype::Bf16, attention: AttentionKind::Eager, zero_stage: 3, gpus: 64, batch: None,
-//!     gradient_checkpointing: false,
+//!     gradient_checkpointing: false, fused_loss_chunk: None,
 //! };
 //! let per_device = estimate(&input).unwrap();
 //! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB

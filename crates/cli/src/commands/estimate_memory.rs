@@ -1,8 +1,8 @@
 //! `llmtrain estimate-memory (--model DIR | --params 7B) [--method full|lora|qlora] [--precision fp32|mixed|bf16]
 //! [--compute-dtype f32|bf16|fp16] [--zero-stage 0..3] [--gpus G] [--batch B --seq T] [--attention eager|flash]
-//! [--grad-checkpointing]`: memory per device, like `accelerate estimate-memory`, with DeepSpeed's ZeRO
-//! accounting; with a batch shape, also the activations autodiff keeps and the peak resident memory of one
-//! training step of llmtrain's CPU trainer.
+//! [--grad-checkpointing] [--fused-cross-entropy [--cross-entropy-chunk N]]`: memory per device, like
+//! `accelerate estimate-memory`, with DeepSpeed's ZeRO accounting; with a batch shape, also the activations
+//! autodiff keeps and the peak resident memory of one training step of llmtrain's CPU trainer.
 
 use std::path::PathBuf;
 
@@ -51,6 +51,13 @@ pub struct Args {
     /// Recompute each decoder layer in backward (`[memopt] gradient_checkpointing`).
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// The head fused with cross-entropy over chunks of rows (`[memopt] fused_cross_entropy`): no
+    /// [tokens x vocab] logits kept.
+    #[arg(long)]
+    pub fused_cross_entropy: bool,
+    /// Rows per chunk of the fused loss (`[memopt] cross_entropy_chunk`).
+    #[arg(long, default_value_t = 1024, requires = "fused_cross_entropy")]
+    pub cross_entropy_chunk: usize,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -84,6 +91,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let attention = if args.attention == "flash" { AttentionKind::Flash } else { AttentionKind::Eager };
     let batch = args.batch.zip(args.seq).map(|(batch, seq)| BatchShape { batch, seq });
+    let fused_loss_chunk = args.fused_cross_entropy.then_some(args.cross_entropy_chunk);
     let stages: Vec<u8> = match args.zero_stage {
         Some(stage) => vec![stage],
         None => (0..=3).collect(),
@@ -102,6 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
             gpus: args.gpus,
             batch,
             gradient_checkpointing: args.grad_checkpointing,
+            fused_loss_chunk,
         };
         rows.push((zero_stage, estimate(&input)?));
     }
@@ -116,8 +125,12 @@ pub fn run(args: &Args) -> Result<()> {
     let shape = match batch {
         Some(b) => {
             let ckpt = if args.grad_checkpointing { ", gradient checkpointing" } else { "" };
+            let loss = match fused_loss_chunk {
+                Some(chunk) => format!(", fused cross-entropy ({chunk} rows a chunk)"),
+                None => String::new(),
+            };
             format!(
-                ", batch {} x {} tokens, {} activations, {} attention{ckpt}",
+                ", batch {} x {} tokens, {} activations, {} attention{ckpt}{loss}",
                 b.batch,
                 b.seq,
                 compute.name(),

@@ -8,6 +8,7 @@ pub mod compute;
 pub mod config;
 pub mod flash_attention;
 pub mod fused_loss;
+pub mod fused_ops;
 mod layers;
 pub mod lora;
 mod packing;

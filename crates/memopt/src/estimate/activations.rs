@@ -11,7 +11,10 @@
 //! activation (4, or 2 in 16-bit compute) and `Sc = batch·heads·seq²` score elements:
 //!
 //! - each RMSNorm: its input and `x·rsqrt(mean x²)` (f32: `2·T·h·4`; 16-bit: the f32 upcast of the input and the
-//!   16-bit normalised value, `T·h·(4+2)`), and its output, which the next linears keep (`T·h·e`);
+//!   16-bit normalised value, `T·h·(4+2)`), and its output, which the next linears keep (`T·h·e`). With a frozen
+//!   base (LoRA, QLoRA) the norm weight is not tracked, so its product keeps only the weight: the normalised value
+//!   is not kept (`T·h·(4+e)`); and the first layer's first norm, whose input (the frozen embedding's output) is
+//!   not tracked, keeps only its output, which the adapters' `A` matmuls keep;
 //! - attention: rotated q, the KV heads repeated to every head (k and v), and the output copy `o_proj` keeps
 //!   (`4·T·q·e`, q = heads·head_dim); eager adds, from burn's `softmax` as autodiff decomposes it
 //!   (`exp(x − max) / sum`): the shifted scores (kept by `exp`), `exp` (kept by the
@@ -21,9 +24,15 @@
 //!   (`5·T·q·e + batch·heads·seq·4` in all);
 //! - SwiGLU: gate, `sigmoid(gate)`, `silu(gate)`, up and their product (`5·T·i·e`).
 //!
-//! The head keeps the final norm's tensors and, from the f32 `log_softmax` over `[tokens, vocab]`, the shifted
-//! logits (`T'·V·4`, `T' = batch·(seq−1)` scored positions). In mixed precision every linear weight (and the tied
-//! or untied head) is cast to 16-bit at use, and the matmul keeps that cast: 2 bytes per linear parameter.
+//! The head keeps the final norm's tensors (its output only when the head is trained: a frozen head's matmul keeps
+//! the weight alone) and, from the f32 `log_softmax` over `[tokens, vocab]`, the shifted logits (`T'·V·4`,
+//! `T' = batch·(seq−1)` scored positions). In mixed precision every linear weight (and the tied or untied head) is
+//! cast to 16-bit at use, and the matmul keeps that cast: 2 bytes per linear parameter.
+//!
+//! The head fused with the loss (`llmtrain_core::model::fused_loss`, one custom-backward node) keeps its inputs —
+//! the final norm's output, trained head or not, and the head itself, a parameter — and an f32 log-sum-exp per
+//! row (`T·4`): no logits. It reads the stored head and computes in f32, so in mixed precision no head cast is
+//! kept either.
 //!
 //! Checked with a counting global allocator in the bench process (bytes alive at the end of the forward less
 //! those before it): full-tiny 418.3 MiB measured vs 417.6 counted in f32, 306.1 vs 305.4 in bf16, and at one
@@ -45,6 +54,12 @@ pub struct StepKind {
     pub dequantized_base: bool,
     /// LoRA rank on every linear layer (0: none); each adapter keeps its `[tokens, r]` intermediate.
     pub lora_rank: usize,
+    /// The base model is frozen (LoRA, QLoRA): embedding, norms and head are not tracked.
+    pub frozen_base: bool,
+    /// Parameters are stored in 16 bits (no f32 master copy): the fused loss casts the head up to f32.
+    pub half_weights: bool,
+    /// The head fused with cross-entropy, this many rows at a time (`None`: full logits).
+    pub fused_loss_chunk: Option<usize>,
 }
 
 impl StepKind {
@@ -56,6 +71,9 @@ impl StepKind {
             weight_casts: compute.is_half(),
             dequantized_base: false,
             lora_rank: 0,
+            frozen_base: false,
+            half_weights: false,
+            fused_loss_chunk: None,
         }
     }
 }
@@ -70,6 +88,12 @@ pub(super) struct StepSizes {
     pub(super) half: bool,
     /// Flash attention.
     pub(super) flash: bool,
+    /// Embedding, norms and head frozen (LoRA, QLoRA).
+    pub(super) frozen_base: bool,
+    /// Rows of one block of the fused loss (the chunk, at most every token); `None`: the plain loss.
+    pub(super) loss_block_rows: Option<f64>,
+    /// The f32 copy of a 16-bit stored head the fused loss works from (0 when the head is stored in f32).
+    pub(super) head_upcast: f64,
     /// Rows of the micro-batch.
     pub(super) rows: f64,
     /// rows × seq.
@@ -109,8 +133,10 @@ impl StepSizes {
         let intermediate = m.intermediate_size as f64;
         let score_elements = rows * heads * seq * seq;
         // f32: the input and x·rsqrt(mean x²), both f32; 16-bit: the input's f32 upcast and the 16-bit
-        // normalised value. Plus the output, which the following linears keep.
-        let norm_saved = if half { tokens * hidden * (4.0 + 2.0 + 2.0) } else { tokens * hidden * 12.0 };
+        // normalised value, which only a tracked norm weight's product keeps. Plus the output, which the following
+        // linears keep.
+        let normalised = if kind.frozen_base { 0.0 } else { e };
+        let norm_saved = tokens * hidden * (4.0 + normalised + e);
         // Rotated q, k and v repeated to every head, the output copy `o_proj` keeps.
         let projections = 4.0 * tokens * q_width * e;
         let attention_saved = if flash {
@@ -132,11 +158,17 @@ impl StepSizes {
         } else {
             0.0
         };
-        let head_casts = if kind.weight_casts { vocab * hidden * 2.0 } else { 0.0 };
+        let fused = kind.fused_loss_chunk.is_some();
+        // The fused loss uses the stored head as it is (cast up to f32 only when stored in 16 bits).
+        let head_casts = if kind.weight_casts && !fused { vocab * hidden * 2.0 } else { 0.0 };
+        let head_upcast = if kind.half_weights && fused { vocab * hidden * 4.0 } else { 0.0 };
         StepSizes {
             elem_bytes: e,
             half,
             flash,
+            frozen_base: kind.frozen_base,
+            loss_block_rows: kind.fused_loss_chunk.map(|chunk| (chunk as f64).min(tokens)),
+            head_upcast,
             rows,
             tokens,
             scored: rows * (seq - 1.0).max(0.0),
@@ -159,9 +191,31 @@ impl StepSizes {
         2.0 * self.norm_saved + self.attention_saved + self.mlp_saved
     }
 
-    /// Saved by the head: the final norm and the f32 shifted logits of `log_softmax`.
+    /// Saved by the head: the final norm's tensors and the loss's.
     pub(super) fn head_saved(&self) -> f64 {
-        self.norm_saved + self.shifted_logits()
+        self.head_norm_saved() + self.loss_saved()
+    }
+
+    /// Saved by the final norm: all of a norm's tensors, less its output when nothing keeps it (a frozen head's
+    /// matmul keeps only the weight; the fused loss keeps its input either way).
+    pub(super) fn head_norm_saved(&self) -> f64 {
+        let output_unkept = self.frozen_base && self.loss_block_rows.is_none();
+        self.norm_saved - if output_unkept { self.tokens * self.hidden * self.elem_bytes } else { 0.0 }
+    }
+
+    /// Saved by the loss: the f32 shifted logits of `log_softmax`, or the fused loss's f32 log-sum-exp per row.
+    pub(super) fn loss_saved(&self) -> f64 {
+        if self.loss_block_rows.is_some() { self.tokens * 4.0 } else { self.shifted_logits() }
+    }
+
+    /// What the first layer's first norm does not keep when the base is frozen: its input, the embedding's
+    /// output, is not tracked, so it keeps only its output (for the adapters).
+    fn untracked_first_norm(&self) -> f64 {
+        if self.frozen_base && self.layers > 0.0 {
+            self.norm_saved - self.tokens * self.hidden * self.elem_bytes
+        } else {
+            0.0
+        }
     }
 
     /// The f32 `[scored, vocab]` buffer: logits minus their row maximum (kept by `exp`), and every f32
@@ -172,7 +226,9 @@ impl StepSizes {
 
     /// Saved by the whole forward pass (no checkpointing).
     pub(super) fn forward_saved(&self) -> f64 {
-        self.layers * (self.layer_saved() + self.layer_casts) + self.head_saved() + self.head_casts
+        self.layers * (self.layer_saved() + self.layer_casts) - self.untracked_first_norm()
+            + self.head_saved()
+            + self.head_casts
     }
 
     /// Bytes of a norm's saved input that are the layer input's own buffer (f32; in 16 bits the norm keeps an

@@ -4,7 +4,8 @@
 //!
 //! - here: what goes in ([`EstimateInput`]) and comes out ([`MemoryEstimate`]), the model states ([`estimate`])
 //!   and the parameter counts ([`count_params`], [`lora_params`], [`parse_param_count`]);
-//! - `activations`: the tensors burn's autodiff keeps for backward, op by op ([`activation_bytes`], [`StepKind`]);
+//! - `activations`: the tensors burn's autodiff keeps for backward, op by op ([`activation_bytes`], [`StepKind`]),
+//!   with the plain loss over full logits or the head fused with it (`[memopt] fused_cross_entropy`);
 //! - `cpu_peak`: the CPU trainer's peak resident set per step ([`cpu_peak()`], [`CpuPeak`], [`PeakMoment`]):
 //!   the process baseline, states, saved tensors, the running op's transient and what the allocator keeps.
 
@@ -161,6 +162,9 @@ pub struct EstimateInput {
     /// Rows per device; `None` counts model states only.
     pub batch: Option<BatchShape>,
     pub gradient_checkpointing: bool,
+    /// The head fused with cross-entropy (`[memopt] fused_cross_entropy`), this many rows at a time
+    /// (`cross_entropy_chunk`): no `[tokens × vocab]` logits are kept. `None`: the plain loss over full logits.
+    pub fused_loss_chunk: Option<usize>,
 }
 
 /// Bytes per device, by kind.
@@ -203,6 +207,8 @@ pub enum EstimateError {
     ComputeDtype { precision: &'static str, compute: &'static str },
     #[error("--batch and --seq must be at least 1")]
     EmptyBatch,
+    #[error("--cross-entropy-chunk must be at least 1")]
+    EmptyLossChunk,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -217,6 +223,9 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
     }
     if input.compute.is_half() == (input.precision == Precision::Fp32) {
         return Err(EstimateError::ComputeDtype { precision: input.precision.name(), compute: input.compute.name() });
+    }
+    if input.fused_loss_chunk == Some(0) {
+        return Err(EstimateError::EmptyLossChunk);
     }
     let (weight_bytes, gradient_bytes, optimizer_bytes) = bytes_per_param(input.precision);
     // ZeRO's Ψ.
@@ -250,6 +259,9 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
                 weight_casts: input.precision == Precision::Mixed,
                 dequantized_base: input.method == Method::Qlora,
                 lora_rank: if input.method == Method::Full { 0 } else { input.lora_rank },
+                frozen_base: input.method != Method::Full,
+                half_weights: input.precision == Precision::Bf16,
+                fused_loss_chunk: input.fused_loss_chunk,
             };
             let checkpointing = input.gradient_checkpointing;
             // The trainer's gradients have the parameters' type: f32 unless the weights are bf16.
@@ -265,11 +277,14 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
             // stay as stored.
             let compute_copies =
                 if input.precision == Precision::Mixed { shard(stage >= 3, trainable * weight_bytes) } else { 0.0 };
+            // The fused loss returns the head's gradient contiguous (its own `[vocab, h]` accumulator), so the
+            // step's buffer shares it instead of copying a transposed one.
+            let transposed_head = if input.fused_loss_chunk.is_some() { 0.0 } else { head_weights };
             let states = RankStates {
                 persistent: weights - compute_copies + optimizer,
                 gradients: shard(stage >= 2, trainable * trainer_gradient_bytes),
                 copied_gradients: if full {
-                    shard(stage >= 2, (linear_weights + head_weights) * trainer_gradient_bytes)
+                    shard(stage >= 2, (linear_weights + transposed_head) * trainer_gradient_bytes)
                 } else {
                     0.0
                 },
@@ -348,6 +363,7 @@ mod tests {
             gpus: 64,
             batch: None,
             gradient_checkpointing: false,
+            fused_loss_chunk: None,
         }
     }
 
@@ -436,6 +452,8 @@ mod tests {
             ..cpu_rank(&full_tiny(), 1, 1, ComputeDtype::F32)
         };
         assert_eq!(estimate(&empty), Err(EstimateError::EmptyBatch));
+        let no_rows = EstimateInput { fused_loss_chunk: Some(0), ..cpu_rank(&full_tiny(), 1, 8, ComputeDtype::F32) };
+        assert_eq!(estimate(&no_rows), Err(EstimateError::EmptyLossChunk));
         assert_eq!(parse_param_count("7.5B"), Some(7_500_000_000));
         assert_eq!(parse_param_count("350M"), Some(350_000_000));
         assert_eq!(parse_param_count("12"), Some(12));
