@@ -52,7 +52,8 @@ pub struct Case {
     pub flash: bool,
     /// LoRA of this rank on every linear layer (alpha = 2·r, PEFT's defaults otherwise); the base frozen.
     pub lora_rank: Option<usize>,
-    /// The head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept).
+    /// The fast path: the head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept),
+    /// and RMSNorm / SwiGLU as fused autodiff nodes.
     pub fused_loss: bool,
 }
 
@@ -96,7 +97,7 @@ pub fn cases() -> Vec<Case> {
         // LoRA r=8 on every linear layer of full-tiny, autodiff through everything (PEFT's setup in
         // torch_llama.py --mode lora).
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
-        // The same with llmtrain's fast path: the head fused with the loss.
+        // The same with llmtrain's fast path: the head fused with the loss, RMSNorm and SwiGLU as fused nodes.
         Case { lora_rank: Some(8), fused_loss: true, ..case("lora-tiny", full_tiny(), 8, 256) },
     ]
 }
@@ -243,6 +244,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     }
     if case.fused_loss {
         model.compute.loss_chunk = Some(LOSS_CHUNK);
+        model.compute.fused_kernels = true;
     }
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.

@@ -139,6 +139,7 @@ pub fn run_training<A: AutodiffBackend>(
     let loss_chunk = memopt.fused_cross_entropy.then_some(memopt.cross_entropy_chunk);
     model.compute.attention = attention;
     model.compute.loss_chunk = loss_chunk;
+    model.compute.fused_kernels = memopt.fused_kernels;
     let single_options = data_options(&config)?;
     let options = accelerator.prepare_data(&single_options);
     let mut train_data = DataLoader::new(&options, &tokenizer, Split::Train)?;
@@ -156,6 +157,7 @@ pub fn run_training<A: AutodiffBackend>(
             optimizer.lr_scale = lr_scales(&model, finetune);
             model.compute.attention = attention;
             model.compute.loss_chunk = loss_chunk;
+            model.compute.fused_kernels = memopt.fused_kernels;
             train_data.seek(state.data_position)?;
             resumed_from = Some(state.step);
             if main {

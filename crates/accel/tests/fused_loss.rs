@@ -1,5 +1,5 @@
-//! Training with the head fused into the loss (`[memopt] fused_cross_entropy`) follows plain training over 15 AdamW
-//! steps, with and without gradient checkpointing: per-step losses within 1e-5 and weights within 1e-3. (The fused
+//! Training with the head fused into the loss (`[memopt] fused_cross_entropy`), alone and with the fused RMSNorm and
+//! SwiGLU (`fused_kernels`), follows plain training over 15 AdamW steps, with and without gradient checkpointing: per-step losses within 1e-5 and weights within 1e-3. (The fused
 //! op sums in another order; Adam turns last-bit differences in near-zero gradients, such as head rows of tokens
 //! that never occur, into steps of up to lr, so weights drift more than losses. Gradients themselves agree within
 //! 1e-6: crates/core/tests/fused_loss.rs.)
@@ -31,11 +31,12 @@ fn weights(model: &LlamaModel<A>) -> Vec<f32> {
         .collect()
 }
 
-fn run(initial: &LlamaModel<A>, chunk: Option<usize>, checkpointing: bool) -> (Vec<f64>, Vec<f32>) {
+fn run(initial: &LlamaModel<A>, chunk: Option<usize>, checkpointing: bool, fused: bool) -> (Vec<f64>, Vec<f32>) {
     let device = Default::default();
     let mut acc = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
     let mut model = acc.prepare_model(initial.clone()).unwrap();
     model.compute.loss_chunk = chunk;
+    model.compute.fused_kernels = fused;
     let mut optimizer = AdamW::new(AdamWConfig::default());
     let options =
         StepOptions { lr: 1e-2, max_grad_norm: Some(1.0), gradient_checkpointing: checkpointing, ..Default::default() };
@@ -54,13 +55,18 @@ fn fused_head_and_loss_train_like_the_plain_path() {
         config.tie_word_embeddings = tied;
         let initial = LlamaModel::<A>::init(&config, &device);
         for checkpointing in [false, true] {
-            let (plain_loss, plain_w) = run(&initial, None, checkpointing);
-            let (fused_loss, fused_w) = run(&initial, Some(16), checkpointing);
-            let dl = plain_loss.iter().zip(&fused_loss).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            let dw = plain_w.iter().zip(&fused_w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            println!("tied={tied} checkpointing={checkpointing}: max |Δloss| {dl:.2e}, max |Δweight| {dw:.2e}");
-            assert!(dl < 1e-5 && dw < 1e-3, "{dl} {dw}");
-            assert!(fused_loss[14] < fused_loss[0], "it learns");
+            let (plain_loss, plain_w) = run(&initial, None, checkpointing, false);
+            for kernels in [false, true] {
+                let (fused_loss, fused_w) = run(&initial, Some(16), checkpointing, kernels);
+                let dl = plain_loss.iter().zip(&fused_loss).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let dw = plain_w.iter().zip(&fused_w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                println!(
+                    "tied={tied} checkpointing={checkpointing} fused norm/SwiGLU={kernels}: max |Δloss| {dl:.2e}, \
+                     max |Δweight| {dw:.2e}"
+                );
+                assert!(dl < 1e-5 && dw < 1e-3, "{dl} {dw}");
+                assert!(fused_loss[14] < fused_loss[0], "it learns");
+            }
         }
     }
 }

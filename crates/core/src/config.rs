@@ -93,6 +93,8 @@ pub struct MemoptSection {
     pub fused_cross_entropy: bool,
     /// Rows per chunk of the fused head and loss.
     pub cross_entropy_chunk: usize,
+    /// RMSNorm and SwiGLU as single autodiff nodes that keep only their inputs (Unsloth's kernels).
+    pub fused_kernels: bool,
     /// fp16 loss scaling, DeepSpeed's `fp16` section: `loss_scale` 0 means dynamic.
     pub loss_scale: f64,
     pub initial_scale_power: u32,
@@ -111,6 +113,7 @@ impl Default for MemoptSection {
             flash_block: 128,
             fused_cross_entropy: false,
             cross_entropy_chunk: 1024,
+            fused_kernels: false,
             loss_scale: 0.0,
             initial_scale_power: 16,
             loss_scale_window: 1000,

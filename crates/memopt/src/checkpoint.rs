@@ -42,7 +42,7 @@ pub fn backward_by_layers<A: AutodiffBackend>(
     // The head and the loss, with a graph from the last layer's output.
     let (tokens, labels, positions) = batch_tensors::<A>(batch, device);
     let top = Tensor::<A, 3>::from_inner(x).require_grad();
-    let hidden = model.norm.forward(top.clone());
+    let hidden = model.norm.forward_fused(top.clone(), model.compute.fused_kernels);
     let loss_sum = match model.compute.loss_chunk {
         Some(chunk) => fused_causal_lm_loss(model, hidden, &batch.labels, chunk).0,
         None => causal_lm_loss_parts(model.logits(hidden), labels).0,

@@ -18,11 +18,13 @@ pub struct Compute {
     /// Rows per chunk of the head fused with cross-entropy in training losses (the `[tokens × vocab]` logits are
     /// never kept); `None` computes full logits.
     pub loss_chunk: Option<usize>,
+    /// RMSNorm and SwiGLU as single autodiff nodes that keep only their inputs (`super::fused_ops`).
+    pub fused_kernels: bool,
 }
 
 impl Default for Compute {
     fn default() -> Self {
-        Self { dtype: FloatDType::F32, attention: AttentionKernel::Eager, loss_chunk: None }
+        Self { dtype: FloatDType::F32, attention: AttentionKernel::Eager, loss_chunk: None, fused_kernels: false }
     }
 }
 
@@ -34,7 +36,7 @@ impl Compute {
             AttentionImpl::Eager => AttentionKernel::Eager,
             AttentionImpl::Flash => AttentionKernel::Flash { block: flash_block },
         };
-        Self { dtype, attention, loss_chunk: None }
+        Self { dtype, attention, loss_chunk: None, fused_kernels: false }
     }
 }
 

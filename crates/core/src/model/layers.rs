@@ -51,6 +51,12 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight: Param::from_tensor(weight), eps }
     }
 
+    /// [`forward`](Self::forward), or with `fused` the same result as one autodiff node that keeps only its inputs
+    /// and the inverse RMS ([`super::fused_ops::rms_norm`]).
+    pub fn forward_fused<const D: usize>(&self, x: Tensor<B, D>, fused: bool) -> Tensor<B, D> {
+        if fused { super::fused_ops::rms_norm(x, self.weight.val(), self.eps) } else { self.forward(x) }
+    }
+
     /// In 16-bit compute the statistics and the normalisation run in f32, as transformers' LlamaRMSNorm does, and
     /// the result is cast back before the weight multiplies it.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -87,6 +93,8 @@ pub struct AttentionContext<'a, B: Backend> {
     /// `true` where a query may not see a key, `[batch, 1, q, k]`; `None` means plain causal.
     pub mask: Option<&'a Tensor<B, 4, Bool>>,
     pub kernel: AttentionKernel,
+    /// The decoder layer's RMSNorms and SwiGLU run as fused autodiff nodes ([`super::fused_ops`]).
+    pub fused_kernels: bool,
 }
 
 impl<B: Backend> Attention<B> {
@@ -178,8 +186,15 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.forward_fused(x, false)
+    }
+
+    /// With `fused`, `silu(gate) · up` is one autodiff node that keeps only gate and up and recomputes the sigmoid
+    /// in backward ([`super::fused_ops::swiglu`]).
+    pub fn forward_fused(&self, x: Tensor<B, 3>, fused: bool) -> Tensor<B, 3> {
+        let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        let hidden = if fused { super::fused_ops::swiglu(gate, up) } else { silu(gate) * up };
+        self.down_proj.forward(hidden)
     }
 }
 
@@ -199,9 +214,10 @@ impl<B: Backend> DecoderLayer<B> {
         ctx: &AttentionContext<'_, B>,
         past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
-        let (attn, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx, past);
+        let fused = ctx.fused_kernels;
+        let (attn, kv) = self.self_attn.forward(self.input_layernorm.forward_fused(x.clone(), fused), ctx, past);
         let x = x + attn;
-        let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
+        let x = x.clone() + self.mlp.forward_fused(self.post_attention_layernorm.forward_fused(x, fused), fused);
         (x, kv)
     }
 }

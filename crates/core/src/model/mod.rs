@@ -105,7 +105,7 @@ impl<B: Backend> LlamaModel<B> {
         for layer in &self.layers {
             x = layer.forward(x, &ctx, None).0;
         }
-        self.norm.forward(x)
+        self.norm.forward_fused(x, self.compute.fused_kernels)
     }
 
     /// The token embeddings `[batch, seq, hidden]` (the first layer's input).
@@ -138,7 +138,7 @@ impl<B: Backend> LlamaModel<B> {
         };
         let dtype = self.compute.dtype;
         let (cos, sin) = (compute::to_dtype(cos, dtype), compute::to_dtype(sin, dtype));
-        LayerInputs { cos, sin, mask, kernel: self.compute.attention }
+        LayerInputs { cos, sin, mask, kernel: self.compute.attention, fused_kernels: self.compute.fused_kernels }
     }
 
     /// Applies the (possibly tied) head to hidden states, in their float type.
@@ -162,7 +162,13 @@ impl<B: Backend> LlamaModel<B> {
         let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
         let (cos, sin) = (compute::to_dtype(cos, self.compute.dtype), compute::to_dtype(sin, self.compute.dtype));
         let mask = packing::window_mask::<B>(seq, past + seq, self.config.sliding_window, &device);
-        let ctx = AttentionContext { cos: &cos, sin: &sin, mask: mask.as_ref(), kernel: self.compute.attention };
+        let ctx = AttentionContext {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+            kernel: self.compute.attention,
+            fused_kernels: self.compute.fused_kernels,
+        };
         let mut x = self.embed(tokens);
         for (index, layer) in self.layers.iter().enumerate() {
             let (out, kv) = layer.forward(x, &ctx, cache.take(index));
@@ -185,11 +191,18 @@ pub struct LayerInputs<B: Backend> {
     pub sin: Tensor<B, 4>,
     pub mask: Option<Tensor<B, 4, Bool>>,
     pub kernel: AttentionKernel,
+    pub fused_kernels: bool,
 }
 
 impl<B: Backend> LayerInputs<B> {
     pub fn context(&self) -> AttentionContext<'_, B> {
-        AttentionContext { cos: &self.cos, sin: &self.sin, mask: self.mask.as_ref(), kernel: self.kernel }
+        AttentionContext {
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: self.mask.as_ref(),
+            kernel: self.kernel,
+            fused_kernels: self.fused_kernels,
+        }
     }
 }
 
