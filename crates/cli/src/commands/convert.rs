@@ -49,14 +49,16 @@ pub fn parse_size(text: &str) -> Result<u64> {
     Ok(n * scale)
 }
 
+/// The `--dtype` flag: a storage dtype, or `None` to keep the checkpoint's.
+pub fn parse_dtype(flag: Option<&str>) -> Result<Option<StorageDtype>> {
+    flag.map(|name| {
+        StorageDtype::parse(name).with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))
+    })
+    .transpose()
+}
+
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
-    let dtype = match &args.dtype {
-        Some(name) => Some(
-            StorageDtype::parse(name)
-                .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))?,
-        ),
-        None => None,
-    };
+    let dtype = parse_dtype(args.dtype.as_deref())?;
     let options = SaveOptions { dtype, max_shard_bytes: parse_size(&args.max_shard_size)? };
     let (model, config) = hf::load_model::<B>(&args.model, device)?;
     write_checkpoint(&model, &config, &args.model, &args.out, &options)?;

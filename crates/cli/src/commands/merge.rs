@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::backend::Backend;
-use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
+use llmtrain_core::hf::{self, SaveOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,13 +24,7 @@ pub struct Args {
 }
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
-    let dtype = match &args.dtype {
-        Some(name) => Some(
-            StorageDtype::parse(name)
-                .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))?,
-        ),
-        None => None,
-    };
+    let dtype = super::convert::parse_dtype(args.dtype.as_deref())?;
     let (mut model, config) = hf::load_model::<B>(&args.base, device)?;
     llmtrain_fastlora::load_adapter(&mut model, &args.adapter, device)?;
     let merged = llmtrain_fastlora::merge(&mut model)?;

@@ -25,6 +25,7 @@
 //! `Any` downcasting) the autodiff backends this crate trains on; any other autodiff backend gets the plain
 //! decomposed attention, which burn differentiates itself.
 
+use super::custom_op::{float, primitive, same_type};
 use std::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
@@ -34,7 +35,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
 /// The score given to blocked (query, key) pairs: finite so that fully masked tiles never produce NaN.
 const MASKED: f32 = -1.0e30;
@@ -118,20 +119,6 @@ fn with_autodiff<B: Backend, I: Backend>(
         block,
     );
     Some(same_type(out))
-}
-
-/// Moves a value between two type names that `TypeId` has shown to be the same type.
-fn same_type<X: 'static, Y: 'static>(x: X) -> Y {
-    let boxed: Box<dyn Any> = Box::new(x);
-    *boxed.downcast::<Y>().expect("backend type was just checked")
-}
-
-fn float<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
-}
-
-fn primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
-    tensor.into_primitive().tensor()
 }
 
 /// The forward on the inner backend, registered as one node whose backward is [`tiled_backward`].

@@ -26,7 +26,8 @@
 //! other autodiff backend gets the same chunked computation from differentiable burn ops (exact, but autodiff then
 //! keeps every chunk's logits).
 
-use std::any::{Any, TypeId};
+use super::custom_op::{float, primitive, same_type};
+use std::any::TypeId;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
@@ -35,7 +36,7 @@ use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckp
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::LlamaModel;
 use super::compute::{float_dtype, to_dtype};
@@ -132,20 +133,6 @@ fn with_autodiff<B: Backend, I: Backend>(
     }
     let loss = autodiff_fused::<I, NoCheckpointing>(same_type(hidden.clone()), same_type(head.clone()), targets, chunk);
     Some(same_type(loss))
-}
-
-/// Moves a value between two type names that `TypeId` has shown to be the same type.
-fn same_type<X: 'static, Y: 'static>(x: X) -> Y {
-    let boxed: Box<dyn Any> = Box::new(x);
-    *boxed.downcast::<Y>().expect("backend type was just checked")
-}
-
-fn float<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
-}
-
-fn primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
-    tensor.into_primitive().tensor()
 }
 
 /// The forward on the inner backend, registered as one node whose backward is [`chunked_backward`].

@@ -31,7 +31,8 @@
 //! backend gets the plain composed ops, which burn differentiates itself. Without autodiff both are the plain
 //! forward.
 
-use std::any::{Any, TypeId};
+use super::custom_op::{float, primitive, same_type};
+use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -40,7 +41,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{FloatDType, Tensor};
 
 use super::compute::{float_dtype, to_dtype};
 
@@ -92,20 +93,6 @@ pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) 
         return y;
     }
     swiglu_forward(gate, up)
-}
-
-/// Moves a value between two type names that `TypeId` has shown to be the same type.
-fn same_type<X: 'static, Y: 'static>(x: X) -> Y {
-    let boxed: Box<dyn Any> = Box::new(x);
-    *boxed.downcast::<Y>().expect("backend type was just checked")
-}
-
-fn float<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
-}
-
-fn primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
-    tensor.into_primitive().tensor()
 }
 
 // ---------------------------------------------------------------------------------------------------------------

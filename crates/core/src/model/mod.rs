@@ -6,6 +6,7 @@
 mod cache;
 pub mod compute;
 pub mod config;
+mod custom_op;
 pub mod flash_attention;
 pub mod fused_loss;
 pub mod fused_ops;
