@@ -159,3 +159,43 @@ fn lora_on_two_ranks_follows_one_rank_with_the_same_global_batch() {
     println!("LoRA 1 rank x 4 vs 2 ranks x 2: max |Δloss| {worst:.2e} over {} logged steps", a.len());
     assert!(worst < 1e-5, "{a:?} vs {b:?}");
 }
+
+#[test]
+fn sft_run_reports_held_out_accuracy_before_and_after() {
+    // Prompt/completion rows with a completion-only loss, on a from-scratch base: the plumbing of `accuracy_file`
+    // (configs/lora.toml measures the real gain on the quickstart's model).
+    let dir = tempfile::tempdir().unwrap();
+    let sft = root().join("data/sft");
+    let take = |name: &str, n: usize| {
+        let text = std::fs::read_to_string(sft.join(name)).unwrap();
+        let rows: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(dir.path().join(name), rows.join("\n") + "\n").unwrap();
+    };
+    take("train.jsonl", 300);
+    take("test.jsonl", 12);
+    let config = "[model]\nhidden_size = 32\nintermediate_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 4\n\
+                  num_key_value_heads = 2\n\n[tokenizer]\ntrain_files = [\"train.jsonl\"]\nvocab_size = 300\n\n\
+                  [data]\nfiles = [\"train.jsonl\"]\nseq_len = 32\nbatch_size = 4\nloss_on = \"completion-only\"\n\n\
+                  [training]\nmax_steps = 6\nlearning_rate = 0.01\nlogging_steps = 3\naccuracy_file = \"test.jsonl\"\n\n\
+                  [lora]\nr = 4\n\n[output]\ndir = \"out\"\n";
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let out = std::process::Command::new(llmtrain_e2e::llmtrain_bin())
+        .args(["train", "--config", dir.path().join("run.toml").to_str().unwrap()])
+        .env("LLMTRAIN_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("held-out accuracy:")).expect("an accuracy line");
+    assert!(line.contains("/12") && line.contains("before") && line.contains("after"), "{line}");
+    let metrics = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).ok()?;
+            r.get("accuracy")?;
+            r["step"].as_u64()
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 6], "accuracy before the first step and after the last");
+}
