@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -121,16 +122,16 @@ pub fn run_training<A: AutodiffBackend>(
         std::fs::create_dir_all(&out).map_err(|e| CoreError::io(&out, e))?;
     }
 
-    // Rank 0 goes first: it trains (and caches) the tokenizer if it has to, and initialises its model alone, since
-    // burn's CPU backends seed one process-wide generator that in-process ranks would otherwise draw from at once.
-    // The others then load the cached tokenizer and get rank 0's weights from `prepare_model`.
-    let first = if main { Some(tokenizer_and_model::<A>(&config, device)?) } else { None };
+    // Rank 0 goes first: it trains (and caches) the tokenizer if it has to, and initialises its model (adapters
+    // included) alone, since burn's CPU backends seed one process-wide generator that in-process ranks would
+    // otherwise draw from at once. The others then load the cached tokenizer and get rank 0's weights from
+    // `prepare_model`.
+    let first = if main { Some(tokenizer_and_model::<A>(&config, finetune, device)?) } else { None };
     accelerator.wait_for_everyone()?;
-    let (tokenizer, mut model, hf_config) = match first {
+    let (tokenizer, model, hf_config) = match first {
         Some(built) => built,
-        None => tokenizer_and_model::<A>(&config, device)?,
+        None => tokenizer_and_model::<A>(&config, finetune, device)?,
     };
-    finetune.prepare(&mut model, device).map_err(AccelError::Finetune)?;
     // Every rank has read the model (which may sit in the output directory) before rank 0 clears that directory.
     accelerator.wait_for_everyone()?;
     let mut model = accelerator.prepare_model(model)?;
@@ -187,8 +188,8 @@ pub fn run_training<A: AutodiffBackend>(
     };
     let accuracy = |model: &LlamaModel<A>| {
         accuracy_examples.as_ref().map(|examples| {
-            let inference = inference_model(model);
-            completion_accuracy(&inference, examples, &tokenizer, device)
+            // `Accelerator::unwrap_model`, without borrowing the accelerator the loop holds mutably.
+            completion_accuracy(&model.valid(), examples, &tokenizer, device)
         })
     };
     let accuracy_before = if resumed_from.is_none() { accuracy(&model) } else { None };
@@ -345,18 +346,15 @@ fn lr_scales<A: AutodiffBackend>(model: &LlamaModel<A>, finetune: &dyn Finetune<
         .collect()
 }
 
-/// The model without its autodiff graph (what `Accelerator::unwrap_model` gives), for evaluation.
-fn inference_model<A: AutodiffBackend>(model: &LlamaModel<A>) -> LlamaModel<A::InnerBackend> {
-    use burn::module::AutodiffModule;
-    model.valid()
-}
-
+/// The tokenizer and the model as the finetuning method prepares it.
 fn tokenizer_and_model<A: AutodiffBackend>(
     config: &RunConfig,
+    finetune: &dyn Finetune<A>,
     device: &A::Device,
 ) -> Result<(TextTokenizer, LlamaModel<A>, HfConfig)> {
     let tokenizer = resolve_tokenizer(config)?;
-    let (model, hf_config) = build_model::<A>(config, &tokenizer, device)?;
+    let (mut model, hf_config) = build_model::<A>(config, &tokenizer, device)?;
+    finetune.prepare(&mut model, device).map_err(AccelError::Finetune)?;
     Ok((tokenizer, model, hf_config))
 }
 
