@@ -214,19 +214,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ///
     /// In fp16 a non-finite norm marks the step as overflowed: nothing is clipped and [`step`](Self::step) skips.
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
+        // Clipping an overflowed step's gradients is harmless: `step` drops them.
+        let norm = clip_grad_norm(&mut self.grads, max_norm);
         if self.scaler.is_some() {
-            let norm = self.grads.global_norm();
-            let overflow = !norm.is_finite();
-            self.found_overflow = Some(overflow);
-            if !overflow && let Some(max_norm) = max_norm {
-                let coef = max_norm / (norm + 1e-6);
-                if coef < 1.0 {
-                    self.grads.scale(coef);
-                }
-            }
-            return norm;
+            self.found_overflow = Some(!norm.is_finite());
         }
-        clip_grad_norm(&mut self.grads, max_norm)
+        norm
     }
 
     /// Applies the optimizer on a synchronising micro-batch (a no-op otherwise, as Accelerate's wrapped

@@ -1,27 +1,18 @@
 //! The tiled flash attention against a plain attention (matmul, mask_fill with -inf, softmax, matmul): outputs
 //! and the gradients of q, k and v. Run with `--nocapture` to see the max abs differences.
 
+mod common;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
+use common::values;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::PositionIds;
 use llmtrain_core::model::flash_attention::flash_attention;
 
 type A = Autodiff<CpuBackend>;
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn tensor<Bk: Backend>(shape: [usize; 4], seed: u64, device: &Bk::Device) -> Tensor<Bk, 4> {
     Tensor::from_data(TensorData::new(values(shape.iter().product(), seed), shape), device)

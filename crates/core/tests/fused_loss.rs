@@ -2,11 +2,13 @@
 //! rows): the loss and the gradients of hidden and head, and at model level against
 //! `causal_lm_loss_parts(model.logits(hidden), labels)`. Run with `--nocapture` to see the max differences.
 
+mod common;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
+use common::values;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::fused_loss::{fused_causal_lm_loss, fused_linear_cross_entropy};
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
@@ -17,17 +19,6 @@ type A = Autodiff<CpuBackend>;
 const ROWS: usize = 300;
 const VOCAB: usize = 500;
 const H: usize = 48;
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn tensor<Bk: Backend>(shape: [usize; 2], seed: u64, device: &Bk::Device) -> Tensor<Bk, 2> {
     Tensor::from_data(TensorData::new(values(shape.iter().product(), seed), shape), device)

@@ -3,6 +3,8 @@
 //! the differentiable fallback on another autodiff backend; and, through a counting global allocator, how much
 //! less the fused nodes keep alive until backward. Run with `--nocapture` to see the max differences and sizes.
 
+mod common;
+use common::values;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -47,17 +49,6 @@ static ALLOCATOR: Counting = Counting;
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// `[2, 37, 64]` values in `scale · [-1, 1)`.
