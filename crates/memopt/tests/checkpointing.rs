@@ -10,6 +10,7 @@ use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::{GradientBuffer, batch_loss};
 use llmtrain_memopt::checkpoint::backward_by_layers;
+use std::sync::Mutex;
 
 type A = Autodiff<CpuBackend>;
 
@@ -20,12 +21,21 @@ fn batch(rows: usize, seq: usize, vocab: u32) -> Batch {
     Batch { rows, seq, input_ids, labels, position_ids: Some(position_ids) }
 }
 
+/// Burn's RNG is process-wide: tests running in parallel seed and initialise under one lock, so each gets the model
+/// its seed names.
+fn seeded_model(config: &ModelConfig, seed: u64) -> LlamaModel<A> {
+    static INIT: Mutex<()> = Mutex::new(());
+    let _serial = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = Default::default();
+    A::seed(&device, seed);
+    LlamaModel::<A>::init(config, &device)
+}
+
 fn compare(tied: bool, offload: bool) {
     let device = Default::default();
-    A::seed(&device, 3);
     let mut config = ModelConfig::tiny_llama(64, 32, 3, 4, 2);
     config.tie_word_embeddings = tied;
-    let model = LlamaModel::<A>::init(&config, &device);
+    let model = seeded_model(&config, 3);
     let batch = batch(3, 16, 64);
     let scale = 0.25;
 
@@ -37,7 +47,8 @@ fn compare(tied: bool, offload: bool) {
     let mut checkpointed = GradientBuffer::default();
     let loss = backward_by_layers(&model, &batch, scale, offload, &mut checkpointed, &device);
 
-    assert!((loss - plain_loss).abs() < 1e-9 * plain_loss.abs(), "{loss} vs {plain_loss}");
+    // The loss is an f32 sum reached by a different order of operations: equal to a few ulps.
+    assert!((loss - plain_loss).abs() <= 1e-6 * plain_loss.abs(), "{loss} vs {plain_loss}");
     let diff = checkpointed.max_abs_diff(&plain);
     let largest = plain.iter().map(|(_, g)| g.clone().abs().max().into_scalar().elem::<f64>()).fold(0.0, f64::max);
     eprintln!("tied={tied} offload={offload}: max |Δgrad| {diff:.2e} (largest gradient {largest:.2e})");
@@ -64,8 +75,7 @@ fn untied_head_gradients_match_plain_backpropagation() {
 #[test]
 fn offloading_sixteen_bit_inputs_is_exact() {
     let device = Default::default();
-    A::seed(&device, 4);
-    let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(64, 32, 2, 4, 2), &device);
+    let mut model = seeded_model(&ModelConfig::tiny_llama(64, 32, 2, 4, 2), 4);
     model.compute.dtype = burn::tensor::FloatDType::BF16;
     let batch = batch(2, 16, 64);
     let mut on_device = GradientBuffer::default();
