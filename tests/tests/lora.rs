@@ -128,6 +128,10 @@ fn lora_training_writes_a_peft_adapter_and_resumes_exactly() {
     let b = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
     assert!(b.data().iter().any(|&byte| byte != 0), "B starts at zero and must have trained");
     assert!(whole.path().join("out/checkpoint-12/adapter_model.safetensors").exists());
+    assert!(
+        !whole.path().join("out/checkpoint-12/model.safetensors").exists(),
+        "checkpoints leave the frozen base out"
+    );
 
     // Stop at step 6, resume to 12 (a constant schedule, so the shorter run follows the same steps): the adapter
     // ends bit-identical.
@@ -137,6 +141,61 @@ fn lora_training_writes_a_peft_adapter_and_resumes_exactly() {
     let a = std::fs::read(final_dir.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(split.path().join("out/final/adapter_model.safetensors")).unwrap();
     assert!(a == b, "resumed LoRA run differs from the uninterrupted one");
+}
+
+const QLORA: &str = "\n[quantization]\nload_in_4bit = true\n";
+
+#[test]
+fn qlora_training_on_a_4_bit_base_writes_a_peft_adapter_and_resumes_exactly() {
+    let whole = tempfile::tempdir().unwrap();
+    let stdout = lora_run(whole.path(), QLORA, &[]);
+    assert!(stdout.contains("4-bit"), "the run says its base is 4-bit: {stdout}");
+    let final_dir = whole.path().join("out/final");
+    assert!(final_dir.join("adapter_model.safetensors").exists() && !final_dir.join("model.safetensors").exists());
+    let checkpoint = whole.path().join("out/checkpoint-12");
+    assert!(checkpoint.join("adapter_model.safetensors").exists() && !checkpoint.join("model.safetensors").exists());
+    let curve = losses(whole.path());
+    assert!(curve.last() < curve.first(), "the adapters learn on the 4-bit base: {curve:?}");
+    // A plain LoRA run from the same seed starts from the dense base: its first loss differs.
+    let dense = tempfile::tempdir().unwrap();
+    lora_run(dense.path(), "", &[]);
+    assert_ne!(losses(dense.path())[0], curve[0], "the 4-bit base is not the dense one");
+
+    // The resumed run re-quantizes the base exactly as the first did.
+    let split = tempfile::tempdir().unwrap();
+    lora_run(split.path(), QLORA, &["--max-steps", "6"]);
+    lora_run(split.path(), QLORA, &["--resume"]);
+    let a = std::fs::read(final_dir.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(split.path().join("out/final/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "resumed QLoRA run differs from the uninterrupted one");
+}
+
+#[test]
+fn logits_on_a_4_bit_base_match_bitsandbytes_and_peft() {
+    // crates/fastlora/tests/fixtures/qlora_expected.safetensors, made by scripts/make_qlora_fixture.py.
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = peft_fixture("qlora_expected.safetensors");
+    for (adapter, extra, name) in [
+        (None, None, "base_logits"),
+        (None, Some("--no-double-quant"), "plain_base_logits"),
+        (Some("lora"), None, "lora_logits"),
+        (Some("dora_rslora"), None, "dora_logits"),
+    ] {
+        let out = tmp.path().join(format!("{name}.st"));
+        let base = peft_fixture("base");
+        let mut args = vec!["logits", "--model", base.to_str().unwrap(), "--tokens", TOKENS, "--load-in-4bit"];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let adapter_dir = adapter.map(peft_fixture);
+        if let Some(dir) = &adapter_dir {
+            args.extend(["--adapter", dir.to_str().unwrap()]);
+        }
+        let run = llmtrain(&args);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let diff = max_diff(&tensor(&out, "logits"), &tensor(&expected, name));
+        println!("{name}: llmtrain logits --load-in-4bit vs bitsandbytes + PEFT {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: {diff}");
+    }
 }
 
 /// Per-step losses of a run's metrics.jsonl.

@@ -55,6 +55,8 @@ pub struct Case {
     /// The fast path: the head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept),
     /// and RMSNorm / SwiGLU as fused autodiff nodes.
     pub fused_loss: bool,
+    /// QLoRA: the decoder's linear weights stored in NF4 with double quantization (needs `lora_rank`).
+    pub quantized: bool,
 }
 
 /// A one-rank f32 case with every memory technique off.
@@ -70,6 +72,7 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         flash: false,
         lora_rank: None,
         fused_loss: false,
+        quantized: false,
     }
 }
 
@@ -99,7 +102,26 @@ pub fn cases() -> Vec<Case> {
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
         // The same with llmtrain's fast path: the head fused with the loss, RMSNorm and SwiGLU as fused nodes.
         Case { lora_rank: Some(8), fused_loss: true, ..case("lora-tiny", full_tiny(), 8, 256) },
+        // lora-tiny with gradient checkpointing, as Unsloth runs by default (`use_gradient_checkpointing`).
+        Case {
+            lora_rank: Some(8),
+            fused_loss: true,
+            checkpointing: true,
+            ..case("lora-tiny-ckpt", full_tiny(), 8, 256)
+        },
+        // A shape where the weights dominate memory (31.5M parameters, 2 × 128 tokens): full finetuning keeps
+        // 16 bytes a parameter (weights, gradients, AdamW's two moments), QLoRA ~0.5 for the decoder's linear
+        // weights (NF4) plus the dense embeddings and head, and states for its r=8 adapters only.
+        case("full-small", small(), 2, 128),
+        Case { lora_rank: Some(8), fused_loss: true, quantized: true, ..case("qlora-small", small(), 2, 128) },
     ]
+}
+
+/// 4 layers of hidden 768 (12 heads), intermediate 2048, vocabulary 2048, untied head.
+fn small() -> ModelConfig {
+    let mut m = ModelConfig::tiny_llama(2048, 768, 4, 12, 12);
+    m.intermediate_size = 2048;
+    m
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -151,6 +173,7 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
             "gradient_checkpointing": case.checkpointing,
             "attention": if case.flash { "flash" } else { "eager" },
             "lora_rank": case.lora_rank,
+            "base_weights": if case.quantized { "nf4 (double quantization)" } else { "f32" },
             "fused_loss": case.fused_loss,
         },
         "backend": "flex",
@@ -233,7 +256,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let rank = comm.rank();
     let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
     let mut accelerator = Accelerator::<A>::new(config, comm)?;
-    let mut model = LlamaModel::<A>::init(&case.model, &device);
+    // QLoRA's base is quantized layer by layer as it is drawn: the dense model never exists.
+    let mut model = LlamaModel::<A>::init_with(&case.model, &device, case.quantized.then_some(true));
     if let Some(r) = case.lora_rank {
         let config = LoraConfig::new(r, 2.0 * r as f64, TargetModules::Pattern("all-linear".into()));
         attach(&mut model, &config, &device)?;
@@ -297,7 +321,11 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
     let input = EstimateInput {
         params: count_params(&case.model),
         model: Some(case.model.clone()),
-        method: if case.lora_rank.is_some() { Method::Lora } else { Method::Full },
+        method: match (case.lora_rank, case.quantized) {
+            (Some(_), true) => Method::Qlora,
+            (Some(_), false) => Method::Lora,
+            (None, _) => Method::Full,
+        },
         lora_rank: case.lora_rank.unwrap_or(0),
         // 16-bit compute over f32 master weights is the ZeRO accounting's mixed precision.
         precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
@@ -325,7 +353,11 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
         return None;
     }
     // The reference trains plain f32 data parallelism-free steps only.
-    let plain = !case.checkpointing && !case.flash && !case.fused_loss && case.precision == MixedPrecision::No;
+    let plain = !case.checkpointing
+        && !case.flash
+        && !case.fused_loss
+        && !case.quantized
+        && case.precision == MixedPrecision::No;
     if case.ranks > 1 || !plain {
         return None;
     }

@@ -318,16 +318,18 @@ impl<A: AutodiffBackend> Accelerator<A> {
         state: TrainerState,
         keep: usize,
     ) -> Result<Option<PathBuf>> {
-        self.save_state_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, |_| Ok(()))
+        let model = Some((model, hf_config));
+        self.save_state_with(output_dir, model, optimizer, tokenizer, state, keep, |_| Ok(()))
     }
 
-    /// [`save_state`](Self::save_state) with `extra` writing more files into the checkpoint (a LoRA adapter).
+    /// [`save_state`](Self::save_state) with `extra` writing more files into the checkpoint (a LoRA adapter);
+    /// `model = None` leaves the model out (an adapter run's frozen base, rebuilt from the run config on resume:
+    /// see [`load_training_state`](Self::load_training_state)).
     #[allow(clippy::too_many_arguments)]
     pub fn save_state_with(
         &self,
         output_dir: &Path,
-        model: &LlamaModel<A>,
-        hf_config: &HfConfig,
+        model: Option<(&LlamaModel<A>, &HfConfig)>,
         optimizer: &AdamW<A::InnerBackend>,
         tokenizer: &TextTokenizer,
         mut state: TrainerState,
@@ -337,7 +339,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
         let written = if self.is_main_process() {
-            Some(save_checkpoint_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, extra)?)
+            Some(save_checkpoint_with(output_dir, model, optimizer, tokenizer, state, keep, extra)?)
         } else {
             None
         };
@@ -353,6 +355,20 @@ impl<A: AutodiffBackend> Accelerator<A> {
         optimizer: AdamWConfig,
         device: &A::Device,
     ) -> Result<(LlamaModel<A>, AdamW<A::InnerBackend>, TrainerState)> {
+        let (optimizer, state) = self.load_training_state(dir, optimizer, device)?;
+        let mut model = hf::load_model::<A>(dir, device)?.0;
+        model.compute.dtype = precision_dtype(self.config.mixed_precision);
+        Ok((model, optimizer, state))
+    }
+
+    /// [`load_state`](Self::load_state) without the model: the optimizer and trainer state of a checkpoint written
+    /// with `model = None` (the caller restores the adapter onto its rebuilt base).
+    pub fn load_training_state(
+        &mut self,
+        dir: &Path,
+        optimizer: AdamWConfig,
+        device: &A::Device,
+    ) -> Result<(AdamW<A::InnerBackend>, TrainerState)> {
         let state = verify_checkpoint(dir)?;
         if state.world_size != self.world_size() {
             return Err(AccelError::WorldSizeMismatch {
@@ -364,10 +380,8 @@ impl<A: AutodiffBackend> Accelerator<A> {
         if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {
             *scaler = saved.clone();
         }
-        let mut model = hf::load_model::<A>(dir, device)?.0;
-        model.compute.dtype = precision_dtype(self.config.mixed_precision);
         let optimizer = load_optimizer(dir, optimizer, device)?;
-        Ok((model, optimizer, state))
+        Ok((optimizer, state))
     }
 
     /// The bare model for inference and saving (burn needs no wrapper for data parallelism, so this only drops

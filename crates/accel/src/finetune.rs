@@ -13,10 +13,13 @@ pub trait Finetune<A: AutodiffBackend>: Sync {
     fn prepare(&self, model: &mut LlamaModel<A>, device: &A::Device) -> Result<(), String>;
     /// Writes the method's files (a PEFT adapter) into `dir`: each checkpoint, and `final/`.
     fn save(&self, model: &LlamaModel<A>, dir: &Path) -> Result<(), String>;
-    /// Restores, on a model loaded from checkpoint `dir`, what [`save`](Self::save) wrote there.
+    /// Restores what [`save`](Self::save) wrote into checkpoint `dir`, on the model the run built and prepared
+    /// (an adapter method) or on the model loaded from the checkpoint (the others).
     fn load(&self, model: &mut LlamaModel<A>, dir: &Path, device: &A::Device) -> Result<(), String>;
-    /// Whether `final/` holds only what `save` writes instead of the whole model.
-    fn final_is_adapter(&self) -> bool;
+    /// Whether checkpoints and `final/` hold only what `save` writes instead of the whole model: the base is
+    /// frozen, so a resumed run rebuilds it from the run config (and re-quantizes a 4-bit base, which is
+    /// deterministic) instead of storing a copy in every checkpoint.
+    fn saves_adapter_only(&self) -> bool;
     /// The learning-rate multiplier of parameter `name` (LoRA+ raises the B matrices').
     fn lr_scale(&self, _name: &str) -> f64 {
         1.0
@@ -36,7 +39,7 @@ impl<A: AutodiffBackend> Finetune<A> for FullFinetune {
     fn load(&self, _: &mut LlamaModel<A>, _: &Path, _: &A::Device) -> Result<(), String> {
         Ok(())
     }
-    fn final_is_adapter(&self) -> bool {
+    fn saves_adapter_only(&self) -> bool {
         false
     }
 }

@@ -152,8 +152,16 @@ pub fn run_training<A: AutodiffBackend>(
     let mut resumed_from = None;
     if overrides.resume {
         if let Some((dir, _)) = latest_valid_checkpoint(&out)? {
-            let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
-            (model, optimizer) = (loaded, loaded_optimizer);
+            let state = if finetune.saves_adapter_only() {
+                // The base was rebuilt from the run config as the first run built it; only the adapter moves.
+                let (loaded_optimizer, state) = accelerator.load_training_state(&dir, adam, device)?;
+                optimizer = loaded_optimizer;
+                state
+            } else {
+                let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
+                (model, optimizer) = (loaded, loaded_optimizer);
+                state
+            };
             finetune.load(&mut model, &dir, device).map_err(AccelError::Finetune)?;
             optimizer.lr_scale = lr_scales(&model, finetune);
             model.compute.attention = attention;
@@ -263,7 +271,8 @@ pub fn run_training<A: AutodiffBackend>(
             let state = trainer_state(step, &train_data, tr.seed);
             let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
             let keep = tr.save_total_limit;
-            accelerator.save_state_with(&out, &model, &hf_config, &optimizer, &tokenizer, state, keep, extra)?;
+            let with_model = (!finetune.saves_adapter_only()).then_some((&model, &hf_config));
+            accelerator.save_state_with(&out, with_model, &optimizer, &tokenizer, state, keep, extra)?;
         }
     }
     progress.finish_and_clear();
@@ -285,7 +294,8 @@ pub fn run_training<A: AutodiffBackend>(
     let state = trainer_state(step, &train_data, tr.seed);
     let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
     let keep = tr.save_total_limit;
-    accelerator.save_state_with(&out, &model, &hf_config, &optimizer, &tokenizer, state, keep, extra)?;
+    let with_model = (!finetune.saves_adapter_only()).then_some((&model, &hf_config));
+    accelerator.save_state_with(&out, with_model, &optimizer, &tokenizer, state, keep, extra)?;
     let final_dir = out.join("final");
     let inference = accelerator.unwrap_model(&model);
     let mut summary = TrainSummary {
@@ -306,7 +316,7 @@ pub fn run_training<A: AutodiffBackend>(
     };
     if main {
         write_dir_atomic(&final_dir, |dir| {
-            if !finetune.final_is_adapter() {
+            if !finetune.saves_adapter_only() {
                 hf::save_model(&inference, &hf_config, dir, &SaveOptions::default())?;
             }
             finetune.save(&model, dir).map_err(CoreError::Invalid)?;

@@ -97,9 +97,9 @@ fn sixteen_bit_compute_keeps_f32_master_weights_and_gradients() {
         let (loss, _) = batch_loss(&model, &batch(0), &device);
         assert_eq!(loss.dtype(), DType::F32, "the loss is taken in f32");
         let grads = loss.backward();
-        let grad = model.layers[0].self_attn.q_proj.weight.val().grad(&grads).unwrap();
+        let grad = model.layers[0].self_attn.q_proj.weight_value().grad(&grads).unwrap();
         assert_eq!(grad.dtype(), DType::F32, "master gradients in f32");
-        assert_eq!(model.layers[0].self_attn.q_proj.weight.val().dtype(), DType::F32, "master weights in f32");
+        assert_eq!(model.layers[0].self_attn.q_proj.weight_value().dtype(), DType::F32, "master weights in f32");
     }
 }
 

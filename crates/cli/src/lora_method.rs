@@ -9,7 +9,7 @@ use llmtrain_core::config::LoraSection;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_fastlora::{LoraConfig, attach, load_adapter, write_adapter_files};
 
-/// Trains a PEFT adapter on a frozen base; checkpoints carry it beside the base, and `final/` holds only it.
+/// Trains a PEFT adapter on a frozen (possibly 4-bit) base; checkpoints and `final/` hold the adapter, not the base.
 pub struct LoraMethod {
     config: LoraConfig,
     /// LoRA+: B's learning-rate multiplier.
@@ -37,7 +37,7 @@ impl<A: AutodiffBackend> Finetune<A> for LoraMethod {
         load_adapter(model, dir, device).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn final_is_adapter(&self) -> bool {
+    fn saves_adapter_only(&self) -> bool {
         true
     }
 

@@ -29,6 +29,35 @@ pub struct RunConfig {
     /// LoRA finetuning (llmtrain-fastlora): present means the base is frozen and adapters train.
     #[serde(default)]
     pub lora: Option<LoraSection>,
+    /// 4-bit base weights (QLoRA), in the terms of transformers' `BitsAndBytesConfig`.
+    #[serde(default)]
+    pub quantization: QuantizationSection,
+}
+
+/// How the base model's weights are stored, as transformers' `BitsAndBytesConfig` names it. The compute precision
+/// is `[memopt] mixed_precision` (bitsandbytes' `bnb_4bit_compute_dtype`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantizationSection {
+    /// Every decoder linear weight stored in 4 bits as the checkpoint loads (head and embeddings stay dense).
+    pub load_in_4bit: bool,
+    /// Only `"nf4"` (QLoRA's NormalFloat); bitsandbytes' `"fp4"` is not supported.
+    pub bnb_4bit_quant_type: String,
+    /// Double quantization of the block maxima (8-bit codes in blocks of 256): ~4.127 instead of 4.5 bits a weight.
+    pub bnb_4bit_use_double_quant: bool,
+}
+
+impl Default for QuantizationSection {
+    fn default() -> Self {
+        Self { load_in_4bit: false, bnb_4bit_quant_type: "nf4".into(), bnb_4bit_use_double_quant: true }
+    }
+}
+
+impl QuantizationSection {
+    /// The 4-bit storage to load the base in, if any: `Some(double_quant)`.
+    pub fn nf4(&self) -> Option<bool> {
+        self.load_in_4bit.then_some(self.bnb_4bit_use_double_quant)
+    }
 }
 
 /// A LoRA adapter to train, in PEFT's terms (`LoraConfig`).
@@ -406,6 +435,16 @@ impl RunConfig {
                 return bad("lora.loraplus_lr_ratio", "must be positive");
             }
         }
+        let q = &self.quantization;
+        if q.bnb_4bit_quant_type != "nf4" {
+            return bad("quantization.bnb_4bit_quant_type", "only \"nf4\" is supported");
+        }
+        if q.load_in_4bit && self.lora.is_none() {
+            return bad(
+                "quantization.load_in_4bit",
+                "4-bit weights are frozen: train adapters on them with a [lora] section",
+            );
+        }
         let mo = &self.memopt;
         if mo.cross_entropy_chunk == 0 {
             return bad("memopt.cross_entropy_chunk", "must be at least 1");
@@ -544,5 +583,17 @@ mod tests {
         let text = MINIMAL.replace("[model]\n", "[model]\npath = \"m\"\n");
         let err = RunConfig::parse(&text, Path::new("r.toml"), Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("key `model.path`"), "{err}");
+    }
+
+    #[test]
+    fn four_bit_weights_need_adapters_and_nf4() {
+        let parse = |extra: &str| RunConfig::parse(&format!("{MINIMAL}{extra}"), Path::new("r.toml"), Path::new("."));
+        let err = parse("[quantization]\nload_in_4bit = true\n").unwrap_err().to_string();
+        assert!(err.contains("key `quantization.load_in_4bit`") && err.contains("[lora]"), "{err}");
+        let err = parse("[lora]\n[quantization]\nload_in_4bit = true\nbnb_4bit_quant_type = \"fp4\"\n");
+        assert!(err.unwrap_err().to_string().contains("quantization.bnb_4bit_quant_type"));
+        let config = parse("[lora]\n[quantization]\nload_in_4bit = true\n").unwrap();
+        assert_eq!(config.quantization.nf4(), Some(true), "double quantization by default, as QLoRA does");
+        assert_eq!(parse("").unwrap().quantization.nf4(), None);
     }
 }

@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use llmtrain_core::model::{Linear, LlamaModel, LoraAdapter, ParamMut};
+use llmtrain_core::model::{Linear, LinearWeight, LlamaModel, LoraAdapter, ParamMut};
 
 use crate::config::{InitLoraWeights, LoraConfig};
 use crate::error::{LoraError, Result};
@@ -14,21 +14,8 @@ pub fn for_each_linear<B: Backend>(
     model: &mut LlamaModel<B>,
     mut visit: impl FnMut(&str, &mut Linear<B>) -> Result<()>,
 ) -> Result<()> {
-    for (i, layer) in model.layers.iter_mut().enumerate() {
-        let attn = &mut layer.self_attn;
-        let mlp = &mut layer.mlp;
-        let named: [(&str, &mut Linear<B>); 7] = [
-            ("self_attn.q_proj", &mut attn.q_proj),
-            ("self_attn.k_proj", &mut attn.k_proj),
-            ("self_attn.v_proj", &mut attn.v_proj),
-            ("self_attn.o_proj", &mut attn.o_proj),
-            ("mlp.gate_proj", &mut mlp.gate_proj),
-            ("mlp.up_proj", &mut mlp.up_proj),
-            ("mlp.down_proj", &mut mlp.down_proj),
-        ];
-        for (suffix, linear) in named {
-            visit(&format!("model.layers.{i}.{suffix}"), linear)?;
-        }
+    for (name, linear) in model.decoder_linears_mut() {
+        visit(&name, linear)?;
     }
     Ok(())
 }
@@ -71,7 +58,7 @@ pub fn attach<B: Backend>(model: &mut LlamaModel<B>, config: &LoraConfig, device
 }
 
 fn new_adapter<B: Backend>(linear: &Linear<B>, config: &LoraConfig, name: &str, device: &B::Device) -> LoraAdapter<B> {
-    let [out_dim, in_dim] = linear.weight.val().dims();
+    let [out_dim, in_dim] = linear.dims();
     let (r, scaling) = config.rank_and_scaling(name);
     // nn.Linear's default init, kaiming-uniform with a = √5: bound = 1/√fan_in.
     let kaiming = |rows: usize, cols: usize| {
@@ -96,7 +83,7 @@ fn new_adapter<B: Backend>(linear: &Linear<B>, config: &LoraConfig, name: &str, 
     };
     if config.use_dora {
         // DoRA's magnitude starts as the adapted weight's row norms, so the layer starts unchanged.
-        let weight = linear.weight.val() + adapter.delta_weight();
+        let weight = linear.weight_value() + adapter.delta_weight();
         adapter.magnitude = Some(Param::from_tensor(row_norms(weight)));
     }
     adapter
@@ -123,27 +110,31 @@ pub fn freeze_base<B: Backend>(model: &mut LlamaModel<B>) {
 }
 
 /// Folds every adapter into its base weight (W ← W + s·B·A; DoRA: each row rescaled to its magnitude) and
-/// removes the adapters, leaving a plain model with the same outputs.
+/// removes the adapters, leaving a plain model with the same outputs. A 4-bit base weight is dequantized first
+/// and the merged layer is dense (merging into a QLoRA base loses nothing to a second quantization).
 pub fn merge<B: Backend>(model: &mut LlamaModel<B>) -> Result<usize> {
     let mut merged = 0;
     for_each_linear(model, |_, linear| {
         let Some(adapter) = linear.adapter.take() else { return Ok(()) };
-        let mut weight = linear.weight.val() + adapter.delta_weight();
+        let mut weight = linear.weight_value() + adapter.delta_weight();
         if let Some(magnitude) = &adapter.magnitude {
             let norms = row_norms(weight.clone());
             weight = weight * (magnitude.val() / norms).unsqueeze_dim(1);
         }
-        linear.weight = Param::initialized(linear.weight.id, weight);
+        linear.weight = match &linear.weight {
+            LinearWeight::Dense(w) => LinearWeight::Dense(Param::initialized(w.id, weight)),
+            LinearWeight::Nf4(_) => LinearWeight::Dense(Param::from_tensor(weight)),
+        };
         merged += 1;
         Ok(())
     })?;
     Ok(merged)
 }
 
-/// Parameters that train (the adapters') and all parameters.
+/// Parameters that train (the adapters') and all parameters, 4-bit base weights included (one each).
 pub fn trainable_params<B: Backend>(model: &LlamaModel<B>) -> (usize, usize) {
     let mut trainable = 0;
-    let mut total = 0;
+    let mut total = quantized_weights(model);
     for (name, param) in model.named_params() {
         let n = match param {
             llmtrain_core::model::ParamRef::Vector(p) => p.val().shape().num_elements(),
@@ -155,4 +146,10 @@ pub fn trainable_params<B: Backend>(model: &LlamaModel<B>) -> (usize, usize) {
         }
     }
     (trainable, total)
+}
+
+/// Values held by 4-bit base weights (constants, so not among the parameters).
+fn quantized_weights<B: Backend>(model: &LlamaModel<B>) -> usize {
+    let linears = model.decoder_linears().into_iter();
+    linears.filter(|l| matches!(l.weight, LinearWeight::Nf4(_))).map(|l| l.dims().iter().product::<usize>()).sum()
 }

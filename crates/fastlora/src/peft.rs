@@ -82,7 +82,7 @@ pub fn load_adapter<B: Backend>(model: &mut LlamaModel<B>, dir: &Path, device: &
         if !names.iter().any(|n| n == name) {
             return Ok(());
         }
-        let [out_dim, in_dim] = linear.weight.val().dims();
+        let [out_dim, in_dim] = linear.dims();
         let (r, scaling) = config.rank_and_scaling(name);
         let mut read = |suffix: &str, shape: &[usize]| -> Result<TensorData> {
             let key = format!("{PEFT_PREFIX}{name}.{suffix}");

@@ -123,7 +123,7 @@ fn attach_freezes_the_base_and_starts_as_a_no_op() {
     assert_eq!(model.forward(tokens.clone(), None).into_data(), before, "B = 0: the adapter adds nothing yet");
     let grads = model.forward(tokens, None).sum().backward();
     let q = &model.layers[0].self_attn.q_proj;
-    assert!(q.weight.val().grad(&grads).is_none(), "the frozen base gets no gradient");
+    assert!(q.weight_value().grad(&grads).is_none(), "the frozen base gets no gradient");
     assert!(model.embed_tokens.val().grad(&grads).is_none());
     let adapter = q.adapter.as_ref().unwrap();
     assert!(adapter.lora_b.val().grad(&grads).is_some(), "the adapter trains");

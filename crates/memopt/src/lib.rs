@@ -8,8 +8,9 @@
 //!   batch shape, the activations autodiff keeps (f32 or 16-bit compute, eager or flash attention, with or
 //!   without checkpointing) and the CPU trainer's peak resident memory per step.
 //! - [`nf4`]: NF4 4-bit quantization with double quantization, byte for byte as bitsandbytes on the CPU
-//!   (quantize, pack, dequantize; ~4.127 bits per weight).
-//! - [`quantized_linear::Nf4Linear`]: a frozen NF4 linear layer, dequantized on the fly (QLoRA's base layer).
+//!   (quantize, pack, dequantize; ~4.127 bits per weight). It lives in llmtrain-core, re-exported here, because
+//!   the model runs it: a QLoRA base layer is `model::LinearWeight::Nf4` (`model::Nf4Weight`, dequantized on
+//!   the fly by tensor ops, with its own backward), and checkpoints are quantized as they load.
 //!
 //! ```
 //! use llmtrain_memopt::estimate::{AttentionKind, ComputeDtype, EstimateInput, Method, Precision, estimate};
@@ -26,5 +27,4 @@
 
 pub mod checkpoint;
 pub mod estimate;
-pub mod nf4;
-pub mod quantized_linear;
+pub use llmtrain_core::nf4;

@@ -1,4 +1,4 @@
-//! `llmtrain logits --model DIR [--adapter PEFT_DIR] --tokens 1,2,3 [--out FILE.safetensors]`.
+//! `llmtrain logits --model DIR [--adapter PEFT_DIR] [--load-in-4bit] --tokens 1,2,3 [--out FILE.safetensors]`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +16,13 @@ pub struct Args {
     /// A PEFT LoRA/DoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied to the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Store the decoder's linear weights in NF4 as they load (a QLoRA base), as transformers'
+    /// `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` does.
+    #[arg(long)]
+    pub load_in_4bit: bool,
+    /// With --load-in-4bit: keep one f32 scale per block of 64 instead of double-quantizing them.
+    #[arg(long, requires = "load_in_4bit")]
+    pub no_double_quant: bool,
     /// Comma-separated token ids, e.g. 1,2,3.
     #[arg(long)]
     pub tokens: String,
@@ -39,7 +46,8 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
-    let (mut model, _) = hf::load_model::<B>(&args.model, device)?;
+    let nf4 = args.load_in_4bit.then_some(!args.no_double_quant);
+    let (mut model, _) = hf::load_model_with::<B>(&args.model, device, nf4)?;
     if let Some(adapter) = &args.adapter {
         llmtrain_fastlora::load_adapter(&mut model, adapter, device)?;
     }

@@ -118,6 +118,14 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
     if world > 1 {
         println!("ranks: {world}");
     }
+    match (&config.lora, config.quantization.nf4()) {
+        (Some(lora), Some(double_quant)) => {
+            let scales = if double_quant { "double-quantized scales" } else { "f32 scales" };
+            println!("method: QLoRA, rank-{} adapters on a frozen 4-bit NF4 base ({scales})", lora.r)
+        }
+        (Some(lora), None) => println!("method: LoRA, rank-{} adapters on a frozen base", lora.r),
+        (None, _) => println!("method: full finetuning"),
+    }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", summary.steps, summary.elapsed_secs, summary.tokens_per_sec);
     println!("final train loss: {:.4}", summary.final_train_loss);
     // The unigram entropy is a bar for losses over every token; a completion-only loss is not comparable to it.

@@ -19,7 +19,9 @@ use serde_json::json;
 
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
-use crate::model::{Attention, DecoderLayer, Linear, LlamaModel, Mlp, ModelConfig, ParamRef, RmsNorm, Rotary};
+use crate::model::{
+    Attention, DecoderLayer, Linear, LinearWeight, LlamaModel, Mlp, ModelConfig, Nf4Weight, ParamRef, RmsNorm, Rotary,
+};
 
 /// transformers' default shard limit for `save_pretrained` ("5GB").
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -78,6 +80,16 @@ fn ignorable(name: &str, config: &ModelConfig) -> bool {
 
 /// Loads an HF checkpoint directory (config.json plus model.safetensors or its shards) onto `device`.
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaModel<B>, HfConfig)> {
+    load_model_with(dir, device, None)
+}
+
+/// [`load_model`], with `nf4 = Some(double_quant)` storing every decoder linear weight in NF4 as it is read (one
+/// tensor in f32 at a time, never the whole dense model), as transformers' `load_in_4bit` does.
+pub fn load_model_with<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    nf4: Option<bool>,
+) -> Result<(LlamaModel<B>, HfConfig)> {
     let config = HfConfig::load(dir)?;
     let files = TensorFiles::open(dir)?;
     let specs = tensor_specs(&config.model);
@@ -90,12 +102,25 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaMo
             });
         }
     }
-    let model = build_model(&config.model, device, |name, shape| files.read(name, shape))?;
+    let model = build_model_with(&config.model, device, |name, shape| files.read(name, shape), nf4)?;
     Ok((model, config))
 }
 
 /// Builds a model from a source of named host tensors (a checkpoint, or tensors in memory).
-pub fn build_model<B: Backend, F>(config: &ModelConfig, device: &B::Device, mut source: F) -> Result<LlamaModel<B>>
+pub fn build_model<B: Backend, F>(config: &ModelConfig, device: &B::Device, source: F) -> Result<LlamaModel<B>>
+where
+    F: FnMut(&str, &[usize]) -> Result<HostTensor>,
+{
+    build_model_with(config, device, source, None)
+}
+
+/// [`build_model`], with `nf4 = Some(double_quant)` quantizing each decoder linear weight as it is read.
+pub fn build_model_with<B: Backend, F>(
+    config: &ModelConfig,
+    device: &B::Device,
+    mut source: F,
+    nf4: Option<bool>,
+) -> Result<LlamaModel<B>>
 where
     F: FnMut(&str, &[usize]) -> Result<HostTensor>,
 {
@@ -119,14 +144,23 @@ where
         let p = format!("model.layers.{i}");
         let mut linear = |name: &str, out_dim: usize, in_dim: usize, bias: bool| -> Result<Linear<B>> {
             let w = source(&format!("{p}.{name}.weight"), &[out_dim, in_dim])?;
-            let weight = Tensor::from_data(TensorData::new(w.values, [out_dim, in_dim]), device);
             let bias = if bias {
                 let b = source(&format!("{p}.{name}.bias"), &[out_dim])?;
-                Some(Tensor::from_data(TensorData::new(b.values, [out_dim]), device))
+                Some(Param::from_tensor(Tensor::from_data(TensorData::new(b.values, [out_dim]), device)))
             } else {
                 None
             };
-            Ok(Linear::new(weight, bias))
+            let weight = match nf4 {
+                Some(double_quant) => {
+                    let quantized = crate::nf4::Nf4Tensor::quantize(&w.values, double_quant);
+                    LinearWeight::Nf4(Nf4Weight::new(&quantized, [out_dim, in_dim], device))
+                }
+                None => {
+                    let dense = Tensor::from_data(TensorData::new(w.values, [out_dim, in_dim]), device);
+                    LinearWeight::Dense(Param::from_tensor(dense))
+                }
+            };
+            Ok(Linear { weight, bias, adapter: None })
         };
         let self_attn = Attention {
             q_proj: linear("self_attn.q_proj", q, h, config.qkv_bias)?,
@@ -198,6 +232,13 @@ pub fn save_model<B: Backend>(
     dir: &Path,
     options: &SaveOptions,
 ) -> Result<()> {
+    if model.is_quantized() {
+        return Err(CoreError::Invalid(format!(
+            "{}: a model with 4-bit weights is not written as a checkpoint (save its adapter, or merge the adapter \
+             into the dense base with `llmtrain merge`)",
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     let dtype =
         options.dtype.or_else(|| config.dtype.as_deref().and_then(StorageDtype::parse)).unwrap_or(StorageDtype::F32);

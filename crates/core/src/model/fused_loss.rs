@@ -98,7 +98,7 @@ pub fn fused_causal_lm_loss<B: Backend>(
         (0..batch * seq).map(|i| if (i + 1) % seq == 0 { IGNORE_INDEX } else { labels[i + 1] }).collect();
     let head = match &model.lm_head {
         None => model.embed_tokens.val(),
-        Some(linear) if linear.bias.is_none() && linear.adapter.is_none() => linear.weight.val(),
+        Some(linear) if linear.bias.is_none() && linear.adapter.is_none() => linear.weight_value(),
         Some(_) => {
             let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
             let device = hidden.device();

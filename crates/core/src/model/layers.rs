@@ -9,32 +9,89 @@ use burn::tensor::{Bool, FloatDType, Tensor};
 use super::compute::{AttentionKernel, float_dtype, to_dtype};
 use super::flash_attention::flash_attention;
 use super::lora::LoraAdapter;
+use super::nf4_weight::Nf4Weight;
 use super::rope::apply_rotary;
 
 /// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: LinearWeight<B>,
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// A LoRA/DoRA adapter (llmtrain-fastlora attaches them).
     pub adapter: Option<LoraAdapter<B>>,
 }
 
+/// A linear layer's weight: a parameter, or a frozen 4-bit constant (QLoRA's base).
+#[derive(Module, Debug)]
+pub enum LinearWeight<B: Backend> {
+    Dense(Param<Tensor<B, 2>>),
+    Nf4(Nf4Weight<B>),
+}
+
 impl<B: Backend> Linear<B> {
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), adapter: None }
+        Self {
+            weight: LinearWeight::Dense(Param::from_tensor(weight)),
+            bias: bias.map(Param::from_tensor),
+            adapter: None,
+        }
     }
 
-    /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights).
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val().dims(),
+            LinearWeight::Nf4(w) => w.dims(),
+        }
+    }
+
+    /// The weight parameter, unless the weight is quantized (a constant, not a parameter).
+    pub fn dense_weight(&self) -> Option<&Param<Tensor<B, 2>>> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Some(w),
+            LinearWeight::Nf4(_) => None,
+        }
+    }
+
+    /// The weight's value `[out, in]` in f32 (dequantized when stored in 4 bits).
+    pub fn weight_value(&self) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Nf4(w) => w.dequantize(),
+        }
+    }
+
+    /// Replaces a dense weight by its NF4 quantization (bitsandbytes' `quantize_4bit`, blocks of 64, with or
+    /// without double quantization); the bias stays as it is. A quantized weight stays unchanged.
+    pub fn quantize_nf4(&mut self, double_quant: bool) {
+        let LinearWeight::Dense(w) = &self.weight else { return };
+        let value = w.val();
+        let (shape, device) = (value.dims(), value.device());
+        let values: Vec<f32> = value.into_data().convert::<f32>().into_vec().expect("f32 after convert");
+        let quantized = crate::nf4::Nf4Tensor::quantize(&values, double_quant);
+        self.weight = LinearWeight::Nf4(Nf4Weight::new(&quantized, shape, &device));
+    }
+
+    /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights; a 4-bit
+    /// weight is dequantized to it).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = float_dtype(&x);
-        let weight = to_dtype(self.weight.val(), dtype);
         let bias = self.bias.as_ref().map(|b| to_dtype(b.val(), dtype));
-        let Some(adapter) = &self.adapter else {
-            return burn::tensor::module::linear(x, weight.transpose(), bias);
+        let base = match &self.weight {
+            LinearWeight::Dense(w) => {
+                let weight = to_dtype(w.val(), dtype).transpose();
+                burn::tensor::module::linear(x.clone(), weight, bias.clone())
+            }
+            LinearWeight::Nf4(w) => match &bias {
+                Some(b) => w.forward(x.clone()) + b.clone().unsqueeze(),
+                None => w.forward(x.clone()),
+            },
         };
-        let base = burn::tensor::module::linear(x.clone(), weight.clone().transpose(), bias.clone());
-        adapter.apply(x, base, weight, bias)
+        let Some(adapter) = &self.adapter else {
+            return base;
+        };
+        // DoRA reads the base weight (in x's float type); plain LoRA never does.
+        adapter.apply(x, base, || to_dtype(self.weight_value(), dtype), bias)
     }
 }
 

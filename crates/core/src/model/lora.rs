@@ -29,13 +29,13 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    /// The layer's output with the adapter: `base` is `x Wᵀ + b` already computed from the same `x`; `weight` is
-    /// the base weight `[out, in]` and `bias` its bias, both in `x`'s float type.
+    /// The layer's output with the adapter: `base` is `x Wᵀ + b` already computed from the same `x`; `weight`
+    /// gives the base weight `[out, in]` (read by DoRA only) and `bias` is the bias, both in `x`'s float type.
     pub fn apply<const D: usize>(
         &self,
         x: Tensor<B, D>,
         base: Tensor<B, D>,
-        weight: Tensor<B, 2>,
+        weight: impl FnOnce() -> Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
     ) -> Tensor<B, D> {
         let dtype = super::compute::float_dtype(&x);
@@ -52,6 +52,7 @@ impl<B: Backend> LoraAdapter<B> {
             return base + low_rank;
         };
         // DoRA: the row norms of the adapted weight, detached so no gradient flows through them.
+        let weight = weight();
         let adapted = weight.clone() + b.matmul(a).mul_scalar(self.scaling);
         let out = adapted.dims()[0];
         let norm = adapted.powi_scalar(2).sum_dim(1).sqrt().detach().reshape([out]);

@@ -12,6 +12,7 @@ pub mod fused_loss;
 pub mod fused_ops;
 mod layers;
 pub mod lora;
+mod nf4_weight;
 mod packing;
 mod params;
 mod rope;
@@ -19,8 +20,9 @@ mod rope;
 pub use cache::KvCache;
 pub use compute::{AttentionKernel, Compute};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
-pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, Mlp, RmsNorm, causal_mask};
+pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm, causal_mask};
 pub use lora::LoraAdapter;
+pub use nf4_weight::{DoubleQuantScales, Nf4Scales, Nf4Weight};
 pub use packing::PositionIds;
 pub use params::{ParamMut, ParamRef};
 pub use rope::Rotary;
@@ -47,11 +49,68 @@ pub struct LlamaModel<B: Backend> {
 }
 
 impl<B: Backend> LlamaModel<B> {
+    /// The decoder layers' linear layers under their module names (`model.layers.0.self_attn.q_proj`), in model
+    /// order: what LoRA targets and 4-bit quantization replaces (the head and embeddings stay as they are).
+    pub fn decoder_linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            let named: [(&str, &mut Linear<B>); 7] = [
+                ("self_attn.q_proj", &mut attn.q_proj),
+                ("self_attn.k_proj", &mut attn.k_proj),
+                ("self_attn.v_proj", &mut attn.v_proj),
+                ("self_attn.o_proj", &mut attn.o_proj),
+                ("mlp.gate_proj", &mut mlp.gate_proj),
+                ("mlp.up_proj", &mut mlp.up_proj),
+                ("mlp.down_proj", &mut mlp.down_proj),
+            ];
+            out.extend(named.into_iter().map(|(suffix, linear)| (format!("model.layers.{i}.{suffix}"), linear)));
+        }
+        out
+    }
+
+    /// [`decoder_linears_mut`](Self::decoder_linears_mut), shared.
+    pub fn decoder_linears(&self) -> Vec<&Linear<B>> {
+        let linears = self.layers.iter().flat_map(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+        });
+        linears.collect()
+    }
+
+    /// Stores every decoder linear weight in NF4 ([`Linear::quantize_nf4`]), as transformers' bitsandbytes
+    /// integration does with `load_in_4bit` (the head and embeddings stay dense).
+    pub fn quantize_nf4(&mut self, double_quant: bool) {
+        for (_, linear) in self.decoder_linears_mut() {
+            linear.quantize_nf4(double_quant);
+        }
+    }
+
+    /// Whether any decoder weight is stored in 4 bits.
+    pub fn is_quantized(&self) -> bool {
+        self.decoder_linears().iter().any(|l| matches!(l.weight, LinearWeight::Nf4(_)))
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
     /// A randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), as transformers does.
     pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+        Self::init_with(config, device, None)
+    }
+
+    /// [`init`](Self::init), with `nf4 = Some(double_quant)` storing each decoder linear weight in NF4 as soon as
+    /// it is drawn (the same values [`quantize_nf4`](Self::quantize_nf4) gives, never the whole dense model).
+    pub fn init_with(config: &ModelConfig, device: &B::Device, nf4: Option<bool>) -> Self {
         let normal = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device);
-        let linear = |out_dim: usize, in_dim: usize, bias: bool| {
+        let dense = |out_dim: usize, in_dim: usize, bias: bool| {
             Linear::new(normal([out_dim, in_dim]), bias.then(|| Tensor::zeros([out_dim], device)))
+        };
+        let linear = |out_dim: usize, in_dim: usize, bias: bool| {
+            let mut layer = dense(out_dim, in_dim, bias);
+            if let Some(double_quant) = nf4 {
+                layer.quantize_nf4(double_quant);
+            }
+            layer
         };
         let norm = || RmsNorm::new(Tensor::ones([config.hidden_size], device), config.rms_norm_eps);
         let (h, d) = (config.hidden_size, config.head_dim);
@@ -81,7 +140,7 @@ impl<B: Backend> LlamaModel<B> {
             embed_tokens: Param::from_tensor(normal([config.vocab_size, h])),
             layers,
             norm: norm(),
-            lm_head: (!config.tie_word_embeddings).then(|| linear(config.vocab_size, h, false)),
+            lm_head: (!config.tie_word_embeddings).then(|| dense(config.vocab_size, h, false)),
             config: config.clone(),
             rotary: Rotary::new(&config.rope, d),
             compute: Compute::default(),

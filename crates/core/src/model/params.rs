@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::LlamaModel;
+use super::{LinearWeight, LlamaModel};
 
 /// A parameter by reference: vectors (norms, biases) or matrices (embeddings, projections).
 pub enum ParamRef<'a, B: Backend> {
@@ -29,7 +29,10 @@ macro_rules! list_params {
             macro_rules! linear {
                 ($name:literal, $l:expr) => {{
                     let l = & $($m)* $l;
-                    out.push((format!("model.layers.{i}.{}.weight", $name), $kind::Matrix(& $($m)* l.weight)));
+                    // A 4-bit weight is a constant, not a parameter.
+                    if let LinearWeight::Dense(w) = & $($m)* l.weight {
+                        out.push((format!("model.layers.{i}.{}.weight", $name), $kind::Matrix(w)));
+                    }
                     if let Some(b) = & $($m)* l.bias {
                         out.push((format!("model.layers.{i}.{}.bias", $name), $kind::Vector(b)));
                     }
@@ -58,7 +61,9 @@ macro_rules! list_params {
         }
         out.push(("model.norm.weight".to_string(), $kind::Vector(& $($m)* model.norm.weight)));
         if let Some(head) = & $($m)* model.lm_head {
-            out.push(("lm_head.weight".to_string(), $kind::Matrix(& $($m)* head.weight)));
+            if let LinearWeight::Dense(w) = & $($m)* head.weight {
+                out.push(("lm_head.weight".to_string(), $kind::Matrix(w)));
+            }
         }
         out
     }};

@@ -66,16 +66,16 @@ pub fn save_checkpoint<B: Backend, I: Backend>(
     state: TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
-    save_checkpoint_with(output_dir, model, hf_config, optimizer, tokenizer, state, keep, |_| Ok(()))
+    save_checkpoint_with(output_dir, Some((model, hf_config)), optimizer, tokenizer, state, keep, |_| Ok(()))
 }
 
 /// [`save_checkpoint`] with `extra` writing more files into the checkpoint (a LoRA adapter) before it is
-/// sealed; they are digested and verified like the others.
+/// sealed; they are digested and verified like the others. With `model = None` the checkpoint holds no model
+/// (an adapter run: `extra` writes the adapter, and resuming rebuilds the frozen base from the run config).
 #[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint_with<B: Backend, I: Backend>(
     output_dir: &Path,
-    model: &LlamaModel<B>,
-    hf_config: &HfConfig,
+    model: Option<(&LlamaModel<B>, &HfConfig)>,
     optimizer: &AdamW<I>,
     tokenizer: &TextTokenizer,
     mut state: TrainerState,
@@ -84,8 +84,11 @@ pub fn save_checkpoint_with<B: Backend, I: Backend>(
 ) -> Result<PathBuf> {
     let target = output_dir.join(format!("{PREFIX}{}", state.step));
     write_dir_atomic(&target, |dir| {
-        // f32 weights: a resumed run continues bit for bit.
-        hf::save_model(model, hf_config, dir, &SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() })?;
+        if let Some((model, hf_config)) = model {
+            // f32 weights: a resumed run continues bit for bit.
+            let f32_weights = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
+            hf::save_model(model, hf_config, dir, &f32_weights)?;
+        }
         tokenizer.save(dir)?;
         write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
         extra(dir)?;

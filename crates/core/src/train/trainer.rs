@@ -167,14 +167,15 @@ pub fn data_options(config: &RunConfig) -> Result<DataOptions> {
     })
 }
 
-/// The model to train: loaded from `model.path`, or initialised from the config's shape with the run's seed.
+/// The model to train: loaded from `model.path`, or initialised from the config's shape with the run's seed;
+/// with `[quantization] load_in_4bit` its decoder weights are stored in NF4 (quantized as they load).
 pub fn build_model<A: AutodiffBackend>(
     config: &RunConfig,
     tokenizer: &TextTokenizer,
     device: &A::Device,
 ) -> Result<(LlamaModel<A>, HfConfig)> {
     let (model, hf_config) = match &config.model.path {
-        Some(dir) => hf::load_model::<A>(dir, device)?,
+        Some(dir) => hf::load_model_with::<A>(dir, device, config.quantization.nf4())?,
         None => {
             let mut shape = config.scratch_model(tokenizer.vocab_size());
             shape.bos_token_id = tokenizer.bos_token.as_deref().and_then(|t| tokenizer.token_id(t));
@@ -182,7 +183,8 @@ pub fn build_model<A: AutodiffBackend>(
             shape.pad_token_id = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t));
             shape.validate().map_err(|m| CoreError::Invalid(format!("[model]: {m}")))?;
             A::seed(device, config.training.seed);
-            (LlamaModel::<A>::init(&shape, device), HfConfig::from_model(&shape))
+            let model = LlamaModel::<A>::init_with(&shape, device, config.quantization.nf4());
+            (model, HfConfig::from_model(&shape))
         }
     };
     if tokenizer.vocab_size() > model.config.vocab_size {

@@ -50,7 +50,8 @@ pub struct StepKind {
     /// Linear weights are cast to the compute type at use (f32 master weights with 16-bit compute), so the
     /// matmuls keep the casts.
     pub weight_casts: bool,
-    /// Base weights are NF4 and dequantized at use (QLoRA): the matmuls keep the dequantized copies.
+    /// Base weights are NF4 and dequantized at use (QLoRA): each matmul is one node that dequantizes again in
+    /// backward, so no dequantized copy is kept, but one layer's is a transient of forward and backward.
     pub dequantized_base: bool,
     /// LoRA rank on every linear layer (0: none); each adapter keeps its `[tokens, r]` intermediate.
     pub lora_rank: usize,
@@ -118,6 +119,9 @@ pub(super) struct StepSizes {
     pub(super) layer_casts: f64,
     /// The head weight's cast kept by the logits matmul.
     pub(super) head_casts: f64,
+    /// QLoRA: the largest base weight dequantized (its f32 levels, their scaled values, and the compute-dtype
+    /// cast in 16-bit compute), alive while its matmul runs.
+    pub(super) dequantized_weight: f64,
 }
 
 impl StepSizes {
@@ -152,7 +156,7 @@ impl StepSizes {
         let linear_weights = linear_weights_per_layer(m);
         let vocab = m.vocab_size as f64;
         let layer_casts = if kind.dequantized_base {
-            linear_weights * e
+            0.0
         } else if kind.weight_casts {
             linear_weights * 2.0
         } else {
@@ -183,6 +187,11 @@ impl StepSizes {
             mlp_saved,
             layer_casts,
             head_casts,
+            dequantized_weight: if kind.dequantized_base {
+                intermediate * hidden * (8.0 + if half { 2.0 } else { 0.0 })
+            } else {
+                0.0
+            },
         }
     }
 

@@ -187,6 +187,7 @@ impl StepSizes {
     fn mlp_backward(&self) -> f64 {
         let per_row = if self.frozen_base { 0.0 } else { self.rows * self.intermediate * self.hidden };
         (self.tokens * self.hidden + self.tokens * self.intermediate + per_row) * self.elem_bytes
+            + self.dequantized_weight
     }
 
     /// What the attention backward has freed of its layer by the time it reaches the scores: the MLP, the second

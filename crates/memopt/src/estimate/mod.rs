@@ -239,7 +239,10 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
             let model = input.model.as_ref().ok_or(EstimateError::NeedsShape("--method lora/qlora"))?;
             let adapter = lora_params(model, input.lora_rank) as f64;
             let base = if input.method == Method::Qlora {
-                params * NF4_DOUBLE_QUANT_BITS / 8.0
+                // The decoder's linear weights in NF4; embeddings, head and norms stay as stored (bitsandbytes
+                // quantizes only the decoder's nn.Linear layers).
+                let linear = model.num_hidden_layers as f64 * linear_weights_per_layer(model);
+                linear * NF4_DOUBLE_QUANT_BITS / 8.0 + (params - linear) * weight_bytes
             } else {
                 params * weight_bytes
             };
@@ -431,8 +434,13 @@ mod tests {
         assert_eq!(lora.gradients, adapter * 2.0);
         assert_eq!(lora.optimizer, adapter * 12.0);
         let qlora = estimate(&EstimateInput { method: Method::Qlora, ..input }).unwrap();
-        let base_bits = (qlora.weights - adapter * 2.0) * 8.0 / params as f64;
+        // bitsandbytes quantizes the decoder's linear layers only; embeddings, head and norms stay 16-bit.
+        let linear = 32.0 * linear_weights_per_layer(&m);
+        assert_eq!(linear, 6_476_005_376.0);
+        let dense = (params as f64 - linear) * 2.0;
+        let base_bits = (qlora.weights - adapter * 2.0 - dense) * 8.0 / linear;
         assert!((base_bits - 4.127).abs() < 0.001, "{base_bits}");
+        assert_eq!((qlora.weights / 1e8).round() / 10.0, 3.9, "GB of weights for a 7B QLoRA");
     }
 
     #[test]
