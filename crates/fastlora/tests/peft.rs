@@ -1,7 +1,9 @@
 //! PEFT adapters (written by PEFT itself, `scripts/make_peft_fixture.py`) give PEFT's logits in llmtrain, merge to
 //! PEFT's merged logits, and survive a save/load round trip through llmtrain's writer unchanged.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture_tokens, fixtures, logits_of, max_diff};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
@@ -9,10 +11,6 @@ use llmtrain_core::hf::{self, TensorFiles};
 use llmtrain_core::model::LlamaModel;
 use llmtrain_fastlora::peft::ADAPTER_WEIGHTS_FILE;
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach, load_adapter, merge, save_adapter};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn base() -> LlamaModel<B> {
     hf::load_model::<B>(&fixtures().join("base"), &Default::default()).unwrap().0
@@ -27,22 +25,7 @@ fn expected(adapter: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn logits(model: &LlamaModel<B>, adapter: &str) -> Vec<f32> {
-    let (_, tokens) = {
-        let files = TensorFiles::open_files(vec![fixtures().join(adapter).join("expected.safetensors")]).unwrap();
-        let bytes = std::fs::read(files.path_of("tokens")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let view = st.tensor("tokens").unwrap();
-        let ids: Vec<i64> = view.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-        ((), ids)
-    };
-    let n = tokens.len();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [1, n]), &Default::default());
-    model.forward(tokens, None).into_data().convert::<f32>().into_vec().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    logits_of(model, fixture_tokens(&fixtures().join(adapter).join("expected.safetensors")))
 }
 
 /// Loads `adapter` onto the base, compares logits with PEFT's, then merges and compares with PEFT's merged model.

@@ -2,7 +2,9 @@
 //! dequantizes to bitsandbytes' weights bit for bit, and gives transformers' 4-bit logits, alone and with PEFT's
 //! LoRA and DoRA adapters; training on the 4-bit base reaches only the adapters.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture_tokens, fixtures, logits_of, max_diff};
 
 use burn::backend::Autodiff;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -11,10 +13,6 @@ use llmtrain_core::hf::{self, TensorFiles};
 use llmtrain_core::model::{LinearWeight, LlamaModel};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach, load_adapter, trainable_params};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn expected(name: &str) -> Vec<f32> {
     let files = TensorFiles::open_files(vec![fixtures().join("qlora_expected.safetensors")]).unwrap();
     let shape = files.shape(name).unwrap();
@@ -22,9 +20,7 @@ fn expected(name: &str) -> Vec<f32> {
 }
 
 fn tokens() -> Vec<i64> {
-    let bytes = std::fs::read(fixtures().join("qlora_expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor("tokens").unwrap().data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    fixture_tokens(&fixtures().join("qlora_expected.safetensors"))
 }
 
 fn base_4bit(double_quant: bool) -> LlamaModel<B> {
@@ -32,15 +28,7 @@ fn base_4bit(double_quant: bool) -> LlamaModel<B> {
 }
 
 fn logits(model: &LlamaModel<B>) -> Vec<f32> {
-    let tokens = tokens();
-    let n = tokens.len();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [1, n]), &Default::default());
-    model.forward(tokens, None).into_data().convert::<f32>().into_vec().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    logits_of(model, tokens())
 }
 
 #[test]
