@@ -53,7 +53,7 @@ pub struct Case {
     /// LoRA of this rank on every linear layer (alpha = 2·r, PEFT's defaults otherwise); the base frozen.
     pub lora_rank: Option<usize>,
     /// The fast path: the head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept),
-    /// and RMSNorm / SwiGLU as fused autodiff nodes.
+    /// and RMSNorm / SwiGLU / RoPE as fused autodiff nodes.
     pub fused_loss: bool,
     /// QLoRA: the decoder's linear weights stored in NF4 with double quantization (needs `lora_rank`).
     pub quantized: bool,
@@ -100,7 +100,7 @@ pub fn cases() -> Vec<Case> {
         // LoRA r=8 on every linear layer of full-tiny, autodiff through everything (PEFT's setup in
         // torch_llama.py --mode lora).
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
-        // The same with llmtrain's fast path: the head fused with the loss, RMSNorm and SwiGLU as fused nodes.
+        // The same with llmtrain's fast path: the head fused with the loss, RMSNorm, SwiGLU and RoPE as fused nodes.
         Case { lora_rank: Some(8), fused_loss: true, ..case("lora-tiny", full_tiny(), 8, 256) },
         // lora-tiny with gradient checkpointing, as Unsloth runs by default (`use_gradient_checkpointing`).
         Case {

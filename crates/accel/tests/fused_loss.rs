@@ -1,5 +1,5 @@
-//! Training with the head fused into the loss (`[memopt] fused_cross_entropy`), alone and with the fused RMSNorm and
-//! SwiGLU (`fused_kernels`), follows plain training over 15 AdamW steps, with and without gradient checkpointing: per-step losses within 1e-5 and weights within 1e-3. (The fused
+//! Training with the head fused into the loss (`[memopt] fused_cross_entropy`), alone and with the fused RMSNorm,
+//! SwiGLU and RoPE (`fused_kernels`), follows plain training over 15 AdamW steps, with and without gradient checkpointing: per-step losses within 1e-5 and weights within 1e-3. (The fused
 //! op sums in another order; Adam turns last-bit differences in near-zero gradients, such as head rows of tokens
 //! that never occur, into steps of up to lr, so weights drift more than losses. Gradients themselves agree within
 //! 1e-6: crates/core/tests/fused_loss.rs.)
@@ -61,7 +61,7 @@ fn fused_head_and_loss_train_like_the_plain_path() {
                 let dl = plain_loss.iter().zip(&fused_loss).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
                 let dw = plain_w.iter().zip(&fused_w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 println!(
-                    "tied={tied} checkpointing={checkpointing} fused norm/SwiGLU={kernels}: max |Δloss| {dl:.2e}, \
+                    "tied={tied} checkpointing={checkpointing} fused norm/SwiGLU/RoPE={kernels}: max |Δloss| {dl:.2e}, \
                      max |Δweight| {dw:.2e}"
                 );
                 assert!(dl < 1e-5 && dw < 1e-3, "{dl} {dw}");

@@ -122,7 +122,7 @@ pub struct MemoptSection {
     pub fused_cross_entropy: bool,
     /// Rows per chunk of the fused head and loss.
     pub cross_entropy_chunk: usize,
-    /// RMSNorm and SwiGLU as single autodiff nodes that keep only their inputs (Unsloth's kernels).
+    /// RMSNorm, SwiGLU and RoPE as single autodiff nodes that keep only their inputs (Unsloth's kernels).
     pub fused_kernels: bool,
     /// fp16 loss scaling, DeepSpeed's `fp16` section: `loss_scale` 0 means dynamic.
     pub loss_scale: f64,

@@ -16,7 +16,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::RmsNorm;
-use llmtrain_core::model::fused_ops::{rms_norm, swiglu};
+use llmtrain_core::model::fused_ops::{rms_norm, rope, swiglu};
+use llmtrain_core::model::rope::apply_rotary;
+use llmtrain_core::model::{RopeConfig, RopeScaling, Rotary};
 
 type A = Autodiff<CpuBackend>;
 type Fallback = Autodiff<CpuBackend, BalancedCheckpointing>;
@@ -195,6 +197,49 @@ fn compare_swiglu<Bk: AutodiffBackend>(dtype: FloatDType) -> Diffs {
         max_abs(rdup),
     );
     diffs
+}
+
+/// `rope` vs `apply_rotary` under autodiff on `Bk`: `[2, 3, 37, 16]` x in `dtype` with real tables (positions of
+/// two packed rows), the loss weighting every output element differently.
+fn compare_rope<Bk: AutodiffBackend>(dtype: FloatDType) -> Diffs {
+    let device = Default::default();
+    let shape = [2, 3, 37, 16];
+    let data: Vec<f32> = values(shape.iter().product(), 11).iter().map(|v| 3.0 * v).collect();
+    let x_values = Tensor::<Bk, 4>::from_data(TensorData::new(data, shape), &device).cast(dtype);
+    let positions: Vec<u32> = (0..2 * 37).map(|i| (i % 37 + 5 * (i / 37)) as u32).collect();
+    let rotary = Rotary::new(&RopeConfig { theta: 10_000.0, scaling: RopeScaling::Default }, 16);
+    let (cos, sin) = rotary.tables::<Bk>(&positions, 2, 37, &device);
+    let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
+    let weights = Tensor::<Bk, 4>::from_data(TensorData::new(values(shape.iter().product(), 12), shape), &device);
+    let loss = |y: Tensor<Bk, 4>| (y.cast(FloatDType::F32) * weights.clone()).sum();
+
+    let x = x_values.clone().detach().require_grad();
+    let y = rope(x.clone(), &cos, &sin);
+    assert_eq!(y.dtype(), DType::from(dtype), "output in x's dtype");
+    let dx = x.grad(&loss(y.clone()).backward()).expect("x gradient");
+    assert_eq!(dx.dtype(), DType::from(dtype), "gradient in x's dtype");
+    let rx = x_values.detach().require_grad();
+    let ry = apply_rotary(rx.clone(), &cos, &sin);
+    let rdx = rx.grad(&loss(ry.clone()).backward()).expect("reference x gradient");
+    let diffs = Diffs { out: max_diff(y, ry), first: max_diff(dx, rdx.clone()), second: None };
+    println!(
+        "rope {} {dtype:?}: y max diff {:.2e}, dx max diff {:.2e} (|dx| max {:.2})",
+        backend::<Bk>(),
+        diffs.out,
+        diffs.first,
+        max_abs(rdx)
+    );
+    diffs
+}
+
+#[test]
+fn rope_matches_plain_f32_and_bf16() {
+    let _serial = serial();
+    let f32_diffs = compare_rope::<A>(FloatDType::F32);
+    assert_eq!(f32_diffs.out, 0.0, "the same forward ops");
+    f32_diffs.assert_within(0.0, 1e-6);
+    compare_rope::<A>(FloatDType::BF16).assert_within(0.0, 1e-6);
+    compare_rope::<Fallback>(FloatDType::F32).assert_within(0.0, 0.0);
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub struct Compute {
     /// Rows per chunk of the head fused with cross-entropy in training losses (the `[tokens × vocab]` logits are
     /// never kept); `None` computes full logits.
     pub loss_chunk: Option<usize>,
-    /// RMSNorm and SwiGLU as single autodiff nodes that keep only their inputs (`super::fused_ops`).
+    /// RMSNorm, SwiGLU and RoPE as single autodiff nodes that keep only their inputs (`super::fused_ops`).
     pub fused_kernels: bool,
 }
 

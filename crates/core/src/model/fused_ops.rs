@@ -1,4 +1,4 @@
-//! RMSNorm and SwiGLU as single autodiff nodes with their own backward (Unsloth's exact fast-path kernels).
+//! RMSNorm, SwiGLU and RoPE as single autodiff nodes with their own backward (Unsloth's exact fast-path kernels).
 //!
 //! Composed from burn ops, both are chains of element-wise nodes, and autodiff keeps alive until the backward pass
 //! whatever a later node's backward reads:
@@ -22,13 +22,16 @@
 //!   `dw = Σ_rows(dy ∘ n)`, `dx = r · (g − n · mean(g ∘ n, last dim))`.
 //! - [`swiglu`]: `y = silu(gate) · up`, the plain op. Saved: `gate` and `up`. Backward recomputes
 //!   `s = sigmoid(gate)`: `dgate = dy · up · s · (1 + gate · (1 − s))`, `dup = dy · gate · s`.
+//! - [`rope`]: `y = x · cos + rotate_half(x) · sin`, the plain op. Saved: the cos/sin tables only (shared by every
+//!   layer). Backward is the inverse rotation, `dx = dy · cos − rotate_half(dy · sin)`, in x's dtype.
 //!
-//! Backward arithmetic runs in f32 whatever the inputs' dtype; each gradient is returned in its input's dtype, and
-//! only the tracked inputs get one (a frozen norm weight under LoRA costs no `dw` reduction).
+//! RMSNorm's and SwiGLU's backward arithmetic runs in f32 whatever the inputs' dtype; each gradient is returned in
+//! its input's dtype, and only the tracked inputs get one (a frozen norm weight under LoRA costs no `dw`
+//! reduction).
 //!
-//! The custom backward needs the concrete autodiff backend, so both functions recognise at run time (by `Any`
+//! The custom backward needs the concrete autodiff backend, so these functions recognise at run time (by `Any`
 //! downcasting) the autodiff backends this crate trains on, like [`super::flash_attention`]; any other autodiff
-//! backend gets the plain composed ops, which burn differentiates itself. Without autodiff both are the plain
+//! backend gets the plain composed ops, which burn differentiates itself. Without autodiff each is the plain
 //! forward.
 
 use super::custom_op::{float, primitive, same_type};
@@ -311,4 +314,93 @@ fn swiglu_backward<B: Backend, const D: usize>(
     });
     let dup = want_up.then(|| to_dtype(dy * g * s, up_dtype));
     (dgate, dup)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RoPE
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The rotary embedding of [`super::rope::apply_rotary`] (`x · cos + rotate_half(x) · sin`, the same values) as
+/// one autodiff node that keeps only the cos and sin tables (shared by every layer) and none of `x`'s copies:
+/// composed from burn ops it is six nodes (two slices, a negation, a concatenation, two products and a sum), whose
+/// backward pads, slices and adds full-size gradients. The rotation is orthogonal, so the backward is the
+/// inverse rotation of the incoming gradient: `dx = dy · cos − rotate_half(dy · sin)`, in x's dtype as the plain
+/// ops compute it. x: `[batch, heads, seq, head_dim]`; cos, sin: broadcastable to it, in x's dtype.
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    if !B::ad_enabled(&x.device()) {
+        return super::rope::apply_rotary(x, cos, sin);
+    }
+    if let Some(y) = rope_with_autodiff::<B, crate::device::CpuBackend>(&x, cos, sin) {
+        return y;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = rope_with_autodiff::<B, crate::device::CudaBackend>(&x, cos, sin) {
+        return y;
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(y) = rope_with_autodiff::<B, crate::device::WgpuBackend>(&x, cos, sin) {
+        return y;
+    }
+    super::rope::apply_rotary(x, cos, sin)
+}
+
+/// Runs the custom-backward version when `B` is exactly `Autodiff<I>` (the default, non-checkpointing strategy),
+/// or returns `None` so the caller can try another backend.
+fn rope_with_autodiff<B: Backend, I: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+        return None;
+    }
+    let y = autodiff_rope::<I, NoCheckpointing>(same_type(x.clone()), same_type(cos.clone()), same_type(sin.clone()));
+    Some(same_type(y))
+}
+
+/// The forward on the inner backend, registered as one node whose backward is [`RopeBackward`]. The tables are
+/// constants: only x is a parent.
+fn autodiff_rope<I: Backend, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<I, C>, 4>,
+    cos: Tensor<Autodiff<I, C>, 4>,
+    sin: Tensor<Autodiff<I, C>, 4>,
+) -> Tensor<Autodiff<I, C>, 4> {
+    let x = x.into_primitive().tensor();
+    let (cos, sin) = (cos.into_primitive().tensor().primitive, sin.into_primitive().tensor().primitive);
+    let ix = float::<I, 4>(x.primitive.clone());
+    let (icos, isin) = (float::<I, 4>(cos.clone()), float::<I, 4>(sin.clone()));
+    let prep = <RopeBackward as Backward<I, 1>>::prepare::<C>(RopeBackward, [x.node.clone()]);
+    let y = match prep.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let y = super::rope::apply_rotary(ix, &icos, &isin);
+            prep.finish(RopeState::<I> { cos, sin }, primitive(y))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(primitive(super::rope::apply_rotary(ix, &icos, &isin))),
+    };
+    float(y)
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+/// What the node keeps: the tables (alive anyway for the other layers); never x.
+#[derive(Debug, Clone)]
+struct RopeState<B: Backend> {
+    cos: B::FloatTensorPrimitive,
+    sin: B::FloatTensorPrimitive,
+}
+
+impl<B: Backend> Backward<B, 1> for RopeBackward {
+    type State = RopeState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad_out = float::<B, 4>(grads.consume::<B>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (cos, sin) = (float::<B, 4>(ops.state.cos), float::<B, 4>(ops.state.sin));
+            // dx = dy·cos + rotate_halfᵀ(dy·sin), and rotate_halfᵀ = −rotate_half.
+            let dx = grad_out.clone() * cos - super::rope::rotate_half(grad_out * sin);
+            grads.register::<B>(node.id, primitive(dx));
+        }
+    }
 }

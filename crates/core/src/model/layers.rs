@@ -168,8 +168,10 @@ impl<B: Backend> Attention<B> {
         let q = split(self.q_proj.forward(x.clone()), self.num_heads);
         let k = split(self.k_proj.forward(x.clone()), self.num_kv_heads);
         let v = split(self.v_proj.forward(x), self.num_kv_heads);
-        let q = apply_rotary(q, ctx.cos, ctx.sin);
-        let k = apply_rotary(k, ctx.cos, ctx.sin);
+        // The fused node keeps no copy of q or k for backward (it only needs the tables).
+        let rotate = if ctx.fused_kernels { super::fused_ops::rope } else { apply_rotary };
+        let q = rotate(q, ctx.cos, ctx.sin);
+        let k = rotate(k, ctx.cos, ctx.sin);
         let (k, v) = match past {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),

@@ -15,7 +15,7 @@ pub mod lora;
 mod nf4_weight;
 mod packing;
 mod params;
-mod rope;
+pub mod rope;
 
 pub use cache::KvCache;
 pub use compute::{AttentionKernel, Compute};
