@@ -205,9 +205,12 @@ fn scaled_dot_product<B: Backend>(
     if B::ad_enabled(&q.device()) {
         // Under autodiff burn decomposes attention anyway; doing it here keeps one code path for the mask.
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let full = [batch, heads, q_len, k_len];
         let blocked = match mask {
-            Some(m) => m.clone().expand([batch, heads, q_len, k_len]),
-            None => causal_mask::<B>(q_len, k_len, &scores.device()).expand([batch, heads, q_len, k_len]),
+            // Already one mask per head (expanded once per forward by `LlamaModel::layer_inputs`).
+            Some(m) if m.dims() == full => m.clone(),
+            Some(m) => m.clone().expand(full),
+            None => causal_mask::<B>(q_len, k_len, &scores.device()).expand(full),
         };
         // Softmax in f32 under 16-bit compute, as transformers' eager attention does.
         let dtype = float_dtype(&v);

@@ -196,6 +196,15 @@ impl<B: Backend> LlamaModel<B> {
                 (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, device))
             }
         };
+        // Eager attention under autodiff masks every head's scores, and a broadcast mask is copied out each time
+        // it is used (every layer, forward and backward, on the CPU backend): expand it once here instead.
+        let mask = if B::ad_enabled(device) && self.compute.attention == AttentionKernel::Eager {
+            let mask = mask.unwrap_or_else(|| causal_mask::<B>(seq, seq, device));
+            let rows = mask.dims()[0];
+            Some(mask.repeat_dim(0, batch / rows).repeat_dim(1, self.config.num_attention_heads))
+        } else {
+            mask
+        };
         let dtype = self.compute.dtype;
         let (cos, sin) = (compute::to_dtype(cos, dtype), compute::to_dtype(sin, dtype));
         LayerInputs { cos, sin, mask, kernel: self.compute.attention, fused_kernels: self.compute.fused_kernels }
