@@ -34,6 +34,15 @@ impl<A: AutodiffBackend> Finetune<A> for LoraMethod {
     }
 
     fn load(&self, model: &mut LlamaModel<A>, dir: &Path, device: &A::Device) -> Result<(), String> {
+        // The checkpoint holds no base: the one this run built must be the one the adapter trained on.
+        let saved = LoraConfig::load(dir).map_err(|e| e.to_string())?.base_model_name_or_path;
+        if saved != self.config.base_model_name_or_path {
+            tracing::warn!(
+                "{}: the adapter was trained on base {saved:?}; this run's base is {:?}",
+                dir.display(),
+                self.config.base_model_name_or_path
+            );
+        }
         load_adapter(model, dir, device).map(|_| ()).map_err(|e| e.to_string())
     }
 
