@@ -7,7 +7,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
-use common::values;
+use common::{max_diff, values};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::PositionIds;
 use llmtrain_core::model::flash_attention::flash_attention;
@@ -38,13 +38,6 @@ fn reference<Bk: Backend>(
     }
     let scores = q.cast(FloatDType::F32).matmul(k.cast(FloatDType::F32).swap_dims(2, 3)).mul_scalar(scale);
     softmax(scores.mask_fill(blocked, f32::NEG_INFINITY), 3).matmul(v.cast(FloatDType::F32))
-}
-
-fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    let a = a.cast(FloatDType::F32).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-    let b = b.cast(FloatDType::F32).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 struct Case {

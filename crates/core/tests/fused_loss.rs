@@ -8,7 +8,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
-use common::values;
+use common::{max_diff, to_vec, values};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::fused_loss::{fused_causal_lm_loss, fused_linear_cross_entropy};
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
@@ -49,16 +49,6 @@ fn reference<Bk: Backend>(hidden: Tensor<Bk, 2>, head: Tensor<Bk, 2>, targets: &
     let safe = Tensor::<Bk, 2, Int>::from_data(TensorData::new(safe, [rows, 1]), &device);
     let keep = Tensor::<Bk, 2>::from_data(TensorData::new(keep, [rows, 1]), &device);
     (log_softmax(logits, 1).gather(1, safe) * keep).sum().neg()
-}
-
-fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.cast(FloatDType::F32).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
-}
-
-fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    let (a, b) = (to_vec(a), to_vec(b));
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn max_abs<Bk: Backend, const D: usize>(a: Tensor<Bk, D>) -> f32 {

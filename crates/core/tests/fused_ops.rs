@@ -4,7 +4,7 @@
 //! less the fused nodes keep alive until backward. Run with `--nocapture` to see the max differences and sizes.
 
 mod common;
-use common::values;
+use common::{max_diff, to_vec, values};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -69,16 +69,6 @@ fn norm_weight<Bk: Backend>(device: &Bk::Device) -> Tensor<Bk, 1> {
 fn weighted_sum<Bk: Backend>(y: Tensor<Bk, 3>) -> Tensor<Bk, 1> {
     let r = activations::<Bk>(99, 1.0, &y.device());
     (y.cast(FloatDType::F32) * r).sum()
-}
-
-fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.cast(FloatDType::F32).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
-}
-
-fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    let (a, b) = (to_vec(a), to_vec(b));
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// The largest difference in units of the reference value's f32 ulp (0 when bit-identical).

@@ -9,22 +9,14 @@ use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{Linear, LinearWeight, LlamaModel, ModelConfig, Nf4Weight, tokens_tensor};
 use llmtrain_core::nf4::Nf4Tensor;
 
+mod common;
+use common::to_vec;
+
 type A = Autodiff<CpuBackend>;
 
-/// Deterministic values with a few outliers, so blocks have different maxima.
+/// Deterministic values in [-0.5, 0.5) with an outlier every 97th, so blocks have different maxima.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|i| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let unit = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            if i % 97 == 0 { unit * 8.0 } else { unit }
-        })
-        .collect()
-}
-
-fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
+    common::values(n, seed).iter().enumerate().map(|(i, v)| if i % 97 == 0 { 4.0 * v } else { 0.5 * v }).collect()
 }
 
 #[test]
@@ -36,7 +28,7 @@ fn dequantizing_on_the_device_gives_the_host_values_bit_for_bit() {
         let host = values(shape[0] * shape[1], shape[1] as u64);
         let quantized = Nf4Tensor::quantize(&host, double);
         let weight = Nf4Weight::<CpuBackend>::new(&quantized, shape, &device);
-        let got = host_values(weight.dequantize());
+        let got = to_vec(weight.dequantize());
         let want = quantized.dequantize();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want), "{shape:?} double={double}");
@@ -93,8 +85,8 @@ fn a_quantized_model_computes_with_the_dequantized_weights_and_holds_no_weight_p
         *d = Linear::new(q.weight_value(), None);
     }
     let tokens = tokens_tensor::<A>(&[3, 17, 42, 9, 5, 61, 2, 11], 1, &device);
-    let a = host_values(quantized.forward(tokens.clone(), None));
-    let b = host_values(dense.forward(tokens, None));
+    let a = to_vec(quantized.forward(tokens.clone(), None));
+    let b = to_vec(dense.forward(tokens, None));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(worst <= 1e-5, "quantized vs dequantized-dense logits differ by {worst}");
 }

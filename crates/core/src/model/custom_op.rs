@@ -22,3 +22,18 @@ pub(crate) fn float<B: Backend, const D: usize>(primitive: B::FloatTensorPrimiti
 pub(crate) fn primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
     tensor.into_primitive().tensor()
 }
+
+/// `$op::<B, I, ..>(args)` for each autodiff backend `I` this crate trains on (the CPU's, and CUDA's and wgpu's
+/// under their features), the first `Some`: each op's `$op` returns `None` unless `B` is `Autodiff<I>`. Written
+/// `known_autodiff!(op::<B, extra generics..>(args))`; `I` goes in second place.
+macro_rules! known_autodiff {
+    ($op:ident::<$b:ty $(, $g:tt)*>($($arg:expr),* $(,)?)) => {{
+        let out = $op::<$b, $crate::device::CpuBackend $(, $g)*>($($arg),*);
+        #[cfg(feature = "cuda")]
+        let out = out.or_else(|| $op::<$b, $crate::device::CudaBackend $(, $g)*>($($arg),*));
+        #[cfg(feature = "wgpu")]
+        let out = out.or_else(|| $op::<$b, $crate::device::WgpuBackend $(, $g)*>($($arg),*));
+        out
+    }};
+}
+pub(crate) use known_autodiff;

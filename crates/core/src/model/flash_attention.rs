@@ -25,7 +25,7 @@
 //! `Any` downcasting) the autodiff backends this crate trains on; any other autodiff backend gets the plain
 //! decomposed attention, which burn differentiates itself.
 
-use super::custom_op::{float, primitive, same_type};
+use super::custom_op::{float, known_autodiff, primitive, same_type};
 use std::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
@@ -57,15 +57,7 @@ pub fn flash_attention<B: Backend>(
     if !B::ad_enabled(&q.device()) {
         return tiled_forward(&q, &k, &v, mask, scale, block).0;
     }
-    if let Some(out) = with_autodiff::<B, crate::device::CpuBackend>(&q, &k, &v, mask, scale, block) {
-        return out;
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(out) = with_autodiff::<B, crate::device::CudaBackend>(&q, &k, &v, mask, scale, block) {
-        return out;
-    }
-    #[cfg(feature = "wgpu")]
-    if let Some(out) = with_autodiff::<B, crate::device::WgpuBackend>(&q, &k, &v, mask, scale, block) {
+    if let Some(out) = known_autodiff!(with_autodiff::<B>(&q, &k, &v, mask, scale, block)) {
         return out;
     }
     decomposed_attention(q, k, v, mask, scale)

@@ -26,7 +26,7 @@
 //! other autodiff backend gets the same chunked computation from differentiable burn ops (exact, but autodiff then
 //! keeps every chunk's logits).
 
-use super::custom_op::{float, primitive, same_type};
+use super::custom_op::{float, known_autodiff, primitive, same_type};
 use std::any::TypeId;
 use std::sync::Arc;
 
@@ -60,18 +60,9 @@ pub fn fused_linear_cross_entropy<B: Backend>(
     let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     let loss = if !B::ad_enabled(&hidden.device()) {
         chunked_forward(&hidden, &head, targets, chunk).0
-    } else if let Some(loss) = with_autodiff::<B, crate::device::CpuBackend>(&hidden, &head, targets, chunk) {
-        loss
     } else {
-        #[cfg(feature = "cuda")]
-        if let Some(loss) = with_autodiff::<B, crate::device::CudaBackend>(&hidden, &head, targets, chunk) {
-            return (loss, count);
-        }
-        #[cfg(feature = "wgpu")]
-        if let Some(loss) = with_autodiff::<B, crate::device::WgpuBackend>(&hidden, &head, targets, chunk) {
-            return (loss, count);
-        }
-        chunked_forward(&hidden, &head, targets, chunk).0
+        known_autodiff!(with_autodiff::<B>(&hidden, &head, targets, chunk))
+            .unwrap_or_else(|| chunked_forward(&hidden, &head, targets, chunk).0)
     };
     (loss, count)
 }

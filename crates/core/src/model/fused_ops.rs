@@ -34,7 +34,7 @@
 //! backend gets the plain composed ops, which burn differentiates itself. Without autodiff each is the plain
 //! forward.
 
-use super::custom_op::{float, primitive, same_type};
+use super::custom_op::{float, known_autodiff, primitive, same_type};
 use std::any::TypeId;
 
 use burn::backend::Autodiff;
@@ -60,15 +60,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1
     if !B::ad_enabled(&x.device()) {
         return rms_forward(x, weight, eps).0;
     }
-    if let Some(y) = rms_with_autodiff::<B, crate::device::CpuBackend, D>(&x, &weight, eps) {
-        return y;
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(y) = rms_with_autodiff::<B, crate::device::CudaBackend, D>(&x, &weight, eps) {
-        return y;
-    }
-    #[cfg(feature = "wgpu")]
-    if let Some(y) = rms_with_autodiff::<B, crate::device::WgpuBackend, D>(&x, &weight, eps) {
+    if let Some(y) = known_autodiff!(rms_with_autodiff::<B, D>(&x, &weight, eps)) {
         return y;
     }
     rms_forward(x, weight, eps).0
@@ -84,15 +76,7 @@ pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) 
     if !B::ad_enabled(&gate.device()) {
         return swiglu_forward(gate, up);
     }
-    if let Some(y) = swiglu_with_autodiff::<B, crate::device::CpuBackend, D>(&gate, &up) {
-        return y;
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(y) = swiglu_with_autodiff::<B, crate::device::CudaBackend, D>(&gate, &up) {
-        return y;
-    }
-    #[cfg(feature = "wgpu")]
-    if let Some(y) = swiglu_with_autodiff::<B, crate::device::WgpuBackend, D>(&gate, &up) {
+    if let Some(y) = known_autodiff!(swiglu_with_autodiff::<B, D>(&gate, &up)) {
         return y;
     }
     swiglu_forward(gate, up)
@@ -330,15 +314,7 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>)
     if !B::ad_enabled(&x.device()) {
         return super::rope::apply_rotary(x, cos, sin);
     }
-    if let Some(y) = rope_with_autodiff::<B, crate::device::CpuBackend>(&x, cos, sin) {
-        return y;
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(y) = rope_with_autodiff::<B, crate::device::CudaBackend>(&x, cos, sin) {
-        return y;
-    }
-    #[cfg(feature = "wgpu")]
-    if let Some(y) = rope_with_autodiff::<B, crate::device::WgpuBackend>(&x, cos, sin) {
+    if let Some(y) = known_autodiff!(rope_with_autodiff::<B>(&x, cos, sin)) {
         return y;
     }
     super::rope::apply_rotary(x, cos, sin)

@@ -18,7 +18,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
 use super::compute::{float_dtype, to_dtype};
-use super::custom_op::{float, primitive, same_type};
+use super::custom_op::{float, known_autodiff, primitive, same_type};
 use crate::nf4::{ABSMAX_BLOCK, BLOCK, BlockScales, NF4_CODE, Nf4Tensor, dynamic_map};
 
 /// An `[out, in]` weight in NF4 on the device.
@@ -141,15 +141,7 @@ impl<B: Backend> Nf4Weight<B> {
         if !B::ad_enabled(&x.device()) {
             return matmul_transposed(x, self);
         }
-        if let Some(y) = with_autodiff::<B, crate::device::CpuBackend, D>(&x, self) {
-            return y;
-        }
-        #[cfg(feature = "cuda")]
-        if let Some(y) = with_autodiff::<B, crate::device::CudaBackend, D>(&x, self) {
-            return y;
-        }
-        #[cfg(feature = "wgpu")]
-        if let Some(y) = with_autodiff::<B, crate::device::WgpuBackend, D>(&x, self) {
+        if let Some(y) = known_autodiff!(with_autodiff::<B, D>(&x, self)) {
             return y;
         }
         matmul_transposed(x, self)
