@@ -27,7 +27,7 @@ fn dequantizing_on_the_device_gives_the_host_values_bit_for_bit() {
     {
         let host = values(shape[0] * shape[1], shape[1] as u64);
         let quantized = Nf4Tensor::quantize(&host, double);
-        let weight = Nf4Weight::<CpuBackend>::new(&quantized, shape, &device);
+        let weight = Nf4Weight::<CpuBackend>::new(quantized.clone(), shape, &device);
         let got = to_vec(weight.dequantize());
         let want = quantized.dequantize();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -47,7 +47,7 @@ fn the_custom_backward_gives_the_plain_autodiff_gradients() {
     let device = Default::default();
     let (out_f, in_f) = (48, 80);
     let quantized = Nf4Tensor::quantize(&values(out_f * in_f, 3), true);
-    let weight = Nf4Weight::<A>::new(&quantized, [out_f, in_f], &device);
+    let weight = Nf4Weight::<A>::new(quantized.clone(), [out_f, in_f], &device);
     for dtype in [FloatDType::F32, FloatDType::BF16] {
         let x = input::<A>([2, 5, in_f], &device).cast(dtype).require_grad();
         let upstream = input::<A>([2, 5, out_f], &device).cast(dtype);

@@ -153,7 +153,7 @@ where
             let weight = match nf4 {
                 Some(double_quant) => {
                     let quantized = crate::nf4::Nf4Tensor::quantize(&w.values, double_quant);
-                    LinearWeight::Nf4(Nf4Weight::new(&quantized, [out_dim, in_dim], device))
+                    LinearWeight::Nf4(Nf4Weight::new(quantized, [out_dim, in_dim], device))
                 }
                 None => {
                     let dense = Tensor::from_data(TensorData::new(w.values, [out_dim, in_dim]), device);

@@ -69,7 +69,7 @@ impl<B: Backend> Linear<B> {
         let (shape, device) = (value.dims(), value.device());
         let values: Vec<f32> = value.into_data().convert::<f32>().into_vec().expect("f32 after convert");
         let quantized = crate::nf4::Nf4Tensor::quantize(&values, double_quant);
-        self.weight = LinearWeight::Nf4(Nf4Weight::new(&quantized, shape, &device));
+        self.weight = LinearWeight::Nf4(Nf4Weight::new(quantized, shape, &device));
     }
 
     /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights; a 4-bit

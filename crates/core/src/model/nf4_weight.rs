@@ -62,12 +62,12 @@ impl<B: Backend> Nf4Weight<B> {
     ///
     /// # Panics
     /// If the quantized tensor does not hold `out · in` values.
-    pub fn new(quantized: &Nf4Tensor, shape: [usize; 2], device: &B::Device) -> Self {
+    pub fn new(quantized: Nf4Tensor, shape: [usize; 2], device: &B::Device) -> Self {
         let len = shape[0] * shape[1];
         assert_eq!(quantized.len, len, "an NF4 tensor of {} values for a {shape:?} weight", quantized.len);
         let blocks = len.div_ceil(BLOCK);
         const ZERO_PAIR: u8 = 0x77;
-        let mut packed = quantized.packed.clone();
+        let Nf4Tensor { mut packed, scales, .. } = quantized;
         packed.resize(blocks * BLOCK / 2, ZERO_PAIR);
         let bytes = |values: Vec<u8>| {
             let n = values.len();
@@ -77,16 +77,15 @@ impl<B: Backend> Nf4Weight<B> {
             let n = values.len();
             Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device)
         };
-        let scales = match &quantized.scales {
-            BlockScales::Plain(absmax) => Nf4Scales::Plain(floats(absmax.clone())),
-            BlockScales::Double { codes, offset, absmax2 } => {
-                let mut codes = codes.clone();
+        let scales = match scales {
+            BlockScales::Plain(absmax) => Nf4Scales::Plain(floats(absmax)),
+            BlockScales::Double { mut codes, offset, absmax2 } => {
                 codes.resize(absmax2.len() * ABSMAX_BLOCK, 0);
                 Nf4Scales::Double(DoubleQuantScales {
                     codes: bytes(codes),
                     dynamic: floats(dynamic_map()),
-                    absmax2: floats(absmax2.clone()),
-                    offset: *offset,
+                    absmax2: floats(absmax2),
+                    offset,
                 })
             }
         };
