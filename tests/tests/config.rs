@@ -134,11 +134,16 @@ fn an_invalid_combination_fails_with_one_error_line() {
         "--num-machines", "2", "--machine-rank", "3", "--main-process-ip", "10.0.0.1",
     ];
     let out = llmtrain(&args);
-    assert_one_line_error(&out, "machine_rank 3 must be below num_machines 2");
+    // The values came from flags: the error names the flags.
+    assert_one_line_error(&out, "--machine-rank 3 must be below --num-machines 2");
     assert!(!path.exists(), "nothing written");
 
-    let out = llmtrain(&["config", "--non-interactive", "--output", path.to_str().unwrap(), "--num-processes", "4"]);
-    assert_one_line_error(&out, "num_processes is 4 but distributed_type is \"no\"");
+    #[rustfmt::skip]
+    let args = [
+        "config", "--non-interactive", "--output", path.to_str().unwrap(), "--distributed-type", "no",
+        "--num-processes", "4",
+    ];
+    assert_one_line_error(&llmtrain(&args), "--num-processes 4 with --distributed-type no (one process)");
 
     let out = llmtrain(&["config", "--non-interactive", "--mixed-precision", "fp8"]);
     assert!(!out.status.success());
@@ -169,4 +174,63 @@ fn the_default_location_follows_llmtrain_config_dir_then_xdg() {
     let expected = xdg.join("llmtrain/default_config.toml");
     assert_eq!(stdout(&out), format!("wrote {}\n", expected.display()));
     assert!(expected.exists());
+}
+
+/// The `llmtrain` under test is built without `cuda` / `wgpu`, so inference picks multi-cpu.
+#[test]
+fn more_than_one_process_or_machine_infers_multi_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("launch.toml");
+    let output = path.to_str().unwrap();
+    let out = llmtrain(&["config", "--non-interactive", "--output", output, "--num-processes", "2"]);
+    assert_success(&out);
+    let text = read(&path);
+    for line in ["distributed_type = \"multi-cpu\"", "num_processes = 2", "launcher = \"in-process\""] {
+        assert!(text.lines().any(|l| l == line), "`{line}` not in:\n{text}");
+    }
+
+    // Several machines: multi-cpu, one process per machine, mpirun.
+    #[rustfmt::skip]
+    let args = ["config", "--non-interactive", "--output", output, "--num-machines", "2", "--main-process-ip", "node0"];
+    assert_success(&llmtrain(&args));
+    let text = read(&path);
+    for line in ["distributed_type = \"multi-cpu\"", "num_processes = 2", "launcher = \"mpirun\""] {
+        assert!(text.lines().any(|l| l == line), "`{line}` not in:\n{text}");
+    }
+
+    // Asked interactively, the flags still answer the machine type.
+    // environment, machines, launcher, precision
+    let out = llmtrain_with_stdin(&["config", "--output", output, "--num-processes", "2"], "\n\n\n\n", &[]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Which type of machine"), "{stderr}");
+    assert!(read(&path).contains("distributed_type = \"multi-cpu\""));
+
+    // Errors name the flags that gave the values, not the config keys.
+    #[rustfmt::skip]
+    let args = [
+        "config", "--non-interactive", "--output", output, "--num-processes", "3", "--num-machines", "2",
+        "--main-process-ip", "node0",
+    ];
+    let line =
+        assert_one_line_error(&llmtrain(&args), "--num-processes 3 does not divide evenly over --num-machines 2");
+    assert!(!line.contains("num_processes"), "{line}");
+    let args = ["config", "--non-interactive", "--output", output, "--num-machines", "2"];
+    assert_one_line_error(&llmtrain(&args), "--num-machines 2: --main-process-ip (the address of machine rank 0)");
+}
+
+#[test]
+fn launch_spellings_of_the_main_address_and_port_are_aliases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("launch.toml");
+    #[rustfmt::skip]
+    let args = [
+        "config", "--non-interactive", "--output", path.to_str().unwrap(), "--num-machines", "2",
+        "--main-address", "node0", "--main-port", "1234",
+    ];
+    assert_success(&llmtrain(&args));
+    let text = read(&path);
+    for line in ["main_process_ip = \"node0\"", "main_process_port = 1234"] {
+        assert!(text.lines().any(|l| l == line), "`{line}` not in:\n{text}");
+    }
 }

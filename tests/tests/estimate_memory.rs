@@ -1,6 +1,6 @@
 //! `llmtrain estimate-memory`: DeepSpeed's ZeRO figures from the command line, a model directory's shape, the
-//! activation and CPU-peak terms for a batch (precision, attention kernel, checkpointing, fused cross-entropy), and
-//! one-line errors for bad input.
+//! standard shapes a bare `--params` size stands for (`--family`), the activation and CPU-peak terms for a batch
+//! (precision, attention kernel, checkpointing, fused cross-entropy), and one-line errors for bad input.
 
 use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain};
 
@@ -41,6 +41,79 @@ fn zero_stages_for_7_5b_on_64_gpus_match_the_zero_paper() {
     assert!(stdout.contains("total GB per device"), "{stdout}");
     assert!(!stdout.contains("CPU step peak"), "no batch, no peak:\n{stdout}");
     assert_eq!(totals(&stdout), vec![(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)], "{stdout}");
+}
+
+/// The `assumed shape: ...` line, which comes before the table.
+fn assumed_shape(stdout: &str) -> &str {
+    let line = stdout.lines().find(|l| l.starts_with("assumed shape: ")).unwrap_or_default();
+    let table = stdout.find("| ZeRO stage").unwrap_or(0);
+    assert!(!line.is_empty() && stdout.find(line).is_some_and(|at| at < table), "{stdout}");
+    line
+}
+
+#[test]
+fn a_standard_size_stands_for_its_published_shape() {
+    // README's synopsis: QLoRA needs the shape (which layers are quantized, the adapters' size).
+    let stdout = run_ok(&["estimate-memory", "--params", "7B", "--method", "qlora"]);
+    let line = assumed_shape(&stdout);
+    assert!(
+        line.contains("Llama 2 7B (hidden 4096, 32 layers, 32 heads / 32 KV heads, FFN 11008, vocab 32000)"),
+        "{line}"
+    );
+    assert!(line.contains("--family mistral|qwen2"), "{line}");
+    // The shape's own count, not the nominal 7B.
+    assert!(stdout.contains("6.74 B parameters, qlora finetune"), "{stdout}");
+    // fp32: the decoder's 6.48B linear weights in NF4 (3.34 GB), embeddings, head and norms in f32 (1.05 GB), the
+    // 40.0M adapter parameters in f32 (0.16 GB).
+    assert_eq!(totals(&stdout).len(), 4, "{stdout}");
+    assert_eq!(column(&stdout, "weights")[0], (0, 4.6), "{stdout}");
+
+    // A batch shape gives activations and the CPU step's peak; 8B is Llama 3 8B.
+    let stdout = run_ok(&[
+        "estimate-memory",
+        "--params",
+        "8B",
+        "--method",
+        "lora",
+        "--batch",
+        "1",
+        "--seq",
+        "2048",
+        "--zero-stage",
+        "0",
+    ]);
+    let line = assumed_shape(&stdout);
+    assert!(
+        line.contains("Llama 3 8B (hidden 4096, 32 layers, 32 heads / 8 KV heads, FFN 14336, vocab 128256)"),
+        "{line}"
+    );
+    assert!(!line.contains("--family"), "8B has one shape: {line}");
+    assert!(stdout.contains("8.03 B parameters, lora finetune"), "{stdout}");
+    let (activations, peak) = (column(&stdout, "activations"), column(&stdout, "CPU step peak"));
+    assert_eq!((activations.len(), peak.len()), (1, 1), "{stdout}");
+    assert!(activations[0].1 > 0.0, "{stdout}");
+
+    // --family picks among the shapes of one size.
+    let mistral = run_ok(&["estimate-memory", "--params", "7B", "--family", "mistral", "--method", "lora"]);
+    let line = assumed_shape(&mistral);
+    assert!(
+        line.contains("Mistral 7B (hidden 4096, 32 layers, 32 heads / 8 KV heads, FFN 14336, vocab 32000)"),
+        "{line}"
+    );
+    assert!(mistral.contains("7.24 B parameters"), "{mistral}");
+    let qwen = run_ok(&["estimate-memory", "--params", "7B", "--family", "qwen2"]);
+    let line = assumed_shape(&qwen);
+    assert!(
+        line.contains("Qwen2 7B (hidden 3584, 28 layers, 28 heads / 4 KV heads, FFN 18944, vocab 152064"),
+        "{line}"
+    );
+    assert!(qwen.contains("7.62 B parameters, full finetune"), "{qwen}");
+    let tied = run_ok(&["estimate-memory", "--params", "0.5B", "--family", "qwen2", "--method", "lora"]);
+    assert!(assumed_shape(&tied).contains("Qwen2 0.5B") && tied.contains("494.03 M parameters"), "{tied}");
+
+    // A size no family has keeps the bare count for full finetuning, with no shape assumed.
+    let stdout = run_ok(&["estimate-memory", "--params", "7.5B"]);
+    assert!(!stdout.contains("assumed shape") && stdout.contains("7.50 B parameters"), "{stdout}");
 }
 
 #[test]
@@ -132,11 +205,33 @@ fn the_fused_cross_entropy_keeps_no_logits_and_lowers_the_cpu_peak() {
 fn bad_input_is_one_error_line() {
     assert_one_line_error(&llmtrain(&["estimate-memory", "--params", "seven"]), "--params seven");
     assert_one_line_error(&llmtrain(&["estimate-memory", "--params", "7B", "--zero-stage", "5"]), "--zero-stage");
-    assert_one_line_error(
-        &llmtrain(&["estimate-memory", "--params", "7B", "--method", "lora"]),
+    // A size with no standard shape cannot stand for a model: the known sizes are listed.
+    let line = assert_one_line_error(
+        &llmtrain(&["estimate-memory", "--params", "7.5B", "--method", "lora"]),
         "needs the model's shape",
     );
-    assert_one_line_error(&llmtrain(&["estimate-memory", "--model", "/nonexistent"]), "/nonexistent/config.json");
+    assert!(line.contains("0.5B, 1B, 1.5B, 3B, 7B, 8B, 13B, 14B, 32B, 70B, 72B"), "{line}");
+    let line = assert_one_line_error(
+        &llmtrain(&["estimate-memory", "--params", "6B", "--batch", "1", "--seq", "128"]),
+        "activations (--batch/--seq) needs the model's shape",
+    );
+    assert!(line.contains("7B, 8B"), "{line}");
+    // A family without a shape of that size, and a family that is not one.
+    let line = assert_one_line_error(
+        &llmtrain(&["estimate-memory", "--params", "13B", "--family", "qwen2"]),
+        "--family qwen2 has no 13B shape",
+    );
+    assert!(line.contains("0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B"), "{line}");
+    // Like every flag with a fixed set of values, clap refuses an unknown family and lists the known ones.
+    let out = llmtrain(&["estimate-memory", "--params", "7B", "--family", "gpt2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("llama2, llama3, mistral, qwen2"), "{stderr}");
+    // --family is for --params.
+    let model = fixture("llama_gqa_tied");
+    let out = llmtrain(&["estimate-memory", "--model", model.to_str().unwrap(), "--family", "llama2"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // "model directory /nonexistent does not exist" (or, before that check, "/nonexistent/config.json: ...").
+    assert_one_line_error(&llmtrain(&["estimate-memory", "--model", "/nonexistent"]), "/nonexistent");
     assert_one_line_error(
         &llmtrain(&["estimate-memory", "--params", "7B", "--precision", "fp32", "--compute-dtype", "bf16"]),
         "--compute-dtype bf16",

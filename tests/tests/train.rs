@@ -1,5 +1,6 @@
 //! `llmtrain train` end to end: a short quickstart-shaped run, SIGKILL and resume (bit-identical), damaged
-//! checkpoints, and one test per class of bad input.
+//! checkpoints, an earlier run never deleted unasked, Ctrl-C / SIGTERM checkpointing the step, and one test per
+//! class of bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,6 +29,14 @@ impl Run {
         );
         std::fs::write(dir.path().join("run.toml"), config).unwrap();
         Self { dir }
+    }
+
+    /// A run that checkpoints only at its end.
+    fn without_periodic_checkpoints() -> Self {
+        let run = Self::new("");
+        let config = std::fs::read_to_string(run.path("run.toml")).unwrap();
+        std::fs::write(run.path("run.toml"), config.replace("save_steps = 4", "save_steps = 0")).unwrap();
+        run
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -231,7 +240,7 @@ fn memopt_switches_train_end_to_end() {
     assert!(state.contains("loss_scaler"), "{state}");
 
     // bf16 from the command line overrides the config's fp16: no loss scale.
-    let bf16 = ok(&run.train(&["--mixed-precision", "bf16"]));
+    let bf16 = ok(&run.train(&["--mixed-precision", "bf16", "--overwrite"]));
     assert!(!bf16.contains("fp16: "), "{bf16}");
 }
 
@@ -241,4 +250,145 @@ fn unknown_precision_names_the_key() {
     let out = run.train(&[]);
     let line = assert_one_line_error(&out, "fp8");
     assert!(line.contains("run.toml:28:"), "names the file and line: {line}");
+}
+
+/// Every file under `dir` with its bytes, to show a refused command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn an_earlier_run_is_kept_unless_resumed_or_overwritten() {
+    let run = Run::new("");
+    ok(&run.train(&["--max-steps", "4"]));
+    std::fs::write(run.path("out/notes.txt"), "mine").unwrap();
+    let before = snapshot(&run.path("out"));
+    let err = assert_one_line_error(&run.train(&["--max-steps", "8"]), "holds an earlier run (checkpoint-4/, final/");
+    assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert_eq!(snapshot(&run.path("out")), before, "a refused run changed the earlier one");
+    // --overwrite starts over: the earlier run's files go, the user's stay.
+    ok(&run.train(&["--max-steps", "8", "--overwrite"]));
+    let ckpts: Vec<String> = std::fs::read_dir(run.path("out"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(ckpts.len(), 2, "checkpoints 4 and 8 of the new run: {ckpts:?}");
+    assert_eq!(std::fs::read_to_string(run.path("out/notes.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn resume_with_nothing_to_resume_says_so_and_writes_nothing() {
+    let run = Run::new("");
+    let err = assert_one_line_error(&run.train(&["--resume"]), "nothing to resume");
+    assert!(err.contains("output directory") && err.contains("does not exist"), "{err}");
+    assert!(!run.path("out").exists(), "a refused resume created the output directory");
+    std::fs::create_dir(run.path("out")).unwrap();
+    assert_one_line_error(&run.train(&["--resume"]), "holds no intact checkpoint");
+    // A mistyped output directory is named with the one that exists.
+    ok(&run.train(&["--max-steps", "4"]));
+    let typo = run.path("oot");
+    let err = assert_one_line_error(&run.train(&["--resume", "--output-dir", typo.to_str().unwrap()]), "oot");
+    assert!(
+        err.contains("did you mean") && err.ends_with("nothing to resume; run without --resume to start a new run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn resuming_a_finished_run_changes_nothing() {
+    let run = Run::new("");
+    ok(&run.train(&["--max-steps", "4"]));
+    let before = snapshot(&run.path("out"));
+    let out = run.train(&["--max-steps", "4", "--resume"]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("nothing to resume") && stdout.contains("already reached step 4"), "{stdout}");
+    assert!(!stdout.contains("NaN"), "{stdout}");
+    assert_eq!(snapshot(&run.path("out")), before, "a finished run resumed must be a no-op");
+}
+
+/// Sends `signal` (a `kill` name: INT, TERM) to a process.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Starts a run, waits for `trigger` to exist, sends `signals` (one `kill` each, back to back), and returns the
+/// run's output.
+fn signal_when(run: &Run, extra: &[&str], trigger: &Path, signals: &[&str]) -> std::process::Output {
+    let child = run.command(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !trigger.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for signal in signals {
+        send_signal(child.id(), signal);
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The step `interrupted at step N` names.
+fn interrupted_step(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("interrupted at step ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.ends_with(": resume with --resume"), "{line}");
+    line["interrupted at step ".len()..].split(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn ctrl_c_checkpoints_the_current_step_and_resume_ends_identical() {
+    let reference = Run::new("");
+    ok(&reference.train(&["--max-steps", "40"]));
+    let want = reference.final_weights();
+
+    // No periodic checkpoints: the one at the interrupted step is the signal's.
+    let run = Run::without_periodic_checkpoints();
+    let out = signal_when(&run, &["--max-steps", "40"], &run.path("out/metrics.jsonl"), &["INT"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let step = interrupted_step(&stderr);
+    assert!((1..40).contains(&step), "{stderr}");
+    assert!(run.path(&format!("out/checkpoint-{step}/trainer_state.json")).exists(), "no checkpoint at step {step}");
+    assert!(!run.path("out/final").exists(), "an interrupted run has no final model");
+    let resumed = run.train(&["--max-steps", "40", "--resume"]);
+    ok(&resumed);
+    let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed_stderr.contains(&format!("(step {step})")), "{resumed_stderr}");
+    assert_eq!(run.final_weights(), want, "the interrupted and resumed run differs from the uninterrupted one");
+
+    // SIGTERM (a scheduler's pre-emption) does the same, with its own exit code.
+    let run = Run::without_periodic_checkpoints();
+    let out = signal_when(&run, &["--max-steps", "40"], &run.path("out/metrics.jsonl"), &["TERM"]);
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    let step = interrupted_step(&String::from_utf8_lossy(&out.stderr));
+    assert!(run.path(&format!("out/checkpoint-{step}/trainer_state.json")).exists());
+}
+
+#[test]
+fn a_second_ctrl_c_stops_at_once_and_leaves_no_temporary_files() {
+    let run = Run::new("");
+    let out = signal_when(&run, &["--max-steps", "400"], &run.path("out/checkpoint-4"), &["INT", "INT"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // Whichever signal the run saw first, no half-written directory is left and a resume finds an intact
+    // checkpoint.
+    let hidden: Vec<String> = std::fs::read_dir(run.path("out"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "temporary files left: {hidden:?}");
+    ok(&run.train(&["--max-steps", "6", "--resume"]));
 }

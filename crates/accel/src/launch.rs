@@ -106,8 +106,14 @@ impl Communicator for SharedRank {
     }
 }
 
-/// The command line that starts `program args...` as the job's ranks under `mpirun` or `srun`.
+/// The command line that starts `program args...` as the job's ranks under `mpirun` or `srun`. With a main
+/// address, the ranks get it and the port as `MASTER_ADDR` / `MASTER_PORT` (torch.distributed's names): `-x` for
+/// mpirun, `--export=ALL,...` for srun.
 pub fn process_launch_command(config: &LaunchConfig, program: &Path, args: &[String]) -> Result<Vec<String>> {
+    let main = config
+        .main_process_ip
+        .as_ref()
+        .map(|ip| [format!("MASTER_ADDR={ip}"), format!("MASTER_PORT={}", config.main_process_port)]);
     let mut line: Vec<String> = match config.launcher {
         Launcher::Mpirun => {
             let mut line = vec!["mpirun".to_string(), "-np".into(), config.num_processes.to_string()];
@@ -119,15 +125,25 @@ pub fn process_launch_command(config: &LaunchConfig, program: &Path, args: &[Str
             }
             // Ranks of one machine each get a share of its cores instead of being pinned to one core.
             line.extend(["--bind-to".into(), "none".into()]);
+            for var in main.into_iter().flatten() {
+                line.extend(["-x".into(), var]);
+            }
             line
         }
-        Launcher::Srun => vec![
-            "srun".to_string(),
-            format!("--ntasks={}", config.num_processes),
-            format!("--nodes={}", config.num_machines),
-            // A rank that exits with an error ends the step instead of leaving the others waiting.
-            "--kill-on-bad-exit=1".to_string(),
-        ],
+        Launcher::Srun => {
+            let mut line = vec![
+                "srun".to_string(),
+                format!("--ntasks={}", config.num_processes),
+                format!("--nodes={}", config.num_machines),
+                // A rank that exits with an error ends the step instead of leaving the others waiting.
+                "--kill-on-bad-exit=1".to_string(),
+            ];
+            if let Some([addr, port]) = main {
+                // `ALL` keeps the rest of the environment, which srun passes by default.
+                line.push(format!("--export=ALL,{addr},{port}"));
+            }
+            line
+        }
         Launcher::InProcess => {
             return Err(AccelError::Launch("the in-process launcher starts no processes".into()));
         }
@@ -135,4 +151,43 @@ pub fn process_launch_command(config: &LaunchConfig, program: &Path, args: &[Str
     line.push(program.display().to_string());
     line.extend(args.iter().cloned());
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch_config::DistributedType;
+
+    fn line(config: &LaunchConfig) -> String {
+        process_launch_command(config, Path::new("/bin/llmtrain"), &["train".into()]).unwrap().join(" ")
+    }
+
+    #[test]
+    fn the_main_address_and_port_reach_the_ranks() {
+        let two_machines = LaunchConfig {
+            distributed_type: DistributedType::MultiCpu,
+            num_machines: 2,
+            main_process_ip: Some("node1".into()),
+            main_process_port: 29501,
+            num_processes: 4,
+            launcher: Launcher::Mpirun,
+            hostfile: Some("hosts".into()),
+            ..LaunchConfig::default()
+        };
+        assert_eq!(
+            line(&two_machines),
+            "mpirun -np 4 --hostfile hosts --bind-to none -x MASTER_ADDR=node1 -x MASTER_PORT=29501 /bin/llmtrain train"
+        );
+        let srun = LaunchConfig { launcher: Launcher::Srun, hostfile: None, ..two_machines };
+        assert_eq!(
+            line(&srun),
+            "srun --ntasks=4 --nodes=2 --kill-on-bad-exit=1 --export=ALL,MASTER_ADDR=node1,MASTER_PORT=29501 \
+             /bin/llmtrain train"
+        );
+        // No address (one machine): nothing to pass.
+        let one = LaunchConfig { num_machines: 1, main_process_ip: None, ..srun };
+        assert_eq!(line(&one), "srun --ntasks=4 --nodes=1 --kill-on-bad-exit=1 /bin/llmtrain train");
+        let one = LaunchConfig { launcher: Launcher::Mpirun, ..one };
+        assert_eq!(line(&one), "mpirun -np 4 --oversubscribe --bind-to none /bin/llmtrain train");
+    }
 }

@@ -2,6 +2,7 @@
 //! precision it trains in. `llmtrain config` writes it (asking what `accelerate config` asks) and `llmtrain launch`
 //! reads it, like Accelerate's `default_config.yaml`, but in TOML.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{BufRead, Write};
@@ -137,6 +138,19 @@ impl Choice for DistributedType {
     }
 }
 choice_traits!(DistributedType);
+
+impl DistributedType {
+    /// The type `accelerate config` / `accelerate launch` infer when none is given: data parallel as soon as
+    /// there is more than one process or machine, over GPUs when `gpu` (a GPU build or a GPU device asked for),
+    /// else over CPU processes; `No` for one process on one machine.
+    pub fn inferred(num_processes: usize, num_machines: usize, gpu: bool) -> Self {
+        match (num_processes > 1 || num_machines > 1, gpu) {
+            (false, _) => DistributedType::No,
+            (true, true) => DistributedType::MultiGpu,
+            (true, false) => DistributedType::MultiCpu,
+        }
+    }
+}
 
 // The precision of the forward and backward passes lives in core (the run config's `[memopt]` names it too).
 pub use llmtrain_core::config::MixedPrecision;
@@ -300,61 +314,147 @@ impl LaunchConfig {
 
     /// Checks that the fields describe a launch that can work; the error names the offending keys.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |message: String| Err(LaunchConfigError::Invalid(message));
+        let namer = Namer { origin: None, named_a_key: Cell::new(false) };
+        self.check(&namer).map_err(LaunchConfigError::Invalid)
+    }
+
+    /// [`validate`](Self::validate), naming each setting the way the user gave it: a flag (`--num-processes 4`)
+    /// for what `origin` says came from flags (or, without a file, from defaults a flag would change), a key for
+    /// what came from `origin`'s file, whose path then starts the message.
+    pub fn validate_from(&self, origin: &Origin) -> Result<()> {
+        let namer = Namer { origin: Some(origin), named_a_key: Cell::new(false) };
+        self.check(&namer).map_err(|message| match &origin.file {
+            Some(path) if namer.named_a_key.get() => LaunchConfigError::InvalidFile { path: path.clone(), message },
+            _ => LaunchConfigError::Invalid(message),
+        })
+    }
+
+    fn check(&self, n: &Namer<'_>) -> std::result::Result<(), String> {
         let distributed = self.distributed_type != DistributedType::No;
         if self.num_machines == 0 {
-            return invalid("num_machines must be at least 1".into());
+            return Err(format!("{} must be at least 1", n.name("num_machines")));
         }
         if self.num_machines > 1 && !distributed {
-            return invalid(format!(
-                "num_machines is {} but distributed_type is \"no\"; several machines need multi-cpu or multi-gpu",
-                self.num_machines
+            return Err(format!(
+                "{} with {}: several machines need multi-cpu or multi-gpu",
+                n.value("num_machines", self.num_machines),
+                n.text("distributed_type", self.distributed_type)
             ));
         }
         if self.machine_rank >= self.num_machines {
-            return invalid(format!(
-                "machine_rank {} must be below num_machines {} (ranks count from 0)",
-                self.machine_rank, self.num_machines
+            return Err(format!(
+                "{} must be below {} (ranks count from 0)",
+                n.value("machine_rank", self.machine_rank),
+                n.value("num_machines", self.num_machines)
             ));
         }
         match &self.main_process_ip {
-            Some(ip) => check_address(ip).or_else(|e| invalid(format!("main_process_ip: {e}")))?,
+            Some(ip) => check_address(ip).map_err(|e| format!("{}: {e}", n.name("main_process_ip")))?,
             None if self.num_machines > 1 => {
-                return invalid(format!(
-                    "num_machines is {}: main_process_ip (the address of machine rank 0) is required",
-                    self.num_machines
+                return Err(format!(
+                    "{}: {} (the address of machine rank 0) is required",
+                    n.value("num_machines", self.num_machines),
+                    n.name("main_process_ip")
                 ));
             }
             None => {}
         }
         if self.main_process_port == 0 {
-            return invalid("main_process_port must not be 0".into());
+            return Err(format!("{} must not be 0", n.name("main_process_port")));
         }
         if self.num_processes == 0 {
-            return invalid("num_processes must be at least 1".into());
+            return Err(format!("{} must be at least 1", n.name("num_processes")));
         }
         if !distributed && self.num_processes > 1 {
-            return invalid(format!(
-                "num_processes is {} but distributed_type is \"no\" (one process); use multi-cpu or multi-gpu",
-                self.num_processes
+            return Err(format!(
+                "{} with {} (one process): use multi-cpu or multi-gpu",
+                n.value("num_processes", self.num_processes),
+                n.text("distributed_type", self.distributed_type)
             ));
         }
-        check_processes(self.num_processes, self.num_machines).or_else(invalid)?;
-        let gpus = self.gpu_id_list()?;
+        if !self.num_processes.is_multiple_of(self.num_machines) {
+            return Err(format!(
+                "{} does not divide evenly over {} (each machine runs the same number)",
+                n.value("num_processes", self.num_processes),
+                n.value("num_machines", self.num_machines)
+            ));
+        }
+        let gpus = parse_gpu_ids(&self.gpu_ids).map_err(|e| format!("{}: {e}", n.name("gpu_ids")))?;
         if self.distributed_type == DistributedType::MultiGpu {
             check_gpu_count(gpus.as_deref(), self.processes_per_machine())
-                .or_else(|e| invalid(format!("gpu_ids: {e}")))?;
+                .map_err(|e| format!("{}: {e}", n.name("gpu_ids")))?;
         }
         if self.launcher == Launcher::InProcess && self.num_machines > 1 {
-            return invalid(format!(
-                "launcher \"in-process\" runs on one machine; with num_machines {} use mpirun or srun",
-                self.num_machines
+            return Err(format!(
+                "{} runs on one machine; with {} use mpirun or srun",
+                n.text("launcher", self.launcher),
+                n.value("num_machines", self.num_machines)
             ));
         }
         if self.hostfile.is_some() && self.launcher != Launcher::Mpirun {
-            return invalid(format!("hostfile is only used by launcher \"mpirun\", not \"{}\"", self.launcher));
+            return Err(format!(
+                "{} is only used by the mpirun launcher, not by {}",
+                n.name("hostfile"),
+                n.text("launcher", self.launcher)
+            ));
         }
         Ok(())
+    }
+}
+
+/// Where the settings of a launch came from, so an error names each the way the user gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The file the settings not set by flags came from; `None`: they are defaults, which flags would change,
+    /// so they are named as flags too.
+    pub file: Option<PathBuf>,
+    /// The keys set by command-line flags: `num_processes` for `--num-processes` (a key's flag is the key with
+    /// `--` before it and `-` for `_`).
+    pub flags: Vec<&'static str>,
+}
+
+impl Origin {
+    /// Every setting from flags or defaults (no file).
+    pub fn flags() -> Self {
+        Origin::default()
+    }
+}
+
+/// The flag of a key: `--num-processes` for `num_processes`.
+pub fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// Names keys in validation messages; records whether it named one as a key of the file.
+struct Namer<'a> {
+    /// `None`: plain keys, no file.
+    origin: Option<&'a Origin>,
+    named_a_key: Cell<bool>,
+}
+
+impl Namer<'_> {
+    fn is_flag(&self, key: &str) -> bool {
+        self.origin.is_some_and(|o| o.file.is_none() || o.flags.contains(&key))
+    }
+
+    /// `--num-processes` or `num_processes`.
+    fn name(&self, key: &str) -> String {
+        if self.is_flag(key) {
+            flag_of(key)
+        } else {
+            self.named_a_key.set(true);
+            key.to_string()
+        }
+    }
+
+    /// A number: `--num-processes 4` or `num_processes 4`.
+    fn value(&self, key: &str, value: impl fmt::Display) -> String {
+        format!("{} {value}", self.name(key))
+    }
+
+    /// A string: `--launcher srun` or `launcher "srun"`, as each is written.
+    fn text(&self, key: &str, value: impl fmt::Display) -> String {
+        if self.is_flag(key) { format!("{} {value}", flag_of(key)) } else { format!("{} \"{value}\"", self.name(key)) }
     }
 }
 
@@ -412,6 +512,9 @@ fn check_address(ip: &str) -> std::result::Result<(), String> {
         Err("an address is required".into())
     } else if ip.chars().any(char::is_whitespace) {
         Err(format!("`{ip}` is not an address (it holds spaces)"))
+    } else if ip.contains(',') {
+        // It would also split srun's `--export=` list.
+        Err(format!("`{ip}` is not an address (it holds a comma)"))
     } else {
         Ok(())
     }
@@ -729,7 +832,8 @@ fn fill<R: BufRead, W: Write>(answers: &Answers, p: &mut Prompter<'_, R, W>) -> 
         launcher,
         hostfile,
     };
-    config.validate()?;
+    // What was not asked came from flags or defaults: errors name flags.
+    config.validate_from(&Origin::flags())?;
     Ok(config)
 }
 
@@ -883,9 +987,10 @@ mod tests {
         assert_eq!(Answers::default().resolve().unwrap(), LaunchConfig::default());
 
         let err = Answers { machine_rank: Some(3), num_machines: Some(2), ..answers.clone() }.resolve().unwrap_err();
-        assert_eq!(err.to_string(), "machine_rank 3 must be below num_machines 2 (ranks count from 0)");
+        // Answers come from flags: the errors name the flags.
+        assert_eq!(err.to_string(), "--machine-rank 3 must be below --num-machines 2 (ranks count from 0)");
         let err = Answers { main_process_ip: None, ..answers }.resolve().unwrap_err();
-        assert!(err.to_string().contains("main_process_ip (the address of machine rank 0) is required"), "{err}");
+        assert_eq!(err.to_string(), "--num-machines 2: --main-process-ip (the address of machine rank 0) is required");
     }
 
     #[test]
@@ -971,10 +1076,14 @@ mod tests {
         let cases = [
             (LaunchConfig { num_processes: 0, ..LaunchConfig::default() }, "num_processes must be at least 1"),
             (LaunchConfig { num_machines: 0, ..LaunchConfig::default() }, "num_machines must be at least 1"),
-            (LaunchConfig { num_processes: 2, ..LaunchConfig::default() }, "distributed_type is \"no\""),
+            (
+                LaunchConfig { num_processes: 2, ..LaunchConfig::default() },
+                "num_processes 2 with distributed_type \"no\"",
+            ),
             (LaunchConfig { machine_rank: 2, ..multi.clone() }, "machine_rank 2 must be below num_machines 2"),
             (LaunchConfig { main_process_ip: None, ..multi.clone() }, "main_process_ip"),
             (LaunchConfig { main_process_ip: Some(" ".into()), ..multi.clone() }, "main_process_ip: an address"),
+            (LaunchConfig { main_process_ip: Some("a,b".into()), ..multi.clone() }, "holds a comma"),
             (LaunchConfig { launcher: Launcher::InProcess, ..multi.clone() }, "launcher \"in-process\""),
             (LaunchConfig { num_processes: 3, ..multi.clone() }, "does not divide evenly"),
             (LaunchConfig { main_process_port: 0, ..multi.clone() }, "main_process_port"),
@@ -1005,6 +1114,54 @@ mod tests {
         let unset_and_relative = [("LLMTRAIN_CONFIG_DIR", ""), ("XDG_CONFIG_HOME", "rel"), ("HOME", "/home/u")];
         assert_eq!(path(&unset_and_relative).unwrap(), Path::new("/home/u/.config/llmtrain/default_config.toml"));
         assert!(matches!(path(&[]), Err(LaunchConfigError::NoConfigDir)));
+    }
+
+    #[test]
+    fn validate_from_names_flags_and_keys_by_where_they_came_from() {
+        let file = LaunchConfig {
+            distributed_type: DistributedType::MultiCpu,
+            num_machines: 2,
+            main_process_ip: Some("node1".into()),
+            num_processes: 4,
+            launcher: Launcher::Mpirun,
+            ..LaunchConfig::default()
+        };
+        let bad = LaunchConfig { machine_rank: 2, ..file.clone() };
+        // Nothing from a file: flags, no path.
+        let err = bad.validate_from(&Origin::flags()).unwrap_err().to_string();
+        assert_eq!(err, "--machine-rank 2 must be below --num-machines 2 (ranks count from 0)");
+        // The rank from a flag, the machine count from the file: both named as given, after the file's path.
+        let origin = Origin { file: Some("launch.toml".into()), flags: vec!["machine_rank"] };
+        let err = bad.validate_from(&origin).unwrap_err().to_string();
+        assert_eq!(err, "launch.toml: --machine-rank 2 must be below num_machines 2 (ranks count from 0)");
+        // Only flags named: no path, though a file was read.
+        let origin = Origin { file: Some("launch.toml".into()), flags: vec!["num_processes", "num_machines"] };
+        let err = LaunchConfig { num_processes: 3, ..file.clone() }.validate_from(&origin).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--num-processes 3 does not divide evenly over --num-machines 2 (each machine runs the same number)"
+        );
+        // Only keys: the file's path and its keys, strings quoted as in the file.
+        let origin = Origin { file: Some("launch.toml".into()), flags: vec![] };
+        let err = LaunchConfig { launcher: Launcher::Srun, hostfile: Some("h".into()), ..file.clone() }
+            .validate_from(&origin)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "launch.toml: hostfile is only used by the mpirun launcher, not by launcher \"srun\"");
+        let err = LaunchConfig { launcher: Launcher::InProcess, ..file }.validate_from(&Origin::flags()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--launcher in-process runs on one machine; with --num-machines 2 use mpirun or srun"
+        );
+    }
+
+    #[test]
+    fn more_than_one_process_or_machine_infers_data_parallel() {
+        assert_eq!(DistributedType::inferred(1, 1, false), DistributedType::No);
+        assert_eq!(DistributedType::inferred(1, 1, true), DistributedType::No);
+        assert_eq!(DistributedType::inferred(2, 1, false), DistributedType::MultiCpu);
+        assert_eq!(DistributedType::inferred(1, 2, false), DistributedType::MultiCpu);
+        assert_eq!(DistributedType::inferred(4, 2, true), DistributedType::MultiGpu);
     }
 
     #[test]

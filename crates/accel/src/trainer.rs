@@ -16,6 +16,7 @@ use llmtrain_core::data::{Batch, DataLoader, Split};
 use llmtrain_core::error::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::interrupt::{self, GracefulStop};
 use llmtrain_core::model::{Compute, LlamaModel};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{accuracy_examples, completion_accuracy};
@@ -24,7 +25,7 @@ use llmtrain_core::train::metrics::MetricsLog;
 use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
 use llmtrain_core::train::{
     AdamW, AdamWConfig, Schedule, TrainOverrides, TrainSummary, batch_loss, build_model, clear_previous_run,
-    data_options, eval_mean, evaluate_parts, resolve_tokenizer, sample_text, unigram_entropy,
+    data_options, earlier_run_contents, eval_mean, evaluate_parts, resolve_tokenizer, sample_text, unigram_entropy,
 };
 use serde_json::json;
 
@@ -118,6 +119,33 @@ pub fn run_training<A: AutodiffBackend>(
     let tr = config.training.clone();
     let out = config.output.dir.clone();
     let main = accelerator.is_main_process();
+    // What happens to an earlier run is settled before anything is written.
+    let checkpoint = if overrides.resume {
+        Some(latest_valid_checkpoint(&out)?.ok_or_else(|| AccelError::Config(nothing_to_resume(&out)))?)
+    } else {
+        let earlier = earlier_run_contents(&out)?;
+        if !earlier.is_empty() && !overrides.overwrite {
+            return Err(AccelError::Config(format!(
+                "{} holds an earlier run ({}): pass --resume to continue it, or --overwrite to delete it and start \
+                 over",
+                out.display(),
+                earlier.join(", ")
+            )));
+        }
+        None
+    };
+    if let Some((_, state)) = &checkpoint
+        && state.step >= tr.max_steps
+    {
+        return Ok(TrainSummary {
+            steps: state.step,
+            resumed_from: Some(state.step),
+            final_dir: out.join("final"),
+            already_finished: true,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
+    }
     if main {
         std::fs::create_dir_all(&out).map_err(|e| CoreError::io(&out, e))?;
     }
@@ -150,8 +178,8 @@ pub fn run_training<A: AutodiffBackend>(
     let mut optimizer = AdamW::<A::InnerBackend>::new(adam);
     optimizer.lr_scale = lr_scales(&model, finetune);
     let mut resumed_from = None;
-    if overrides.resume {
-        if let Some((dir, _)) = latest_valid_checkpoint(&out)? {
+    if let Some((dir, _)) = checkpoint {
+        {
             let state = if finetune.saves_adapter_only() {
                 // The base was rebuilt from the run config as the first run built it; only the adapter moves.
                 let (loaded_optimizer, state) = accelerator.load_training_state(&dir, adam, device)?;
@@ -172,8 +200,6 @@ pub fn run_training<A: AutodiffBackend>(
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
             }
-        } else if main {
-            eprintln!("no complete checkpoint in {}: starting from the beginning", out.display());
         }
     } else if main {
         clear_previous_run(&out)?;
@@ -216,6 +242,21 @@ pub fn run_training<A: AutodiffBackend>(
         let parts = accelerator.reduce_many(&[sum, count], ReduceOp::Sum)?;
         Ok(eval_mean(parts[0], parts[1])?)
     };
+    let save = |accelerator: &Accelerator<A>,
+                model: &LlamaModel<A>,
+                optimizer: &AdamW<A::InnerBackend>,
+                data: &DataLoader,
+                step: u64|
+     -> Result<()> {
+        let state = trainer_state(step, data, tr.seed);
+        let extra = |dir: &Path| finetune.save(model, dir).map_err(CoreError::Invalid);
+        let with_model = (!finetune.saves_adapter_only()).then_some((model, &hf_config));
+        accelerator.save_state_with(&out, with_model, optimizer, &tokenizer, state, tr.save_total_limit, extra)?;
+        Ok(())
+    };
+    // Ctrl-C / SIGTERM from here on finish the step and checkpoint it (a second one stops at once).
+    let _graceful = GracefulStop::enter();
+    let mut interrupted_by = None;
     while step < tr.max_steps {
         let mut micro = Vec::with_capacity(tr.gradient_accumulation_steps);
         for _ in 0..tr.gradient_accumulation_steps {
@@ -237,7 +278,7 @@ pub fn run_training<A: AutodiffBackend>(
         step += 1;
         last_loss = stats.loss;
         progress.set_position(step);
-        progress.set_message(format!("loss {:.4} lr {lr:.2e}", stats.loss));
+        progress.set_message(bar_message(stats.loss, lr, last_eval, window.rate()));
 
         if step % tr.logging_steps == 0 || step == tr.max_steps {
             let mut record = json!({
@@ -267,15 +308,34 @@ pub fn run_training<A: AutodiffBackend>(
             }
             last_eval = Some(eval_loss);
         }
-        if tr.save_steps > 0 && step % tr.save_steps == 0 && step != tr.max_steps {
-            let state = trainer_state(step, &train_data, tr.seed);
-            let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
-            let keep = tr.save_total_limit;
-            let with_model = (!finetune.saves_adapter_only()).then_some((&model, &hf_config));
-            accelerator.save_state_with(&out, with_model, &optimizer, &tokenizer, state, keep, extra)?;
+        let saved = tr.save_steps > 0 && step % tr.save_steps == 0 && step != tr.max_steps;
+        if saved {
+            save(accelerator, &model, &optimizer, &train_data, step)?;
+        }
+        // Every rank learns of a signal any rank got, so all stop after the same step.
+        let signal = interrupt::stop_requested().unwrap_or(0);
+        let any_signal = accelerator.reduce(f64::from(signal), ReduceOp::Sum)?;
+        if any_signal > 0.0 && step < tr.max_steps {
+            if !saved {
+                save(accelerator, &model, &optimizer, &train_data, step)?;
+            }
+            interrupted_by = Some(if signal > 0 { signal } else { any_signal as i32 });
+            break;
         }
     }
     progress.finish_and_clear();
+    if let Some(signal) = interrupted_by {
+        let summary = TrainSummary {
+            steps: step,
+            resumed_from,
+            final_train_loss: last_loss,
+            final_dir: out.join("final"),
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            interrupted_by: Some(signal),
+            ..Default::default()
+        };
+        return Ok(summary);
+    }
 
     if options.eval_fraction > 0.0 {
         let eval_loss = evaluate(&model, accelerator)?;
@@ -291,11 +351,7 @@ pub fn run_training<A: AutodiffBackend>(
                               "accuracy_total": acc.total}))?;
     }
     // The last checkpoint and `final/` both hold the end state.
-    let state = trainer_state(step, &train_data, tr.seed);
-    let extra = |dir: &Path| finetune.save(&model, dir).map_err(CoreError::Invalid);
-    let keep = tr.save_total_limit;
-    let with_model = (!finetune.saves_adapter_only()).then_some((&model, &hf_config));
-    accelerator.save_state_with(&out, with_model, &optimizer, &tokenizer, state, keep, extra)?;
+    save(accelerator, &model, &optimizer, &train_data, step)?;
     let final_dir = out.join("final");
     let inference = accelerator.unwrap_model(&model);
     let mut summary = TrainSummary {
@@ -312,7 +368,7 @@ pub fn run_training<A: AutodiffBackend>(
         accuracy_after,
         sample: None,
         final_dir: final_dir.clone(),
-        elapsed_secs: 0.0,
+        ..Default::default()
     };
     if main {
         write_dir_atomic(&final_dir, |dir| {
@@ -341,6 +397,20 @@ pub fn run_training<A: AutodiffBackend>(
     accelerator.wait_for_everyone()?;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Why `--resume` has nothing to continue from in `out`.
+fn nothing_to_resume(out: &Path) -> String {
+    if out.exists() {
+        format!(
+            "--resume: {} holds no intact checkpoint, so there is nothing to resume; run without --resume to start \
+             over (with --overwrite if it holds an earlier run)",
+            out.display()
+        )
+    } else {
+        let missing = llmtrain_core::paths::not_found(out, "output directory");
+        format!("--resume: {missing}, so there is nothing to resume; run without --resume to start a new run")
+    }
 }
 
 /// The learning-rate multipliers the method asks for, by parameter name (only those other than 1).
@@ -412,12 +482,17 @@ fn progress_bar(total: u64, position: u64) -> ProgressBar {
     bar
 }
 
-/// One log line per logged step: above the progress bar on a terminal, on stderr otherwise.
+/// The figures the progress bar shows on a terminal (where the JSON lines are not printed).
+fn bar_message(loss: f64, lr: f64, eval_loss: Option<f64>, tokens_per_sec: f64) -> String {
+    let eval = eval_loss.map(|e| format!(" eval {e:.4}")).unwrap_or_default();
+    format!("loss {loss:.4}{eval} lr {lr:.2e} {tokens_per_sec:.0} tok/s")
+}
+
+/// One JSON line per logged step on stderr when it is not a terminal (a log file, a pipe, a scheduler's
+/// output); on a terminal the progress bar shows the figures instead. `metrics.jsonl` holds every record either way.
 fn log_line(bar: &ProgressBar, record: &serde_json::Value) {
     tracing::info!("{record}");
     if bar.is_hidden() {
         eprintln!("{record}");
-    } else {
-        bar.println(record.to_string());
     }
 }

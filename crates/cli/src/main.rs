@@ -4,6 +4,7 @@
 mod backend;
 mod commands;
 mod lora_method;
+mod messages;
 
 use std::process::ExitCode;
 
@@ -47,9 +48,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
+        .event_format(messages::PlainFormat)
         .init();
+    // Ctrl-C and SIGTERM: training checkpoints its step; anything else stops and removes its temporary files.
+    llmtrain_core::interrupt::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => backend::dispatch!(cli.device, train, &args),
@@ -64,6 +66,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<commands::train::Interrupted>().is_some() => {
+            let signal = err.downcast_ref::<commands::train::Interrupted>().map_or(2, |stop| stop.signal);
+            eprintln!("{err}");
+            ExitCode::from(u8::try_from(llmtrain_core::interrupt::exit_code(signal)).unwrap_or(1))
+        }
         Err(err) => {
             // One line: the causes joined (skipping a cause its parent already quoted), no backtrace.
             let mut message = String::new();

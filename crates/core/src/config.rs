@@ -527,6 +527,15 @@ fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreEr
         None => (0, 0),
     };
     if let Some((unknown, closest)) = unknown_field(&message) {
+        let header = text.lines().nth(line.saturating_sub(1)).map(str::trim).unwrap_or_default();
+        let header_name = header.trim_start_matches('[').trim_end_matches(']').split('.').next().unwrap_or_default();
+        if header.starts_with('[') && header_name.trim() == unknown {
+            return CoreError::Invalid(format!(
+                "{}:{line}:1: unknown section [{unknown}]; {}",
+                path.display(),
+                section_suggestion(&unknown, &closest, &message)
+            ));
+        }
         // The table the key sits in: the last `[section]` header above it.
         let section = text
             .lines()
@@ -541,6 +550,15 @@ fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreEr
         ));
     }
     CoreError::Invalid(format!("{}:{line}:{column}: {message}", path.display()))
+}
+
+/// `did you mean [training]?` for a near miss, else the sections this build knows.
+fn section_suggestion(unknown: &str, closest: &str, message: &str) -> String {
+    if strsim::damerau_levenshtein(unknown, closest) <= 2.max(unknown.len() / 3) {
+        return format!("did you mean [{closest}]?");
+    }
+    let known: Vec<String> = message.split('`').skip(3).step_by(2).map(|name| format!("[{name}]")).collect();
+    format!("this build knows {}", known.join(", "))
 }
 
 /// From serde's "unknown field `x`, expected one of `a`, `b`": the unknown key and the closest expected one.
@@ -566,6 +584,19 @@ mod tests {
         let text = format!("{MINIMAL}[training]\nmax_steps = 5\nlerning_rate = 0.1\n");
         let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
         assert_eq!(err, "run.toml:12:1: unknown key `lerning_rate` in [training]; did you mean `learning_rate`?");
+    }
+
+    #[test]
+    fn unknown_section_is_named_as_a_section() {
+        let text = format!("{MINIMAL}[trainig]\nmax_steps = 5\n");
+        let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
+        assert_eq!(err, "run.toml:10:1: unknown section [trainig]; did you mean [training]?");
+        let text = format!("{MINIMAL}[dpo]\nbeta = 0.1\n");
+        let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("run.toml:10:1: unknown section [dpo]; this build knows [model], [tokenizer]"),
+            "{err}"
+        );
     }
 
     #[test]

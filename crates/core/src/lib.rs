@@ -35,8 +35,10 @@ pub mod error;
 pub mod fsutil;
 pub mod generate;
 pub mod hf;
+pub mod interrupt;
 pub mod model;
 pub mod nf4;
+pub mod paths;
 pub mod tokenizer;
 pub mod train;
 

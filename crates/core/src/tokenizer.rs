@@ -38,7 +38,13 @@ impl TextTokenizer {
     /// Loads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json` and `dir/chat_template.jinja`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
+        if !dir.exists() {
+            return Err(crate::paths::not_found(dir, "tokenizer directory"));
+        }
         if !path.exists() {
+            if let Some(hint) = crate::paths::run_output_hint(dir) {
+                return Err(CoreError::Invalid(hint));
+            }
             return Err(CoreError::Tokenizer { path, message: "not found".into() });
         }
         let inner = Tokenizer::from_file(&path)

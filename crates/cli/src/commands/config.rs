@@ -17,7 +17,8 @@ pub struct Args {
     /// these flags answer are skipped.
     #[arg(long)]
     non_interactive: bool,
-    /// no, multi-cpu or multi-gpu.
+    /// no, multi-cpu or multi-gpu [default: multi-cpu (multi-gpu in a cuda or wgpu build) with more than one
+    /// process or machine, else no].
     #[arg(long, value_name = "TYPE")]
     distributed_type: Option<DistributedType>,
     /// Machines taking part.
@@ -27,10 +28,10 @@ pub struct Args {
     #[arg(long, value_name = "RANK")]
     machine_rank: Option<usize>,
     /// Address of the machine of rank 0 (needed with several machines).
-    #[arg(long, value_name = "ADDRESS")]
+    #[arg(long, value_name = "ADDRESS", alias = "main-address")]
     main_process_ip: Option<String>,
     /// Port of the main process [default: 29500].
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", alias = "main-port")]
     main_process_port: Option<u16>,
     /// Processes in total over all machines.
     #[arg(long, value_name = "N")]
@@ -51,8 +52,15 @@ pub struct Args {
 
 impl Args {
     fn answers(&self) -> Answers {
+        // As `accelerate config` / `accelerate launch` do: more than one process or machine means data parallel,
+        // on the GPUs of a GPU build; that answers the machine-type question.
+        let inferred = DistributedType::inferred(
+            self.num_processes.unwrap_or(1),
+            self.num_machines.unwrap_or(1),
+            cfg!(feature = "cuda") || cfg!(feature = "wgpu"),
+        );
         Answers {
-            distributed_type: self.distributed_type,
+            distributed_type: self.distributed_type.or((inferred != DistributedType::No).then_some(inferred)),
             num_machines: self.num_machines,
             machine_rank: self.machine_rank,
             main_process_ip: self.main_process_ip.clone(),

@@ -1,15 +1,18 @@
-//! `llmtrain estimate-memory (--model DIR | --params 7B) [--method full|lora|qlora] [--precision fp32|mixed|bf16]
-//! [--compute-dtype f32|bf16|fp16] [--zero-stage 0..3] [--gpus G] [--batch B --seq T] [--attention eager|flash]
-//! [--grad-checkpointing] [--fused-cross-entropy [--cross-entropy-chunk N]]`: memory per device, like
-//! `accelerate estimate-memory`, with DeepSpeed's ZeRO accounting; with a batch shape, also the activations
-//! autodiff keeps and the peak resident memory of one training step of llmtrain's CPU trainer.
+//! `llmtrain estimate-memory (--model DIR | --params 7B [--family llama2|llama3|mistral|qwen2])
+//! [--method full|lora|qlora] [--precision fp32|mixed|bf16] [--compute-dtype f32|bf16|fp16] [--zero-stage 0..3]
+//! [--gpus G] [--batch B --seq T] [--attention eager|flash] [--grad-checkpointing]
+//! [--fused-cross-entropy [--cross-entropy-chunk N]]`: memory per device, like `accelerate estimate-memory`, with
+//! DeepSpeed's ZeRO accounting; with a batch shape, also the activations autodiff keeps and the peak resident memory
+//! of one training step of llmtrain's CPU trainer. A `--params` size with a standard shape (`KNOWN_SHAPES`: 7B is
+//! Llama 2 7B unless `--family` picks another) stands for that model, and the line `assumed shape: ...` says which.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use llmtrain_core::hf::HfConfig;
 use llmtrain_memopt::estimate::{
-    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
+    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Family, Method, Precision, count_params, estimate,
+    parse_param_count, standard_shape,
 };
 
 #[derive(clap::Args)]
@@ -17,9 +20,14 @@ pub struct Args {
     /// An HF checkpoint directory (its config.json gives the shape and parameter count).
     #[arg(long, conflicts_with = "params", required_unless_present = "params")]
     pub model: Option<PathBuf>,
-    /// A parameter count instead of a model: 7B, 7.5B, 350M, ...
+    /// A parameter count instead of a model: 7B, 7.5B, 350M, ... A standard size (0.5B, 1B, 1.5B, 3B, 7B, 8B,
+    /// 13B, 14B, 32B, 70B, 72B) stands for that model's published shape (7B: Llama 2 7B; see --family); another
+    /// count gives the model states of --method full only.
     #[arg(long)]
     pub params: Option<String>,
+    /// The family whose shape of the --params size is assumed; default: the first with one, in this order.
+    #[arg(long, requires = "params", conflicts_with = "model", value_parser = Family::NAMES)]
+    pub family: Option<String>,
     /// full, lora or qlora.
     #[arg(long, default_value = "full", value_parser = ["full", "lora", "qlora"])]
     pub method: String,
@@ -61,15 +69,30 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let mut assumed = None;
     let (params, model) = match (&args.model, &args.params) {
         (Some(dir), _) => {
             let config = HfConfig::load(dir)?;
             (count_params(&config.model), Some(config.model))
         }
         (None, Some(text)) => {
-            let count = llmtrain_memopt::estimate::parse_param_count(text)
+            let count = parse_param_count(text)
                 .ok_or_else(|| anyhow!("--params {text}: expected a count such as 7B, 7.5B, 350M or 125000"))?;
-            (count, None)
+            let family = match args.family.as_deref() {
+                Some(name) => Some(
+                    Family::from_name(name)
+                        .ok_or_else(|| anyhow!("--family {name}: expected one of {}", Family::NAMES.join(", ")))?,
+                ),
+                None => None,
+            };
+            match standard_shape(count, family, text)? {
+                Some(shape) => {
+                    let config = shape.config();
+                    assumed = Some(shape);
+                    (count_params(&config), Some(config))
+                }
+                None => (count, None),
+            }
         }
         (None, None) => bail!("give --model DIR or --params N"),
     };
@@ -139,6 +162,15 @@ pub fn run(args: &Args) -> Result<()> {
         }
         None => String::new(),
     };
+    if let Some(shape) = assumed {
+        let others: Vec<&str> = shape.other_families().into_iter().map(Family::name).collect();
+        let hint = if others.is_empty() {
+            String::new()
+        } else {
+            format!("; --family {} for another {} shape", others.join("|"), shape.size)
+        };
+        println!("assumed shape: {}{hint}", shape.describe());
+    }
     println!("{count} parameters, {} finetune, {} precision, {} GPU(s){shape}", args.method, args.precision, args.gpus);
     let with_peak = rows.iter().any(|(_, e)| e.cpu_peak.is_some());
     let peak_header = if with_peak { format!(" CPU step peak {unit} |") } else { String::new() };

@@ -12,17 +12,28 @@ use llmtrain_core::tokenizer::TextTokenizer;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An HF checkpoint directory with tokenizer.json.
+    /// An HF checkpoint directory (with tokenizer.json unless --tokenizer or --adapter has one).
     #[arg(long)]
     pub model: PathBuf,
-    /// Tokenizer directory, when it is not the model's.
+    /// A PEFT LoRA/DoRA adapter directory applied to the model (as `llmtrain logits --adapter`).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Store the decoder's linear weights in NF4 as they load (a QLoRA base).
     #[arg(long)]
+    pub load_in_4bit: bool,
+    /// With --load-in-4bit: keep one f32 scale per block of 64 instead of double-quantizing them.
+    #[arg(long, requires = "load_in_4bit")]
+    pub no_double_quant: bool,
+    /// Tokenizer directory, when it is neither the adapter's nor the model's.
+    #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
+    /// The text to continue (with --chat: the user's message).
     #[arg(long)]
     pub prompt: String,
     /// Wrap the prompt as a user turn with the tokenizer's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Most tokens to generate (fewer if an end-of-sequence token comes first).
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
@@ -34,6 +45,7 @@ pub struct Args {
     /// 1.0 = off.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Seed of the sampler (the same seed gives the same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -45,8 +57,19 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     if args.temperature < 0.0 {
         bail!("--temperature must be >= 0, got {}", args.temperature);
     }
-    let tokenizer = TextTokenizer::load(args.tokenizer.as_ref().unwrap_or(&args.model))?;
-    let (model, _) = hf::load_model::<B>(&args.model, device)?;
+    // The model first: a wrong --model is named as such, not as a missing tokenizer.
+    let nf4 = args.load_in_4bit.then_some(!args.no_double_quant);
+    let (mut model, _) = hf::load_model_with::<B>(&args.model, device, nf4)?;
+    if let Some(adapter) = &args.adapter {
+        llmtrain_fastlora::load_adapter(&mut model, adapter, device)?;
+    }
+    // A trained adapter directory carries the tokenizer it was trained with.
+    let tokenizer_dir = match (&args.tokenizer, &args.adapter) {
+        (Some(dir), _) => dir,
+        (None, Some(adapter)) if adapter.join("tokenizer.json").is_file() => adapter,
+        _ => &args.model,
+    };
+    let tokenizer = TextTokenizer::load(tokenizer_dir)?;
     if tokenizer.vocab_size() > model.config.vocab_size {
         bail!(
             "tokenizer has {} tokens but {} has vocab_size {}: they do not belong together",

@@ -8,33 +8,38 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::Parser;
+use llmtrain_accel::launch_config::Origin;
 use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command, run_in_process};
 use llmtrain_core::device::DeviceKind;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// A launch config written by `llmtrain config` (default: the user's default config, if there is one).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
-    /// Ranks in total (over all machines).
-    #[arg(long)]
+    /// Processes (ranks) in total, over all machines.
+    #[arg(long, value_name = "N")]
     pub num_processes: Option<usize>,
-    #[arg(long)]
+    /// Machines taking part (more than 1 needs --launcher mpirun or srun and --main-process-ip).
+    #[arg(long, value_name = "N")]
     pub num_machines: Option<usize>,
-    #[arg(long)]
+    /// This machine's rank among the machines, from 0.
+    #[arg(long, value_name = "RANK")]
     pub machine_rank: Option<usize>,
-    /// Address of machine rank 0.
-    #[arg(long, alias = "main-process-ip")]
-    pub main_address: Option<String>,
-    #[arg(long, alias = "main-process-port")]
-    pub main_port: Option<u16>,
+    /// Address of the machine of rank 0; the ranks get it as MASTER_ADDR.
+    #[arg(long, value_name = "ADDRESS", alias = "main-address")]
+    pub main_process_ip: Option<String>,
+    /// Port of the main process; the ranks get it as MASTER_PORT [default: 29500].
+    #[arg(long, value_name = "PORT", alias = "main-port")]
+    pub main_process_port: Option<u16>,
     /// in-process (threads of this process), mpirun or srun.
     #[arg(long)]
     pub launcher: Option<Launcher>,
     /// mpirun's hostfile (several machines).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
-    #[arg(long)]
+    /// no, fp16 or bf16: the precision of the forward and backward passes (the command's own flag wins).
+    #[arg(long, value_name = "PRECISION")]
     pub mixed_precision: Option<MixedPrecision>,
     /// Print what would run (the exact mpirun / srun line) and exit.
     #[arg(long)]
@@ -60,17 +65,21 @@ enum RankCommand {
 }
 
 pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
-    let config = resolve_config(args, device)?;
     // Parsing here catches a wrong command before any rank starts.
     let rank_cli = RankCli::try_parse_from(&args.command).map_err(|err| {
         let first = err.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
         anyhow!("launch -- {}: {first} (launch runs training commands: train)", args.command.join(" "))
     })?;
-    let device = if args.command.iter().any(|a| a == "--device" || a.starts_with("--device=")) {
-        rank_cli.device
+    // The command's own `--device` wins over launch's; either is a device asked for, which a multi-gpu config
+    // does not override.
+    let asked = if args.command.iter().any(|a| a == "--device" || a.starts_with("--device=")) {
+        Some(rank_cli.device)
+    } else if device_flag_given() {
+        Some(device)
     } else {
-        device
+        None
     };
+    let (config, device) = resolve_config(args, asked.unwrap_or(device), asked.is_some())?;
     match config.launcher {
         Launcher::InProcess => {
             let RankCommand::Train(mut train) = rank_cli.command;
@@ -81,10 +90,15 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
             }
             if args.dry_run {
                 println!(
-                    "{} in-process rank(s) on {device}: llmtrain {}",
+                    "{} in-process rank(s) on this one machine, on {device}: llmtrain {}",
                     config.num_processes,
                     args.command.join(" ")
                 );
+                if let Some(ip) = &config.main_process_ip {
+                    eprintln!(
+                        "note: the main process address {ip} is not used: in-process ranks are threads of this process"
+                    );
+                }
                 return Ok(());
             }
             let job = InProcessJob { world: config.num_processes, train };
@@ -94,6 +108,33 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
     }
 }
 
+/// Whether `--device` was given to `llmtrain` itself (before `--`): clap fills in its default otherwise, and
+/// only a device asked for overrides a multi-gpu launch config.
+fn device_flag_given() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a.to_str().is_some_and(|a| a == "--device" || a.starts_with("--device=")))
+}
+
+/// The GPU kind this build has, if any (cuda first).
+fn gpu_kind() -> Option<DeviceKind> {
+    if cfg!(feature = "cuda") {
+        Some(DeviceKind::Cuda)
+    } else if cfg!(feature = "wgpu") {
+        Some(DeviceKind::Wgpu)
+    } else {
+        None
+    }
+}
+
+fn is_gpu(device: DeviceKind) -> bool {
+    device != DeviceKind::Cpu
+}
+
+/// How to build a GPU `llmtrain`.
+const GPU_BUILD: &str = "cargo build --release -p llmtrain-cli --features cuda";
+
 /// Ranks as threads of this process.
 pub struct InProcessJob {
     world: usize,
@@ -102,51 +143,85 @@ pub struct InProcessJob {
 
 /// Runs the job's ranks on backend `B`; rank r uses device r of `device`'s kind (GPU r; the CPU is one device).
 pub fn run<B: Backend>(job: &InProcessJob, device: &B::Device) -> Result<()> {
-    run_in_process(job.world, |comm| {
+    let outcomes = run_in_process(job.world, |comm| {
         let rank_device = super::train::device_for_rank::<B>(device, comm.rank());
         super::train::run_rank::<B>(&job.train, &rank_device, comm)
     })?;
-    Ok(())
+    // Every rank stopped after the same step on a signal: report it once, as a single process does.
+    match outcomes.into_iter().flatten().next() {
+        Some(stop) => Err(stop.into()),
+        None => Ok(()),
+    }
 }
 
-/// The launch config: the file (named, or the user's default if present), then the flags over it.
-fn resolve_config(args: &Args, device: DeviceKind) -> Result<LaunchConfig> {
-    let mut config = match &args.config_file {
-        Some(path) => LaunchConfig::load(path)?,
-        None => match LaunchConfig::default_path() {
-            Ok(path) if path.is_file() => LaunchConfig::load(&path)?,
-            _ => LaunchConfig::default(),
-        },
+/// The launch config — the file (named, or the user's default if present), then the flags over it — and the
+/// ranks' device: `device`, asked for when `device_asked`, else the one the config's distributed type needs.
+fn resolve_config(args: &Args, device: DeviceKind, device_asked: bool) -> Result<(LaunchConfig, DeviceKind)> {
+    let file = match &args.config_file {
+        Some(path) => Some(path.clone()),
+        None => LaunchConfig::default_path().ok().filter(|path| path.is_file()),
     };
+    let mut config = match &file {
+        Some(path) => LaunchConfig::load(path)?,
+        None => LaunchConfig::default(),
+    };
+    let mut flags = Vec::new();
+    // Each flag given replaces its key, and is recorded so that errors name the flag.
     macro_rules! set {
-        ($flag:ident => $field:ident) => {
-            if let Some(value) = &args.$flag {
+        ($field:ident) => {
+            if let Some(value) = &args.$field {
                 config.$field = value.clone();
+                flags.push(stringify!($field));
+            }
+        };
+        ($field:ident => Some) => {
+            if let Some(value) = &args.$field {
+                config.$field = Some(value.clone());
+                flags.push(stringify!($field));
             }
         };
     }
-    set!(num_processes => num_processes);
-    set!(num_machines => num_machines);
-    set!(machine_rank => machine_rank);
-    set!(main_port => main_process_port);
-    set!(launcher => launcher);
-    set!(mixed_precision => mixed_precision);
-    if let Some(address) = &args.main_address {
-        config.main_process_ip = Some(address.clone());
+    set!(num_processes);
+    set!(num_machines);
+    set!(machine_rank);
+    set!(main_process_ip => Some);
+    set!(main_process_port);
+    set!(launcher);
+    set!(hostfile => Some);
+    set!(mixed_precision);
+    if is_gpu(device) && !device.compiled() {
+        bail!(
+            "--device {device}: this llmtrain was built without the `{device}` feature; build a GPU binary with \
+             `cargo build --release -p llmtrain-cli --features {device}`"
+        );
     }
-    if let Some(hostfile) = &args.hostfile {
-        config.hostfile = Some(hostfile.clone());
+    // As `accelerate launch` does: more than one process or machine means data parallel, on the device asked
+    // for, else on the GPUs of a GPU build.
+    if config.distributed_type == DistributedType::No {
+        let gpu = if device_asked { is_gpu(device) } else { gpu_kind().is_some() };
+        config.distributed_type = DistributedType::inferred(config.num_processes, config.num_machines, gpu);
     }
-    // As `accelerate launch` does: more than one process means data parallel on the device asked for.
-    if config.num_processes > 1 && config.distributed_type == DistributedType::No {
-        config.distributed_type =
-            if device == DeviceKind::Cpu { DistributedType::MultiCpu } else { DistributedType::MultiGpu };
+    let mut device = device;
+    if config.distributed_type == DistributedType::MultiGpu && !is_gpu(device) {
+        if device_asked {
+            // `--device cpu` forces the CPU, as `accelerate launch --cpu` does.
+            config.distributed_type = DistributedType::MultiCpu;
+        } else if let Some(gpu) = gpu_kind() {
+            device = gpu;
+        } else {
+            // Only a file says multi-gpu on a CPU-only build (inference picks multi-cpu there).
+            let source = file.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+            bail!(
+                "{source}distributed_type \"multi-gpu\" needs a GPU build, and this llmtrain is CPU-only: build one \
+                 with `{GPU_BUILD}`, or run on the CPU with --device cpu"
+            );
+        }
     }
     if config.num_machines > 1 && args.launcher.is_none() && config.launcher == Launcher::InProcess {
         config.launcher = Launcher::Mpirun;
     }
-    config.validate()?;
-    Ok(config)
+    config.validate_from(&Origin { file, flags })?;
+    Ok((config, device))
 }
 
 /// Ranks as processes: this binary under `mpirun` or `srun`, with the rank command's arguments.
@@ -189,6 +264,9 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
         };
         bail!("{tool} not found on PATH: {install}, or use --launcher in-process on one machine");
     }
+    // A terminal's Ctrl-C reaches mpirun/srun and the ranks too; this process waits for them to checkpoint and
+    // stop instead of leaving them behind (a second Ctrl-C stops it at once).
+    let _graceful = llmtrain_core::interrupt::GracefulStop::enter();
     let status = Command::new(tool).args(&line[1..]).status().with_context(|| format!("starting {tool}"))?;
     if !status.success() {
         bail!("{tool} exited with {status}: a rank failed (its error is above)");

@@ -29,6 +29,9 @@ pub struct Args {
     /// Write one f32 tensor `logits` [T, V] to this safetensors file (otherwise print a summary).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace --out even if it is not a logits file this command wrote.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
@@ -46,6 +49,9 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
+    if let Some(out) = &args.out {
+        check_logits_out(out, args.overwrite)?;
+    }
     let nf4 = args.load_in_4bit.then_some(!args.no_double_quant);
     let (mut model, _) = hf::load_model_with::<B>(&args.model, device, nf4)?;
     if let Some(adapter) = &args.adapter {
@@ -77,6 +83,22 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--out` may replace a logits file this command wrote (a safetensors file holding only `logits`), not
+/// anything else, unless `overwrite`.
+fn check_logits_out(out: &std::path::Path, overwrite: bool) -> Result<()> {
+    if overwrite || !out.exists() {
+        return Ok(());
+    }
+    let ours = std::fs::read(out).ok().is_some_and(|bytes| {
+        safetensors::SafeTensors::read_metadata(&bytes)
+            .is_ok_and(|(_, meta)| meta.tensors().keys().map(String::as_str).eq(["logits"]))
+    });
+    if !ours {
+        bail!("--out {}: exists and is not a logits file; pass --overwrite to replace it", out.display());
+    }
+    Ok(())
 }
 
 fn write_logits(out: &std::path::Path, values: &[f32], rows: usize, vocab: usize) -> Result<()> {

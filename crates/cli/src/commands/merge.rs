@@ -15,9 +15,13 @@ pub struct Args {
     /// The PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// The checkpoint directory to write (replaced as a whole, atomically).
+    /// The checkpoint directory to write (replaced atomically; must be new, empty or a checkpoint unless
+    /// --overwrite).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out even if it holds files that are not part of a checkpoint.
+    #[arg(long)]
+    pub overwrite: bool,
     /// float32, bfloat16 or float16 (default: the base's dtype).
     #[arg(long)]
     pub dtype: Option<String>,
@@ -25,6 +29,7 @@ pub struct Args {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let dtype = super::convert::parse_dtype(args.dtype.as_deref())?;
+    llmtrain_core::fsutil::check_replaceable_dir(&args.out, "--out", args.overwrite)?;
     let (mut model, config) = hf::load_model::<B>(&args.base, device)?;
     llmtrain_fastlora::load_adapter(&mut model, &args.adapter, device)?;
     let merged = llmtrain_fastlora::merge(&mut model)?;

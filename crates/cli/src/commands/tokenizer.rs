@@ -10,20 +10,28 @@ use llmtrain_core::tokenizer::{BpeTrainingOptions, TextTokenizer, train_bpe_to_d
 pub enum Command {
     /// Train a byte-level BPE tokenizer on text files; writes tokenizer.json and tokenizer_config.json.
     Train {
+        /// Text files to learn from; a directory stands for the files in it (as in run configs).
         #[arg(long, num_args = 1.., required = true)]
         files: Vec<PathBuf>,
+        /// Tokens in the vocabulary, the 256 bytes and the special tokens included.
         #[arg(long)]
         vocab_size: usize,
+        /// Fewest occurrences of a pair before it is merged.
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
+        /// The directory to write tokenizer.json and tokenizer_config.json into (new, empty or a checkpoint's).
         #[arg(long)]
         out: PathBuf,
+        /// Replace --out even if it holds files that are not part of a checkpoint.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Print the token ids of a text (with the tokenizer's special tokens), or of a chat turn with --chat.
     Encode {
         /// Directory holding tokenizer.json (and tokenizer_config.json).
         #[arg(long)]
         tokenizer: PathBuf,
+        /// The text to encode.
         #[arg(long)]
         text: String,
         /// Render the text as a user turn with the chat template (add_generation_prompt) first.
@@ -34,9 +42,11 @@ pub enum Command {
 
 pub fn run(command: &Command) -> Result<()> {
     match command {
-        Command::Train { files, vocab_size, min_frequency, out } => {
+        Command::Train { files, vocab_size, min_frequency, out, overwrite } => {
+            llmtrain_core::fsutil::check_replaceable_dir(out, "--out", *overwrite)?;
             let options = BpeTrainingOptions { vocab_size: *vocab_size, min_frequency: *min_frequency };
-            let tok = train_bpe_to_dir(files, &options, out)?;
+            let files = llmtrain_core::train::expand_files(files)?;
+            let tok = train_bpe_to_dir(&files, &options, out)?;
             println!("trained a {}-token byte-level BPE tokenizer into {}", tok.vocab_size(), out.display());
             Ok(())
         }

@@ -22,15 +22,20 @@ pub struct Args {
     #[arg(long)]
     pub config: PathBuf,
     /// Start from this HF checkpoint directory instead of the config's model.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    #[arg(long)]
+    /// Optimizer steps to train in all; overrides `[training] max_steps`.
+    #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
-    #[arg(long)]
+    /// Where metrics, checkpoints and final/ go; overrides `[output] dir`.
+    #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Continue from the latest complete checkpoint in the output directory.
-    #[arg(long)]
+    /// Continue from the newest intact checkpoint in the output directory (an error if there is none).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Delete an earlier run's checkpoints, final/ and metrics in the output directory and start over.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Compute precision: no (fp32), fp16 or bf16; overrides `[memopt] mixed_precision` (`llmtrain launch
     /// --mixed-precision` sets it for every rank).
     #[arg(long)]
@@ -45,10 +50,21 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         // Ranks of one machine take its devices in turn (GPU k for local rank k; the CPU is one device).
         let device = device_for_rank::<B>(device, local_rank_from_env());
         // Every rank prints its own error: name the rank, as the in-process launcher does.
-        return run_rank::<B>(args, &device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")));
+        let outcome =
+            run_rank::<B>(args, &device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")))?;
+        return outcome.map_or(Ok(()), |stop| Err(stop.into()));
     }
     let single = InProcess::group(1).into_iter().next().ok_or_else(|| anyhow::anyhow!("no rank"))?;
-    run_rank::<B>(args, device, Box::new(single))
+    let outcome = run_rank::<B>(args, device, Box::new(single))?;
+    outcome.map_or(Ok(()), |stop| Err(stop.into()))
+}
+
+/// A run stopped by SIGINT/SIGTERM after checkpointing its last step; the process exits with the signal's code.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted at step {step}: resume with --resume")]
+pub struct Interrupted {
+    pub step: u64,
+    pub signal: i32,
 }
 
 /// Device `index` of `device`'s kind (GPU `index`; backends with one device ignore it).
@@ -69,8 +85,13 @@ fn local_rank_from_env() -> usize {
 }
 
 /// Trains as the rank `comm` stands for; rank 0 prints the summary. Any error, from the config on, aborts the
-/// group first, so no other rank waits for this one.
-pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Communicator>) -> Result<()> {
+/// group first, so no other rank waits for this one. A run stopped by a signal returns how (every rank stops
+/// after the same step).
+pub fn run_rank<B: Backend>(
+    args: &Args,
+    device: &B::Device,
+    comm: Box<dyn Communicator>,
+) -> Result<Option<Interrupted>> {
     let world = comm.world_size();
     let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|config| {
         let accel_config = AcceleratorConfig {
@@ -97,6 +118,7 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
         max_steps: args.max_steps,
         output_dir: args.output_dir.clone(),
         resume: args.resume,
+        overwrite: args.overwrite,
     };
     let method: Box<dyn Finetune<Autodiff<B>>> = match &config.lora {
         Some(section) => Box::new(LoraMethod::new(section, overrides.apply(&config).model.path.as_deref())),
@@ -112,8 +134,21 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
             return Err(err.into());
         }
     };
+    if let Some(signal) = summary.interrupted_by {
+        return Ok(Some(Interrupted { step: summary.steps, signal }));
+    }
     if !accelerator.is_main_process() {
-        return Ok(());
+        return Ok(None);
+    }
+    if summary.already_finished {
+        println!(
+            "nothing to resume: the run in {} already reached step {} (max_steps {}); its model is {}",
+            overrides.apply(&config).output.dir.display(),
+            summary.steps,
+            overrides.apply(&config).training.max_steps,
+            summary.final_dir.display()
+        );
+        return Ok(None);
     }
     if world > 1 {
         println!("ranks: {world}");
@@ -124,7 +159,8 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
             println!("method: QLoRA, rank-{} adapters on a frozen 4-bit NF4 base ({scales})", lora.r)
         }
         (Some(lora), None) => println!("method: LoRA, rank-{} adapters on a frozen base", lora.r),
-        (None, _) => println!("method: full finetuning"),
+        (None, _) if overrides.apply(&config).model.path.is_some() => println!("method: full finetuning"),
+        (None, _) => println!("method: pretraining from scratch"),
     }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", summary.steps, summary.elapsed_secs, summary.tokens_per_sec);
     println!("final train loss: {:.4}", summary.final_train_loss);
@@ -160,5 +196,5 @@ pub fn run_rank<B: Backend>(args: &Args, device: &B::Device, comm: Box<dyn Commu
         println!("sample:\n{sample}");
     }
     println!("model: {}", summary.final_dir.display());
-    Ok(())
+    Ok(None)
 }

@@ -95,6 +95,7 @@ impl HfConfig {
 
     /// Reads `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
+        crate::paths::expect_model_dir(dir)?;
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
         Self::parse(&text, &path)

@@ -16,6 +16,7 @@ pub use loss_scale::{LossScaleConfig, LossScaler};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{
-    TrainOverrides, TrainSummary, batch_loss, batch_tensors, build_model, clear_previous_run, data_options, eval_mean,
-    evaluate, evaluate_parts, expand_files, resolve_tokenizer, sample_text, unigram_entropy,
+    TrainOverrides, TrainSummary, batch_loss, batch_tensors, build_model, clear_previous_run, data_options,
+    earlier_run_contents, eval_mean, evaluate, evaluate_parts, expand_files, resolve_tokenizer, sample_text,
+    unigram_entropy,
 };

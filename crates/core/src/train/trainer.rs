@@ -24,7 +24,10 @@ pub struct TrainOverrides {
     pub model: Option<PathBuf>,
     pub max_steps: Option<u64>,
     pub output_dir: Option<PathBuf>,
+    /// Continue from the newest intact checkpoint of the output directory (an error if there is none).
     pub resume: bool,
+    /// Delete an earlier run in the output directory and start over (without it, such a run is refused).
+    pub overwrite: bool,
 }
 
 impl TrainOverrides {
@@ -45,7 +48,7 @@ impl TrainOverrides {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainSummary {
     pub steps: u64,
     pub resumed_from: Option<u64>,
@@ -65,19 +68,32 @@ pub struct TrainSummary {
     pub sample: Option<String>,
     pub final_dir: PathBuf,
     pub elapsed_secs: f64,
+    /// The run had already reached `max_steps` when asked to resume: nothing was trained or written.
+    pub already_finished: bool,
+    /// The signal (SIGINT/SIGTERM) that stopped the run after step `steps`, whose checkpoint was written.
+    pub interrupted_by: Option<i32>,
 }
 
-/// A fresh (non-resumed) run starts from an empty slate: earlier checkpoints and results are removed.
-pub fn clear_previous_run(out: &Path) -> Result<()> {
-    let previous = list_checkpoints(out)?;
-    if !previous.is_empty() {
-        tracing::warn!(
-            "{}: removing {} checkpoint(s) of an earlier run (use --resume to continue it)",
-            out.display(),
-            previous.len()
-        );
+/// What an earlier run left in `out` (checkpoints, `final/`, metrics, loss curve), by name: a run started over it
+/// without `--resume` must not delete them unasked.
+pub fn earlier_run_contents(out: &Path) -> Result<Vec<String>> {
+    let mut found: Vec<String> =
+        list_checkpoints(out)?.into_iter().rev().map(|(step, _)| format!("checkpoint-{step}/")).collect();
+    if out.join("final").exists() {
+        found.push("final/".into());
     }
-    for (_, dir) in previous {
+    for file in [METRICS_FILE, super::plot::LOSS_CURVE_FILE] {
+        // A run that failed before its first record leaves an empty metrics file: nothing to lose.
+        if out.join(file).metadata().is_ok_and(|m| m.len() > 0) {
+            found.push(file.into());
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes what [`earlier_run_contents`] finds (for `--overwrite`); other files in `out` are left alone.
+pub fn clear_previous_run(out: &Path) -> Result<()> {
+    for (_, dir) in list_checkpoints(out)? {
         std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
     }
     for stale in [out.join("final"), out.join(METRICS_FILE), out.join(super::plot::LOSS_CURVE_FILE)] {
@@ -144,7 +160,7 @@ pub fn expand_files(entries: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if entry.is_file() {
             files.push(entry.clone());
         } else {
-            return Err(CoreError::Io { path: entry.clone(), source: std::io::ErrorKind::NotFound.into() });
+            return Err(crate::paths::not_found(entry, "data file"));
         }
     }
     Ok(files)

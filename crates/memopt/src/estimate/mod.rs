@@ -4,6 +4,8 @@
 //!
 //! - here: what goes in ([`EstimateInput`]) and comes out ([`MemoryEstimate`]), the model states ([`estimate`])
 //!   and the parameter counts ([`count_params`], [`lora_params`], [`parse_param_count`]);
+//! - `known_shapes`: the published shapes of common families ([`KNOWN_SHAPES`], [`Family`], [`standard_shape`]),
+//!   which a bare parameter count (`--params 7B`) stands for;
 //! - `activations`: the tensors burn's autodiff keeps for backward, op by op ([`activation_bytes`], [`StepKind`]),
 //!   with the plain loss over full logits or the head fused with it (`[memopt] fused_cross_entropy`);
 //! - `cpu_peak`: the CPU trainer's peak resident set per step ([`cpu_peak()`], [`CpuPeak`], [`PeakMoment`]):
@@ -11,11 +13,13 @@
 
 mod activations;
 mod cpu_peak;
+mod known_shapes;
 
 pub use activations::{StepKind, activation_bytes};
 pub use cpu_peak::{
     CpuPeak, MMAP_THRESHOLD_MAX, PROCESS_BASELINE, PeakMoment, RankStates, allocator_retention, cpu_peak,
 };
+pub use known_shapes::{Family, KNOWN_SHAPES, KnownShape, NoSuchShape, known_sizes, standard_shape};
 
 use llmtrain_core::config::{AttentionImpl, MixedPrecision};
 use llmtrain_core::model::ModelConfig;
@@ -199,7 +203,7 @@ pub enum EstimateError {
     ZeroStage(u8),
     #[error("--gpus must be at least 1")]
     NoGpus,
-    #[error("{0} needs the model's shape: give --model DIR instead of --params")]
+    #[error("{0} needs the model's shape: give --model DIR, or --params with a standard size ({sizes})", sizes = known_sizes(None))]
     NeedsShape(&'static str),
     #[error(
         "--compute-dtype {compute} does not go with --precision {precision} (fp32 computes in f32, mixed and bf16 in 16 bits)"
