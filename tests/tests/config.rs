@@ -234,3 +234,17 @@ fn launch_spellings_of_the_main_address_and_port_are_aliases() {
         assert!(text.lines().any(|l| l == line), "`{line}` not in:\n{text}");
     }
 }
+
+#[test]
+fn a_file_that_is_not_a_launch_config_is_not_replaced_unasked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.toml");
+    std::fs::write(&path, "# my notes\n").unwrap();
+    let args = ["config", "--non-interactive", "--output", path.to_str().unwrap(), "--num-processes", "2"];
+    assert_one_line_error(&llmtrain(&args), "is not a launch config written by `llmtrain config`");
+    assert_eq!(read(&path), "# my notes\n");
+    assert_success(&llmtrain(&[&args[..], &["--overwrite"]].concat()));
+    // Its own file it replaces without asking.
+    assert_success(&llmtrain(&args));
+    assert!(read(&path).contains("num_processes = 2"));
+}

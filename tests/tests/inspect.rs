@@ -214,6 +214,15 @@ fn convert_refuses_a_directory_holding_other_files_and_the_current_directory() {
         assert_one_line_error(&run, "is the current directory or contains it");
     }
     assert_eq!(names(dir.path()), ["ckpt", "mine"], "temporary copies left behind");
+    // The input itself is not replaced in place unasked, and a tokenizer does not replace a model.
+    let c = ckpt.to_str().unwrap();
+    assert_one_line_error(&llmtrain(&["convert", "--model", c, "--out", c]), "is the --model directory");
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog\n".repeat(100)).unwrap();
+    let run = llmtrain(&["tokenizer", "train", "--files", corpus.to_str().unwrap(), "--vocab-size", "280", "--out", c]);
+    let err = assert_one_line_error(&run, "not part of a tokenizer");
+    assert!(err.contains("config.json"), "{err}");
+    assert!(ckpt.join("model.safetensors").exists());
     assert!(names(&ckpt).iter().all(|n| !n.starts_with('.')), "{:?}", names(&ckpt));
 }
 

@@ -285,3 +285,42 @@ fn generate_with_an_adapter_equals_generate_on_the_merged_model() {
     let four_bit = generate(&["--model", b, "--adapter", a, "--load-in-4bit"]);
     assert!(four_bit.starts_with("To be, or not") && four_bit.len() > "To be, or not\n".len(), "{four_bit}");
 }
+
+#[test]
+fn lora_on_a_loaded_base_is_reproducible_from_its_config() {
+    // `[training] seed` seeds the adapters' initialisation on a checkpoint too, not only from scratch.
+    let base = llmtrain_e2e::fixture("llama_gqa_tied");
+    let adapters: Vec<Vec<u8>> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            lora_command(dir.path(), "", &["train"], &["--model", base.to_str().unwrap(), "--max-steps", "2"], 4);
+            std::fs::read(dir.path().join("out/final/adapter_model.safetensors")).unwrap()
+        })
+        .collect();
+    assert!(adapters[0] == adapters[1], "two runs of one config gave different adapters");
+}
+
+#[test]
+fn lora_dropout_resumes_bit_identical_and_ignores_thread_timing() {
+    // Dropout masks come from (seed, rank, step, micro-batch), not from a process-wide generator: a resumed run
+    // draws what the uninterrupted one drew, and in-process ranks (threads) draw the same masks every time.
+    let base = llmtrain_e2e::fixture("llama_gqa_tied");
+    let b = base.to_str().unwrap();
+    let adapter = |dir: &Path| std::fs::read(dir.join("out/final/adapter_model.safetensors")).unwrap();
+    let dropout = "dropout = 0.1";
+    let whole = tempfile::tempdir().unwrap();
+    lora_command(whole.path(), dropout, &["train"], &["--model", b], 4);
+    let split = tempfile::tempdir().unwrap();
+    lora_command(split.path(), dropout, &["train"], &["--model", b, "--max-steps", "6"], 4);
+    lora_command(split.path(), dropout, &["train"], &["--model", b, "--resume"], 4);
+    assert!(adapter(whole.path()) == adapter(split.path()), "a resumed run with dropout differs");
+    let ranks: Vec<Vec<u8>> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let launch = ["launch", "--num-processes", "2", "--", "train"];
+            lora_command(dir.path(), dropout, &launch, &["--model", b, "--max-steps", "4"], 2);
+            adapter(dir.path())
+        })
+        .collect();
+    assert!(ranks[0] == ranks[1], "two runs on two in-process ranks differ");
+}

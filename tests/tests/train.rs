@@ -350,19 +350,19 @@ fn interrupted_step(stderr: &str) -> u64 {
 #[test]
 fn ctrl_c_checkpoints_the_current_step_and_resume_ends_identical() {
     let reference = Run::new("");
-    ok(&reference.train(&["--max-steps", "40"]));
+    ok(&reference.train(&["--max-steps", "100"]));
     let want = reference.final_weights();
 
     // No periodic checkpoints: the one at the interrupted step is the signal's.
     let run = Run::without_periodic_checkpoints();
-    let out = signal_when(&run, &["--max-steps", "40"], &run.path("out/metrics.jsonl"), &["INT"]);
+    let out = signal_when(&run, &["--max-steps", "100"], &run.path("out/metrics.jsonl"), &["INT"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let step = interrupted_step(&stderr);
-    assert!((1..40).contains(&step), "{stderr}");
+    assert!((1..100).contains(&step), "{stderr}");
     assert!(run.path(&format!("out/checkpoint-{step}/trainer_state.json")).exists(), "no checkpoint at step {step}");
     assert!(!run.path("out/final").exists(), "an interrupted run has no final model");
-    let resumed = run.train(&["--max-steps", "40", "--resume"]);
+    let resumed = run.train(&["--max-steps", "100", "--resume"]);
     ok(&resumed);
     let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed_stderr.contains(&format!("(step {step})")), "{resumed_stderr}");
@@ -370,7 +370,7 @@ fn ctrl_c_checkpoints_the_current_step_and_resume_ends_identical() {
 
     // SIGTERM (a scheduler's pre-emption) does the same, with its own exit code.
     let run = Run::without_periodic_checkpoints();
-    let out = signal_when(&run, &["--max-steps", "40"], &run.path("out/metrics.jsonl"), &["TERM"]);
+    let out = signal_when(&run, &["--max-steps", "100"], &run.path("out/metrics.jsonl"), &["TERM"]);
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
     let step = interrupted_step(&String::from_utf8_lossy(&out.stderr));
     assert!(run.path(&format!("out/checkpoint-{step}/trainer_state.json")).exists());

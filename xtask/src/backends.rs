@@ -40,7 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn measure<B: AutodiffBackend>(args: &Args) -> Timing {
     let device = B::Device::default();
     let config = full_tiny();
-    let model = LlamaModel::<B>::init(&config, &device);
+    let model = LlamaModel::<B>::init(&config, &device, 0);
     let tokens = Tensor::<B, 2, Int>::random(
         [args.batch, args.seq],
         Distribution::Uniform(0.0, config.vocab_size as f64),

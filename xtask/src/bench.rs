@@ -257,7 +257,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
     let mut accelerator = Accelerator::<A>::new(config, comm)?;
     // QLoRA's base is quantized layer by layer as it is drawn: the dense model never exists.
-    let mut model = LlamaModel::<A>::init_with(&case.model, &device, case.quantized.then_some(true));
+    let mut model = LlamaModel::<A>::init_with(&case.model, &device, case.quantized.then_some(true), 0);
     if let Some(r) = case.lora_rank {
         let config = LoraConfig::new(r, 2.0 * r as f64, TargetModules::Pattern("all-linear".into()));
         attach(&mut model, &config, &device)?;

@@ -11,6 +11,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The first line of every launch config `llmtrain config` writes.
+const HEADER: &str = "# llmtrain launch config, written by `llmtrain config`; `llmtrain launch` reads it.\n";
+
 /// The file name under the config directory, as Accelerate names its own.
 pub const DEFAULT_CONFIG_FILE: &str = "default_config.toml";
 
@@ -283,10 +286,16 @@ impl LaunchConfig {
         Ok(config)
     }
 
+    /// Whether `path` holds a file [`save`](Self::save) wrote (its first line is our header), which saving may
+    /// replace.
+    pub fn is_launch_config_file(path: &Path) -> bool {
+        std::fs::read_to_string(path).is_ok_and(|text| text.starts_with(HEADER))
+    }
+
     /// The TOML text [`save`](Self::save) writes.
     pub fn to_toml_string(&self) -> Result<String> {
         let body = toml::to_string(self).map_err(|e| LaunchConfigError::Serialize(e.to_string()))?;
-        Ok(format!("# llmtrain launch config, written by `llmtrain config`; `llmtrain launch` reads it.\n{body}"))
+        Ok(format!("{HEADER}{body}"))
     }
 
     /// Checks, then writes the config through a temporary file in the same directory and a rename, so a reader

@@ -16,7 +16,8 @@ use llmtrain_core::data::{Batch, DataLoader, Split};
 use llmtrain_core::error::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
-use llmtrain_core::interrupt::{self, GracefulStop};
+use llmtrain_core::interrupt::{self, GracefulStop, SIGINT, SIGTERM};
+use llmtrain_core::model::lora::{mix_seed, set_dropout_seed};
 use llmtrain_core::model::{Compute, LlamaModel};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{accuracy_examples, completion_accuracy};
@@ -54,6 +55,9 @@ pub struct StepOptions {
     pub gradient_checkpointing: bool,
     /// With checkpointing, keep the layer inputs in host memory.
     pub checkpoint_offload: bool,
+    /// What this step's dropout masks derive from (with the rank and micro-batch): the run's seed and the step,
+    /// so masks do not depend on thread timing and a resumed run draws the same ones.
+    pub dropout_seed: u64,
 }
 
 /// One optimizer step over this rank's `micro` batches: forward, backward and gradient sum per micro-batch,
@@ -78,7 +82,8 @@ pub fn train_step<A: AutodiffBackend>(
     // Applied to each micro-batch's summed loss; backward divides by the accumulation steps on top.
     let scale = undo_averaging / scored;
     let mut local_loss = 0.0;
-    for batch in micro {
+    for (index, batch) in micro.iter().enumerate() {
+        set_dropout_seed(mix_seed(&[options.dropout_seed, accelerator.rank() as u64, index as u64]));
         accelerator.accumulate();
         let loss_sum = if options.gradient_checkpointing {
             accelerator.backward_with(|grads, divisor| {
@@ -129,13 +134,16 @@ pub fn run_training<A: AutodiffBackend>(
                 "{} holds an earlier run ({}): pass --resume to continue it, or --overwrite to delete it and start \
                  over",
                 out.display(),
-                earlier.join(", ")
+                llmtrain_core::fsutil::shorten(&earlier, 4)
             )));
         }
         None
     };
+    // Finished means the last checkpoint reached max_steps and final/ was written after it (a run stopped
+    // while writing final/ goes on and writes it).
     if let Some((_, state)) = &checkpoint
         && state.step >= tr.max_steps
+        && out.join("final").is_dir()
     {
         return Ok(TrainSummary {
             steps: state.step,
@@ -146,6 +154,9 @@ pub fn run_training<A: AutodiffBackend>(
             ..Default::default()
         });
     }
+    // Ctrl-C / SIGTERM from here on (before anything is written) finish the current step and checkpoint it; a
+    // second one stops at once.
+    let _graceful = GracefulStop::enter();
     if main {
         std::fs::create_dir_all(&out).map_err(|e| CoreError::io(&out, e))?;
     }
@@ -179,27 +190,25 @@ pub fn run_training<A: AutodiffBackend>(
     optimizer.lr_scale = lr_scales(&model, finetune);
     let mut resumed_from = None;
     if let Some((dir, _)) = checkpoint {
-        {
-            let state = if finetune.saves_adapter_only() {
-                // The base was rebuilt from the run config as the first run built it; only the adapter moves.
-                let (loaded_optimizer, state) = accelerator.load_training_state(&dir, adam, device)?;
-                optimizer = loaded_optimizer;
-                state
-            } else {
-                let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
-                (model, optimizer) = (loaded, loaded_optimizer);
-                state
-            };
-            finetune.load(&mut model, &dir, device).map_err(AccelError::Finetune)?;
-            optimizer.lr_scale = lr_scales(&model, finetune);
-            model.compute.attention = attention;
-            model.compute.loss_chunk = loss_chunk;
-            model.compute.fused_kernels = memopt.fused_kernels;
-            train_data.seek(state.data_position)?;
-            resumed_from = Some(state.step);
-            if main {
-                eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            }
+        let state = if finetune.saves_adapter_only() {
+            // The base was rebuilt from the run config as the first run built it; only the adapter moves.
+            let (loaded_optimizer, state) = accelerator.load_training_state(&dir, adam, device)?;
+            optimizer = loaded_optimizer;
+            state
+        } else {
+            let (loaded, loaded_optimizer, state) = accelerator.load_state(&dir, adam, device)?;
+            (model, optimizer) = (loaded, loaded_optimizer);
+            state
+        };
+        finetune.load(&mut model, &dir, device).map_err(AccelError::Finetune)?;
+        optimizer.lr_scale = lr_scales(&model, finetune);
+        model.compute.attention = attention;
+        model.compute.loss_chunk = loss_chunk;
+        model.compute.fused_kernels = memopt.fused_kernels;
+        train_data.seek(state.data_position)?;
+        resumed_from = Some(state.step);
+        if main {
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
     } else if main {
         clear_previous_run(&out)?;
@@ -254,8 +263,6 @@ pub fn run_training<A: AutodiffBackend>(
         accelerator.save_state_with(&out, with_model, optimizer, &tokenizer, state, tr.save_total_limit, extra)?;
         Ok(())
     };
-    // Ctrl-C / SIGTERM from here on finish the step and checkpoint it (a second one stops at once).
-    let _graceful = GracefulStop::enter();
     let mut interrupted_by = None;
     while step < tr.max_steps {
         let mut micro = Vec::with_capacity(tr.gradient_accumulation_steps);
@@ -272,6 +279,7 @@ pub fn run_training<A: AutodiffBackend>(
             max_grad_norm: max_norm,
             gradient_checkpointing: config.memopt.gradient_checkpointing,
             checkpoint_offload: config.memopt.checkpoint_offload,
+            dropout_seed: mix_seed(&[tr.seed, step]),
         };
         let stats = train_step(accelerator, &mut model, &mut optimizer, &micro, step_options, device)?;
         window.tokens += micro.iter().map(|b| b.rows * b.seq).sum::<usize>() * accelerator.world_size();
@@ -312,14 +320,16 @@ pub fn run_training<A: AutodiffBackend>(
         if saved {
             save(accelerator, &model, &optimizer, &train_data, step)?;
         }
-        // Every rank learns of a signal any rank got, so all stop after the same step.
-        let signal = interrupt::stop_requested().unwrap_or(0);
-        let any_signal = accelerator.reduce(f64::from(signal), ReduceOp::Sum)?;
-        if any_signal > 0.0 && step < tr.max_steps {
+        // Every rank learns of a signal any rank got, so all stop after the same step (SIGINT if any rank got
+        // one, else SIGTERM, for the exit code).
+        let signal = interrupt::stop_requested();
+        let flags = [signal == Some(SIGINT), signal.is_some_and(|s| s != SIGINT)].map(|f| f64::from(u8::from(f)));
+        let counts = accelerator.reduce_many(&flags, ReduceOp::Sum)?;
+        if counts.iter().any(|&c| c > 0.0) && step < tr.max_steps {
             if !saved {
                 save(accelerator, &model, &optimizer, &train_data, step)?;
             }
-            interrupted_by = Some(if signal > 0 { signal } else { any_signal as i32 });
+            interrupted_by = Some(if counts[0] > 0.0 { SIGINT } else { SIGTERM });
             break;
         }
     }

@@ -27,7 +27,7 @@ fn embedding(model: &LlamaModel<A>) -> Vec<f32> {
 fn accumulation_syncs_every_nth_micro_batch_and_steps_only_then() {
     let device = Default::default();
     let mut acc = Accelerator::<A>::single(config(3)).unwrap();
-    let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(16, 8, 1, 2, 1), &device);
+    let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(16, 8, 1, 2, 1), &device, 1);
     let mut optimizer = AdamW::new(AdamWConfig::default());
     let before = embedding(&model);
     let mut last = before.clone();
@@ -53,7 +53,7 @@ fn accumulation_syncs_every_nth_micro_batch_and_steps_only_then() {
 fn backward_divides_by_the_accumulation_steps() {
     // Three micro-batches of the same loss through accumulation 3 give the gradient of one: the clip norm sees it.
     let device = Default::default();
-    let model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(16, 8, 1, 2, 1), &device);
+    let model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(16, 8, 1, 2, 1), &device, 1);
     let tokens = || Tensor::<A, 2, burn::tensor::Int>::from_data([[1, 2, 3, 4]], &device);
     let mut once = Accelerator::<A>::single(config(1)).unwrap();
     once.accumulate();

@@ -31,8 +31,7 @@ fn model() -> LlamaModel<A> {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = Default::default();
-    A::seed(&device, 11);
-    LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 64, 2, 4, 2), &device)
+    LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 64, 2, 4, 2), &device, 11)
 }
 
 fn weights<B: Backend>(model: &LlamaModel<B>) -> Vec<f32> {

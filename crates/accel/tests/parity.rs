@@ -71,9 +71,8 @@ fn weights<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, Vec<f32>)> {
 /// An initial model saved once, so every run starts from the same weights.
 fn initial_model() -> tempfile::TempDir {
     let device = Default::default();
-    A::seed(&device, 7);
     let config = ModelConfig::tiny_llama(VOCAB, 32, 2, 4, 2);
-    let model = LlamaModel::<A>::init(&config, &device);
+    let model = LlamaModel::<A>::init(&config, &device, 7);
     let dir = tempfile::tempdir().unwrap();
     let options = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
     hf::save_model(&model, &HfConfig::from_model(&config), dir.path(), &options).unwrap();
@@ -101,7 +100,7 @@ fn train_rank(
     let model = if rank == 0 {
         hf::load_model::<A>(init, &device)?.0
     } else {
-        LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 32, 2, 4, 2), &device)
+        LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 32, 2, 4, 2), &device, 7)
     };
     let mut model = accelerator.prepare_model(model)?;
     let mut optimizer = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });

@@ -12,7 +12,7 @@ macro_rules! dispatch {
             DeviceKind::Wgpu => crate::commands::$command::run::<llmtrain_core::device::WgpuBackend>($args, &Default::default()),
             #[allow(unreachable_patterns)]
             other => Err(anyhow::anyhow!(
-                "--device {other}: this llmtrain was built without the `{other}` feature (cargo build --features {other})"
+                "--device {other}: this llmtrain was built without the `{other}` feature (cargo build --release -p llmtrain-cli --features {other})"
             )),
         }
     }};

@@ -64,13 +64,19 @@ fn main() -> ExitCode {
         Command::EstimateMemory(args) => commands::estimate_memory::run(&args),
         Command::Config(args) => commands::config::run(&args),
     };
+    // An error caused by a signal's cleanup is not reported: the signal's exit comes first.
+    if result.is_err() {
+        llmtrain_core::interrupt::wait_if_stopping();
+    }
+    let interrupted = result.as_ref().err().and_then(|err| err.downcast_ref::<commands::train::Interrupted>());
+    if let Some(stop) = interrupted {
+        if stop.report {
+            eprintln!("{stop}");
+        }
+        return ExitCode::from(u8::try_from(llmtrain_core::interrupt::exit_code(stop.signal)).unwrap_or(1));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.downcast_ref::<commands::train::Interrupted>().is_some() => {
-            let signal = err.downcast_ref::<commands::train::Interrupted>().map_or(2, |stop| stop.signal);
-            eprintln!("{err}");
-            ExitCode::from(u8::try_from(llmtrain_core::interrupt::exit_code(signal)).unwrap_or(1))
-        }
         Err(err) => {
             // One line: the causes joined (skipping a cause its parent already quoted), no backtrace.
             let mut message = String::new();

@@ -527,7 +527,9 @@ fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreEr
         None => (0, 0),
     };
     if let Some((unknown, closest)) = unknown_field(&message) {
-        let header = text.lines().nth(line.saturating_sub(1)).map(str::trim).unwrap_or_default();
+        // The line without a trailing comment: `[trainig]  # typo`.
+        let header = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+        let header = header.split('#').next().unwrap_or_default().trim();
         let header_name = header.trim_start_matches('[').trim_end_matches(']').split('.').next().unwrap_or_default();
         if header.starts_with('[') && header_name.trim() == unknown {
             return CoreError::Invalid(format!(
@@ -554,7 +556,7 @@ fn describe_toml_error(err: &toml::de::Error, text: &str, path: &Path) -> CoreEr
 
 /// `did you mean [training]?` for a near miss, else the sections this build knows.
 fn section_suggestion(unknown: &str, closest: &str, message: &str) -> String {
-    if strsim::damerau_levenshtein(unknown, closest) <= 2.max(unknown.len() / 3) {
+    if crate::paths::is_near_miss(unknown, closest, strsim::damerau_levenshtein(unknown, closest)) {
         return format!("did you mean [{closest}]?");
     }
     let known: Vec<String> = message.split('`').skip(3).step_by(2).map(|name| format!("[{name}]")).collect();
@@ -591,6 +593,9 @@ mod tests {
         let text = format!("{MINIMAL}[trainig]\nmax_steps = 5\n");
         let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
         assert_eq!(err, "run.toml:10:1: unknown section [trainig]; did you mean [training]?");
+        let text = format!("{MINIMAL}[trainig]  # a comment\nmax_steps = 5\n");
+        let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
+        assert!(err.ends_with("unknown section [trainig]; did you mean [training]?"), "{err}");
         let text = format!("{MINIMAL}[dpo]\nbeta = 0.1\n");
         let err = RunConfig::parse(&text, Path::new("run.toml"), Path::new(".")).unwrap_err().to_string();
         assert!(

@@ -76,33 +76,39 @@ where
     Ok(())
 }
 
-/// Files an HF checkpoint or PEFT adapter directory holds, which replacing one as a whole may delete.
-fn is_checkpoint_file(name: &str) -> bool {
-    const NAMES: [&str; 10] = [
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-        "adapter_config.json",
-        "adapter_model.safetensors",
-    ];
-    // Shards: model-00001-of-00003.safetensors.
-    let shard = name
-        .strip_prefix("model-")
-        .and_then(|rest| rest.strip_suffix(".safetensors"))
-        .and_then(|rest| rest.split_once("-of-"))
-        .is_some_and(|(a, b)| [a, b].iter().all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())));
-    NAMES.contains(&name) || shard
+/// What a command writes into its output directory, and so may replace there without `--overwrite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// An HF model checkpoint (`convert`, `merge`): config, weights (single or sharded), tokenizer files.
+    Model,
+    /// A tokenizer (`tokenizer train`): tokenizer.json and its companions only.
+    Tokenizer,
 }
 
-/// Checks that `dir` may be replaced as a whole by a checkpoint: it is missing, empty, or holds only the files
-/// of a checkpoint; anything else (a user's notes, a tokenizer cache, a whole project) needs `overwrite`. `flag`
-/// names the option in messages (`--out`).
-pub fn check_replaceable_dir(dir: &Path, flag: &str, overwrite: bool) -> Result<()> {
+impl OutputKind {
+    /// Whether a file of this name is one the command writes.
+    fn writes(self, name: &str) -> bool {
+        const TOKENIZER: [&str; 4] =
+            ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+        const MODEL: [&str; 4] =
+            ["config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"];
+        // Shards: model-00001-of-00003.safetensors.
+        let shard = name
+            .strip_prefix("model-")
+            .and_then(|rest| rest.strip_suffix(".safetensors"))
+            .and_then(|rest| rest.split_once("-of-"))
+            .is_some_and(|(a, b)| [a, b].iter().all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())));
+        match self {
+            OutputKind::Tokenizer => TOKENIZER.contains(&name),
+            OutputKind::Model => TOKENIZER.contains(&name) || MODEL.contains(&name) || shard,
+        }
+    }
+}
+
+/// Checks that `dir` may be replaced as a whole by what a command writes (`kind`): it is missing, empty, or holds
+/// only such files; anything else (a user's notes, another model's weights, an adapter, a whole project) needs
+/// `overwrite`. `flag` names the option in messages (`--out`).
+pub fn check_replaceable_dir(dir: &Path, flag: &str, kind: OutputKind, overwrite: bool) -> Result<()> {
     refuse_current_dir(dir)?;
     if !dir.exists() {
         return Ok(());
@@ -117,22 +123,49 @@ pub fn check_replaceable_dir(dir: &Path, flag: &str, overwrite: bool) -> Result<
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.path().is_dir() { format!("{name}/") } else { name }
         })
-        .filter(|name| !is_checkpoint_file(name))
+        .filter(|name| !kind.writes(name))
         .collect();
     if foreign.is_empty() || overwrite {
         return Ok(());
     }
     foreign.sort();
-    let shown = if foreign.len() > 3 {
-        format!("{}, and {} more", foreign[..3].join(", "), foreign.len() - 3)
-    } else {
-        foreign.join(", ")
+    let what = match kind {
+        OutputKind::Model => "a model checkpoint",
+        OutputKind::Tokenizer => "a tokenizer",
     };
     Err(CoreError::Invalid(format!(
-        "{flag} {}: holds files that are not part of a checkpoint ({shown}); choose an empty or new directory, \
-         or pass --overwrite to replace it whole",
-        dir.display()
+        "{flag} {}: holds files that are not part of {what} ({}); choose an empty or new directory, or pass \
+         --overwrite to replace it whole",
+        dir.display(),
+        shorten(&foreign, 3)
     )))
+}
+
+/// Refuses an output directory that is one of the command's inputs (`--out` = `--model`): replacing it would
+/// destroy the original, which the user did not ask for unless `overwrite`.
+pub fn refuse_output_is_input(out: &Path, flag: &str, inputs: &[(&str, &Path)], overwrite: bool) -> Result<()> {
+    let Ok(resolved) = fs::canonicalize(out) else {
+        return Ok(()); // A new directory is no input.
+    };
+    for (input_flag, input) in inputs {
+        if !overwrite && fs::canonicalize(input).is_ok_and(|i| i == resolved) {
+            return Err(CoreError::Invalid(format!(
+                "{flag} {} is the {input_flag} directory: write to another directory, or pass --overwrite to \
+                 replace it in place",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `a, b, c, and 4 more`.
+pub fn shorten(names: &[String], shown: usize) -> String {
+    if names.len() > shown {
+        format!("{}, and {} more", names[..shown].join(", "), names.len() - shown)
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Refuses `target` when it is the current directory or one of its parents (renaming it away would pull the
@@ -147,9 +180,8 @@ fn refuse_current_dir(target: &Path) -> Result<()> {
     if cwd.starts_with(&resolved) {
         return Err(CoreError::Invalid(format!(
             "{}: is the current directory or contains it, which cannot be replaced while in use; write to another \
-             directory (for example {})",
-            target.display(),
-            resolved.join("converted").display()
+             directory",
+            target.display()
         )));
     }
     Ok(())
@@ -203,21 +235,25 @@ mod tests {
     }
 
     #[test]
-    fn only_checkpoint_directories_are_replaceable_without_overwrite() {
+    fn only_what_a_command_writes_is_replaceable_without_overwrite() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ckpt");
-        check_replaceable_dir(&dir, "--out", false).unwrap();
+        let model = OutputKind::Model;
+        check_replaceable_dir(&dir, "--out", model, false).unwrap();
         fs::create_dir(&dir).unwrap();
         for name in ["config.json", "model-00001-of-00002.safetensors", "tokenizer.json"] {
             fs::write(dir.join(name), b"x").unwrap();
         }
-        check_replaceable_dir(&dir, "--out", false).unwrap();
+        check_replaceable_dir(&dir, "--out", model, false).unwrap();
+        // A tokenizer must not replace a model, nor a model an adapter.
+        let err = check_replaceable_dir(&dir, "--out", OutputKind::Tokenizer, false).unwrap_err().to_string();
+        assert!(err.contains("config.json, model-00001-of-00002.safetensors") && err.contains("a tokenizer"), "{err}");
+        fs::write(dir.join("adapter_model.safetensors"), b"x").unwrap();
+        assert!(check_replaceable_dir(&dir, "--out", model, false).is_err());
         fs::write(dir.join("notes.txt"), b"mine").unwrap();
-        let err = check_replaceable_dir(&dir, "--out", false).unwrap_err().to_string();
+        let err = check_replaceable_dir(&dir, "--out", model, false).unwrap_err().to_string();
         assert!(err.contains("notes.txt") && err.contains("--overwrite"), "{err}");
-        check_replaceable_dir(&dir, "--out", true).unwrap();
-        assert!(
-            is_checkpoint_file("model-00002-of-00002.safetensors") && !is_checkpoint_file("model-x-of-2.safetensors")
-        );
+        check_replaceable_dir(&dir, "--out", model, true).unwrap();
+        assert!(model.writes("model-00002-of-00002.safetensors") && !model.writes("model-x-of-2.safetensors"));
     }
 }

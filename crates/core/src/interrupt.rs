@@ -18,15 +18,18 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+pub use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The signal that asked for a graceful stop (0: none).
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
-/// How many [`GracefulStop`] guards are alive.
+/// Set once a signal stops the process at once: the exit is moments away.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// How many [`GracefulStop`] guards are alive, and how many of them say nothing on a signal.
 static GRACEFUL: AtomicUsize = AtomicUsize::new(0);
+static QUIET: AtomicUsize = AtomicUsize::new(0);
 /// Paths to remove if the process is stopped at once.
 static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Held by code that must not be cut short (swapping a directory into place); a signal waits for it.
@@ -55,17 +58,29 @@ pub fn install() {
 fn on_signal(signal: i32) {
     let graceful = GRACEFUL.load(Ordering::SeqCst) > 0;
     if graceful && REQUESTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        if QUIET.load(Ordering::SeqCst) >= GRACEFUL.load(Ordering::SeqCst) {
+            return;
+        }
         eprintln!(
             "\n{}: finishing the current step and saving a checkpoint (press Ctrl-C again to stop at once)",
             signal_name(signal)
         );
         return;
     }
+    STOPPING.store(true, Ordering::SeqCst);
     // Never stop in the middle of a directory swap; the lock is not released: the process ends holding it.
     let _critical = CRITICAL.lock();
-    let temporaries = TEMPORARIES.lock().map(|list| list.clone()).unwrap_or_default();
+    let temporaries = TEMPORARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     for path in temporaries {
-        remove(&path);
+        // The main thread may still be writing into a temporary directory; a few tries outlast it (its own
+        // writes then fail, and it waits for the exit in `wait_if_stopping`).
+        for _ in 0..5 {
+            remove(&path);
+            if !path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     eprintln!("\n{}: stopped at once", signal_name(signal));
     std::process::exit(exit_code(signal));
@@ -75,6 +90,15 @@ fn on_signal(signal: i32) {
 pub fn critical<T>(work: impl FnOnce() -> T) -> T {
     let _critical = CRITICAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     work()
+}
+
+/// Parks the calling thread for good when a signal is stopping the process: an error caused by the signal's
+/// cleanup (a temporary directory removed under a write) must not be reported, nor end the process with another
+/// exit code first.
+pub fn wait_if_stopping() {
+    while STOPPING.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
 }
 
 /// The signal that asked the running loop to stop, if one did.
@@ -100,18 +124,31 @@ pub fn signal_name(signal: i32) -> &'static str {
 }
 
 /// While alive, the first SIGINT/SIGTERM asks for a graceful stop instead of stopping the process.
-pub struct GracefulStop(());
+pub struct GracefulStop {
+    quiet: bool,
+}
 
 impl GracefulStop {
+    /// The first signal prints that the step is being finished and checkpointed.
     pub fn enter() -> Self {
         GRACEFUL.fetch_add(1, Ordering::SeqCst);
-        GracefulStop(())
+        GracefulStop { quiet: false }
+    }
+
+    /// The first signal is only recorded (a launcher waiting for ranks that say it themselves).
+    pub fn enter_quietly() -> Self {
+        QUIET.fetch_add(1, Ordering::SeqCst);
+        GRACEFUL.fetch_add(1, Ordering::SeqCst);
+        GracefulStop { quiet: true }
     }
 }
 
 impl Drop for GracefulStop {
     fn drop(&mut self) {
         GRACEFUL.fetch_sub(1, Ordering::SeqCst);
+        if self.quiet {
+            QUIET.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -124,9 +161,7 @@ pub struct TempGuard {
 
 impl TempGuard {
     pub fn new(path: &Path) -> Self {
-        if let Ok(mut list) = TEMPORARIES.lock() {
-            list.push(path.to_path_buf());
-        }
+        TEMPORARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(path.to_path_buf());
         Self { path: path.to_path_buf(), armed: true }
     }
 
@@ -138,11 +173,11 @@ impl TempGuard {
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Ok(mut list) = TEMPORARIES.lock()
-            && let Some(i) = list.iter().rposition(|p| *p == self.path)
-        {
+        let mut list = TEMPORARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(i) = list.iter().rposition(|p| *p == self.path) {
             list.remove(i);
         }
+        drop(list);
         if self.armed {
             remove(&self.path);
         }

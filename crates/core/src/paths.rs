@@ -80,8 +80,13 @@ fn closest_sibling(path: &Path) -> Option<std::path::PathBuf> {
         .filter(|candidate| !candidate.starts_with('.'))
         .map(|candidate| (strsim::damerau_levenshtein(&name, &candidate), candidate))
         .min()?;
-    let close = distance <= 2.max(name.chars().count() / 4);
-    close.then(|| path.with_file_name(best))
+    is_near_miss(&name, &best, distance).then(|| path.with_file_name(best))
+}
+
+/// Whether `candidate`, `distance` edits from what the user typed, is close enough to be what they meant: two
+/// edits, or a quarter of a longer name.
+pub fn is_near_miss(typed: &str, candidate: &str, distance: usize) -> bool {
+    distance <= 2.max(typed.chars().count().max(candidate.chars().count()) / 4)
 }
 
 /// The first directory on `path`'s way that does not exist (`a/b` for `a/b/c/d` when only `a` exists).

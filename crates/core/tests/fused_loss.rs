@@ -179,7 +179,7 @@ fn compare_model(tied: bool) {
     let (batch, seq, chunk) = (3, 23, 16);
     let mut config = ModelConfig::tiny_llama(300, 32, 2, 4, 2);
     config.tie_word_embeddings = tied;
-    let model = LlamaModel::<A>::init(&config, &device);
+    let model = LlamaModel::<A>::init(&config, &device, 3);
     let ids: Vec<i64> = values(batch * seq, 5).iter().map(|v| (((v + 1.0) * 150.0) as i64).min(299)).collect();
     let labels: Vec<i64> =
         ids.iter().enumerate().map(|(i, &t)| if i % 5 == 2 || i % seq < 4 { IGNORE_INDEX } else { t }).collect();

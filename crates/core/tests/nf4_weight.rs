@@ -69,15 +69,14 @@ fn the_custom_backward_gives_the_plain_autodiff_gradients() {
 #[test]
 fn a_quantized_model_computes_with_the_dequantized_weights_and_holds_no_weight_parameters() {
     let device = Default::default();
-    <A as Backend>::seed(&device, 5);
     let config = ModelConfig::tiny_llama(96, 64, 2, 4, 2);
-    let mut quantized = LlamaModel::<A>::init(&config, &device);
+    let mut quantized = LlamaModel::<A>::init(&config, &device, 5);
     let params_before = quantized.named_params().len();
     quantized.quantize_nf4(true);
     assert!(quantized.is_quantized());
     assert_eq!(params_before - quantized.named_params().len(), 2 * 7, "4-bit weights are not parameters");
     // The same model with each weight replaced by its dequantized value, dense.
-    let mut dense = LlamaModel::<A>::init(&config, &device);
+    let mut dense = LlamaModel::<A>::init(&config, &device, 6);
     dense.embed_tokens = quantized.embed_tokens.clone();
     dense.lm_head = quantized.lm_head.clone();
     for ((_, d), q) in dense.decoder_linears_mut().into_iter().zip(quantized.decoder_linears()) {

@@ -80,6 +80,7 @@ fn new_adapter<B: Backend>(linear: &Linear<B>, config: &LoraConfig, name: &str, 
         magnitude: None,
         scaling,
         dropout: config.lora_dropout,
+        dropout_stream: llmtrain_core::model::lora::dropout_stream(name),
     };
     if config.use_dora {
         // DoRA's magnitude starts as the adapted weight's row norms, so the layer starts unchanged.

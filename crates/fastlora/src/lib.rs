@@ -14,7 +14,7 @@
 //! use llmtrain_fastlora::{LoraConfig, TargetModules, attach, merge, save_adapter};
 //!
 //! let device = Default::default();
-//! let mut model = LlamaModel::<CpuBackend>::init(&ModelConfig::tiny_llama(256, 64, 2, 4, 2), &device);
+//! let mut model = LlamaModel::<CpuBackend>::init(&ModelConfig::tiny_llama(256, 64, 2, 4, 2), &device, 0);
 //! let config = LoraConfig::new(8, 16.0, TargetModules::Pattern("all-linear".into()));
 //! let adapted = attach(&mut model, &config, &device)?;
 //! assert_eq!(adapted.len(), 2 * 7);

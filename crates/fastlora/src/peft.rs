@@ -99,6 +99,7 @@ pub fn load_adapter<B: Backend>(model: &mut LlamaModel<B>, dir: &Path, device: &
             magnitude: magnitude.map(|m| Param::from_tensor(Tensor::from_data(m, device))),
             scaling,
             dropout: config.lora_dropout,
+            dropout_stream: llmtrain_core::model::lora::dropout_stream(name),
         });
         Ok(())
     })?;

@@ -4,13 +4,11 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::Backend;
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::{GradientBuffer, batch_loss};
 use llmtrain_memopt::checkpoint::backward_by_layers;
-use std::sync::Mutex;
 
 type A = Autodiff<CpuBackend>;
 
@@ -21,14 +19,9 @@ fn batch(rows: usize, seq: usize, vocab: u32) -> Batch {
     Batch { rows, seq, input_ids, labels, position_ids: Some(position_ids) }
 }
 
-/// Burn's RNG is process-wide: tests running in parallel seed and initialise under one lock, so each gets the model
-/// its seed names.
+/// The model `seed` names (drawn from a generator of its own: no test depends on what runs beside it).
 fn seeded_model(config: &ModelConfig, seed: u64) -> LlamaModel<A> {
-    static INIT: Mutex<()> = Mutex::new(());
-    let _serial = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let device = Default::default();
-    A::seed(&device, seed);
-    LlamaModel::<A>::init(config, &device)
+    LlamaModel::<A>::init(config, &Default::default(), seed)
 }
 
 fn compare(tied: bool, offload: bool) {

@@ -121,7 +121,9 @@ pub fn assert_follows_single_process(job: &Job, world: usize, launch_args: &[&st
         &job.path(&format!("out-ranks{world}/final/model.safetensors")),
     );
     eprintln!("{world} ranks vs 1: max |Δloss| {loss_diff:.2e}, |Δeval| {eval_diff:.2e}, |Δweight| {weight_diff:.2e}");
-    assert!(loss_diff <= 1e-5 && eval_diff <= 1e-5 && weight_diff <= 1e-5);
+    // Weights get 1e-4: AdamW divides each update by √v, so a parameter whose gradient is near eps moves by up to
+    // lr on a rounding difference in its (differently summed) gradient; the losses show the runs agree.
+    assert!(loss_diff <= 1e-5 && eval_diff <= 1e-5 && weight_diff <= 1e-4);
     assert!(single_loss[11].1 < single_loss[0].1 - 0.3, "the run learned: {single_loss:?}");
     // Rank 0 alone wrote: one checkpoint series, metrics once per step.
     let checkpoints: Vec<String> = std::fs::read_dir(job.path(&format!("out-ranks{world}")))

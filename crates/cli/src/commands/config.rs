@@ -48,6 +48,9 @@ pub struct Args {
     /// Hostfile for mpirun.
     #[arg(long, value_name = "FILE")]
     hostfile: Option<PathBuf>,
+    /// Replace the output file even if it is not a launch config this command wrote.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl Args {
@@ -80,6 +83,14 @@ pub fn run(args: &Args) -> Result<()> {
         Some(path) => path.clone(),
         None => LaunchConfig::default_path()?,
     };
+    // Settled before asking too: another file at that path is the user's, not ours to replace.
+    if path.exists() && !args.overwrite && !LaunchConfig::is_launch_config_file(&path) {
+        anyhow::bail!(
+            "{}: exists and is not a launch config written by `llmtrain config`; choose another --output, or pass \
+             --overwrite to replace it",
+            path.display()
+        );
+    }
     let config = if args.non_interactive {
         args.answers().resolve()?
     } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use llmtrain_core::fsutil::{check_replaceable_dir, write_dir_atomic};
+use llmtrain_core::fsutil::{OutputKind, check_replaceable_dir, refuse_output_is_input, write_dir_atomic};
 use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
 
 /// Files besides the weights that travel with a checkpoint.
@@ -19,7 +19,7 @@ pub struct Args {
     /// The directory to write (replaced atomically; must be new, empty or a checkpoint unless --overwrite).
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace --out even if it holds files that are not part of a checkpoint.
+    /// Replace --out even if it holds other files than a model checkpoint's, or is an input directory.
     #[arg(long)]
     pub overwrite: bool,
     /// float32, bfloat16 or float16 (default: the dtype config.json names).
@@ -64,7 +64,8 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let dtype = parse_dtype(args.dtype.as_deref())?;
     let options = SaveOptions { dtype, max_shard_bytes: parse_size(&args.max_shard_size)? };
     // Before the (possibly long) load: a directory that cannot be replaced is refused at once.
-    check_replaceable_dir(&args.out, "--out", args.overwrite)?;
+    check_replaceable_dir(&args.out, "--out", OutputKind::Model, args.overwrite)?;
+    refuse_output_is_input(&args.out, "--out", &[("--model", &args.model)], args.overwrite)?;
     let (model, config) = hf::load_model::<B>(&args.model, device)?;
     write_checkpoint(&model, &config, &args.model, &args.out, &options)?;
     println!("wrote {}", args.out.display());

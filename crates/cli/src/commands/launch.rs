@@ -11,6 +11,7 @@ use clap::Parser;
 use llmtrain_accel::launch_config::Origin;
 use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command, run_in_process};
 use llmtrain_core::device::DeviceKind;
+use llmtrain_core::interrupt::{SIGINT, SIGTERM};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,7 +73,7 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
     })?;
     // The command's own `--device` wins over launch's; either is a device asked for, which a multi-gpu config
     // does not override.
-    let asked = if args.command.iter().any(|a| a == "--device" || a.starts_with("--device=")) {
+    let asked = if args.command.iter().any(|a| is_device_flag(a)) {
         Some(rank_cli.device)
     } else if device_flag_given() {
         Some(device)
@@ -111,10 +112,12 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
 /// Whether `--device` was given to `llmtrain` itself (before `--`): clap fills in its default otherwise, and
 /// only a device asked for overrides a multi-gpu launch config.
 fn device_flag_given() -> bool {
-    std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a.to_str().is_some_and(|a| a == "--device" || a.starts_with("--device=")))
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a.to_str().is_some_and(is_device_flag))
+}
+
+/// `--device` or `--device=X`.
+fn is_device_flag(word: &str) -> bool {
+    word == "--device" || word.starts_with("--device=")
 }
 
 /// The GPU kind this build has, if any (cuda first).
@@ -251,7 +254,7 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
     }
     if !cfg!(feature = "mpi") {
         bail!(
-            "--launcher {}: this llmtrain was built without the `mpi` feature (cargo build --release --features mpi)",
+            "--launcher {}: this llmtrain was built without the `mpi` feature (cargo build --release -p llmtrain-cli --features mpi)",
             config.launcher
         );
     }
@@ -266,8 +269,13 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
     }
     // A terminal's Ctrl-C reaches mpirun/srun and the ranks too; this process waits for them to checkpoint and
     // stop instead of leaving them behind (a second Ctrl-C stops it at once).
-    let _graceful = llmtrain_core::interrupt::GracefulStop::enter();
+    let _graceful = llmtrain_core::interrupt::GracefulStop::enter_quietly();
     let status = Command::new(tool).args(&line[1..]).status().with_context(|| format!("starting {tool}"))?;
+    // Ranks stopped by a signal after checkpointing (rank 0 said so): end the same way.
+    let signal_codes = [SIGINT, SIGTERM].map(llmtrain_core::interrupt::exit_code);
+    if let Some(code) = status.code().filter(|code| signal_codes.contains(code)) {
+        std::process::exit(code);
+    }
     if !status.success() {
         bail!("{tool} exited with {status}: a rank failed (its error is above)");
     }

@@ -91,14 +91,24 @@ fn check_logits_out(out: &std::path::Path, overwrite: bool) -> Result<()> {
     if overwrite || !out.exists() {
         return Ok(());
     }
-    let ours = std::fs::read(out).ok().is_some_and(|bytes| {
-        safetensors::SafeTensors::read_metadata(&bytes)
-            .is_ok_and(|(_, meta)| meta.tensors().keys().map(String::as_str).eq(["logits"]))
-    });
+    let ours = safetensors_tensor_names(out).is_some_and(|names| names == ["logits"]);
     if !ours {
         bail!("--out {}: exists and is not a logits file; pass --overwrite to replace it", out.display());
     }
     Ok(())
+}
+
+/// The tensor names in a safetensors file's header (read alone: the file may be large), if it is one.
+fn safetensors_tensor_names(path: &std::path::Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    let length = usize::try_from(u64::from_le_bytes(length)).ok().filter(|&n| n <= 100 << 20)?;
+    let mut header = vec![0u8; length];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    Some(header.keys().filter(|k| *k != "__metadata__").cloned().collect())
 }
 
 fn write_logits(out: &std::path::Path, values: &[f32], rows: usize, vocab: usize) -> Result<()> {

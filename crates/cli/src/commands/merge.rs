@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
+use llmtrain_core::fsutil::{OutputKind, check_replaceable_dir, refuse_output_is_input};
 use llmtrain_core::hf::{self, SaveOptions};
 
 #[derive(clap::Args)]
@@ -19,7 +20,7 @@ pub struct Args {
     /// --overwrite).
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace --out even if it holds files that are not part of a checkpoint.
+    /// Replace --out even if it holds other files than a model checkpoint's, or is an input directory.
     #[arg(long)]
     pub overwrite: bool,
     /// float32, bfloat16 or float16 (default: the base's dtype).
@@ -29,7 +30,9 @@ pub struct Args {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let dtype = super::convert::parse_dtype(args.dtype.as_deref())?;
-    llmtrain_core::fsutil::check_replaceable_dir(&args.out, "--out", args.overwrite)?;
+    check_replaceable_dir(&args.out, "--out", OutputKind::Model, args.overwrite)?;
+    let inputs = [("--base", args.base.as_path()), ("--adapter", args.adapter.as_path())];
+    refuse_output_is_input(&args.out, "--out", &inputs, args.overwrite)?;
     let (mut model, config) = hf::load_model::<B>(&args.base, device)?;
     llmtrain_fastlora::load_adapter(&mut model, &args.adapter, device)?;
     let merged = llmtrain_fastlora::merge(&mut model)?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use llmtrain_core::chat::Message;
+use llmtrain_core::fsutil::OutputKind;
 use llmtrain_core::tokenizer::{BpeTrainingOptions, TextTokenizer, train_bpe_to_dir};
 
 #[derive(clap::Subcommand)]
@@ -19,10 +20,10 @@ pub enum Command {
         /// Fewest occurrences of a pair before it is merged.
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
-        /// The directory to write tokenizer.json and tokenizer_config.json into (new, empty or a checkpoint's).
+        /// The directory to write tokenizer.json and tokenizer_config.json into (new, empty, or a tokenizer's).
         #[arg(long)]
         out: PathBuf,
-        /// Replace --out even if it holds files that are not part of a checkpoint.
+        /// Replace --out even if it holds other files than a tokenizer's.
         #[arg(long)]
         overwrite: bool,
     },
@@ -43,7 +44,7 @@ pub enum Command {
 pub fn run(command: &Command) -> Result<()> {
     match command {
         Command::Train { files, vocab_size, min_frequency, out, overwrite } => {
-            llmtrain_core::fsutil::check_replaceable_dir(out, "--out", *overwrite)?;
+            llmtrain_core::fsutil::check_replaceable_dir(out, "--out", OutputKind::Tokenizer, *overwrite)?;
             let options = BpeTrainingOptions { vocab_size: *vocab_size, min_frequency: *min_frequency };
             let files = llmtrain_core::train::expand_files(files)?;
             let tok = train_bpe_to_dir(&files, &options, out)?;

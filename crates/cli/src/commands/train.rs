@@ -65,6 +65,8 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
 pub struct Interrupted {
     pub step: u64,
     pub signal: i32,
+    /// Whether this process says so (rank 0 only: the ranks of an MPI job are processes of their own).
+    pub report: bool,
 }
 
 /// Device `index` of `device`'s kind (GPU `index`; backends with one device ignore it).
@@ -135,7 +137,7 @@ pub fn run_rank<B: Backend>(
         }
     };
     if let Some(signal) = summary.interrupted_by {
-        return Ok(Some(Interrupted { step: summary.steps, signal }));
+        return Ok(Some(Interrupted { step: summary.steps, signal, report: accelerator.is_main_process() }));
     }
     if !accelerator.is_main_process() {
         return Ok(None);

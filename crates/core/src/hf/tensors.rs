@@ -176,6 +176,9 @@ fn shard_paths(index_path: &Path) -> Result<Vec<PathBuf>> {
     let Some(map) = index.get("weight_map").and_then(Value::as_object) else {
         return Err(CoreError::key(index_path, "weight_map", "missing or not an object"));
     };
+    if map.is_empty() {
+        return Err(CoreError::key(index_path, "weight_map", "is empty: the index names no shard file"));
+    }
     let dir = index_path.parent().unwrap_or(Path::new("."));
     let mut files: Vec<&str> = Vec::new();
     for (tensor, file) in map {
@@ -253,4 +256,18 @@ pub fn write_safetensors_file(path: &Path, tensors: &[&(String, HostTensor)], dt
     let buffer = safetensors::serialize(views, Some(metadata))
         .map_err(|e| CoreError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_naming_no_shard_is_one_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join(INDEX_FILE);
+        std::fs::write(&index, r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+        let err = TensorFiles::open(dir.path()).err().expect("an empty index is refused").to_string();
+        assert!(err.contains("key `weight_map`: is empty"), "{err}");
+    }
 }

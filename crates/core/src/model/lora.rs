@@ -6,11 +6,43 @@
 //! row: with `n = ‖W + s B A‖` per row (treated as a constant in backward, as the DoRA paper and PEFT do) and the
 //! trained magnitude `m`, `y = x Wᵀ + b + (m/n − 1) · drop(x) Wᵀ + (m/n) · s · (drop(x) Aᵀ) Bᵀ`.
 
+use std::cell::Cell;
+
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
 
 use super::compute::to_dtype;
+
+thread_local! {
+    /// The seed of this thread's dropout masks (see [`set_dropout_seed`]).
+    static DROPOUT_SEED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Sets the seed every adapter's dropout mask derives from on this thread, until the next call. The trainer
+/// sets it from (run seed, rank, step, micro-batch) before each forward: masks then depend on nothing another
+/// thread does (in-process ranks are threads), a resumed run draws the masks the uninterrupted one drew, and a
+/// recomputed forward (gradient checkpointing) draws the same masks as the first.
+pub fn set_dropout_seed(seed: u64) {
+    DROPOUT_SEED.with(|cell| cell.set(seed));
+}
+
+/// One well-mixed 64-bit seed from several numbers (SplitMix64's finaliser over each in turn).
+pub fn mix_seed(parts: &[u64]) -> u64 {
+    parts.iter().fold(0x9e37_79b9_7f4a_7c15, |acc, &part| {
+        let mut z = acc ^ part.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// The dropout stream of the adapter on module `name` (`model.layers.0.self_attn.q_proj`): FNV-1a of the name,
+/// so each adapter draws its own masks.
+pub fn dropout_stream(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
 
 /// The adapter of one linear layer.
 #[derive(Module, Debug)]
@@ -26,6 +58,9 @@ pub struct LoraAdapter<B: Backend> {
     /// Dropout probability on the adapter's input, applied only while training (autodiff backends).
     #[module(skip)]
     pub dropout: f64,
+    /// Which stream of masks this adapter draws ([`dropout_stream`] of its module's name).
+    #[module(skip)]
+    pub dropout_stream: u64,
 }
 
 impl<B: Backend> LoraAdapter<B> {
@@ -73,9 +108,16 @@ impl<B: Backend> LoraAdapter<B> {
             return x;
         }
         let keep = 1.0 - self.dropout;
-        let mask = Tensor::<B, D>::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
-        let mask = to_dtype(mask, super::compute::float_dtype(&x));
-        x * mask.div_scalar(keep)
+        // Drawn on the host from a seed of its own, not burn's process-wide generator (see set_dropout_seed).
+        let seed = mix_seed(&[DROPOUT_SEED.with(Cell::get), self.dropout_stream]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let scale = (1.0 / keep) as f32;
+        let shape = x.shape();
+        let mask: Vec<f32> =
+            (0..shape.num_elements()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+        let mask = Tensor::<B, D>::from_data(TensorData::new(mask, shape), &x.device());
+        let dtype = super::compute::float_dtype(&x);
+        x * to_dtype(mask, dtype)
     }
 
     /// `s · B A` `[out, in]`, what merging adds to the base weight (before DoRA's rescaling).

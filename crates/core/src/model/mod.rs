@@ -29,7 +29,7 @@ pub use rope::Rotary;
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 /// A decoder-only causal language model.
 #[derive(Module, Debug)]
@@ -93,15 +93,21 @@ impl<B: Backend> LlamaModel<B> {
 }
 
 impl<B: Backend> LlamaModel<B> {
-    /// A randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), as transformers does.
-    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
-        Self::init_with(config, device, None)
+    /// A randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), as transformers does. The
+    /// weights come from a generator of their own seeded with `seed`, not from burn's process-wide one: the same
+    /// seed gives the same model whatever else runs in the process (other ranks, other tests).
+    pub fn init(config: &ModelConfig, device: &B::Device, seed: u64) -> Self {
+        Self::init_with(config, device, None, seed)
     }
 
     /// [`init`](Self::init), with `nf4 = Some(double_quant)` storing each decoder linear weight in NF4 as soon as
     /// it is drawn (the same values [`quantize_nf4`](Self::quantize_nf4) gives, never the whole dense model).
-    pub fn init_with(config: &ModelConfig, device: &B::Device, nf4: Option<bool>) -> Self {
-        let normal = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device);
+    pub fn init_with(config: &ModelConfig, device: &B::Device, nf4: Option<bool>, seed: u64) -> Self {
+        let rng = std::cell::RefCell::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed));
+        let normal = |shape: [usize; 2]| {
+            let values = normal_values(&mut rng.borrow_mut(), shape[0] * shape[1], 0.02);
+            Tensor::<B, 2>::from_data(TensorData::new(values, shape), device)
+        };
         let dense = |out_dim: usize, in_dim: usize, bias: bool| {
             Linear::new(normal([out_dim, in_dim]), bias.then(|| Tensor::zeros([out_dim], device)))
         };
@@ -279,4 +285,19 @@ impl<B: Backend> LayerInputs<B> {
 pub fn tokens_tensor<B: Backend>(ids: &[u32], batch: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     Tensor::from_data(TensorData::new(data, [batch, ids.len() / batch.max(1)]), device)
+}
+
+/// `n` draws from normal(0, `std`) (Box-Muller over the generator's uniform draws).
+fn normal_values(rng: &mut impl rand::Rng, n: usize, std: f64) -> Vec<f32> {
+    let mut values = Vec::with_capacity(n + 1);
+    while values.len() < n {
+        // 1 - u keeps the logarithm's argument in (0, 1].
+        let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+        let radius = std * (-2.0 * u1.ln()).sqrt();
+        let angle = std::f64::consts::TAU * u2;
+        values.push((radius * angle.cos()) as f32);
+        values.push((radius * angle.sin()) as f32);
+    }
+    values.truncate(n);
+    values
 }

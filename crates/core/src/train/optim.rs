@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn update_follows_torch_formula() {
         let device = Default::default();
-        let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device);
+        let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device, 0);
         let config = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::<CpuBackend>::new(config);
         let name = "model.embed_tokens.weight";
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn lr_scale_multiplies_one_parameters_learning_rate() {
         let device = Default::default();
-        let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device);
+        let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device, 0);
         let mut opt = AdamW::<CpuBackend>::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
         let (scaled, plain) = ("model.embed_tokens.weight", "model.norm.weight");
         opt.lr_scale.insert(scaled.to_string(), 16.0);

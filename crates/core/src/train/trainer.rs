@@ -190,6 +190,9 @@ pub fn build_model<A: AutodiffBackend>(
     tokenizer: &TextTokenizer,
     device: &A::Device,
 ) -> Result<(LlamaModel<A>, HfConfig)> {
+    // burn's generator is seeded on every path: the model draws from its own, but the method's new parameters
+    // (LoRA's A matrices) are drawn from burn's next, and a run must be reproducible from its config.
+    A::seed(device, config.training.seed);
     let (model, hf_config) = match &config.model.path {
         Some(dir) => hf::load_model_with::<A>(dir, device, config.quantization.nf4())?,
         None => {
@@ -198,8 +201,7 @@ pub fn build_model<A: AutodiffBackend>(
             shape.eos_token_ids = tokenizer.eos_token_id().into_iter().collect();
             shape.pad_token_id = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t));
             shape.validate().map_err(|m| CoreError::Invalid(format!("[model]: {m}")))?;
-            A::seed(device, config.training.seed);
-            let model = LlamaModel::<A>::init_with(&shape, device, config.quantization.nf4());
+            let model = LlamaModel::<A>::init_with(&shape, device, config.quantization.nf4(), config.training.seed);
             (model, HfConfig::from_model(&shape))
         }
     };
