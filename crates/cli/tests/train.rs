@@ -2,11 +2,13 @@
 //! checkpoints, an earlier run never deleted unasked, Ctrl-C / SIGTERM checkpointing the step, and one test per
 //! class of bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain, llmtrain_bin, root};
+use common::{assert_one_line_error, fixture, llmtrain, llmtrain_bin, root};
 
 /// A run directory with a small corpus and a config pretraining a tiny model on it.
 struct Run {

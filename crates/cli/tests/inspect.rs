@@ -1,6 +1,8 @@
 //! `llmtrain logits`, `convert`, `generate` and `tokenizer` from the command line, and their bad-input errors.
 
-use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain};
+mod common;
+
+use common::{assert_one_line_error, fixture, llmtrain};
 
 fn read_logits(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
@@ -206,7 +208,7 @@ fn convert_refuses_a_directory_holding_other_files_and_the_current_directory() {
 
     // `--out .` (and any parent of the current directory): one line, nothing left behind.
     for target in [".", ".."] {
-        let run = std::process::Command::new(llmtrain_e2e::llmtrain_bin())
+        let run = std::process::Command::new(common::llmtrain_bin())
             .current_dir(&ckpt)
             .args(["convert", "--model", m, "--out", target, "--overwrite"])
             .output()
@@ -232,8 +234,8 @@ fn merge_tokenizer_train_and_logits_refuse_to_replace_a_users_files() {
     let mine = dir.path().join("mine");
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), "mine").unwrap();
-    let base = llmtrain_e2e::root().join("crates/fastlora/tests/fixtures/base");
-    let adapter = llmtrain_e2e::root().join("crates/fastlora/tests/fixtures/lora");
+    let base = common::root().join("crates/fastlora/tests/fixtures/base");
+    let adapter = common::root().join("crates/fastlora/tests/fixtures/lora");
     let run = llmtrain(&[
         "merge",
         "--base",
@@ -302,7 +304,7 @@ fn tokenizer_train_reads_a_directory_as_its_files() {
 
 #[test]
 fn the_shipped_corpus_directory_holds_only_the_corpus() {
-    let corpus = llmtrain_e2e::root().join("data/shakespeare");
+    let corpus = common::root().join("data/shakespeare");
     for name in names(&corpus) {
         assert!(name.ends_with(".txt"), "data/shakespeare/{name} would be read as part of the corpus");
     }

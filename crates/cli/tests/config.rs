@@ -1,9 +1,11 @@
 //! `llmtrain config`: the questionnaire on stdin, `--non-interactive` flags, re-asked answers, invalid
 //! combinations and the default location.
 
+mod common;
+
 use std::path::Path;
 
-use llmtrain_e2e::{assert_one_line_error, llmtrain, llmtrain_with_stdin};
+use common::{assert_one_line_error, llmtrain, llmtrain_with_stdin};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -2,7 +2,9 @@
 //! standard shapes a bare `--params` size stands for (`--family`), the activation and CPU-peak terms for a batch
 //! (precision, attention kernel, checkpointing, fused cross-entropy), and one-line errors for bad input.
 
-use llmtrain_e2e::{assert_one_line_error, fixture, llmtrain};
+mod common;
+
+use common::{assert_one_line_error, fixture, llmtrain};
 
 /// The column whose header starts with `name` of the printed table, by ZeRO stage.
 fn column(stdout: &str, name: &str) -> Vec<(u8, f64)> {

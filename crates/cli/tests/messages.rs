@@ -2,10 +2,12 @@
 //! what was probably meant, warnings look like every other message, and a terminal shows a progress bar, not
 //! JSON lines.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-use llmtrain_e2e::{assert_one_line_error, llmtrain, llmtrain_bin, root};
+use common::{assert_one_line_error, llmtrain, llmtrain_bin, root};
 
 /// The subcommands README's table documents, as argument lists.
 const COMMANDS: [&[&str]; 10] = [

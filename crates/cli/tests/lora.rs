@@ -1,9 +1,11 @@
 //! LoRA from the command line: `llmtrain logits --adapter` on adapters PEFT wrote, and `llmtrain merge`, both
 //! against PEFT's own logits (crates/fastlora/tests/fixtures, made by scripts/make_peft_fixture.py).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use llmtrain_e2e::{assert_one_line_error, llmtrain, root};
+use common::{assert_one_line_error, llmtrain, root};
 
 fn peft_fixture(name: &str) -> PathBuf {
     root().join("crates/fastlora/tests/fixtures").join(name)
@@ -100,7 +102,7 @@ fn lora_command(dir: &Path, extra: &str, command: &[&str], args: &[&str], batch:
     let path = dir.join("run.toml");
     cmd.push(path.to_str().unwrap());
     cmd.extend(args);
-    let out = std::process::Command::new(llmtrain_e2e::llmtrain_bin())
+    let out = std::process::Command::new(common::llmtrain_bin())
         .args(&cmd)
         .env("LLMTRAIN_CACHE", dir.join("cache"))
         .output()
@@ -238,7 +240,7 @@ fn sft_run_reports_held_out_accuracy_before_and_after() {
                   [training]\nmax_steps = 6\nlearning_rate = 0.01\nlogging_steps = 3\naccuracy_file = \"test.jsonl\"\n\n\
                   [lora]\nr = 4\n\n[output]\ndir = \"out\"\n";
     std::fs::write(dir.path().join("run.toml"), config).unwrap();
-    let out = std::process::Command::new(llmtrain_e2e::llmtrain_bin())
+    let out = std::process::Command::new(common::llmtrain_bin())
         .args(["train", "--config", dir.path().join("run.toml").to_str().unwrap()])
         .env("LLMTRAIN_CACHE", dir.path().join("cache"))
         .output()
@@ -262,7 +264,7 @@ fn sft_run_reports_held_out_accuracy_before_and_after() {
 #[test]
 fn generate_with_an_adapter_equals_generate_on_the_merged_model() {
     let dir = tempfile::tempdir().unwrap();
-    let base = llmtrain_e2e::fixture("llama_gqa_tied");
+    let base = common::fixture("llama_gqa_tied");
     lora_command(dir.path(), "", &["train"], &["--model", base.to_str().unwrap(), "--max-steps", "6"], 4);
     let adapter = dir.path().join("out/final");
     let merged = dir.path().join("merged");
@@ -289,7 +291,7 @@ fn generate_with_an_adapter_equals_generate_on_the_merged_model() {
 #[test]
 fn lora_on_a_loaded_base_is_reproducible_from_its_config() {
     // `[training] seed` seeds the adapters' initialisation on a checkpoint too, not only from scratch.
-    let base = llmtrain_e2e::fixture("llama_gqa_tied");
+    let base = common::fixture("llama_gqa_tied");
     let adapters: Vec<Vec<u8>> = (0..2)
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
@@ -304,7 +306,7 @@ fn lora_on_a_loaded_base_is_reproducible_from_its_config() {
 fn lora_dropout_resumes_bit_identical_and_ignores_thread_timing() {
     // Dropout masks come from (seed, rank, step, micro-batch), not from a process-wide generator: a resumed run
     // draws what the uninterrupted one drew, and in-process ranks (threads) draw the same masks every time.
-    let base = llmtrain_e2e::fixture("llama_gqa_tied");
+    let base = common::fixture("llama_gqa_tied");
     let b = base.to_str().unwrap();
     let adapter = |dir: &Path| std::fs::read(dir.join("out/final/adapter_model.safetensors")).unwrap();
     let dropout = "dropout = 0.1";

@@ -1,12 +1,13 @@
 //! `llmtrain launch --launcher mpirun` end to end (built with `--features mpi`; CI runs it with
-//! `cargo test -p llmtrain-e2e --features mpi --test launch_mpi`): 2 and 4 MPI ranks follow the single-process run
+//! `cargo test --workspace --features llmtrain-cli/mpi --test launch_mpi`): 2 and 4 MPI ranks follow the single-process run
 //! with the same global batch within 1e-5, and a missing mpirun is one clear error.
 #![cfg(feature = "mpi")]
 
+mod common;
 mod launch_common;
 
+use common::assert_one_line_error;
 use launch_common::{Job, assert_follows_single_process};
-use llmtrain_e2e::assert_one_line_error;
 
 #[test]
 fn mpi_ranks_follow_the_single_process_run() {
@@ -20,7 +21,7 @@ fn a_failing_mpi_rank_ends_the_job_with_its_error() {
     let job = Job::new();
     let missing = job.path("missing.toml");
     // Built first: the time limit is for the job, not for compiling the binary.
-    llmtrain_e2e::llmtrain_bin();
+    common::llmtrain_bin();
     let started = std::time::Instant::now();
     let out = job.run(
         &["launch", "--launcher", "mpirun", "--num-processes", "2", "--", "train", "--config"]
@@ -43,7 +44,7 @@ fn a_failing_mpi_rank_ends_the_job_with_its_error() {
 fn a_missing_mpirun_is_one_clear_error() {
     let job = Job::new();
     let config = job.config(2, "nompirun", "");
-    let out = std::process::Command::new(llmtrain_e2e::llmtrain_bin())
+    let out = std::process::Command::new(common::llmtrain_bin())
         .args(["launch", "--launcher", "mpirun", "--num-processes", "2", "--", "train", "--config"])
         .arg(&config)
         .env("PATH", "/nonexistent")

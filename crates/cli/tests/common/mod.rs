@@ -1,15 +1,14 @@
-//! Helpers for the end-to-end tests in `tests/tests/`: build the real `llmtrain` binary once and run it.
-//!
-//! The binary lives in another package, so cargo does not hand us its path; we ask cargo to build it (a no-op
-//! when it is fresh) and run it from the workspace's target directory.
+//! What the end-to-end tests share: the real `llmtrain` binary (cargo builds it for these tests and names it in
+//! `CARGO_BIN_EXE_llmtrain`: no nested build), the workspace's fixtures, and running the binary as a user would.
+//! Each test file uses some of these helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the workspace root exists")
 }
 
 /// A committed model fixture (an HF checkpoint directory made by transformers).
@@ -17,21 +16,9 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("crates/core/tests/fixtures").join(name)
 }
 
-/// Path of a freshly built `llmtrain` binary.
+/// Path of the `llmtrain` binary built for these tests (with the features the test run has, `mpi` included).
 pub fn llmtrain_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args(["build", "--quiet", "-p", "llmtrain-cli", "--bin", "llmtrain"])
-            .args(if cfg!(feature = "mpi") { &["--features", "mpi"][..] } else { &[][..] })
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building llmtrain failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-        target.join("debug").join(format!("llmtrain{}", std::env::consts::EXE_SUFFIX))
-    })
+    Path::new(env!("CARGO_BIN_EXE_llmtrain"))
 }
 
 /// Runs `llmtrain args...` to completion.

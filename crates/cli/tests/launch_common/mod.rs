@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use llmtrain_e2e::{llmtrain_bin, root};
+use crate::common::{llmtrain_bin, root};
 
 /// A directory with a small corpus and configs that differ only in batch size.
 pub struct Job {
