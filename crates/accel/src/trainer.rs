@@ -43,6 +43,9 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// SIGINT or SIGTERM, if any rank had been asked to stop by the end of the step (SIGINT when any rank got
+    /// one): every rank sees the same answer, so all stop after the same step.
+    pub stop_signal: Option<i32>,
 }
 
 /// How one optimizer step runs.
@@ -104,10 +107,18 @@ pub fn train_step<A: AutodiffBackend>(
             accelerator.config().gradient_accumulation_steps
         )));
     }
-    let loss = accelerator.reduce(local_loss, ReduceOp::Sum)?;
+    // The stop flags ride on the loss's collective: a signal costs the step no extra all-reduce.
+    let signal = interrupt::stop_requested();
+    let flags = [signal == Some(SIGINT), signal.is_some_and(|s| s != SIGINT)].map(|f| f64::from(u8::from(f)));
+    let reduced = accelerator.reduce_many(&[local_loss, flags[0], flags[1]], ReduceOp::Sum)?;
+    let stop_signal = match (reduced[1] > 0.0, reduced[2] > 0.0) {
+        (true, _) => Some(SIGINT),
+        (false, true) => Some(SIGTERM),
+        (false, false) => None,
+    };
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
     accelerator.step(model, optimizer, options.lr)?;
-    Ok(StepStats { loss, grad_norm })
+    Ok(StepStats { loss: reduced[0], grad_norm, stop_signal })
 }
 
 /// Runs a whole training job on backend `A` as one rank of `accelerator`'s world; `finetune` is the method
@@ -320,16 +331,11 @@ pub fn run_training<A: AutodiffBackend>(
         if saved {
             save(accelerator, &model, &optimizer, &train_data, step)?;
         }
-        // Every rank learns of a signal any rank got, so all stop after the same step (SIGINT if any rank got
-        // one, else SIGTERM, for the exit code).
-        let signal = interrupt::stop_requested();
-        let flags = [signal == Some(SIGINT), signal.is_some_and(|s| s != SIGINT)].map(|f| f64::from(u8::from(f)));
-        let counts = accelerator.reduce_many(&flags, ReduceOp::Sum)?;
-        if counts.iter().any(|&c| c > 0.0) && step < tr.max_steps {
+        if let Some(signal) = stats.stop_signal.filter(|_| step < tr.max_steps) {
             if !saved {
                 save(accelerator, &model, &optimizer, &train_data, step)?;
             }
-            interrupted_by = Some(if counts[0] > 0.0 { SIGINT } else { SIGTERM });
+            interrupted_by = Some(signal);
             break;
         }
     }
