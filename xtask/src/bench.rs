@@ -9,14 +9,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, StepOptions, run_in_process, train_step};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, run_in_process};
 use llmtrain_core::config::MixedPrecision;
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
+use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
+use llmtrain_lightning::{CausalLm, Recompute, StepOptions, optimizer_step};
 use llmtrain_memopt::estimate::{
     AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
 };
@@ -263,6 +265,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         attach(&mut model, &config, &device)?;
     }
     let mut model = accelerator.prepare_model(model)?;
+    model.compute.dtype = precision_dtype(case.precision);
     if case.flash {
         model.compute.attention = AttentionKernel::Flash { block: FLASH_BLOCK };
     }
@@ -270,6 +273,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         model.compute.loss_chunk = Some(LOSS_CHUNK);
         model.compute.fused_kernels = true;
     }
+    // The objective `llmtrain train` runs, with the compute settings above.
+    let module = CausalLm::new(&FullFinetune, model.compute, device);
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
     let rows = case.batch / case.ranks;
@@ -286,10 +291,11 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         let options = StepOptions {
             lr: 1e-4,
             max_grad_norm: Some(1.0),
-            gradient_checkpointing: case.checkpointing,
+            gradient_checkpointing: case.checkpointing.then_some(Recompute { offload: false }),
             ..Default::default()
         };
-        train_step(&mut accelerator, &mut model, &mut optimizer, std::slice::from_ref(&batch), options, &device)?;
+        let micro = std::slice::from_ref(&batch);
+        model = optimizer_step(&mut accelerator, &module, model, &mut optimizer, micro, &options, &device)?.0;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);

@@ -4,16 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burn::module::{AutodiffModule, Param};
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
 use llmtrain_core::dist::{Communicator, InProcess};
-use llmtrain_core::hf::{self, HfConfig};
-use llmtrain_core::model::compute::precision_dtype;
-use llmtrain_core::model::{LlamaModel, ParamMut};
-use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint};
+use llmtrain_core::train::param_paths::map_floats;
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_grad_norm};
 
 use crate::buckets::all_reduce_mean;
@@ -137,20 +134,26 @@ impl<A: AutodiffBackend> Accelerator<A> {
         }
     }
 
-    /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time) and compute in the
-    /// configured precision (Accelerate's autocast; the weights themselves stay f32).
-    pub fn prepare_model(&self, mut model: LlamaModel<A>) -> Result<LlamaModel<A>> {
-        model.compute.dtype = precision_dtype(self.config.mixed_precision);
+    /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time): every float parameter of
+    /// any module, trainable or frozen, by path order.
+    pub fn prepare_model<M: AutodiffModule<A>>(&self, model: M) -> Result<M> {
         if self.world_size() == 1 {
             return Ok(model);
         }
-        for (_, param) in model.named_params_mut() {
-            match param {
-                ParamMut::Vector(p) => broadcast_param(self.comm.as_ref(), p)?,
-                ParamMut::Matrix(p) => broadcast_param(self.comm.as_ref(), p)?,
+        let mut failed = None;
+        let model = map_floats(model, |value: Tensor<A, 1>| {
+            if failed.is_some() {
+                return value;
             }
-        }
-        Ok(model)
+            match broadcast(self.comm.as_ref(), value.clone().inner()) {
+                Ok(inner) => Tensor::from_inner(inner),
+                Err(err) => {
+                    failed = Some(err);
+                    value
+                }
+            }
+        });
+        failed.map_or(Ok(model), Err)
     }
 
     /// The data options for this rank's shard: each rank takes its `batch_size` rows of every global batch.
@@ -174,12 +177,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
     /// Backward of `loss` divided by the accumulation steps (and multiplied by the loss scale in fp16); its
     /// gradients are added to this rank's sum, and on a synchronising micro-batch averaged over ranks (bucketed
     /// all-reduce) and unscaled.
-    pub fn backward(&mut self, model: &LlamaModel<A>, loss: Tensor<A, 1>) -> Result<()> {
+    pub fn backward<M: Module<A>>(&mut self, model: &M, loss: Tensor<A, 1>) -> Result<()> {
         self.backward_with(|grads, divisor| grads.accumulate(model, &loss.div_scalar(divisor).backward()))
     }
 
-    /// [`backward`](Self::backward) for gradients the caller computes itself (gradient checkpointing computes
-    /// them layer by layer): `compute(buffer, divisor)` adds to `buffer` the gradients of its loss divided by
+    /// [`backward`](Self::backward) for gradients the caller computes itself (a checkpointed forward adds them
+    /// layer by layer): `compute(buffer, divisor)` adds to `buffer` the gradients of its loss divided by
     /// `divisor` (the accumulation steps over the loss scale); the synchronisation follows as for `backward`.
     pub fn backward_with<T>(
         &mut self,
@@ -223,12 +226,13 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Applies the optimizer on a synchronising micro-batch (a no-op otherwise, as Accelerate's wrapped
-    /// optimizer); returns whether it stepped. In fp16 a step whose gradients overflowed is skipped (its
-    /// gradients dropped) and the loss scale updated, as DeepSpeed does; every rank holds the same reduced
-    /// gradients, so all ranks decide alike. Fails when the scale is already at its floor and still overflows.
-    pub fn step(&mut self, model: &mut LlamaModel<A>, optimizer: &mut AdamW<A::InnerBackend>, lr: f64) -> Result<bool> {
+    /// optimizer) and returns the model, updated or not ([`optimizer_step_was_skipped`](Self::optimizer_step_was_skipped)
+    /// tells). In fp16 a step whose gradients overflowed is skipped (its gradients dropped) and the loss scale
+    /// updated, as DeepSpeed does; every rank holds the same reduced gradients, so all ranks decide alike. Fails
+    /// when the scale is already at its floor and still overflows.
+    pub fn step<M: Module<A>>(&mut self, model: M, optimizer: &mut AdamW<A::InnerBackend>, lr: f64) -> Result<M> {
         if !self.sync_gradients {
-            return Ok(false);
+            return Ok(model);
         }
         self.last_step_skipped = false;
         if let Some(scaler) = self.scaler.as_mut() {
@@ -237,11 +241,10 @@ impl<A: AutodiffBackend> Accelerator<A> {
             if overflow {
                 self.grads.clear();
                 self.last_step_skipped = true;
-                return Ok(false);
+                return Ok(model);
             }
         }
-        optimizer.step(model, &mut self.grads, lr);
-        Ok(true)
+        Ok(optimizer.step(model, &mut self.grads, lr))
     }
 
     /// Whether the last synchronising step was skipped for an fp16 overflow (Accelerate's
@@ -304,42 +307,22 @@ impl<A: AutodiffBackend> Accelerator<A> {
         Ok(self.comm.barrier()?)
     }
 
-    /// Saves the training state (model, optimizer, trainer state with this run's world size) as
-    /// `output_dir/checkpoint-<step>/`: written by rank 0, atomically, then every rank waits for it. All ranks
-    /// hold identical replicas, and the data position is common to them, so one copy is every rank's state.
-    #[allow(clippy::too_many_arguments)]
+    /// Saves the training state as `output_dir/checkpoint-<step>/`: `write_files` writes the trained module's
+    /// files (a model, an adapter, a tokenizer), then the optimizer and the trainer state with this run's world
+    /// size. Written by rank 0, atomically, then every rank waits for it. All ranks hold identical replicas, and
+    /// the data position is common to them, so one copy is every rank's state.
     pub fn save_state(
         &self,
         output_dir: &Path,
-        model: &LlamaModel<A>,
-        hf_config: &HfConfig,
         optimizer: &AdamW<A::InnerBackend>,
-        tokenizer: &TextTokenizer,
-        state: TrainerState,
-        keep: usize,
-    ) -> Result<Option<PathBuf>> {
-        let model = Some((model, hf_config));
-        self.save_state_with(output_dir, model, optimizer, tokenizer, state, keep, |_| Ok(()))
-    }
-
-    /// [`save_state`](Self::save_state) with `extra` writing more files into the checkpoint (a LoRA adapter);
-    /// `model = None` leaves the model out (an adapter run's frozen base, rebuilt from the run config on resume:
-    /// see [`load_training_state`](Self::load_training_state)).
-    #[allow(clippy::too_many_arguments)]
-    pub fn save_state_with(
-        &self,
-        output_dir: &Path,
-        model: Option<(&LlamaModel<A>, &HfConfig)>,
-        optimizer: &AdamW<A::InnerBackend>,
-        tokenizer: &TextTokenizer,
         mut state: TrainerState,
         keep: usize,
-        extra: impl FnOnce(&Path) -> llmtrain_core::Result<()>,
+        write_files: impl FnOnce(&Path) -> llmtrain_core::Result<()>,
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
         let written = if self.is_main_process() {
-            Some(save_checkpoint_with(output_dir, model, optimizer, tokenizer, state, keep, extra)?)
+            Some(save_checkpoint_with(output_dir, optimizer, state, keep, write_files)?)
         } else {
             None
         };
@@ -347,23 +330,10 @@ impl<A: AutodiffBackend> Accelerator<A> {
         Ok(written)
     }
 
-    /// Loads a state written by [`save_state`](Self::save_state), refusing one written by a different number
-    /// of ranks (its data position counts their batches). An fp16 run continues with the saved loss scale.
+    /// Loads the optimizer and trainer state of a checkpoint written by [`save_state`](Self::save_state)
+    /// (the module restores its own files), refusing one written by a different number of ranks (its data
+    /// position counts their batches). An fp16 run continues with the saved loss scale.
     pub fn load_state(
-        &mut self,
-        dir: &Path,
-        optimizer: AdamWConfig,
-        device: &A::Device,
-    ) -> Result<(LlamaModel<A>, AdamW<A::InnerBackend>, TrainerState)> {
-        let (optimizer, state) = self.load_training_state(dir, optimizer, device)?;
-        let mut model = hf::load_model::<A>(dir, device)?.0;
-        model.compute.dtype = precision_dtype(self.config.mixed_precision);
-        Ok((model, optimizer, state))
-    }
-
-    /// [`load_state`](Self::load_state) without the model: the optimizer and trainer state of a checkpoint written
-    /// with `model = None` (the caller restores the adapter onto its rebuilt base).
-    pub fn load_training_state(
         &mut self,
         dir: &Path,
         optimizer: AdamWConfig,
@@ -386,7 +356,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
 
     /// The bare model for inference and saving (burn needs no wrapper for data parallelism, so this only drops
     /// the autodiff graph).
-    pub fn unwrap_model(&self, model: &LlamaModel<A>) -> LlamaModel<A::InnerBackend> {
+    pub fn unwrap_model<M: AutodiffModule<A>>(&self, model: &M) -> M::InnerModule {
         model.valid()
     }
 
@@ -401,19 +371,11 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 }
 
-/// Copies rank 0's value of one parameter to every rank, keeping its id.
-fn broadcast_param<A: AutodiffBackend, const D: usize>(
-    comm: &dyn Communicator,
-    param: &mut Param<Tensor<A, D>>,
-) -> Result<()> {
-    // Frozen parameters (a LoRA base) stay frozen.
-    let trainable = param.val().is_require_grad();
-    let value = param.val().inner();
-    let shape = value.shape();
+/// Rank 0's value of one tensor, on every rank.
+fn broadcast<B: burn::tensor::backend::Backend>(comm: &dyn Communicator, value: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
     let device = value.device();
     let mut host: Vec<f32> = value.into_data().convert::<f32>().into_vec().map_err(AccelError::tensor)?;
     comm.broadcast(&mut host, 0)?;
-    let inner = Tensor::<A::InnerBackend, D>::from_data(TensorData::new(host, shape), &device);
-    *param = Param::initialized(param.id, Tensor::from_inner(inner).set_require_grad(trainable));
-    Ok(())
+    let n = host.len();
+    Ok(Tensor::from_data(TensorData::new(host, [n]), &device))
 }

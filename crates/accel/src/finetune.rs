@@ -1,13 +1,14 @@
 //! What a finetuning method changes in a training run. Full finetuning changes nothing; llmtrain-fastlora's LoRA
 //! attaches adapters and freezes the base, and writes a PEFT adapter instead of the whole model. The `llmtrain`
-//! command composes the two: accel runs the loop, the method plugs in here.
+//! command composes the two: the method plugs in here, and llmtrain-lightning's Trainer runs the loop.
 
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_core::model::LlamaModel;
 
-/// A finetuning method's hooks into [`crate::run_training`]. Errors are one-line messages.
+/// A finetuning method's hooks into the training of a [`LlamaModel`] (llmtrain-lightning's causal-LM module calls
+/// them). Errors are one-line messages.
 pub trait Finetune<A: AutodiffBackend>: Sync {
     /// Adapts a freshly built or loaded model (before rank 0's weights are broadcast to the other ranks).
     fn prepare(&self, model: &mut LlamaModel<A>, device: &A::Device) -> Result<(), String>;
@@ -20,7 +21,8 @@ pub trait Finetune<A: AutodiffBackend>: Sync {
     /// frozen, so a resumed run rebuilds it from the run config (and re-quantizes a 4-bit base, which is
     /// deterministic) instead of storing a copy in every checkpoint.
     fn saves_adapter_only(&self) -> bool;
-    /// The learning-rate multiplier of parameter `name` (LoRA+ raises the B matrices').
+    /// The learning-rate multiplier of the parameter at burn path `name` (`layers.0.self_attn.q_proj.adapter.lora_b`;
+    /// LoRA+ raises the B matrices').
     fn lr_scale(&self, _name: &str) -> f64 {
         1.0
     }

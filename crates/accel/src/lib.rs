@@ -6,10 +6,10 @@
 //!   `accumulate` / `sync_gradients`, `backward` (bucketed gradient all-reduce on synchronising steps),
 //!   `clip_grad_norm`, `step`, `gather` / `gather_for_metrics` / `reduce`, `wait_for_everyone`,
 //!   `save_state` / `load_state`, `unwrap_model`, `is_main_process` / `print`.
-//! - [`run_training`] / [`train_step`]: the training loop of `llmtrain train`, for any world size; [`Finetune`]
-//!   is where a method such as LoRA plugs in ([`FullFinetune`] trains everything).
+//! - [`Finetune`]: where a finetuning method such as LoRA plugs in ([`FullFinetune`] trains everything); the
+//!   training loop that drives the Accelerator is llmtrain-lightning's `Trainer`.
 //! - [`run_in_process`]: ranks as threads of this process; [`process_launch_command`]: the `mpirun` / `srun` line.
-//! - [`LaunchConfig`]: the launch config file `llmtrain config` writes ([`ask`]: its questionnaire).
+//! - [`LaunchConfig`]: the launch config file `llmtrain config` writes and `llmtrain launch` reads.
 //!
 //! ```
 //! use burn::backend::Autodiff;
@@ -31,12 +31,10 @@ mod error;
 mod finetune;
 mod launch;
 pub mod launch_config;
-mod trainer;
 
 pub use accelerator::{Accelerator, AcceleratorConfig, ReduceOp};
 pub use error::{AccelError, Result};
 pub use finetune::{Finetune, FullFinetune};
 pub use launch::{process_launch_command, run_in_process};
-pub use launch_config::{Answers, ParseChoiceError, ask, ask_with};
+pub use launch_config::ParseChoiceError;
 pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};
-pub use trainer::{StepOptions, StepStats, run_training, train_step};

@@ -52,7 +52,7 @@ impl<A: AutodiffBackend> Finetune<A> for LoraMethod {
 
     fn lr_scale(&self, name: &str) -> f64 {
         match self.loraplus_lr_ratio {
-            Some(ratio) if name.ends_with(".lora_B.weight") => ratio,
+            Some(ratio) if name.ends_with("adapter.lora_b") => ratio,
             _ => 1.0,
         }
     }

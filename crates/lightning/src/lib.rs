@@ -1,3 +1,59 @@
-//! llmtrain-lightning — PyTorch Lightning's role: a LightningModule-style trait, a Trainer, callbacks and loggers.
+//! llmtrain-lightning — PyTorch Lightning's role, and the engine every objective runs on: one [`Trainer`] (the
+//! only training loop in the workspace) runs any [`LightningModule`] on any [`DataModule`] as one rank of an
+//! [`Accelerator`](llmtrain_accel::Accelerator)'s world.
 //!
-//! This crate holds no API yet: its issue has not been worked on. See DESIGN.md for where it sits.
+//! - [`LightningModule`]: what an objective computes. Its network is any burn `AutodiffModule` (parameters are
+//!   found by path); `training_step` returns the micro-batch's summed loss and metrics ([`StepOutput`]) and
+//!   `batch_weight` its share of the step's normaliser, so weighted means stay exact across micro-batches and
+//!   ranks; a checkpointed forward hands back the backward it deferred. Hooks save and restore the module's
+//!   files, write `final/` and log figures before and after.
+//! - [`DataModule`]: training batches (possibly generated from the current network) whose position is part of
+//!   every checkpoint, and validation passes.
+//! - [`Trainer`]: accumulation, clipping, the schedule, validation, metrics, atomic checkpoints, exact resume,
+//!   graceful stop on SIGINT/SIGTERM; [`optimizer_step`] is one step of it.
+//! - [`causal_lm`]: `llmtrain train`'s causal-LM objective ([`CausalLm`]) on llmtrain's data loader
+//!   ([`LoaderData`]), and [`train`], the job from a run config.
+//!
+//! ```
+//! use burn::backend::Autodiff;
+//! use burn::module::AutodiffModule;
+//! use burn::tensor::backend::AutodiffBackend;
+//! use llmtrain_core::device::CpuBackend;
+//! use llmtrain_lightning::{LightningModule, LossParts, Result, StepContext, StepOutput};
+//! use llmtrain_core::model::LlamaModel;
+//!
+//! /// An objective in a few lines: push the final norm's weights towards 1.
+//! struct NormToOne;
+//!
+//! impl<A: AutodiffBackend> LightningModule<A> for NormToOne {
+//!     type Net = LlamaModel<A>;
+//!     type Batch = usize;
+//!     fn batch_weight(&self, _: &usize) -> f64 { 1.0 }
+//!     fn training_step<'n>(&self, net: &'n LlamaModel<A>, _: &usize, _: &StepContext<'_, A>) -> Result<StepOutput<'n, A>> {
+//!         Ok(StepOutput::loss((net.norm.weight.val() - 1.0).powi_scalar(2).sum()))
+//!     }
+//!     fn validation_step(&self, _: &LlamaModel<A::InnerBackend>, _: &usize, _: &A::Device) -> Result<LossParts> {
+//!         Ok(LossParts::default())
+//!     }
+//!     fn save_checkpoint(&self, _: &LlamaModel<A>, _: &std::path::Path) -> Result<()> { Ok(()) }
+//!     fn load_checkpoint(&self, net: LlamaModel<A>, _: &std::path::Path) -> Result<LlamaModel<A>> { Ok(net) }
+//!     fn save_final(&self, _: &LlamaModel<A>, _: &std::path::Path) -> Result<()> { Ok(()) }
+//! }
+//! # let _ = NormToOne;
+//! # type _A = Autodiff<CpuBackend>;
+//! ```
+
+pub mod causal_lm;
+mod data;
+mod error;
+mod module;
+mod progress;
+mod step;
+mod trainer;
+
+pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
+pub use data::DataModule;
+pub use error::{LightningError, Result};
+pub use module::{InnerNet, LightningModule, LossParts, Recompute, StepContext, StepOutput};
+pub use step::{StepOptions, StepStats, optimizer_step};
+pub use trainer::{FitSummary, Trainer, TrainerSettings};

@@ -2,7 +2,9 @@
 //! run config. Those the model itself must run live in llmtrain-core (`model::Compute`: 16-bit compute,
 //! `model::flash_attention`, `model::fused_loss`; `train::LossScaler` for fp16); the rest are here:
 //!
-//! - [`checkpoint::backward_by_layers`]: gradient checkpointing per decoder layer (recompute in backward).
+//! - [`recompute`]: gradient checkpointing per decoder layer as a property of the forward
+//!   (`LlamaModel::hidden_states_recomputed`, recompute in backward); it lives in llmtrain-core, re-exported
+//!   here, because the model runs it.
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
 //!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus, for a
 //!   batch shape, the activations autodiff keeps (f32 or 16-bit compute, eager or flash attention, with or
@@ -25,6 +27,6 @@
 //! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB
 //! ```
 
-pub mod checkpoint;
 pub mod estimate;
+pub use llmtrain_core::model::recompute;
 pub use llmtrain_core::nf4;

@@ -7,10 +7,30 @@ use burn::tensor::ElementConversion;
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
-use llmtrain_core::train::{GradientBuffer, batch_loss};
-use llmtrain_memopt::checkpoint::backward_by_layers;
+use llmtrain_core::train::{GradientBuffer, batch_loss, batch_tensors, loss_from_hidden};
+use llmtrain_memopt::recompute::DeferredBackward;
 
 type A = Autodiff<CpuBackend>;
+
+/// The checkpointed forward as an objective uses it: the loss from the recomputed forward's hidden states, its
+/// backward, then the deferred layers'. Returns the summed loss.
+fn backward_by_layers(
+    model: &LlamaModel<A>,
+    batch: &Batch,
+    scale: f64,
+    offload: bool,
+    grads: &mut GradientBuffer<CpuBackend>,
+    device: &burn::tensor::Device<A>,
+) -> f64 {
+    let (tokens, labels, positions) = batch_tensors::<A>(batch, device);
+    let (hidden, layers) = model.hidden_states_recomputed(tokens, positions.as_ref(), offload);
+    let (sum, _) = loss_from_hidden(model, hidden, batch, labels);
+    let loss = sum.clone().into_scalar().elem::<f64>();
+    let step = sum.mul_scalar(scale).backward();
+    grads.accumulate(model, &step);
+    Box::new(layers).backward(&step, &mut |more| grads.accumulate(model, more));
+    loss
+}
 
 fn batch(rows: usize, seq: usize, vocab: u32) -> Batch {
     let input_ids: Vec<u32> = (0..rows * seq).map(|i| (i as u32 * 7 + 3) % vocab).collect();

@@ -1,11 +1,14 @@
 //! `llmtrain config`: writes the launch config `llmtrain launch` reads, asking what `accelerate config` asks (on
 //! stderr, answers from stdin), or from flags alone with `--non-interactive`.
 
+mod questionnaire;
+
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use llmtrain_accel::launch_config::{self, Answers, DistributedType, LaunchConfig, Launcher, MixedPrecision};
+use llmtrain_accel::launch_config::{DistributedType, LaunchConfig, Launcher, MixedPrecision};
+use questionnaire::Answers;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -98,7 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
         let piped = !stdin.is_terminal();
         let mut input = Echo { inner: stdin.lock(), echo: piped };
         let mut stderr = std::io::stderr().lock();
-        launch_config::ask_with(&args.answers(), &mut input, &mut stderr)?
+        questionnaire::ask_with(&args.answers(), &mut input, &mut stderr)?
     };
     // The error already names the file.
     config.save(&path)?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, MixedPrecision, run_training};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, MixedPrecision};
 
 use crate::lora_method::LoraMethod;
 use llmtrain_core::config::RunConfig;
@@ -126,7 +126,7 @@ pub fn run_rank<B: Backend>(
         Some(section) => Box::new(LoraMethod::new(section, overrides.apply(&config).model.path.as_deref())),
         None => Box::new(FullFinetune),
     };
-    let summary = match run_training(&config, &overrides, &mut accelerator, method.as_ref(), device) {
+    let summary = match llmtrain_lightning::train(&config, &overrides, &mut accelerator, method.as_ref(), device) {
         Ok(summary) => summary,
         Err(err) => {
             // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
@@ -136,19 +136,20 @@ pub fn run_rank<B: Backend>(
             return Err(err.into());
         }
     };
-    if let Some(signal) = summary.interrupted_by {
-        return Ok(Some(Interrupted { step: summary.steps, signal, report: accelerator.is_main_process() }));
+    let fit = &summary.fit;
+    if let Some(signal) = fit.interrupted_by {
+        return Ok(Some(Interrupted { step: fit.steps, signal, report: accelerator.is_main_process() }));
     }
     if !accelerator.is_main_process() {
         return Ok(None);
     }
-    if summary.already_finished {
+    if fit.already_finished {
         println!(
             "nothing to resume: the run in {} already reached step {} (max_steps {}); its model is {}",
             overrides.apply(&config).output.dir.display(),
-            summary.steps,
+            fit.steps,
             overrides.apply(&config).training.max_steps,
-            summary.final_dir.display()
+            fit.final_dir.display()
         );
         return Ok(None);
     }
@@ -164,13 +165,13 @@ pub fn run_rank<B: Backend>(
         (None, _) if overrides.apply(&config).model.path.is_some() => println!("method: full finetuning"),
         (None, _) => println!("method: pretraining from scratch"),
     }
-    println!("steps: {}  ({:.1} s, {:.0} tokens/s)", summary.steps, summary.elapsed_secs, summary.tokens_per_sec);
-    println!("final train loss: {:.4}", summary.final_train_loss);
+    println!("steps: {}  ({:.1} s, {:.0} tokens/s)", fit.steps, fit.elapsed_secs, fit.tokens_per_sec);
+    println!("final train loss: {:.4}", fit.final_train_loss);
     // The unigram entropy is a bar for losses over every token; a completion-only loss is not comparable to it.
     let scores_everything = config.data.loss_on == llmtrain_core::data::LossOn::All;
-    if let (Some(eval), false) = (summary.final_eval_loss, scores_everything) {
+    if let (Some(eval), false) = (fit.final_val_loss, scores_everything) {
         println!("final eval loss: {eval:.4} nats/token (perplexity {:.1}) on the scored tokens", eval.exp());
-    } else if let Some(eval) = summary.final_eval_loss {
+    } else if let Some(eval) = fit.final_val_loss {
         let verdict = if eval < summary.unigram_entropy { "below" } else { "NOT below" };
         println!(
             "final eval loss: {eval:.4} nats/token (perplexity {:.1}), {verdict} the corpus's unigram entropy {:.4}",
@@ -188,8 +189,8 @@ pub fn run_rank<B: Backend>(
         (None, Some(after)) => println!("held-out accuracy: {}", show(after)),
         _ => {}
     }
-    if let Some(scale) = summary.loss_scale {
-        println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", summary.skipped_steps);
+    if let Some(scale) = fit.loss_scale {
+        println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", fit.skipped_steps);
     }
     if summary.skipped_rows > 0 {
         println!("skipped malformed rows: {}", summary.skipped_rows);
@@ -197,6 +198,6 @@ pub fn run_rank<B: Backend>(
     if let Some(sample) = &summary.sample {
         println!("sample:\n{sample}");
     }
-    println!("model: {}", summary.final_dir.display());
+    println!("model: {}", fit.final_dir.display());
     Ok(None)
 }

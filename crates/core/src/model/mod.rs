@@ -15,6 +15,7 @@ pub mod lora;
 mod nf4_weight;
 mod packing;
 mod params;
+pub mod recompute;
 pub mod rope;
 
 pub use cache::KvCache;
@@ -25,6 +26,7 @@ pub use lora::LoraAdapter;
 pub use nf4_weight::{DoubleQuantScales, Nf4Scales, Nf4Weight};
 pub use packing::PositionIds;
 pub use params::{ParamMut, ParamRef};
+pub use recompute::{DeferredBackward, LayerRecompute};
 pub use rope::Rotary;
 
 use burn::module::{Module, Param};

@@ -10,7 +10,6 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, AdamWConfig, Moments};
-use crate::data::DataPosition;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::hf::{self, HfConfig, HostTensor, SaveOptions, StorageDtype, TensorFiles};
@@ -34,8 +33,9 @@ pub struct FileDigest {
 pub struct TrainerState {
     /// Optimizer updates done.
     pub step: u64,
-    /// Where the training data continues.
-    pub data_position: DataPosition,
+    /// Where the training data continues, as the run's data source records it (llmtrain's loader: a
+    /// [`DataPosition`](crate::data::DataPosition)).
+    pub data_position: serde_json::Value,
     pub seed: u64,
     /// Data-parallel ranks of the run that wrote it: the data position counts batches of this many ranks.
     #[serde(default = "one")]
@@ -56,7 +56,8 @@ fn digest(path: &Path) -> Result<FileDigest> {
     Ok(FileDigest { bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
 }
 
-/// Writes `output_dir/checkpoint-<step>/` atomically and removes all but the `keep` most recent checkpoints.
+/// Writes `output_dir/checkpoint-<step>/` (a model's f32 weights, its tokenizer, the optimizer and the state)
+/// atomically and removes all but the `keep` most recent checkpoints.
 pub fn save_checkpoint<B: Backend, I: Backend>(
     output_dir: &Path,
     model: &LlamaModel<B>,
@@ -66,32 +67,32 @@ pub fn save_checkpoint<B: Backend, I: Backend>(
     state: TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
-    save_checkpoint_with(output_dir, Some((model, hf_config)), optimizer, tokenizer, state, keep, |_| Ok(()))
+    save_checkpoint_with(output_dir, optimizer, state, keep, |dir| {
+        save_model_state(model, hf_config, dir)?;
+        tokenizer.save(dir)
+    })
 }
 
-/// [`save_checkpoint`] with `extra` writing more files into the checkpoint (a LoRA adapter) before it is
-/// sealed; they are digested and verified like the others. With `model = None` the checkpoint holds no model
-/// (an adapter run: `extra` writes the adapter, and resuming rebuilds the frozen base from the run config).
-#[allow(clippy::too_many_arguments)]
-pub fn save_checkpoint_with<B: Backend, I: Backend>(
+/// A model's weights as a checkpoint holds them: an HF directory in f32, so a resumed run continues bit for bit.
+pub fn save_model_state<B: Backend>(model: &LlamaModel<B>, hf_config: &HfConfig, dir: &Path) -> Result<()> {
+    let f32_weights = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
+    hf::save_model(model, hf_config, dir, &f32_weights)
+}
+
+/// Writes `output_dir/checkpoint-<step>/` atomically: `write_files` writes what the trained module needs (a
+/// model, an adapter, a tokenizer), then the optimizer, and last the trainer state with a digest of every file,
+/// so a damaged checkpoint is detected on resume. Removes all but the `keep` most recent checkpoints.
+pub fn save_checkpoint_with<I: Backend>(
     output_dir: &Path,
-    model: Option<(&LlamaModel<B>, &HfConfig)>,
     optimizer: &AdamW<I>,
-    tokenizer: &TextTokenizer,
     mut state: TrainerState,
     keep: usize,
-    extra: impl FnOnce(&Path) -> Result<()>,
+    write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let target = output_dir.join(format!("{PREFIX}{}", state.step));
     write_dir_atomic(&target, |dir| {
-        if let Some((model, hf_config)) = model {
-            // f32 weights: a resumed run continues bit for bit.
-            let f32_weights = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
-            hf::save_model(model, hf_config, dir, &f32_weights)?;
-        }
-        tokenizer.save(dir)?;
+        write_files(dir)?;
         write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
-        extra(dir)?;
         state.files.clear();
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| CoreError::io(dir, e))?

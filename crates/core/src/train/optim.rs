@@ -1,14 +1,14 @@
 //! AdamW with PyTorch's exact update, global grad-norm clipping and gradient accumulation, over a model's
-//! named parameters. State is keyed by parameter name so checkpoints survive a rebuild of the model.
+//! parameters by path (any burn module). State is keyed by parameter path so checkpoints survive a rebuild of the model.
 
 use std::collections::BTreeMap;
 
-use burn::module::Param;
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{LlamaModel, ParamMut, ParamRef};
+use super::param_paths::{map_trainable, visit_gradients};
 
 /// AdamW hyper-parameters (torch.optim.AdamW's defaults, except the learning rate which the schedule gives).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -43,21 +43,15 @@ impl<B: Backend> Default for GradientBuffer<B> {
 }
 
 impl<B: Backend> GradientBuffer<B> {
-    /// Adds the gradients of one backward pass.
-    pub fn accumulate<A: AutodiffBackend<InnerBackend = B>>(&mut self, model: &LlamaModel<A>, grads: &A::Gradients) {
-        for (name, param) in model.named_params() {
-            let grad = match param {
-                ParamRef::Vector(p) => p.val().grad(grads).map(flatten),
-                ParamRef::Matrix(p) => p.val().grad(grads).map(flatten),
+    /// Adds the gradients of one backward pass through `module`, by parameter path.
+    pub fn accumulate<A: AutodiffBackend<InnerBackend = B>, M: Module<A>>(&mut self, module: &M, grads: &A::Gradients) {
+        visit_gradients::<A, M>(module, grads, |path, grad| {
+            let summed = match self.grads.remove(path) {
+                Some(previous) => previous + grad,
+                None => grad,
             };
-            if let Some(grad) = grad {
-                let summed = match self.grads.remove(&name) {
-                    Some(previous) => previous + grad,
-                    None => grad,
-                };
-                self.grads.insert(name, summed);
-            }
-        }
+            self.grads.insert(path.to_string(), summed);
+        });
     }
 
     /// The global L2 norm over every gradient (one host read).
@@ -123,11 +117,6 @@ impl<B: Backend> GradientBuffer<B> {
     }
 }
 
-fn flatten<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    let n = t.shape().num_elements();
-    t.reshape([n])
-}
-
 /// Clips like `torch.nn.utils.clip_grad_norm_`: scales by max_norm / (norm + 1e-6) when that is below 1.
 /// Returns the norm before clipping.
 pub fn clip_grad_norm<B: Backend>(grads: &mut GradientBuffer<B>, max_norm: Option<f64>) -> f64 {
@@ -159,27 +148,25 @@ impl<B: Backend> AdamW<B> {
         Self { config, step: 0, moments: BTreeMap::new(), lr_scale: BTreeMap::new() }
     }
 
-    /// Applies one update with learning rate `lr` from `grads` (consumed) to `model`'s parameters.
-    pub fn step<A: AutodiffBackend<InnerBackend = B>>(
+    /// Applies one update with learning rate `lr` from `grads` (consumed) to the parameters of `module` they
+    /// name, and returns the updated module.
+    pub fn step<A: AutodiffBackend<InnerBackend = B>, M: Module<A>>(
         &mut self,
-        model: &mut LlamaModel<A>,
+        module: M,
         grads: &mut GradientBuffer<B>,
         lr: f64,
-    ) {
+    ) -> M {
         self.step += 1;
         let t = self.step as i32;
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        for (name, param) in model.named_params_mut() {
-            let Some(grad) = grads.take(&name) else { continue };
-            let lr = lr * self.lr_scale.get(&name).copied().unwrap_or(1.0);
-            let decay = match param {
-                ParamMut::Vector(_) => 0.0,
-                ParamMut::Matrix(_) => c.weight_decay,
-            };
+        map_trainable(module, |path, value: Tensor<A, 1>, matrix| {
+            let grad = grads.take(path)?;
+            let lr = lr * self.lr_scale.get(path).copied().unwrap_or(1.0);
+            let decay = if matrix { lr * c.weight_decay } else { 0.0 };
             let n = grad.shape().num_elements();
-            let state = self.moments.remove(&name).unwrap_or_else(|| Moments {
+            let state = self.moments.remove(path).unwrap_or_else(|| Moments {
                 exp_avg: Tensor::zeros([n], &grad.device()),
                 exp_avg_sq: Tensor::zeros([n], &grad.device()),
             });
@@ -187,26 +174,13 @@ impl<B: Backend> AdamW<B> {
             let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta2) + grad.powi_scalar(2).mul_scalar(1.0 - c.beta2);
             let denom = exp_avg_sq.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(c.eps);
             let update = exp_avg.clone().div(denom).mul_scalar(lr / bias1);
-            match param {
-                ParamMut::Vector(p) => apply(p, update, lr * decay),
-                ParamMut::Matrix(p) => apply(p, update, lr * decay),
-            }
-            self.moments.insert(name, Moments { exp_avg, exp_avg_sq });
-        }
+            self.moments.insert(path.to_string(), Moments { exp_avg, exp_avg_sq });
+            // p ← p·(1 − lr·wd) − update
+            let value = value.inner();
+            let value = if decay != 0.0 { value.mul_scalar(1.0 - decay) } else { value };
+            Some(Tensor::from_inner(value - update))
+        })
     }
-}
-
-/// p ← p·(1 − decay) − update, keeping the parameter's id and its need for gradients.
-fn apply<A: AutodiffBackend, const D: usize>(
-    param: &mut Param<Tensor<A, D>>,
-    update: Tensor<A::InnerBackend, 1>,
-    decay: f64,
-) {
-    let value = param.val().inner();
-    let dims = value.dims();
-    let value = if decay != 0.0 { value.mul_scalar(1.0 - decay) } else { value };
-    let updated = value - update.reshape(dims);
-    *param = Param::initialized(param.id, Tensor::from_inner(updated).require_grad());
 }
 
 #[cfg(test)]
@@ -226,14 +200,14 @@ mod tests {
         let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device, 0);
         let config = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::<CpuBackend>::new(config);
-        let name = "model.embed_tokens.weight";
+        let name = "embed_tokens";
         let start: Vec<f32> = model.embed_tokens.val().into_data().convert::<f32>().into_vec().unwrap();
         let grads_per_step = [vec![0.5f32; 32], (0..32).map(|i| i as f32 * 0.01 - 0.1).collect::<Vec<_>>()];
         let (mut p, mut m, mut v) = (start.iter().map(|&x| x as f64).collect::<Vec<_>>(), vec![0.0; 32], vec![0.0; 32]);
         for (t, g) in grads_per_step.iter().enumerate() {
             let mut buffer = GradientBuffer::<CpuBackend>::default();
             buffer.grads.insert(name.to_string(), Tensor::from_data(TensorData::new(g.clone(), [32]), &device));
-            opt.step(&mut model, &mut buffer, 0.01);
+            model = opt.step(model, &mut buffer, 0.01);
             let t = t as i32 + 1;
             for i in 0..32 {
                 let g = g[i] as f64;
@@ -256,13 +230,13 @@ mod tests {
         let device = Default::default();
         let mut model = LlamaModel::<A>::init(&ModelConfig::tiny_llama(8, 4, 1, 1, 1), &device, 0);
         let mut opt = AdamW::<CpuBackend>::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
-        let (scaled, plain) = ("model.embed_tokens.weight", "model.norm.weight");
+        let (scaled, plain) = ("embed_tokens", "norm.weight");
         opt.lr_scale.insert(scaled.to_string(), 16.0);
         let before = (model.embed_tokens.val(), model.norm.weight.val());
         let mut buffer = GradientBuffer::<CpuBackend>::default();
         buffer.grads.insert(scaled.to_string(), Tensor::ones([32], &device));
         buffer.grads.insert(plain.to_string(), Tensor::ones([4], &device));
-        opt.step(&mut model, &mut buffer, 1e-3);
+        model = opt.step(model, &mut buffer, 1e-3);
         let moved = |a: Tensor<A, 1>, b: Tensor<A, 1>| (a - b).abs().max().into_scalar().elem::<f64>();
         let embed = moved(before.0.reshape([32]), model.embed_tokens.val().reshape([32]));
         let norm = moved(before.1, model.norm.weight.val());

@@ -4,17 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use llmtrain_accel::{AccelError, Accelerator, AcceleratorConfig, StepOptions, run_in_process, train_step};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
 use llmtrain_core::data::Batch;
-use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::hf::{self, HfConfig, SaveOptions, StorageDtype};
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
 use llmtrain_core::train::{AdamW, AdamWConfig};
+use llmtrain_lightning::LightningError;
 
-type A = Autodiff<CpuBackend>;
+mod common;
+use common::{A, options, train_step};
 
 const STEPS: usize = 20;
 const SEQ: usize = 16;
@@ -91,7 +91,7 @@ fn train_rank(
     micro_rows: usize,
     accumulation: usize,
     checkpointing: bool,
-) -> Result<Outcome, AccelError> {
+) -> Result<Outcome, LightningError> {
     let device = Default::default();
     let (rank, world) = (comm.rank(), comm.world_size());
     let config = AcceleratorConfig { gradient_accumulation_steps: accumulation, ..Default::default() };
@@ -109,13 +109,7 @@ fn train_rank(
         let micro: Vec<Batch> = (0..accumulation)
             .map(|m| rows_of(&global_batch(step, m, micro_rows * world), rank * micro_rows, micro_rows))
             .collect();
-        let options = StepOptions {
-            lr: 1e-2,
-            max_grad_norm: Some(1.0),
-            gradient_checkpointing: checkpointing,
-            ..Default::default()
-        };
-        let stats = train_step(&mut accelerator, &mut model, &mut optimizer, &micro, options, &device)?;
+        let stats = train_step(&mut accelerator, &mut model, &mut optimizer, &micro, options(1e-2, checkpointing))?;
         losses.push(stats.loss);
     }
     Ok(Outcome { losses, weights: weights(&model) })
@@ -185,10 +179,10 @@ fn gradient_checkpointing_trains_like_plain_backpropagation() {
 #[test]
 fn a_failing_rank_stops_the_others_and_is_named() {
     let started = Instant::now();
-    let result = run_in_process(3, |comm| -> Result<(), AccelError> {
+    let result = run_in_process(3, |comm| -> Result<(), LightningError> {
         let accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
         if accelerator.rank() == 1 {
-            return Err(AccelError::Config("config.toml: cannot read".into()));
+            return Err(LightningError::Invalid("config.toml: cannot read".into()));
         }
         // The others wait for rank 1 in a collective that never completes normally.
         accelerator.wait_for_everyone()?;
@@ -205,14 +199,14 @@ fn a_rank_that_aborts_the_group_itself_is_the_one_named() {
     // As `llmtrain train` does on an error: abort the group, then return the error. The released ranks fail
     // with "rank 1 failed: ..." too; the report must still name rank 1, once.
     for _ in 0..20 {
-        let result = run_in_process(4, |comm| -> Result<(), AccelError> {
+        let result = run_in_process(4, |comm| -> Result<(), LightningError> {
             let rank = comm.rank();
             if rank == 1 {
                 comm.abort("disk full");
-                return Err(AccelError::Config("disk full".into()));
+                return Err(LightningError::Invalid("disk full".into()));
             }
             let accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
-            accelerator.wait_for_everyone()
+            Ok(accelerator.wait_for_everyone()?)
         });
         assert_eq!(result.unwrap_err().to_string(), "rank 1 failed: disk full");
     }
@@ -220,12 +214,12 @@ fn a_rank_that_aborts_the_group_itself_is_the_one_named() {
 
 #[test]
 fn a_panicking_rank_stops_the_others() {
-    let result = run_in_process(2, |comm| -> Result<(), AccelError> {
+    let result = run_in_process(2, |comm| -> Result<(), LightningError> {
         let accelerator = Accelerator::<A>::new(AcceleratorConfig::default(), comm)?;
         if accelerator.rank() == 0 {
             panic!("out of memory");
         }
-        accelerator.wait_for_everyone()
+        Ok(accelerator.wait_for_everyone()?)
     });
     assert_eq!(result.unwrap_err().to_string(), "rank 0 failed: panicked: out of memory");
 }

@@ -4,14 +4,13 @@
 //! that never occur, into steps of up to lr, so weights drift more than losses. Gradients themselves agree within
 //! 1e-6: crates/core/tests/fused_loss.rs.)
 
-use burn::backend::Autodiff;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, StepOptions, train_step};
+use llmtrain_accel::{Accelerator, AcceleratorConfig};
 use llmtrain_core::data::Batch;
-use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 
-type A = Autodiff<CpuBackend>;
+mod common;
+use common::{A, options, train_step};
 
 fn batch(step: usize) -> Batch {
     let (rows, seq) = (3, 24);
@@ -32,16 +31,15 @@ fn weights(model: &LlamaModel<A>) -> Vec<f32> {
 }
 
 fn run(initial: &LlamaModel<A>, chunk: Option<usize>, checkpointing: bool, fused: bool) -> (Vec<f64>, Vec<f32>) {
-    let device = Default::default();
     let mut acc = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
     let mut model = acc.prepare_model(initial.clone()).unwrap();
     model.compute.loss_chunk = chunk;
     model.compute.fused_kernels = fused;
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let options =
-        StepOptions { lr: 1e-2, max_grad_norm: Some(1.0), gradient_checkpointing: checkpointing, ..Default::default() };
     let losses = (0..15)
-        .map(|s| train_step(&mut acc, &mut model, &mut optimizer, &[batch(s)], options, &device).unwrap().loss)
+        .map(|s| {
+            train_step(&mut acc, &mut model, &mut optimizer, &[batch(s)], options(1e-2, checkpointing)).unwrap().loss
+        })
         .collect();
     (losses, weights(&model))
 }

@@ -2,16 +2,18 @@
 //! same data, 30 steps, losses within a few percent), gradients arrive in f32, and fp16's loss scaling skips
 //! overflowing steps without touching the weights, lowering the scale as DeepSpeed does.
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType};
-use llmtrain_accel::{Accelerator, AcceleratorConfig, MixedPrecision, StepOptions, train_step};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, MixedPrecision};
 use llmtrain_core::data::Batch;
-use llmtrain_core::device::CpuBackend;
+use llmtrain_core::model::Compute;
+use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
 use llmtrain_core::train::{AdamW, AdamWConfig, LossScaleConfig, batch_loss};
+use llmtrain_lightning::{CausalLm, LightningModule};
 
-type A = Autodiff<CpuBackend>;
+mod common;
+use common::{A, options, train_step};
 
 const SEQ: usize = 32;
 const VOCAB: usize = 96;
@@ -25,11 +27,8 @@ fn batch(step: usize) -> Batch {
     Batch { rows, seq: SEQ, input_ids, labels, position_ids: None }
 }
 
-/// The same initial weights on every call: burn's CPU generator is process-wide, so tests running in parallel
-/// threads take turns seeding and drawing from it.
+/// The same initial weights on every call (drawn from a generator of the model's own).
 fn model() -> LlamaModel<A> {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = Default::default();
     LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 64, 2, 4, 2), &device, 11)
 }
@@ -50,15 +49,15 @@ fn weights<B: Backend>(model: &LlamaModel<B>) -> Vec<f32> {
 
 /// Per-step losses of `steps` steps at `precision`, and the accelerator for inspection.
 fn train(precision: MixedPrecision, loss_scale: LossScaleConfig, steps: usize) -> (Vec<f64>, Accelerator<A>) {
-    let device = Default::default();
     let config = AcceleratorConfig { mixed_precision: precision, loss_scale, ..Default::default() };
     let mut acc = Accelerator::<A>::single(config).unwrap();
     let mut model = acc.prepare_model(model()).unwrap();
+    model.compute.dtype = precision_dtype(precision);
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let options =
-        StepOptions { lr: 3e-3, max_grad_norm: Some(1.0), gradient_checkpointing: false, ..Default::default() };
     let losses = (0..steps)
-        .map(|step| train_step(&mut acc, &mut model, &mut optimizer, &[batch(step)], options, &device).unwrap().loss)
+        .map(|step| {
+            train_step(&mut acc, &mut model, &mut optimizer, &[batch(step)], options(3e-3, false)).unwrap().loss
+        })
         .collect();
     (losses, acc)
 }
@@ -88,7 +87,10 @@ fn sixteen_bit_compute_keeps_f32_master_weights_and_gradients() {
     for (precision, dtype) in [(MixedPrecision::Bf16, FloatDType::BF16), (MixedPrecision::Fp16, FloatDType::F16)] {
         let config = AcceleratorConfig { mixed_precision: precision, ..Default::default() };
         let acc = Accelerator::<A>::single(config).unwrap();
-        let model = acc.prepare_model(model()).unwrap();
+        // The causal-LM objective computes in the accelerator's precision.
+        let compute = Compute { dtype: precision_dtype(acc.config().mixed_precision), ..Compute::default() };
+        let module = CausalLm::new(&FullFinetune, compute, device);
+        let model = module.configure_net(acc.prepare_model(model()).unwrap());
         assert_eq!(model.compute.dtype, dtype);
         let tokens = llmtrain_core::model::tokens_tensor::<A>(&batch(0).input_ids, 4, &device);
         assert_eq!(model.embed(tokens.clone()).dtype(), DType::from(dtype), "activations in {precision}");
@@ -104,21 +106,19 @@ fn sixteen_bit_compute_keeps_f32_master_weights_and_gradients() {
 
 #[test]
 fn fp16_overflow_skips_the_step_and_lowers_the_scale() {
-    let device = Default::default();
     // A scale of 2^40 makes the fp16 gradients overflow: hysteresis 2 absorbs the first overflow, then each
     // one halves the scale until the gradients fit.
     let scale = LossScaleConfig { initial_scale_power: 40, ..Default::default() };
     let config = AcceleratorConfig { mixed_precision: MixedPrecision::Fp16, loss_scale: scale, ..Default::default() };
     let mut acc = Accelerator::<A>::single(config).unwrap();
     let mut model = acc.prepare_model(model()).unwrap();
+    model.compute.dtype = precision_dtype(MixedPrecision::Fp16);
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let options =
-        StepOptions { lr: 3e-3, max_grad_norm: Some(1.0), gradient_checkpointing: false, ..Default::default() };
     let mut scales = vec![acc.loss_scale().unwrap()];
     let mut skipped = 0;
     for step in 0..40 {
         let before = weights(&model);
-        train_step(&mut acc, &mut model, &mut optimizer, &[batch(step)], options, &device).unwrap();
+        train_step(&mut acc, &mut model, &mut optimizer, &[batch(step)], options(3e-3, false)).unwrap();
         let changed = weights(&model) != before;
         assert_eq!(changed, !acc.optimizer_step_was_skipped(), "step {step}: skipped steps leave the weights alone");
         skipped += usize::from(acc.optimizer_step_was_skipped());

@@ -1,0 +1,341 @@
+//! `llmtrain train`: causal-language-model training (pretraining, full finetuning, LoRA/QLoRA through a
+//! [`Finetune`] method) as one [`LightningModule`], [`CausalLm`], on one [`DataModule`], [`LoaderData`], run by
+//! the [`Trainer`]. [`train`] builds both from a run config and reports what a user reads at the end.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use llmtrain_accel::{Accelerator, Finetune};
+use llmtrain_core::config::RunConfig;
+use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, Split};
+use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::model::compute::precision_dtype;
+use llmtrain_core::model::{Compute, LlamaModel};
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_core::train::accuracy::{Accuracy, AccuracyExample, accuracy_examples, completion_accuracy};
+use llmtrain_core::train::checkpoint::save_model_state;
+use llmtrain_core::train::{
+    AdamWConfig, Schedule, TrainOverrides, batch_loss, batch_tensors, build_model, data_options, loss_from_hidden,
+    resolve_tokenizer, sample_text, unigram_entropy,
+};
+use serde_json::{Map, Value, json};
+
+use crate::data::DataModule;
+use crate::error::{LightningError, Result};
+use crate::module::{LightningModule, LossParts, Recompute, StepContext, StepOutput};
+use crate::trainer::{FitSummary, Trainer, TrainerSettings};
+
+/// The causal-LM objective: next-token cross-entropy over the scored tokens, on a [`LlamaModel`] that a
+/// finetuning method may have adapted.
+pub struct CausalLm<'a, A: AutodiffBackend> {
+    method: &'a dyn Finetune<A>,
+    compute: Compute,
+    files: Option<ModelFiles>,
+    accuracy: Option<Vec<AccuracyExample>>,
+    device: A::Device,
+}
+
+/// What checkpoints and `final/` hold besides the weights: the model's HF config and its tokenizer.
+struct ModelFiles {
+    hf_config: HfConfig,
+    tokenizer: TextTokenizer,
+}
+
+impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
+    /// The objective, computing as `compute` says (activation type, attention kernel, fused loss).
+    pub fn new(method: &'a dyn Finetune<A>, compute: Compute, device: A::Device) -> Self {
+        Self { method, compute, files: None, accuracy: None, device }
+    }
+
+    /// Checkpoints and `final/` hold the model (or the method's adapter) as an HF directory described by
+    /// `hf_config`, with `tokenizer`. Without files the objective trains but cannot save (benchmarks).
+    pub fn with_files(mut self, hf_config: HfConfig, tokenizer: TextTokenizer) -> Self {
+        self.files = Some(ModelFiles { hf_config, tokenizer });
+        self
+    }
+
+    /// Greedy exact-match accuracy on these held-out examples before the first step and after the last.
+    pub fn with_accuracy(mut self, examples: Vec<AccuracyExample>) -> Self {
+        self.accuracy = Some(examples);
+        self
+    }
+
+    /// The tokenizer checkpoints and `final/` hold.
+    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
+        self.files.as_ref().map(|f| &f.tokenizer)
+    }
+
+    fn files(&self) -> Result<&ModelFiles> {
+        self.files
+            .as_ref()
+            .ok_or_else(|| LightningError::Invalid("the causal-LM objective has no files to save".into()))
+    }
+
+    fn accuracy_figures(&self, net: &LlamaModel<A::InnerBackend>) -> Map<String, Value> {
+        let (Some(examples), Some(tokenizer)) = (&self.accuracy, self.tokenizer()) else { return Map::new() };
+        let acc = completion_accuracy(net, examples, tokenizer, &self.device);
+        let record = json!({"accuracy": acc.fraction(), "accuracy_correct": acc.correct, "accuracy_total": acc.total});
+        record.as_object().cloned().unwrap_or_default()
+    }
+}
+
+impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
+    type Net = LlamaModel<A>;
+    type Batch = Batch;
+
+    fn batch_weight(&self, batch: &Batch) -> f64 {
+        batch.scored_tokens() as f64
+    }
+
+    fn training_step<'n>(
+        &self,
+        net: &'n LlamaModel<A>,
+        batch: &Batch,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>> {
+        let Some(Recompute { offload }) = ctx.gradient_checkpointing else {
+            return Ok(StepOutput::loss(batch_loss(net, batch, ctx.device).0));
+        };
+        let (tokens, labels, positions) = batch_tensors::<A>(batch, ctx.device);
+        let (hidden, layers) = net.hidden_states_recomputed(tokens, positions.as_ref(), offload);
+        let (loss, _) = loss_from_hidden(net, hidden, batch, labels);
+        Ok(StepOutput { loss, metrics: Vec::new(), deferred: Some(Box::new(layers)) })
+    }
+
+    fn validation_step(
+        &self,
+        net: &LlamaModel<A::InnerBackend>,
+        batch: &Batch,
+        device: &A::Device,
+    ) -> Result<LossParts> {
+        let (sum, count) = batch_loss(net, batch, device);
+        Ok(LossParts { sum: sum.into_scalar().elem::<f64>(), weight: count.into_scalar().elem::<f64>() })
+    }
+
+    fn configure_net(&self, mut net: LlamaModel<A>) -> LlamaModel<A> {
+        net.compute = self.compute;
+        net
+    }
+
+    fn lr_scale(&self, path: &str) -> f64 {
+        self.method.lr_scale(path)
+    }
+
+    fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        let files = self.files()?;
+        if !self.method.saves_adapter_only() {
+            save_model_state(net, &files.hf_config, dir)?;
+        }
+        files.tokenizer.save(dir)?;
+        self.method.save(net, dir).map_err(LightningError::Invalid)
+    }
+
+    fn load_checkpoint(&self, mut net: LlamaModel<A>, dir: &Path) -> Result<LlamaModel<A>> {
+        // An adapter run rebuilt its frozen base from the run config as the first run built it; only the
+        // adapter moves. Otherwise the whole model is the checkpoint's.
+        if !self.method.saves_adapter_only() {
+            net = hf::load_model::<A>(dir, &self.device)?.0;
+        }
+        self.method.load(&mut net, dir, &self.device).map_err(LightningError::Invalid)?;
+        Ok(net)
+    }
+
+    fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        let files = self.files()?;
+        if !self.method.saves_adapter_only() {
+            hf::save_model(&net.valid(), &files.hf_config, dir, &SaveOptions::default())?;
+        }
+        self.method.save(net, dir).map_err(LightningError::Invalid)?;
+        Ok(files.tokenizer.save(dir)?)
+    }
+
+    fn on_fit_start(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
+        Ok(self.accuracy_figures(net))
+    }
+
+    fn on_fit_end(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
+        Ok(self.accuracy_figures(net))
+    }
+}
+
+/// llmtrain's data loader as a [`DataModule`]: this rank's shard of the train split, and fresh passes over the
+/// eval split.
+pub struct LoaderData<'t> {
+    train: DataLoader,
+    options: DataOptions,
+    tokenizer: &'t TextTokenizer,
+}
+
+impl<'t> LoaderData<'t> {
+    pub fn new(options: DataOptions, tokenizer: &'t TextTokenizer) -> Result<Self> {
+        Ok(Self { train: DataLoader::new(&options, tokenizer, Split::Train)?, options, tokenizer })
+    }
+
+    /// Rows of the training data skipped as malformed so far.
+    pub fn skipped_rows(&self) -> u64 {
+        self.train.skipped_rows()
+    }
+}
+
+impl<N> DataModule<N> for LoaderData<'_> {
+    type Batch = Batch;
+
+    fn train_batch(&mut self, _: &N) -> Result<Batch> {
+        self.train.next_batch()?.ok_or_else(|| LightningError::Invalid("the training data yielded no batch".into()))
+    }
+
+    fn position(&self) -> Value {
+        serde_json::to_value(self.train.position()).unwrap_or(Value::Null)
+    }
+
+    fn seek(&mut self, position: &Value) -> Result<()> {
+        let position: DataPosition = serde_json::from_value(position.clone())
+            .map_err(|e| LightningError::Invalid(format!("trainer_state.json: data_position: {e}")))?;
+        Ok(self.train.seek(position)?)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.train.position().epoch
+    }
+
+    fn batch_tokens(&self, batch: &Batch) -> usize {
+        batch.rows * batch.seq
+    }
+
+    fn has_validation(&self) -> bool {
+        self.options.eval_fraction > 0.0
+    }
+
+    fn validation_pass(&self, max_batches: usize, visit: &mut dyn FnMut(&Batch) -> Result<()>) -> Result<()> {
+        let mut eval = DataLoader::new(&self.options, self.tokenizer, Split::Eval)?;
+        for _ in 0..max_batches {
+            let Some(batch) = eval.next_batch()? else { break };
+            visit(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a finished `llmtrain train` reports.
+#[derive(Debug, Clone, Default)]
+pub struct TrainSummary {
+    pub fit: FitSummary,
+    /// Unigram entropy (nats/token) of the training data under the run's tokenizer: the loss of the best model
+    /// that ignores context (rank 0).
+    pub unigram_entropy: f64,
+    pub skipped_rows: u64,
+    /// Held-out exact-match accuracy before training (fresh runs only) and at the end, with `accuracy_file`.
+    pub accuracy_before: Option<Accuracy>,
+    pub accuracy_after: Option<Accuracy>,
+    pub sample: Option<String>,
+}
+
+/// Runs `llmtrain train`'s job on backend `A` as one rank of `accelerator`'s world; `method` is the finetuning
+/// method (full, or llmtrain-fastlora's LoRA).
+pub fn train<A: AutodiffBackend>(
+    config: &RunConfig,
+    overrides: &TrainOverrides,
+    accelerator: &mut Accelerator<A>,
+    method: &dyn Finetune<A>,
+    device: &A::Device,
+) -> Result<TrainSummary> {
+    let config = overrides.apply(config);
+    let tr = &config.training;
+    let memopt = &config.memopt;
+    let settings = TrainerSettings {
+        default_root_dir: config.output.dir.clone(),
+        max_steps: tr.max_steps,
+        optimizer: AdamWConfig {
+            beta1: tr.adam_beta1,
+            beta2: tr.adam_beta2,
+            eps: tr.adam_epsilon,
+            weight_decay: tr.weight_decay,
+        },
+        schedule: Schedule {
+            kind: tr.lr_schedule,
+            peak_lr: tr.learning_rate,
+            warmup_steps: tr.warmup_steps,
+            total_steps: tr.max_steps,
+        },
+        gradient_clip_val: (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm),
+        log_every_n_steps: tr.logging_steps,
+        val_check_interval: tr.eval_steps,
+        limit_val_batches: tr.eval_batches,
+        every_n_train_steps: tr.save_steps,
+        save_total_limit: tr.save_total_limit,
+        gradient_checkpointing: memopt
+            .gradient_checkpointing
+            .then_some(Recompute { offload: memopt.checkpoint_offload }),
+        seed: tr.seed,
+        resume: overrides.resume,
+        overwrite: overrides.overwrite,
+    };
+    let mixed_precision = accelerator.config().mixed_precision;
+    let main = accelerator.is_main_process();
+    let mut trainer = Trainer::new(settings, accelerator)?;
+    if let Some(fit) = trainer.finished() {
+        return Ok(TrainSummary { fit, ..Default::default() });
+    }
+
+    // Rank 0 goes first: it trains (and caches) the tokenizer if it has to, and builds its model (adapters
+    // included) alone. The others then load the cached tokenizer, and get rank 0's weights when the trainer
+    // prepares the model.
+    let first = if main { Some(tokenizer_and_model::<A>(&config, method, device)?) } else { None };
+    trainer.accelerator().wait_for_everyone()?;
+    let (tokenizer, model, hf_config) = match first {
+        Some(built) => built,
+        None => tokenizer_and_model::<A>(&config, method, device)?,
+    };
+    let mut compute = Compute::new(mixed_precision, memopt.attention, memopt.flash_block);
+    compute.dtype = precision_dtype(mixed_precision);
+    compute.loss_chunk = memopt.fused_cross_entropy.then_some(memopt.cross_entropy_chunk);
+    compute.fused_kernels = memopt.fused_kernels;
+    let single_options = data_options(&config)?;
+    let options = trainer.accelerator().prepare_data(&single_options);
+    let examples = match (&tr.accuracy_file, main) {
+        (Some(file), true) => Some(accuracy_examples(file, &tokenizer, options.seq_len, tr.accuracy_samples)?),
+        _ => None,
+    };
+    let mut module = CausalLm::new(method, compute, device.clone()).with_files(hf_config, tokenizer.clone());
+    if let Some(examples) = examples {
+        module = module.with_accuracy(examples);
+    }
+    let mut data = LoaderData::new(options, &tokenizer)?;
+    let (fit, net) = trainer.fit(&module, model, &mut data, device)?;
+
+    let accuracy = |figures: &Map<String, Value>| {
+        Some(Accuracy {
+            correct: figures.get("accuracy_correct")?.as_u64()? as usize,
+            total: figures.get("accuracy_total")?.as_u64()? as usize,
+        })
+    };
+    let mut summary = TrainSummary {
+        accuracy_before: accuracy(&fit.start_metrics),
+        accuracy_after: accuracy(&fit.end_metrics),
+        skipped_rows: data.skipped_rows(),
+        unigram_entropy: f64::NAN,
+        fit,
+        sample: None,
+    };
+    if main && summary.fit.interrupted_by.is_none() {
+        if let Some(prompt) = &tr.sample_prompt {
+            summary.sample = Some(sample_text(&net.valid(), &tokenizer, prompt, tr.sample_max_new_tokens, device)?);
+        }
+        summary.unigram_entropy = unigram_entropy(&single_options, &tokenizer)?;
+    }
+    Ok(summary)
+}
+
+/// The tokenizer and the model as the finetuning method prepares it.
+fn tokenizer_and_model<A: AutodiffBackend>(
+    config: &RunConfig,
+    method: &dyn Finetune<A>,
+    device: &A::Device,
+) -> Result<(TextTokenizer, LlamaModel<A>, HfConfig)> {
+    let tokenizer = resolve_tokenizer(config)?;
+    let (mut model, hf_config) = build_model::<A>(config, &tokenizer, device)?;
+    method.prepare(&mut model, device).map_err(LightningError::Invalid)?;
+    Ok((tokenizer, model, hf_config))
+}

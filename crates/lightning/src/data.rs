@@ -1,0 +1,35 @@
+//! Where batches come from: the [`DataModule`] trait. The training stream's position is part of every
+//! checkpoint, so a resumed run reads on from the same batch.
+
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Training and validation batches for one rank. `N` is the network being trained: a source that generates its
+/// batches (rollouts) reads the current policy from it; one that reads a dataset ignores it.
+pub trait DataModule<N> {
+    type Batch;
+
+    /// The next training micro-batch of this rank (epochs roll over).
+    fn train_batch(&mut self, net: &N) -> Result<Self::Batch>;
+
+    /// Where the training stream continues, saved in checkpoints.
+    fn position(&self) -> Value;
+
+    /// Continues the training stream from a saved [`position`](Self::position).
+    fn seek(&mut self, position: &Value) -> Result<()>;
+
+    /// The epoch the training stream is in (logged).
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// Tokens (or items) in a batch, for throughput.
+    fn batch_tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Whether there is a validation split.
+    fn has_validation(&self) -> bool;
+
+    /// A fresh pass over at most `max_batches` of this rank's validation batches, each handed to `visit`.
+    fn validation_pass(&self, max_batches: usize, visit: &mut dyn FnMut(&Self::Batch) -> Result<()>) -> Result<()>;
+}

@@ -1,0 +1,119 @@
+//! What an objective says about one step: the [`LightningModule`] trait. The module computes; the
+//! [`Trainer`](crate::Trainer) owns devices, precision, accumulation, clipping, checkpoints, logging, validation
+//! and resume.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use llmtrain_core::model::DeferredBackward;
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+
+/// The inference (no autodiff) version of a module's network.
+pub type InnerNet<A, M> = <<M as LightningModule<A>>::Net as AutodiffModule<A>>::InnerModule;
+
+/// An objective: the network it trains, the batches it reads, and what one micro-batch computes.
+///
+/// A step's loss is Σ summed losses / Σ [`batch_weight`](Self::batch_weight)s over all its micro-batches on all
+/// ranks, so token-weighted (or example-weighted) means stay exact however the batch is split into micro-batches
+/// and ranks.
+pub trait LightningModule<A: AutodiffBackend> {
+    /// The network the optimizer trains: any burn module; its trainable parameters are found by path.
+    type Net: AutodiffModule<A>;
+    /// What one micro-batch holds.
+    type Batch;
+
+    /// This batch's share of the step's normaliser: scored tokens for a token-level loss, examples for a
+    /// sequence-level one.
+    fn batch_weight(&self, batch: &Self::Batch) -> f64;
+
+    /// The summed (not averaged) loss of one micro-batch, with named metrics summed the same way.
+    fn training_step<'n>(
+        &self,
+        net: &'n Self::Net,
+        batch: &Self::Batch,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>>;
+
+    /// The summed loss and weight of one validation batch (no autodiff).
+    fn validation_step(&self, net: &InnerNet<A, Self>, batch: &Self::Batch, device: &A::Device) -> Result<LossParts>;
+
+    /// Settings of the network that are not parameters (compute type, kernels), applied after it is built,
+    /// broadcast or restored from a checkpoint.
+    fn configure_net(&self, net: Self::Net) -> Self::Net {
+        net
+    }
+
+    /// The learning-rate multiplier of the parameter at `path` (LoRA+ raises the B matrices').
+    fn lr_scale(&self, _path: &str) -> f64 {
+        1.0
+    }
+
+    /// Writes what a checkpoint needs besides the optimizer and trainer state into `dir`: the weights that
+    /// train (a model, an adapter) and whatever a resumed run reads (a tokenizer).
+    fn save_checkpoint(&self, net: &Self::Net, dir: &Path) -> Result<()>;
+
+    /// Restores what [`save_checkpoint`](Self::save_checkpoint) wrote, onto the network the run built.
+    fn load_checkpoint(&self, net: Self::Net, dir: &Path) -> Result<Self::Net>;
+
+    /// Writes the trained result into `final/` (rank 0).
+    fn save_final(&self, net: &Self::Net, dir: &Path) -> Result<()>;
+
+    /// Figures to log before the first step of a fresh run (rank 0), such as a held-out accuracy.
+    fn on_fit_start(&self, _net: &InnerNet<A, Self>) -> Result<Map<String, Value>> {
+        Ok(Map::new())
+    }
+
+    /// Figures to log after the last step (rank 0).
+    fn on_fit_end(&self, _net: &InnerNet<A, Self>) -> Result<Map<String, Value>> {
+        Ok(Map::new())
+    }
+}
+
+/// What the trainer tells a step.
+pub struct StepContext<'a, A: AutodiffBackend> {
+    pub device: &'a A::Device,
+    /// Optimizer steps done before this one.
+    pub step: u64,
+    /// This micro-batch's index within the step.
+    pub micro_batch: usize,
+    pub rank: usize,
+    /// A seed for this micro-batch's randomness, from (run seed, step, rank, micro-batch): a resumed run and
+    /// any thread timing draw the same. (Dropout in the model already draws from it.)
+    pub seed: u64,
+    /// Recompute the decoder's layers in backward instead of keeping their activations (the forward should
+    /// return its [`DeferredBackward`]), with the saved inputs in host memory when `offload`.
+    pub gradient_checkpointing: Option<Recompute>,
+}
+
+/// How a checkpointed forward keeps its saved layer inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recompute {
+    pub offload: bool,
+}
+
+/// One micro-batch's forward: its summed loss and metrics, and the backward it deferred, if any.
+pub struct StepOutput<'n, A: AutodiffBackend> {
+    /// Summed loss: the trainer divides by the step's total weight.
+    pub loss: Tensor<A, 1>,
+    /// Named figures summed over the batch; logged divided by the step's total weight, like the loss.
+    pub metrics: Vec<(&'static str, f64)>,
+    /// A checkpointed forward's layers, backpropagated after the loss.
+    pub deferred: Option<Box<dyn DeferredBackward<A> + 'n>>,
+}
+
+impl<'n, A: AutodiffBackend> StepOutput<'n, A> {
+    pub fn loss(loss: Tensor<A, 1>) -> Self {
+        Self { loss, metrics: Vec::new(), deferred: None }
+    }
+}
+
+/// A summed loss and the weight it is divided by (validation, or a step's parts before reduction).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossParts {
+    pub sum: f64,
+    pub weight: f64,
+}

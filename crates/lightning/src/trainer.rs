@@ -1,0 +1,387 @@
+//! The [`Trainer`]: runs any [`LightningModule`] on its [`DataModule`] as one rank of an [`Accelerator`]'s world,
+//! with accumulation, clipping, the learning-rate schedule, validation, metrics, atomic checkpoints, exact resume
+//! and a graceful stop on SIGINT/SIGTERM. Rank 0 alone writes metrics, checkpoints and `final/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::ProgressBar;
+use llmtrain_accel::{Accelerator, ReduceOp};
+use llmtrain_core::CoreError;
+use llmtrain_core::fsutil::write_dir_atomic;
+use llmtrain_core::interrupt::GracefulStop;
+use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
+use llmtrain_core::train::metrics::MetricsLog;
+use llmtrain_core::train::param_paths::trainable_paths;
+use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
+use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents};
+use serde_json::{Map, Value, json};
+
+use crate::data::DataModule;
+use crate::error::{LightningError, Result};
+use crate::module::{LightningModule, LossParts, Recompute};
+use crate::progress::{Window, bar_message, log_line, progress_bar};
+use crate::step::{StepOptions, optimizer_step};
+
+/// How the trainer runs (Lightning's `Trainer` arguments, with transformers' names where llmtrain's config
+/// uses them). Accumulation and precision are the [`Accelerator`]'s.
+#[derive(Debug, Clone)]
+pub struct TrainerSettings {
+    /// Where metrics, checkpoints and `final/` go.
+    pub default_root_dir: PathBuf,
+    pub max_steps: u64,
+    pub optimizer: AdamWConfig,
+    pub schedule: Schedule,
+    /// Global-norm gradient clipping.
+    pub gradient_clip_val: Option<f64>,
+    pub log_every_n_steps: u64,
+    /// Validate every this many steps (0: only at the end).
+    pub val_check_interval: u64,
+    pub limit_val_batches: usize,
+    /// Checkpoint every this many steps (0: only at the end), keeping the `save_total_limit` newest.
+    pub every_n_train_steps: u64,
+    pub save_total_limit: usize,
+    pub gradient_checkpointing: Option<Recompute>,
+    pub seed: u64,
+    /// Continue from the newest intact checkpoint (an error if there is none).
+    pub resume: bool,
+    /// Delete an earlier run's checkpoints, `final/` and metrics and start over.
+    pub overwrite: bool,
+}
+
+/// What a fit did (identical on every rank, except the figures rank 0 alone computes).
+#[derive(Debug, Clone, Default)]
+pub struct FitSummary {
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+    pub final_train_loss: f64,
+    pub final_val_loss: Option<f64>,
+    /// Mean of the logged throughputs (rank 0).
+    pub tokens_per_sec: f64,
+    /// fp16: optimizer steps skipped because the gradients overflowed, and the loss scale at the end.
+    pub skipped_steps: u64,
+    pub loss_scale: Option<f64>,
+    /// What the module logged before the first step (fresh runs) and after the last (rank 0).
+    pub start_metrics: Map<String, Value>,
+    pub end_metrics: Map<String, Value>,
+    pub final_dir: PathBuf,
+    pub elapsed_secs: f64,
+    /// The run had already reached `max_steps` when asked to resume: nothing was trained or written.
+    pub already_finished: bool,
+    /// The signal (SIGINT/SIGTERM) that stopped the run after step `steps`, whose checkpoint was written.
+    pub interrupted_by: Option<i32>,
+}
+
+/// Runs modules as one rank of `accelerator`'s world.
+pub struct Trainer<'a, A: AutodiffBackend> {
+    settings: TrainerSettings,
+    accelerator: &'a mut Accelerator<A>,
+    /// The checkpoint a resumed run continues from.
+    checkpoint: Option<(PathBuf, TrainerState)>,
+    started: Instant,
+    _graceful: Option<GracefulStop>,
+}
+
+impl<'a, A: AutodiffBackend> Trainer<'a, A> {
+    /// Settles what happens to an earlier run in the output directory before anything is written: refused
+    /// without `resume`/`overwrite`; with `resume`, the newest intact checkpoint is found (an error if none).
+    /// Unless the run turns out finished, SIGINT/SIGTERM from here on finish the current step and checkpoint it
+    /// (a second one stops at once), and rank 0 creates the output directory.
+    pub fn new(settings: TrainerSettings, accelerator: &'a mut Accelerator<A>) -> Result<Self> {
+        let out = &settings.default_root_dir;
+        let checkpoint = if settings.resume {
+            Some(latest_valid_checkpoint(out)?.ok_or_else(|| LightningError::Invalid(nothing_to_resume(out)))?)
+        } else {
+            let earlier = earlier_run_contents(out)?;
+            if !earlier.is_empty() && !settings.overwrite {
+                return Err(LightningError::Invalid(format!(
+                    "{} holds an earlier run ({}): pass --resume to continue it, or --overwrite to delete it and \
+                     start over",
+                    out.display(),
+                    llmtrain_core::fsutil::shorten(&earlier, 4)
+                )));
+            }
+            None
+        };
+        let mut trainer = Self { settings, accelerator, checkpoint, started: Instant::now(), _graceful: None };
+        if trainer.finished().is_none() {
+            trainer._graceful = Some(GracefulStop::enter());
+            if trainer.accelerator.is_main_process() {
+                let out = &trainer.settings.default_root_dir;
+                std::fs::create_dir_all(out).map_err(|e| CoreError::io(out, e))?;
+            }
+        }
+        Ok(trainer)
+    }
+
+    /// A resumed run that had already finished (its last checkpoint reached `max_steps` and `final/` was
+    /// written after it; a run stopped while writing `final/` goes on and writes it): nothing to do.
+    pub fn finished(&self) -> Option<FitSummary> {
+        let (_, state) = self.checkpoint.as_ref()?;
+        let final_dir = self.settings.default_root_dir.join("final");
+        (state.step >= self.settings.max_steps && final_dir.is_dir()).then(|| FitSummary {
+            steps: state.step,
+            resumed_from: Some(state.step),
+            final_dir,
+            already_finished: true,
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            ..Default::default()
+        })
+    }
+
+    pub fn settings(&self) -> &TrainerSettings {
+        &self.settings
+    }
+
+    pub fn accelerator(&self) -> &Accelerator<A> {
+        self.accelerator
+    }
+
+    /// Trains `net` with `module` on `data` up to `max_steps` (from the resumed checkpoint's step, if any),
+    /// validates, checkpoints, and writes `final/`; returns the summary and the trained network.
+    pub fn fit<M, D>(
+        &mut self,
+        module: &M,
+        net: M::Net,
+        data: &mut D,
+        device: &A::Device,
+    ) -> Result<(FitSummary, M::Net)>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
+        if let Some(done) = self.finished() {
+            return Ok((done, net));
+        }
+        let s = self.settings.clone();
+        let out = s.default_root_dir.clone();
+        let main = self.accelerator.is_main_process();
+        // Every rank has read what it builds from (which may sit in the output directory) before rank 0 clears it.
+        self.accelerator.wait_for_everyone()?;
+        let mut net = module.configure_net(self.accelerator.prepare_model(net)?);
+        let mut optimizer = AdamW::<A::InnerBackend>::new(s.optimizer);
+        let paths = trainable_paths(&net);
+        let mut resumed_from = None;
+        if let Some((dir, _)) = self.checkpoint.clone() {
+            let (loaded, state) = self.accelerator.load_state(&dir, s.optimizer, device)?;
+            optimizer = loaded;
+            net = module.configure_net(module.load_checkpoint(net, &dir)?);
+            check_optimizer_names(&optimizer, &paths, &dir)?;
+            data.seek(&state.data_position)?;
+            resumed_from = Some(state.step);
+            if main {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
+        } else if main {
+            clear_previous_run(&out)?;
+        }
+        optimizer.lr_scale =
+            paths.iter().map(|path| (path.clone(), module.lr_scale(path))).filter(|(_, scale)| *scale != 1.0).collect();
+        // Nobody reads the output directory before rank 0 has cleared it.
+        self.accelerator.wait_for_everyone()?;
+        let mut step = resumed_from.unwrap_or(0);
+        let mut metrics = if main { Some(MetricsLog::open(&out, resumed_from)?) } else { None };
+        let mut summary = FitSummary { resumed_from, final_dir: out.join("final"), ..Default::default() };
+        if main && resumed_from.is_none() {
+            summary.start_metrics = module.on_fit_start(&net.valid())?;
+            if let Some(metrics) = metrics.as_mut().filter(|_| !summary.start_metrics.is_empty()) {
+                metrics.write(&with_step(step, &summary.start_metrics))?;
+            }
+        }
+
+        let progress = if main { progress_bar(s.max_steps, step) } else { ProgressBar::hidden() };
+        let mut window = Window::new(self.accelerator);
+        let mut last_val = None;
+        let accumulation = self.accelerator.config().gradient_accumulation_steps;
+        let mut micro = Vec::with_capacity(accumulation);
+        let checkpoint = |accelerator: &Accelerator<A>, net: &M::Net, optimizer: &AdamW<_>, data: &D, step| {
+            let state = TrainerState {
+                step,
+                data_position: data.position(),
+                seed: s.seed,
+                world_size: 1,
+                loss_scaler: None,
+                files: Default::default(),
+            };
+            let mut failed = None;
+            let written = accelerator.save_state(&out, optimizer, state, s.save_total_limit, |dir| {
+                module.save_checkpoint(net, dir).map_err(|err| {
+                    let message = err.to_string();
+                    failed = Some(err);
+                    CoreError::Invalid(message)
+                })
+            });
+            match (written, failed) {
+                (_, Some(err)) => Err(err),
+                (Err(err), None) => Err(err.into()),
+                (Ok(_), None) => Ok(()),
+            }
+        };
+        while step < s.max_steps {
+            micro.clear();
+            for _ in 0..accumulation {
+                micro.push(data.train_batch(&net)?);
+            }
+            let lr = s.schedule.lr(step);
+            let options = StepOptions {
+                lr,
+                max_grad_norm: s.gradient_clip_val,
+                gradient_checkpointing: s.gradient_checkpointing,
+                step,
+                seed: s.seed,
+            };
+            let stats;
+            (net, stats) = optimizer_step(self.accelerator, module, net, &mut optimizer, &micro, &options, device)?;
+            window.tokens += micro.iter().map(|b| data.batch_tokens(b)).sum::<usize>() * self.accelerator.world_size();
+            step += 1;
+            summary.final_train_loss = stats.loss;
+            progress.set_position(step);
+            progress.set_message(bar_message(stats.loss, lr, last_val, window.rate()));
+
+            if step % s.log_every_n_steps == 0 || step == s.max_steps {
+                let mut record = json!({
+                    "step": step, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
+                    "tokens_per_sec": window.rate(), "epoch": data.epoch(),
+                });
+                for (name, value) in &stats.metrics {
+                    record[*name] = json!(value);
+                }
+                if self.accelerator.world_size() > 1 {
+                    record["comm_share"] = json!(window.comm_share(self.accelerator));
+                }
+                if let Some(scale) = self.accelerator.loss_scale() {
+                    record["loss_scale"] = json!(scale);
+                    record["skipped_steps"] = json!(self.accelerator.skipped_steps());
+                }
+                if let Some(metrics) = &mut metrics {
+                    metrics.write(&record)?;
+                    log_line(&progress, &record);
+                }
+                window = Window::new(self.accelerator);
+            }
+            let val_due = s.val_check_interval > 0 && step % s.val_check_interval == 0 && step != s.max_steps;
+            if val_due && data.has_validation() {
+                let val_loss = self.validate(module, &net, data, device)?;
+                let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
+                if let Some(metrics) = &mut metrics {
+                    metrics.write(&record)?;
+                    log_line(&progress, &record);
+                }
+                last_val = Some(val_loss);
+            }
+            let saved = s.every_n_train_steps > 0 && step % s.every_n_train_steps == 0 && step != s.max_steps;
+            if saved {
+                checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+            }
+            if let Some(signal) = stats.stop_signal.filter(|_| step < s.max_steps) {
+                if !saved {
+                    checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+                }
+                progress.finish_and_clear();
+                summary.steps = step;
+                summary.interrupted_by = Some(signal);
+                summary.elapsed_secs = self.started.elapsed().as_secs_f64();
+                return Ok((summary, net));
+            }
+        }
+        progress.finish_and_clear();
+
+        if data.has_validation() {
+            let val_loss = self.validate(module, &net, data, device)?;
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()}))?;
+            }
+            last_val = Some(val_loss);
+        }
+        if main {
+            summary.end_metrics = module.on_fit_end(&net.valid())?;
+            if let Some(metrics) = metrics.as_mut().filter(|_| !summary.end_metrics.is_empty()) {
+                metrics.write(&with_step(step, &summary.end_metrics))?;
+            }
+        }
+        // The last checkpoint and `final/` both hold the end state.
+        checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+        summary.steps = step;
+        summary.final_val_loss = last_val;
+        summary.skipped_steps = self.accelerator.skipped_steps();
+        summary.loss_scale = self.accelerator.loss_scale();
+        if main {
+            write_dir_atomic(&summary.final_dir, |dir| {
+                module.save_final(&net, dir).map_err(|err| CoreError::Invalid(err.to_string()))
+            })?;
+            if let Some(metrics) = &metrics {
+                let records = metrics.read_all()?;
+                // A figure is a convenience: failing to draw it does not fail a finished run.
+                if let Err(err) = write_loss_curve(&records, &out.join(LOSS_CURVE_FILE)) {
+                    tracing::warn!("{err}");
+                }
+                let rates: Vec<f64> = records.iter().filter_map(|r| r["tokens_per_sec"].as_f64()).collect();
+                summary.tokens_per_sec =
+                    if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
+            }
+        }
+        // No rank reports success before the final model is in place.
+        self.accelerator.wait_for_everyone()?;
+        summary.elapsed_secs = self.started.elapsed().as_secs_f64();
+        Ok((summary, net))
+    }
+
+    /// The weighted mean validation loss over every rank's batches (Lightning's `validate`).
+    pub fn validate<M, D>(&self, module: &M, net: &M::Net, data: &D, device: &A::Device) -> Result<f64>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
+        let inner = self.accelerator.unwrap_model(net);
+        let mut total = LossParts::default();
+        data.validation_pass(self.settings.limit_val_batches.max(1), &mut |batch| {
+            let parts = module.validation_step(&inner, batch, device)?;
+            total.sum += parts.sum;
+            total.weight += parts.weight;
+            Ok(())
+        })?;
+        // Ranks may hold different numbers of batches: each sums locally, then one reduction.
+        let reduced = self.accelerator.reduce_many(&[total.sum, total.weight], ReduceOp::Sum)?;
+        Ok(llmtrain_core::train::eval_mean(reduced[0], reduced[1])?)
+    }
+}
+
+/// A resumed optimizer must hold moments only for parameters this network trains: a checkpoint from another
+/// model or method (or from before parameters were named by path) would otherwise restart their moments silently.
+fn check_optimizer_names<B: burn::tensor::backend::Backend>(
+    optimizer: &AdamW<B>,
+    paths: &[String],
+    dir: &Path,
+) -> Result<()> {
+    if let Some(stray) = optimizer.moments.keys().find(|name| !paths.contains(name)) {
+        return Err(LightningError::Invalid(format!(
+            "{}: its optimizer state holds `{stray}`, which this run does not train: the checkpoint was written \
+             by another model, method or llmtrain version and cannot be resumed here",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn with_step(step: u64, figures: &Map<String, Value>) -> Value {
+    let mut record = Map::new();
+    record.insert("step".into(), json!(step));
+    record.extend(figures.clone());
+    Value::Object(record)
+}
+
+/// Why `--resume` has nothing to continue from in `out`.
+fn nothing_to_resume(out: &Path) -> String {
+    if out.exists() {
+        format!(
+            "--resume: {} holds no intact checkpoint, so there is nothing to resume; run without --resume to start \
+             over (with --overwrite if it holds an earlier run)",
+            out.display()
+        )
+    } else {
+        let missing = llmtrain_core::paths::not_found(out, "output directory");
+        format!("--resume: {missing}, so there is nothing to resume; run without --resume to start a new run")
+    }
+}
