@@ -19,9 +19,7 @@ use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
 use llmtrain_lightning::{CausalLm, Recompute, StepOptions, optimizer_step};
-use llmtrain_memopt::estimate::{
-    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Method, Precision, count_params, estimate,
-};
+use llmtrain_memopt::estimate::{AttentionImpl, BatchShape, EstimateInput, Method, Precision, count_params, estimate};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -323,7 +321,7 @@ fn compute_dtype(precision: MixedPrecision) -> &'static str {
 /// attention, checkpointing, LoRA, fused loss and rows per rank). The ranks are threads of one process, so it holds
 /// every rank's peak and one process baseline.
 fn predicted_peak_mb(case: &Case) -> Result<f64> {
-    let compute = ComputeDtype::from(case.precision);
+    let compute = case.precision;
     let input = EstimateInput {
         params: count_params(&case.model),
         model: Some(case.model.clone()),
@@ -336,7 +334,7 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
         // 16-bit compute over f32 master weights is the ZeRO accounting's mixed precision.
         precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
         compute,
-        attention: if case.flash { AttentionKind::Flash } else { AttentionKind::Eager },
+        attention: if case.flash { AttentionImpl::Flash } else { AttentionImpl::Eager },
         zero_stage: 0,
         gpus: case.ranks,
         batch: Some(BatchShape { batch: case.batch / case.ranks, seq: case.seq }),

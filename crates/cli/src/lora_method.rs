@@ -5,9 +5,8 @@ use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::Finetune;
-use llmtrain_core::config::LoraSection;
 use llmtrain_core::model::LlamaModel;
-use llmtrain_fastlora::{LoraConfig, attach, load_adapter, write_adapter_files};
+use llmtrain_fastlora::{LoraConfig, LoraSection, attach, load_adapter, write_adapter_files};
 
 /// Trains a PEFT adapter on a frozen (possibly 4-bit) base; checkpoints and `final/` hold the adapter, not the base.
 pub struct LoraMethod {

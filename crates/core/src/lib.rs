@@ -39,6 +39,7 @@ pub mod interrupt;
 pub mod model;
 pub mod nf4;
 pub mod paths;
+pub mod setup;
 pub mod tokenizer;
 pub mod train;
 

@@ -132,15 +132,10 @@ impl LoraConfig {
     }
 
     /// The adapter a run config's `[lora]` section asks for; `base` names the base model in the adapter's config.
-    pub fn from_section(section: &llmtrain_core::config::LoraSection, base: Option<String>) -> Self {
-        use llmtrain_core::config::ModuleSelector;
-        let selector = |s: &ModuleSelector| match s {
-            ModuleSelector::Names(names) => TargetModules::List(names.clone()),
-            ModuleSelector::Pattern(p) => TargetModules::Pattern(p.clone()),
-        };
-        let mut config = Self::new(section.r, section.alpha, selector(&section.target_modules));
+    pub fn from_section(section: &crate::LoraSection, base: Option<String>) -> Self {
+        let mut config = Self::new(section.r, section.alpha, section.target_modules.clone());
         config.lora_dropout = section.dropout;
-        config.exclude_modules = section.exclude_modules.as_ref().map(selector);
+        config.exclude_modules = section.exclude_modules.clone();
         config.use_rslora = section.use_rslora;
         config.use_dora = section.use_dora;
         config.base_model_name_or_path = base;

@@ -27,8 +27,10 @@ pub mod adapt;
 pub mod config;
 pub mod error;
 pub mod peft;
+mod section;
 
 pub use adapt::{attach, freeze_base, merge, trainable_params};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::{LoraError, Result};
 pub use peft::{load_adapter, save_adapter, write_adapter_files};
+pub use section::LoraSection;

@@ -13,13 +13,14 @@ use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, Split};
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
 use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{Compute, LlamaModel};
+use llmtrain_core::setup::{TrainOverrides, build_model, data_options, resolve_tokenizer};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{Accuracy, AccuracyExample, accuracy_examples, completion_accuracy};
 use llmtrain_core::train::checkpoint::save_model_state;
 use llmtrain_core::train::{
-    AdamWConfig, Schedule, TrainOverrides, batch_loss, batch_tensors, build_model, data_options, loss_from_hidden,
-    resolve_tokenizer, sample_text, unigram_entropy,
+    AdamWConfig, Schedule, batch_loss, batch_tensors, loss_from_hidden, sample_text, unigram_entropy,
 };
+use llmtrain_memopt::MemoptSection;
 use serde_json::{Map, Value, json};
 
 use crate::data::DataModule;
@@ -232,10 +233,11 @@ pub struct TrainSummary {
     pub sample: Option<String>,
 }
 
-/// Runs `llmtrain train`'s job on backend `A` as one rank of `accelerator`'s world; `method` is the finetuning
-/// method (full, or llmtrain-fastlora's LoRA).
+/// Runs `llmtrain train`'s job on backend `A` as one rank of `accelerator`'s world: `memopt` is the run's
+/// `[memopt]` section and `method` the finetuning method (full, or llmtrain-fastlora's LoRA).
 pub fn train<A: AutodiffBackend>(
     config: &RunConfig,
+    memopt: &MemoptSection,
     overrides: &TrainOverrides,
     accelerator: &mut Accelerator<A>,
     method: &dyn Finetune<A>,
@@ -243,7 +245,6 @@ pub fn train<A: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let config = overrides.apply(config);
     let tr = &config.training;
-    let memopt = &config.memopt;
     let settings = TrainerSettings {
         default_root_dir: config.output.dir.clone(),
         max_steps: tr.max_steps,

@@ -5,6 +5,7 @@
 //! - [`recompute`]: gradient checkpointing per decoder layer as a property of the forward
 //!   (`LlamaModel::hidden_states_recomputed`, recompute in backward); it lives in llmtrain-core, re-exported
 //!   here, because the model runs it.
+//! - [`MemoptSection`]: the run config's `[memopt]` section, which this crate owns.
 //! - [`estimate`]: memory per device before a run (`llmtrain estimate-memory`): weights, gradients and optimizer
 //!   state by DeepSpeed's ZeRO accounting for each stage, full / LoRA / QLoRA, fp32 / mixed / bf16, plus, for a
 //!   batch shape, the activations autodiff keeps (f32 or 16-bit compute, eager or flash attention, with or
@@ -15,18 +16,20 @@
 //!   the fly by tensor ops, with its own backward), and checkpoints are quantized as they load.
 //!
 //! ```
-//! use llmtrain_memopt::estimate::{AttentionKind, ComputeDtype, EstimateInput, Method, Precision, estimate};
+//! use llmtrain_memopt::estimate::{AttentionImpl, MixedPrecision, EstimateInput, Method, Precision, estimate};
 //!
 //! // The ZeRO paper's example: 7.5B parameters, 64 GPUs, mixed precision, stage 3.
 //! let input = EstimateInput {
 //!     params: 7_500_000_000, model: None, method: Method::Full, lora_rank: 16, precision: Precision::Mixed,
-//!     compute: ComputeDtype::Bf16, attention: AttentionKind::Eager, zero_stage: 3, gpus: 64, batch: None,
+//!     compute: MixedPrecision::Bf16, attention: AttentionImpl::Eager, zero_stage: 3, gpus: 64, batch: None,
 //!     gradient_checkpointing: false, fused_loss_chunk: None,
 //! };
 //! let per_device = estimate(&input).unwrap();
 //! assert_eq!((per_device.model_states() / 1e8).round() / 10.0, 1.9); // GB
 //! ```
 
+mod config;
 pub mod estimate;
+pub use config::MemoptSection;
 pub use llmtrain_core::model::recompute;
 pub use llmtrain_core::nf4;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use llmtrain_core::hf::HfConfig;
 use llmtrain_memopt::estimate::{
-    AttentionKind, BatchShape, ComputeDtype, EstimateInput, Family, Method, Precision, count_params, estimate,
-    parse_param_count, standard_shape,
+    AttentionImpl, BatchShape, EstimateInput, Family, Method, MixedPrecision, Precision, compute_for, count_params,
+    estimate, parse_param_count, standard_shape,
 };
 
 #[derive(clap::Args)]
@@ -107,12 +107,12 @@ pub fn run(args: &Args) -> Result<()> {
         _ => Precision::Fp32,
     };
     let compute = match args.compute_dtype.as_deref() {
-        Some("f32") => ComputeDtype::F32,
-        Some("bf16") => ComputeDtype::Bf16,
-        Some("fp16") => ComputeDtype::F16,
-        _ => ComputeDtype::for_precision(precision),
+        Some("f32") => MixedPrecision::No,
+        Some("bf16") => MixedPrecision::Bf16,
+        Some("fp16") => MixedPrecision::Fp16,
+        _ => compute_for(precision),
     };
-    let attention = if args.attention == "flash" { AttentionKind::Flash } else { AttentionKind::Eager };
+    let attention = if args.attention == "flash" { AttentionImpl::Flash } else { AttentionImpl::Eager };
     let batch = args.batch.zip(args.seq).map(|(batch, seq)| BatchShape { batch, seq });
     let fused_loss_chunk = args.fused_cross_entropy.then_some(args.cross_entropy_chunk);
     let stages: Vec<u8> = match args.zero_stage {
@@ -156,7 +156,7 @@ pub fn run(args: &Args) -> Result<()> {
                 ", batch {} x {} tokens, {} activations, {} attention{ckpt}{loss}",
                 b.batch,
                 b.seq,
-                compute.name(),
+                compute.dtype_name(),
                 args.attention
             )
         }

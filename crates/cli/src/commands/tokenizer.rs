@@ -46,7 +46,7 @@ pub fn run(command: &Command) -> Result<()> {
         Command::Train { files, vocab_size, min_frequency, out, overwrite } => {
             llmtrain_core::fsutil::check_replaceable_dir(out, "--out", OutputKind::Tokenizer, *overwrite)?;
             let options = BpeTrainingOptions { vocab_size: *vocab_size, min_frequency: *min_frequency };
-            let files = llmtrain_core::train::expand_files(files)?;
+            let files = llmtrain_core::setup::expand_files(files)?;
             let tok = train_bpe_to_dir(&files, &options, out)?;
             println!("trained a {}-token byte-level BPE tokenizer into {}", tok.vocab_size(), out.display());
             Ok(())

@@ -13,8 +13,17 @@ use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, Mix
 use crate::lora_method::LoraMethod;
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::setup::TrainOverrides;
 use llmtrain_core::train::LossScaleConfig;
-use llmtrain_core::train::TrainOverrides;
+use llmtrain_fastlora::LoraSection;
+use llmtrain_memopt::MemoptSection;
+
+/// The run-config sections the role crates of this build own (each crate parses and checks its own); any other
+/// section is refused when the config loads.
+pub const ROLE_SECTIONS: &[&str] = &[
+    <MemoptSection as llmtrain_core::config::ConfigSection>::NAME,
+    <LoraSection as llmtrain_core::config::ConfigSection>::NAME,
+];
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -95,17 +104,19 @@ pub fn run_rank<B: Backend>(
     comm: Box<dyn Communicator>,
 ) -> Result<Option<Interrupted>> {
     let world = comm.world_size();
-    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|config| {
+    let prepared = RunConfig::load(&args.config, ROLE_SECTIONS).map_err(anyhow::Error::from).and_then(|config| {
+        let memopt = config.section::<MemoptSection>()?.unwrap_or_default();
+        let lora = config.section::<LoraSection>()?;
         let accel_config = AcceleratorConfig {
             gradient_accumulation_steps: config.training.gradient_accumulation_steps,
-            mixed_precision: args.mixed_precision.unwrap_or(config.memopt.mixed_precision),
-            loss_scale: LossScaleConfig::from(&config.memopt),
+            mixed_precision: args.mixed_precision.unwrap_or(memopt.mixed_precision),
+            loss_scale: LossScaleConfig::from(&memopt),
             ..Default::default()
         };
         accel_config.validate()?;
-        Ok((config, accel_config))
+        Ok((config, memopt, lora, accel_config))
     });
-    let (config, accel_config) = match prepared {
+    let (config, memopt, lora, accel_config) = match prepared {
         Ok(prepared) => prepared,
         Err(err) => {
             if world > 1 {
@@ -122,20 +133,21 @@ pub fn run_rank<B: Backend>(
         resume: args.resume,
         overwrite: args.overwrite,
     };
-    let method: Box<dyn Finetune<Autodiff<B>>> = match &config.lora {
+    let method: Box<dyn Finetune<Autodiff<B>>> = match &lora {
         Some(section) => Box::new(LoraMethod::new(section, overrides.apply(&config).model.path.as_deref())),
         None => Box::new(FullFinetune),
     };
-    let summary = match llmtrain_lightning::train(&config, &overrides, &mut accelerator, method.as_ref(), device) {
-        Ok(summary) => summary,
-        Err(err) => {
-            // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
-            if world > 1 {
-                accelerator.abort(&err.to_string());
+    let summary =
+        match llmtrain_lightning::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device) {
+            Ok(summary) => summary,
+            Err(err) => {
+                // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
+                if world > 1 {
+                    accelerator.abort(&err.to_string());
+                }
+                return Err(err.into());
             }
-            return Err(err.into());
-        }
-    };
+        };
     let fit = &summary.fit;
     if let Some(signal) = fit.interrupted_by {
         return Ok(Some(Interrupted { step: fit.steps, signal, report: accelerator.is_main_process() }));
@@ -156,7 +168,7 @@ pub fn run_rank<B: Backend>(
     if world > 1 {
         println!("ranks: {world}");
     }
-    match (&config.lora, config.quantization.nf4()) {
+    match (&lora, config.quantization.nf4()) {
         (Some(lora), Some(double_quant)) => {
             let scales = if double_quant { "double-quantized scales" } else { "f32 scales" };
             println!("method: QLoRA, rank-{} adapters on a frozen 4-bit NF4 base ({scales})", lora.r)

@@ -34,14 +34,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Labels equal to this are not scored (prompt tokens, padding), as in PyTorch's `ignore_index`.
+pub const IGNORE_INDEX: i64 = -100;
+
 pub use loader::DataLoader;
 pub use packing::{PackedRow, best_fit_decreasing, collate};
 pub use readers::{Location, RowReader};
 pub use rows::{Content, FORMAT_KEYS, Row};
 pub(crate) use tokenize::Encoder;
 pub use tokenize::Sequence;
-
-use crate::train::IGNORE_INDEX;
 
 /// One micro-batch on the host; `input_ids` and `labels` are row-major `[rows, seq]`.
 #[derive(Debug, Clone, PartialEq)]

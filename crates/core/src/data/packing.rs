@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::Batch;
 use super::tokenize::Sequence;
-use crate::train::IGNORE_INDEX;
+use crate::data::IGNORE_INDEX;
 
 /// One row of a batch before padding: one or more sequences, with position ids restarting per sequence.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,8 +1,8 @@
 //! Rows and documents to token sequences with loss labels, the way TRL's SFT trainer prepares them.
 
 use crate::chat::{ChatTemplate, Message};
+use crate::data::IGNORE_INDEX;
 use crate::tokenizer::TextTokenizer;
-use crate::train::IGNORE_INDEX;
 
 use super::LossOn;
 use super::rows::{Content, Row};

@@ -7,7 +7,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use crate::config::{AttentionImpl, MixedPrecision};
+use serde::{Deserialize, Serialize};
 
 /// The compute settings a [`super::LlamaModel`] runs with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,4 +71,71 @@ pub fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
         DType::BF16 => FloatDType::BF16,
         _ => FloatDType::F32,
     }
+}
+
+/// The precision of the forward and backward passes (Accelerate's `mixed_precision`); master weights stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixedPrecision {
+    #[default]
+    No,
+    Fp16,
+    Bf16,
+}
+
+impl MixedPrecision {
+    pub const ALL: &'static [Self] = &[Self::No, Self::Fp16, Self::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::No => "no",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether activations are 16-bit.
+    pub fn is_half(self) -> bool {
+        self != Self::No
+    }
+
+    /// Bytes per activation element.
+    pub fn activation_bytes(self) -> f64 {
+        if self.is_half() { 2.0 } else { 4.0 }
+    }
+
+    /// The activations' float type as reports name it: `f32`, `bf16` or `fp16`.
+    pub fn dtype_name(self) -> &'static str {
+        match self {
+            Self::No => "f32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for MixedPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MixedPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let wanted = s.trim().to_lowercase();
+        Self::ALL.iter().copied().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mixed precision `{s}`; expected one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Which attention kernel training uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    #[default]
+    Eager,
+    Flash,
 }

@@ -40,12 +40,12 @@ use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData}
 
 use super::LlamaModel;
 use super::compute::{float_dtype, to_dtype};
-use crate::train::IGNORE_INDEX;
+use crate::data::IGNORE_INDEX;
 
 /// Summed cross-entropy of predicting `targets` from `hidden · headᵀ`, and the number of scored rows, without ever
 /// keeping the [rows × vocab] logits: rows are processed `chunk` at a time. hidden: [rows, h] (any float dtype;
 /// logits and log-sum-exp computed in f32), head: [vocab, h] (HF layout, may be frozen or trainable), targets: host
-/// Vec<i64> of length rows where `IGNORE_INDEX` (-100, crate::train::IGNORE_INDEX) means not scored.
+/// Vec<i64> of length rows where `IGNORE_INDEX` (-100, crate::data::IGNORE_INDEX) means not scored.
 ///
 /// # Panics
 /// If `chunk` is 0, the shapes disagree (`targets.len()` ≠ rows, or different hidden sizes), or a target is
@@ -68,7 +68,7 @@ pub fn fused_linear_cross_entropy<B: Backend>(
 }
 
 /// The causal-LM loss through the fused head: the summed cross-entropy and the number of scored positions, equal
-/// to [`crate::train::causal_lm_loss_parts`]`(model.logits(hidden), labels)` without the `[batch, seq, vocab]`
+/// to [`super::loss::causal_lm_loss_parts`]`(model.logits(hidden), labels)` without the `[batch, seq, vocab]`
 /// logits. `hidden` is the final normed hidden states `[batch, seq, h]` ([`LlamaModel::hidden_states`]), `labels`
 /// the host labels `[batch · seq]` row-major. Shifted as transformers does: position `t` predicts label `t + 1`,
 /// and the last position of each row is not scored. The head is the untied `lm_head.weight` or the tied
@@ -94,7 +94,7 @@ pub fn fused_causal_lm_loss<B: Backend>(
             let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
             let device = hidden.device();
             let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.to_vec(), [batch, seq]), &device);
-            return (crate::train::causal_lm_loss_parts(model.logits(hidden), labels).0, count);
+            return (super::loss::causal_lm_loss_parts(model.logits(hidden), labels).0, count);
         }
     };
     fused_linear_cross_entropy(hidden.reshape([batch * seq, h]), head, &targets, chunk)

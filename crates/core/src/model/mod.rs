@@ -12,6 +12,7 @@ pub mod fused_loss;
 pub mod fused_ops;
 mod layers;
 pub mod lora;
+pub mod loss;
 mod nf4_weight;
 mod packing;
 mod params;

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
-use super::loss::causal_lm_loss_parts;
 use crate::data::{Batch, DataLoader, DataOptions, Split};
 use crate::error::{CoreError, Result};
 use crate::generate::{SamplingConfig, generate};
+use crate::model::loss::causal_lm_loss_parts;
 use crate::model::{LlamaModel, PositionIds};
 use crate::tokenizer::TextTokenizer;
 

@@ -8,8 +8,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MemoptSection;
-
 /// What a scaler is built from: DeepSpeed's `fp16` section.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossScaleConfig {
@@ -24,18 +22,6 @@ pub struct LossScaleConfig {
 impl Default for LossScaleConfig {
     fn default() -> Self {
         Self { loss_scale: 0.0, initial_scale_power: 16, window: 1000, hysteresis: 2, min_scale: 1.0 }
-    }
-}
-
-impl From<&MemoptSection> for LossScaleConfig {
-    fn from(m: &MemoptSection) -> Self {
-        Self {
-            loss_scale: m.loss_scale,
-            initial_scale_power: m.initial_scale_power,
-            window: m.loss_scale_window,
-            hysteresis: m.hysteresis,
-            min_scale: m.min_loss_scale,
-        }
     }
 }
 

@@ -40,13 +40,13 @@
 
 use llmtrain_core::model::ModelConfig;
 
-use super::{AttentionKind, BatchShape, ComputeDtype, linear_weights_per_layer};
+use super::{AttentionImpl, BatchShape, MixedPrecision, linear_weights_per_layer};
 
 /// How the step computes, for the activation count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepKind {
-    pub compute: ComputeDtype,
-    pub attention: AttentionKind,
+    pub compute: MixedPrecision,
+    pub attention: AttentionImpl,
     /// Linear weights are cast to the compute type at use (f32 master weights with 16-bit compute), so the
     /// matmuls keep the casts.
     pub weight_casts: bool,
@@ -65,10 +65,10 @@ pub struct StepKind {
 
 impl StepKind {
     /// Plain full training in `compute` with eager attention (f32 master weights).
-    pub fn plain(compute: ComputeDtype) -> Self {
+    pub fn plain(compute: MixedPrecision) -> Self {
         Self {
             compute,
-            attention: AttentionKind::Eager,
+            attention: AttentionImpl::Eager,
             weight_casts: compute.is_half(),
             dequantized_base: false,
             lora_rank: 0,
@@ -126,9 +126,9 @@ pub(super) struct StepSizes {
 
 impl StepSizes {
     pub(super) fn new(m: &ModelConfig, shape: BatchShape, kind: StepKind) -> Self {
-        let e = kind.compute.bytes();
+        let e = kind.compute.activation_bytes();
         let half = kind.compute.is_half();
-        let flash = kind.attention == AttentionKind::Flash;
+        let flash = kind.attention == AttentionImpl::Flash;
         let (rows, seq) = (shape.batch as f64, shape.seq as f64);
         let tokens = rows * seq;
         let hidden = m.hidden_size as f64;
@@ -276,7 +276,7 @@ mod tests {
     fn checkpointing_keeps_fewer_activations() {
         let m = ModelConfig::tiny_llama(4096, 256, 4, 8, 4);
         let shape = BatchShape { batch: 8, seq: 256 };
-        let kind = StepKind::plain(ComputeDtype::F32);
+        let kind = StepKind::plain(MixedPrecision::No);
         let plain = activation_bytes(&m, shape, kind, false);
         let ckpt = activation_bytes(&m, shape, kind, true);
         assert!(ckpt < plain * 0.6, "{ckpt} vs {plain}");
@@ -289,11 +289,11 @@ mod tests {
         // eager at 1 × 2048 1778.6 MiB.
         let m = full_tiny();
         let shape = |batch, seq| BatchShape { batch, seq };
-        let f32_kind = StepKind::plain(ComputeDtype::F32);
-        let flash = StepKind { attention: AttentionKind::Flash, ..f32_kind };
+        let f32_kind = StepKind::plain(MixedPrecision::No);
+        let flash = StepKind { attention: AttentionImpl::Flash, ..f32_kind };
         let cases = [
             (activation_bytes(&m, shape(8, 256), f32_kind, false), 418.3),
-            (activation_bytes(&m, shape(8, 256), StepKind::plain(ComputeDtype::Bf16), false), 306.1),
+            (activation_bytes(&m, shape(8, 256), StepKind::plain(MixedPrecision::Bf16), false), 306.1),
             (activation_bytes(&m, shape(1, 2048), flash, false), 234.6),
             (activation_bytes(&m, shape(1, 2048), f32_kind, false), 1778.6),
         ];

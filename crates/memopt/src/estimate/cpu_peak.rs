@@ -1,6 +1,6 @@
 //! The CPU peak.
 //!
-//! [`CpuPeak`] is the largest resident set one training step of `llmtrain_accel::train_step` reaches on the CPU
+//! [`CpuPeak`] is the largest resident set one training step of `llmtrain_lightning::optimizer_step` reaches on the CPU
 //! backend: the process baseline, the states held at that moment, the saved activations still alive, the buffers
 //! of the op running then (its transient), and what glibc's allocator keeps. It is the maximum over the moments
 //! where the step can peak (see [`PeakMoment`]); each moment's transient is derived from the op's code (see
@@ -264,7 +264,7 @@ impl PeakCandidate {
 ///   score tensors (the peak at long sequences, where the scores dominate);
 /// - gradients after backward: burn's gradients, the buffer's copies of the transposed ones, and with several
 ///   ranks the flat all-reduce bucket and its reduced copy;
-/// - with checkpointing (`memopt::checkpoint::backward_by_layers`) the layer inputs stay (one per layer and the
+/// - with checkpointing (`LlamaModel::hidden_states_recomputed`) the layer inputs stay (one per layer and the
 ///   top's) and the graph is at most the head's or one layer's: the graph-free forward, the head's graph, and the
 ///   last layer's recompute (MLP or attention backward), while the head's gradients live in both burn's
 ///   container and the step's buffer.
@@ -349,14 +349,14 @@ pub fn cpu_peak(
 #[cfg(test)]
 mod tests {
     use super::super::tests::{cpu_rank, full_tiny};
-    use super::super::{AttentionKind, ComputeDtype, EstimateInput, MIB, estimate};
+    use super::super::{AttentionImpl, EstimateInput, MIB, MixedPrecision, estimate};
     use super::*;
 
     #[test]
     fn cpu_peak_of_full_tiny_is_the_loss_backward() {
         // `cargo xtask bench --case full-tiny`: VmHWM 651-659 MiB; 551 MiB with glibc's mmap threshold fixed
         // (MALLOC_MMAP_THRESHOLD_=131072), i.e. without the allocator's retention.
-        let peak = estimate(&cpu_rank(&full_tiny(), 8, 256, ComputeDtype::F32)).unwrap().cpu_peak.unwrap();
+        let peak = estimate(&cpu_rank(&full_tiny(), 8, 256, MixedPrecision::No)).unwrap().cpu_peak.unwrap();
         assert_eq!(peak.moment, PeakMoment::LossBackward);
         let total = peak.total() / MIB;
         assert!((total - 653.0).abs() / 653.0 < 0.05, "{total:.1} MiB");
@@ -371,7 +371,7 @@ mod tests {
             method: super::super::Method::Lora,
             lora_rank: 8,
             fused_loss_chunk: chunk,
-            ..cpu_rank(&full_tiny(), 8, 256, ComputeDtype::F32)
+            ..cpu_rank(&full_tiny(), 8, 256, MixedPrecision::No)
         }
     }
 
@@ -404,13 +404,13 @@ mod tests {
     #[test]
     fn mixed_precision_peaks_at_the_f32_loss_and_flash_drops_the_scores() {
         let m = full_tiny();
-        let bf16 = estimate(&cpu_rank(&m, 8, 256, ComputeDtype::Bf16)).unwrap();
-        let f32 = estimate(&cpu_rank(&m, 8, 256, ComputeDtype::F32)).unwrap();
+        let bf16 = estimate(&cpu_rank(&m, 8, 256, MixedPrecision::Bf16)).unwrap();
+        let f32 = estimate(&cpu_rank(&m, 8, 256, MixedPrecision::No)).unwrap();
         assert_eq!(bf16.cpu_peak.unwrap().moment, PeakMoment::LossForward);
         assert!(bf16.activations.unwrap() < f32.activations.unwrap() * 0.8);
-        let eager = estimate(&cpu_rank(&m, 1, 2048, ComputeDtype::F32)).unwrap();
+        let eager = estimate(&cpu_rank(&m, 1, 2048, MixedPrecision::No)).unwrap();
         let flash =
-            estimate(&EstimateInput { attention: AttentionKind::Flash, ..cpu_rank(&m, 1, 2048, ComputeDtype::F32) })
+            estimate(&EstimateInput { attention: AttentionImpl::Flash, ..cpu_rank(&m, 1, 2048, MixedPrecision::No) })
                 .unwrap();
         assert_eq!(eager.cpu_peak.unwrap().moment, PeakMoment::LossBackward);
         assert!(flash.activations.unwrap() < eager.activations.unwrap() / 5.0);

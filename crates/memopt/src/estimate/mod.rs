@@ -21,7 +21,7 @@ pub use cpu_peak::{
 };
 pub use known_shapes::{Family, KNOWN_SHAPES, KnownShape, NoSuchShape, known_sizes, standard_shape};
 
-use llmtrain_core::config::{AttentionImpl, MixedPrecision};
+pub use llmtrain_core::config::{AttentionImpl, MixedPrecision};
 use llmtrain_core::model::ModelConfig;
 
 /// What is trained.
@@ -70,69 +70,12 @@ fn bytes_per_param(precision: Precision) -> (f64, f64, f64) {
 /// absmax values (4 + 8/64 + 32/(64·256) ≈ 4.127 bits).
 pub const NF4_DOUBLE_QUANT_BITS: f64 = 4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0);
 
-/// The float type activations are computed in (`[memopt] mixed_precision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ComputeDtype {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
-
-impl ComputeDtype {
-    /// What `--precision` implies: f32 for fp32, bf16 for mixed (16-bit compute over f32 master weights) and for
-    /// bf16 (bf16 everything). fp16 is the other 16-bit choice under mixed; it takes the same bytes.
-    pub fn for_precision(precision: Precision) -> Self {
-        match precision {
-            Precision::Fp32 => ComputeDtype::F32,
-            Precision::Mixed | Precision::Bf16 => ComputeDtype::Bf16,
-        }
-    }
-
-    /// Bytes per activation element.
-    pub fn bytes(self) -> f64 {
-        if self.is_half() { 2.0 } else { 4.0 }
-    }
-
-    pub fn is_half(self) -> bool {
-        self != ComputeDtype::F32
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ComputeDtype::F32 => "f32",
-            ComputeDtype::Bf16 => "bf16",
-            ComputeDtype::F16 => "fp16",
-        }
-    }
-}
-
-impl From<MixedPrecision> for ComputeDtype {
-    fn from(precision: MixedPrecision) -> Self {
-        match precision {
-            MixedPrecision::No => ComputeDtype::F32,
-            MixedPrecision::Bf16 => ComputeDtype::Bf16,
-            MixedPrecision::Fp16 => ComputeDtype::F16,
-        }
-    }
-}
-
-/// The attention kernel (`[memopt] attention`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttentionKind {
-    /// Scores and probabilities materialised; autodiff keeps three `[seq × seq]` tensors per head and layer.
-    #[default]
-    Eager,
-    /// Tiled online softmax with a recomputing backward (`llmtrain_core::model::flash_attention`).
-    Flash,
-}
-
-impl From<AttentionImpl> for AttentionKind {
-    fn from(kind: AttentionImpl) -> Self {
-        match kind {
-            AttentionImpl::Eager => AttentionKind::Eager,
-            AttentionImpl::Flash => AttentionKind::Flash,
-        }
+/// The activations' type `--precision` implies: f32 for fp32, bf16 for mixed (16-bit compute over f32 master
+/// weights) and for bf16 (bf16 everything). fp16 is the other 16-bit choice under mixed; it takes the same bytes.
+pub fn compute_for(precision: Precision) -> MixedPrecision {
+    match precision {
+        Precision::Fp32 => MixedPrecision::No,
+        Precision::Mixed | Precision::Bf16 => MixedPrecision::Bf16,
     }
 }
 
@@ -156,9 +99,9 @@ pub struct EstimateInput {
     /// How model states are stored (ZeRO's accounting).
     pub precision: Precision,
     /// The activations' float type: f32 with [`Precision::Fp32`], 16-bit with `Mixed` and `Bf16`
-    /// ([`ComputeDtype::for_precision`] gives the usual one).
-    pub compute: ComputeDtype,
-    pub attention: AttentionKind,
+    /// ([`compute_for`] gives the usual one).
+    pub compute: MixedPrecision,
+    pub attention: AttentionImpl,
     /// ZeRO stage 0 (plain data parallel) to 3.
     pub zero_stage: u8,
     /// Data-parallel ranks the states are sharded over.
@@ -208,7 +151,7 @@ pub enum EstimateError {
     #[error(
         "--compute-dtype {compute} does not go with --precision {precision} (fp32 computes in f32, mixed and bf16 in 16 bits)"
     )]
-    ComputeDtype { precision: &'static str, compute: &'static str },
+    MixedPrecision { precision: &'static str, compute: &'static str },
     #[error("--batch and --seq must be at least 1")]
     EmptyBatch,
     #[error("--cross-entropy-chunk must be at least 1")]
@@ -226,7 +169,10 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
         return Err(EstimateError::NoGpus);
     }
     if input.compute.is_half() == (input.precision == Precision::Fp32) {
-        return Err(EstimateError::ComputeDtype { precision: input.precision.name(), compute: input.compute.name() });
+        return Err(EstimateError::MixedPrecision {
+            precision: input.precision.name(),
+            compute: input.compute.dtype_name(),
+        });
     }
     if input.fused_loss_chunk == Some(0) {
         return Err(EstimateError::EmptyLossChunk);
@@ -364,8 +310,8 @@ mod tests {
             method: Method::Full,
             lora_rank: 16,
             precision: Precision::Mixed,
-            compute: ComputeDtype::Bf16,
-            attention: AttentionKind::Eager,
+            compute: MixedPrecision::Bf16,
+            attention: AttentionImpl::Eager,
             zero_stage: stage,
             gpus: 64,
             batch: None,
@@ -382,7 +328,7 @@ mod tests {
     }
 
     /// One CPU rank training `m` in f32 (or 16-bit) on `batch` rows of `seq` tokens.
-    pub(super) fn cpu_rank(m: &ModelConfig, batch: usize, seq: usize, compute: ComputeDtype) -> EstimateInput {
+    pub(super) fn cpu_rank(m: &ModelConfig, batch: usize, seq: usize, compute: MixedPrecision) -> EstimateInput {
         EstimateInput {
             params: count_params(m),
             model: Some(m.clone()),
@@ -456,15 +402,15 @@ mod tests {
             Err(EstimateError::NeedsShape(_))
         ));
         assert_eq!(
-            estimate(&EstimateInput { compute: ComputeDtype::F32, ..zero_paper(0) }),
-            Err(EstimateError::ComputeDtype { precision: "mixed", compute: "f32" })
+            estimate(&EstimateInput { compute: MixedPrecision::No, ..zero_paper(0) }),
+            Err(EstimateError::MixedPrecision { precision: "mixed", compute: "f32" })
         );
         let empty = EstimateInput {
             batch: Some(BatchShape { batch: 0, seq: 8 }),
-            ..cpu_rank(&full_tiny(), 1, 1, ComputeDtype::F32)
+            ..cpu_rank(&full_tiny(), 1, 1, MixedPrecision::No)
         };
         assert_eq!(estimate(&empty), Err(EstimateError::EmptyBatch));
-        let no_rows = EstimateInput { fused_loss_chunk: Some(0), ..cpu_rank(&full_tiny(), 1, 8, ComputeDtype::F32) };
+        let no_rows = EstimateInput { fused_loss_chunk: Some(0), ..cpu_rank(&full_tiny(), 1, 8, MixedPrecision::No) };
         assert_eq!(estimate(&no_rows), Err(EstimateError::EmptyLossChunk));
         assert_eq!(parse_param_count("7.5B"), Some(7_500_000_000));
         assert_eq!(parse_param_count("350M"), Some(350_000_000));

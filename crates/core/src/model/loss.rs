@@ -4,8 +4,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-/// Labels equal to this are not scored (prompt tokens, padding), as in PyTorch's `ignore_index`.
-pub const IGNORE_INDEX: i64 = -100;
+use crate::data::IGNORE_INDEX;
 
 /// Summed cross-entropy over scored positions and the number of scored positions, as scalar tensors (for
 /// token-weighted means across micro-batches and evaluation batches).
@@ -15,7 +14,7 @@ pub fn causal_lm_loss_parts<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [batch, seq, _] = logits.dims();
     // Scored in f32 whatever the compute type, as transformers upcasts logits before the loss.
-    let logits = crate::model::compute::to_dtype(logits.narrow(1, 0, seq - 1), burn::tensor::FloatDType::F32);
+    let logits = super::compute::to_dtype(logits.narrow(1, 0, seq - 1), burn::tensor::FloatDType::F32);
     let targets = labels.narrow(1, 1, seq - 1);
     let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
     // Ignored positions gather class 0 and are then zeroed, so no index is out of range.
