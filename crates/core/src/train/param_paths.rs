@@ -112,7 +112,8 @@ pub fn map_trainable<B: Backend, M: Module<B>>(
                 return param;
             }
             let dims = value.dims();
-            match (self.update)(&self.stack.path(), flatten(value), D > 1) {
+            // Detached first: the flattening is not recorded in the autodiff graph.
+            match (self.update)(&self.stack.path(), flatten(value.detach()), D > 1) {
                 Some(new) => Param::initialized(param.id, new.reshape(dims).require_grad()),
                 None => param,
             }
