@@ -1,7 +1,7 @@
 //! `llmtrain config`: the questionnaire on stdin, `--non-interactive` flags, re-asked answers, invalid
 //! combinations and the default location.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! standard shapes a bare `--params` size stands for (`--family`), the activation and CPU-peak terms for a batch
 //! (precision, attention kernel, checkpointing, fused cross-entropy), and one-line errors for bad input.
 
-mod common;
+use crate::common;
 
 use common::{assert_one_line_error, fixture, llmtrain};
 

@@ -1,6 +1,6 @@
 //! `llmtrain logits`, `convert`, `generate` and `tokenizer` from the command line, and their bad-input errors.
 
-mod common;
+use crate::common;
 
 use common::{assert_one_line_error, fixture, llmtrain};
 

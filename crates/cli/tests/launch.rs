@@ -3,8 +3,8 @@
 //! rank can read, a checkpoint of another world size, a command that is not a training command, a launcher
 //! this build lacks) ends with one error line and no hang.
 
-mod common;
-mod launch_common;
+use crate::common;
+use crate::launch_common;
 
 use common::{assert_one_line_error, llmtrain_bin};
 use launch_common::{Job, assert_follows_single_process, ok};

@@ -1,7 +1,7 @@
 //! LoRA from the command line: `llmtrain logits --adapter` on adapters PEFT wrote, and `llmtrain merge`, both
 //! against PEFT's own logits (crates/fastlora/tests/fixtures, made by scripts/make_peft_fixture.py).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

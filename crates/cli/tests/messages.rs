@@ -2,7 +2,7 @@
 //! what was probably meant, warnings look like every other message, and a terminal shows a progress bar, not
 //! JSON lines.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! checkpoints, an earlier run never deleted unasked, Ctrl-C / SIGTERM checkpointing the step, and one test per
 //! class of bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! PEFT adapters (written by PEFT itself, `scripts/make_peft_fixture.py`) give PEFT's logits in llmtrain, merge to
 //! PEFT's merged logits, and survive a save/load round trip through llmtrain's writer unchanged.
 
-mod common;
+use crate::common;
 
 use common::{fixture_tokens, fixtures, logits_of, max_diff};
 

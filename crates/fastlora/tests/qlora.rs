@@ -2,7 +2,7 @@
 //! dequantizes to bitsandbytes' weights bit for bit, and gives transformers' 4-bit logits, alone and with PEFT's
 //! LoRA and DoRA adapters; training on the 4-bit base reaches only the adapters.
 
-mod common;
+use crate::common;
 
 use common::{fixture_tokens, fixtures, logits_of, max_diff};
 
