@@ -1,7 +1,7 @@
 //! The tiled flash attention against a plain attention (matmul, mask_fill with -inf, softmax, matmul): outputs
 //! and the gradients of q, k and v. Run with `--nocapture` to see the max abs differences.
 
-mod common;
+use crate::common;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::softmax;

@@ -2,7 +2,7 @@
 //! rows): the loss and the gradients of hidden and head, and at model level against
 //! `causal_lm_loss_parts(model.logits(hidden), labels)`. Run with `--nocapture` to see the max differences.
 
-mod common;
+use crate::common;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::log_softmax;

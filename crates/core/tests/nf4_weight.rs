@@ -9,7 +9,7 @@ use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::{Linear, LinearWeight, LlamaModel, ModelConfig, Nf4Weight, tokens_tensor};
 use llmtrain_core::nf4::Nf4Tensor;
 
-mod common;
+use crate::common;
 use common::to_vec;
 
 type A = Autodiff<CpuBackend>;

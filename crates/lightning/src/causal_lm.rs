@@ -210,12 +210,7 @@ impl<N> DataModule<N> for LoaderData<'_> {
     }
 
     fn validation_pass(&self, max_batches: usize, visit: &mut dyn FnMut(&Batch) -> Result<()>) -> Result<()> {
-        let mut eval = DataLoader::new(&self.options, self.tokenizer, Split::Eval)?;
-        for _ in 0..max_batches {
-            let Some(batch) = eval.next_batch()? else { break };
-            visit(&batch)?;
-        }
-        Ok(())
+        DataLoader::visit_one_pass(&self.options, self.tokenizer, Split::Eval, max_batches, visit)
     }
 }
 

@@ -6,28 +6,17 @@
 
 use llmtrain_accel::{Accelerator, AcceleratorConfig};
 use llmtrain_core::data::Batch;
-use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
+use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 
-mod common;
-use common::{A, options, train_step};
+use crate::common;
+use common::{A, options, train_step, weights};
 
 fn batch(step: usize) -> Batch {
     let (rows, seq) = (3, 24);
     let input_ids: Vec<u32> = (0..rows * seq).map(|i| ((i * 7 + step * 13) % 90) as u32).collect();
     let labels = input_ids.iter().enumerate().map(|(i, &t)| if i % 7 == 3 { -100 } else { t as i64 }).collect();
     Batch { rows, seq, input_ids, labels, position_ids: None }
-}
-
-fn weights(model: &LlamaModel<A>) -> Vec<f32> {
-    model
-        .named_params()
-        .into_iter()
-        .flat_map(|(_, p)| match p {
-            ParamRef::Vector(p) => p.val().into_data().convert::<f32>().into_vec::<f32>().unwrap(),
-            ParamRef::Matrix(p) => p.val().into_data().convert::<f32>().into_vec::<f32>().unwrap(),
-        })
-        .collect()
 }
 
 fn run(initial: &LlamaModel<A>, chunk: Option<usize>, checkpointing: bool, fused: bool) -> (Vec<f64>, Vec<f32>) {

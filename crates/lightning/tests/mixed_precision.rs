@@ -2,18 +2,17 @@
 //! same data, 30 steps, losses within a few percent), gradients arrive in f32, and fp16's loss scaling skips
 //! overflowing steps without touching the weights, lowering the scale as DeepSpeed does.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType};
 use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, MixedPrecision};
 use llmtrain_core::data::Batch;
 use llmtrain_core::model::Compute;
 use llmtrain_core::model::compute::precision_dtype;
-use llmtrain_core::model::{LlamaModel, ModelConfig, ParamRef};
+use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig, LossScaleConfig, batch_loss};
 use llmtrain_lightning::{CausalLm, LightningModule};
 
-mod common;
-use common::{A, options, train_step};
+use crate::common;
+use common::{A, options, train_step, weights};
 
 const SEQ: usize = 32;
 const VOCAB: usize = 96;
@@ -31,20 +30,6 @@ fn batch(step: usize) -> Batch {
 fn model() -> LlamaModel<A> {
     let device = Default::default();
     LlamaModel::<A>::init(&ModelConfig::tiny_llama(VOCAB, 64, 2, 4, 2), &device, 11)
-}
-
-fn weights<B: Backend>(model: &LlamaModel<B>) -> Vec<f32> {
-    model
-        .named_params()
-        .into_iter()
-        .flat_map(|(_, p)| {
-            let data = match p {
-                ParamRef::Vector(p) => p.val().into_data(),
-                ParamRef::Matrix(p) => p.val().into_data(),
-            };
-            data.convert::<f32>().into_vec::<f32>().unwrap()
-        })
-        .collect()
 }
 
 /// Per-step losses of `steps` steps at `precision`, and the accelerator for inspection.

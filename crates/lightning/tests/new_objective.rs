@@ -17,7 +17,7 @@ use llmtrain_lightning::{
 };
 use serde_json::{Value, json};
 
-mod common;
+use crate::common;
 use common::A;
 
 const VOCAB: usize = 32;

@@ -62,6 +62,23 @@ impl DataLoader {
         Self::build(options, tokenizer, split, true)
     }
 
+    /// Calls `visit` on the batches of one pass over `split`, in order, at most `max_batches` of them: how
+    /// validation and corpus statistics read a split.
+    pub fn visit_one_pass<E: From<CoreError>>(
+        options: &DataOptions,
+        tokenizer: &TextTokenizer,
+        split: Split,
+        max_batches: usize,
+        mut visit: impl FnMut(&Batch) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut loader = Self::single_pass(options, tokenizer, split)?;
+        for _ in 0..max_batches {
+            let Some(batch) = loader.next_batch()? else { break };
+            visit(&batch)?;
+        }
+        Ok(())
+    }
+
     fn build(options: &DataOptions, tokenizer: &TextTokenizer, split: Split, single_pass: bool) -> Result<Self> {
         validate(options)?;
         for file in &options.files {

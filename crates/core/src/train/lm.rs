@@ -1,10 +1,10 @@
 //! The causal-LM objective's batch computations: a batch as tensors, its summed loss (from the model or from
-//! hidden states, fused or not), evaluation over the eval split, the corpus's unigram entropy, and a sample.
+//! hidden states, fused or not), the mean of an evaluation, the corpus's unigram entropy, and a sample.
 
 use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::{Batch, DataLoader, DataOptions, Split};
 use crate::error::{CoreError, Result};
@@ -51,46 +51,12 @@ pub fn batch_tensors<B: Backend>(
     (tokens, labels, positions)
 }
 
-/// Token-weighted mean loss over at most `max_batches` batches of the eval split.
-pub fn evaluate<B: Backend>(
-    model: &LlamaModel<B>,
-    options: &DataOptions,
-    tokenizer: &TextTokenizer,
-    max_batches: usize,
-    device: &B::Device,
-) -> Result<f64> {
-    let (sum, count) = evaluate_parts(model, options, tokenizer, max_batches, device)?;
-    eval_mean(sum, count)
-}
-
 /// `sum / count` of an evaluation, failing when nothing was scored.
 pub fn eval_mean(sum: f64, count: f64) -> Result<f64> {
     if count == 0.0 {
         return Err(CoreError::Invalid("the eval split holds no scored token (raise data.eval_fraction)".into()));
     }
     Ok(sum / count)
-}
-
-/// Summed loss and scored-token count over at most `max_batches` of this rank's batches of the eval split
-/// (data-parallel ranks add theirs up before dividing).
-pub fn evaluate_parts<B: Backend>(
-    model: &LlamaModel<B>,
-    options: &DataOptions,
-    tokenizer: &TextTokenizer,
-    max_batches: usize,
-    device: &B::Device,
-) -> Result<(f64, f64)> {
-    let mut eval = DataLoader::new(options, tokenizer, Split::Eval)?;
-    let (mut sum, mut count) = (0.0f64, 0.0f64);
-    let mut seen = 0;
-    while seen < max_batches.max(1) {
-        let Some(batch) = eval.next_batch()? else { break };
-        let (s, c) = batch_loss(model, &batch, device);
-        sum += s.into_scalar().elem::<f64>();
-        count += c.into_scalar().elem::<f64>();
-        seen += 1;
-    }
-    Ok((sum, count))
 }
 
 /// Entropy (nats) of the unigram distribution of the tokens the loss predicts, over the whole dataset (both
@@ -108,10 +74,10 @@ pub fn unigram_entropy(options: &DataOptions, tokenizer: &TextTokenizer) -> Resu
         }
     };
     for split in [Split::Train, Split::Eval] {
-        let mut loader = DataLoader::single_pass(options, tokenizer, split)?;
-        while let Some(batch) = loader.next_batch()? {
-            add(&batch);
-        }
+        DataLoader::visit_one_pass(options, tokenizer, split, usize::MAX, |batch| {
+            add(batch);
+            Ok::<(), CoreError>(())
+        })?;
     }
     let total: u64 = counts.values().sum();
     Ok(counts.values().map(|&c| c as f64 / total as f64).map(|p| -p * p.ln()).sum())

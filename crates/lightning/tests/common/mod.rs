@@ -3,11 +3,14 @@
 #![allow(dead_code)]
 
 use burn::backend::Autodiff;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
 use llmtrain_accel::{Accelerator, FullFinetune};
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_core::train::AdamW;
+use llmtrain_core::train::param_paths::visit_floats;
 use llmtrain_lightning::{CausalLm, LightningError, Recompute, StepOptions, StepStats, optimizer_step};
 
 pub type A = Autodiff<CpuBackend>;
@@ -36,4 +39,11 @@ pub fn options(lr: f64, checkpointing: bool) -> StepOptions {
         gradient_checkpointing: checkpointing.then_some(Recompute { offload: false }),
         ..Default::default()
     }
+}
+
+/// Every float parameter of `model`, trainable or not, flattened and concatenated in burn's visiting order.
+pub fn weights<B: Backend, M: Module<B>>(model: &M) -> Vec<f32> {
+    let mut all = Vec::new();
+    visit_floats(model, |value| all.extend(value.into_data().convert::<f32>().into_vec::<f32>().expect("float data")));
+    all
 }
