@@ -394,3 +394,70 @@ fn a_second_ctrl_c_stops_at_once_and_leaves_no_temporary_files() {
     assert!(hidden.is_empty(), "temporary files left: {hidden:?}");
     ok(&run.train(&["--max-steps", "6", "--resume"]));
 }
+
+#[test]
+fn csv_and_tensorboard_loggers_hold_what_metrics_jsonl_holds_through_a_kill_and_resume() {
+    let run = Run::new("eval_steps = 8\n\n[logging]\nloggers = [\"jsonl\", \"csv\", \"tensorboard\"]\n");
+    assert!(
+        kill_when(&run, &[], &run.path("out/checkpoint-8"), Duration::from_millis(30)),
+        "run ended before the kill"
+    );
+    ok(&run.train(&["--resume"]));
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Map<String, serde_json::Value>> =
+        metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<u64> =
+        records.iter().filter(|r| r.contains_key("loss")).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).map(|k| 2 * k).collect::<Vec<_>>(), "metrics.jsonl after the resume");
+
+    // TensorBoard, read as it reads a run (the killed run's points after its checkpoint dropped): every numeric
+    // value of metrics.jsonl, at its step, as f32.
+    let want: Vec<(i64, String, f32)> = records
+        .iter()
+        .flat_map(|r| {
+            let step = r["step"].as_i64().unwrap();
+            r.iter().filter(|(k, _)| *k != "step").filter_map(move |(k, v)| Some((step, k.clone(), v.as_f64()? as f32)))
+        })
+        .collect();
+    let tensorboard = run.path("out/tensorboard");
+    assert_eq!(llmtrain_lightning::loggers::tensorboard::read_scalars(&tensorboard).unwrap(), want);
+    assert_eq!(std::fs::read_dir(&tensorboard).unwrap().count(), 2, "one event file per session");
+
+    // Lightning's CSV layout: a sorted header holding `step`, one row per record, empty cells for absent names.
+    let csv = std::fs::read_to_string(run.path("out/metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut sorted = header.clone();
+    sorted.sort();
+    assert_eq!(header, sorted);
+    assert!(["step", "loss", "lr", "eval_loss"].iter().all(|c| header.contains(c)), "{header:?}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), records.len());
+    for (row, record) in rows.iter().zip(&records) {
+        for (column, cell) in header.iter().zip(row) {
+            let step = &record["step"];
+            match record.get(*column).and_then(|v| v.as_f64()) {
+                // serde_json's parsing of the test's JSONL may differ in the last digit; the CSV holds the value
+                // the trainer logged.
+                Some(value) => {
+                    let written: f64 = cell.parse().unwrap_or(f64::NAN);
+                    assert!((written - value).abs() <= 1e-12 * value.abs(), "column {column} at step {step}: {cell}")
+                }
+                None => assert_eq!(*cell, record.get(*column).map(|v| v.to_string()).unwrap_or_default()),
+            }
+        }
+    }
+    let hparams = std::fs::read_to_string(run.path("out/hparams.yaml")).unwrap();
+    assert!(hparams.contains("training:\n") && hparams.contains("  max_steps: 24\n"), "{hparams}");
+}
+
+#[test]
+fn a_logging_section_without_jsonl_or_with_an_unknown_logger_is_one_line() {
+    let run = Run::new("\n[logging]\nloggers = [\"csv\"]\n");
+    let err = assert_one_line_error(&run.train(&[]), "logging.loggers");
+    assert!(err.contains("must include \"jsonl\""), "{err}");
+    assert!(!run.path("out").exists(), "nothing written");
+    let run = Run::new("\n[logging]\nloggers = [\"jsonl\", \"wandb\"]\n");
+    let err = assert_one_line_error(&run.train(&[]), "wandb");
+    assert!(err.contains("run.toml"), "{err}");
+}

@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
+use crate::loggers::LoggingSection;
 use crate::module::{LightningModule, LossParts, Recompute, StepContext, StepOutput};
 use crate::trainer::{FitSummary, Trainer, TrainerSettings};
 
@@ -267,6 +268,8 @@ pub fn train<A: AutodiffBackend>(
         seed: tr.seed,
         resume: overrides.resume,
         overwrite: overrides.overwrite,
+        loggers: config.section::<LoggingSection>()?.unwrap_or_default().loggers,
+        hparams: hparams(&config, memopt),
     };
     let mixed_precision = accelerator.config().mixed_precision;
     let main = accelerator.is_main_process();
@@ -322,6 +325,15 @@ pub fn train<A: AutodiffBackend>(
         summary.unigram_entropy = unigram_entropy(&single_options, &tokenizer)?;
     }
     Ok(summary)
+}
+
+/// The run's configuration as the loggers record it: core's sections (as overridden) and `[memopt]`.
+fn hparams(config: &RunConfig, memopt: &MemoptSection) -> Value {
+    let mut all = serde_json::to_value(config).unwrap_or(Value::Null);
+    if let (Value::Object(all), Ok(memopt)) = (&mut all, serde_json::to_value(memopt)) {
+        all.insert("memopt".into(), memopt);
+    }
+    all
 }
 
 /// The tokenizer and the model as the finetuning method prepares it.

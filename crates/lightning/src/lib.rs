@@ -46,6 +46,7 @@
 pub mod causal_lm;
 mod data;
 mod error;
+pub mod loggers;
 mod module;
 mod progress;
 mod step;
@@ -54,6 +55,7 @@ mod trainer;
 pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
 pub use data::DataModule;
 pub use error::{LightningError, Result};
+pub use loggers::{Logger, LoggerKind, LoggingSection};
 pub use module::{InnerNet, LightningModule, LossParts, Recompute, StepContext, StepOutput};
 pub use step::{StepOptions, StepStats, optimizer_step};
 pub use trainer::{FitSummary, Trainer, TrainerSettings};

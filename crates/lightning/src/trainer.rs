@@ -13,7 +13,6 @@ use llmtrain_core::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::interrupt::GracefulStop;
 use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
-use llmtrain_core::train::metrics::MetricsLog;
 use llmtrain_core::train::param_paths::trainable_paths;
 use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
 use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents};
@@ -21,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
+use crate::loggers::{LoggerKind, Loggers, RUN_OUTPUTS};
 use crate::module::{LightningModule, LossParts, Recompute};
 use crate::progress::{Window, bar_message, log_line, progress_bar};
 use crate::step::{StepOptions, optimizer_step};
@@ -49,6 +49,10 @@ pub struct TrainerSettings {
     pub resume: bool,
     /// Delete an earlier run's checkpoints, `final/` and metrics and start over.
     pub overwrite: bool,
+    /// Where metric records go besides `metrics.jsonl` (Lightning's loggers).
+    pub loggers: Vec<LoggerKind>,
+    /// The run's configuration, for the loggers that record it (CSV's `hparams.yaml`).
+    pub hparams: Value,
 }
 
 /// What a fit did (identical on every rank, except the figures rank 0 alone computes).
@@ -94,7 +98,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let checkpoint = if settings.resume {
             Some(latest_valid_checkpoint(out)?.ok_or_else(|| LightningError::Invalid(nothing_to_resume(out)))?)
         } else {
-            let earlier = earlier_run_contents(out)?;
+            let earlier = earlier_run_contents(out, RUN_OUTPUTS)?;
             if !earlier.is_empty() && !settings.overwrite {
                 return Err(LightningError::Invalid(format!(
                     "{} holds an earlier run ({}): pass --resume to continue it, or --overwrite to delete it and \
@@ -175,19 +179,19 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
             }
         } else if main {
-            clear_previous_run(&out)?;
+            clear_previous_run(&out, RUN_OUTPUTS)?;
         }
         optimizer.lr_scale =
             paths.iter().map(|path| (path.clone(), module.lr_scale(path))).filter(|(_, scale)| *scale != 1.0).collect();
         // Nobody reads the output directory before rank 0 has cleared it.
         self.accelerator.wait_for_everyone()?;
         let mut step = resumed_from.unwrap_or(0);
-        let mut metrics = if main { Some(MetricsLog::open(&out, resumed_from)?) } else { None };
+        let mut metrics = if main { Some(Loggers::open(&out, &s.loggers, resumed_from, &s.hparams)?) } else { None };
         let mut summary = FitSummary { resumed_from, final_dir: out.join("final"), ..Default::default() };
         if main && resumed_from.is_none() {
             summary.start_metrics = module.on_fit_start(&net.valid())?;
             if let Some(metrics) = metrics.as_mut().filter(|_| !summary.start_metrics.is_empty()) {
-                metrics.write(&with_step(step, &summary.start_metrics))?;
+                metrics.log(&with_step(step, &summary.start_metrics))?;
             }
         }
 
@@ -256,7 +260,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     record["skipped_steps"] = json!(self.accelerator.skipped_steps());
                 }
                 if let Some(metrics) = &mut metrics {
-                    metrics.write(&record)?;
+                    metrics.log(&record)?;
                     log_line(&progress, &record);
                 }
                 window = Window::new(self.accelerator);
@@ -266,7 +270,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 let val_loss = self.validate(module, &net, data, device)?;
                 let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
                 if let Some(metrics) = &mut metrics {
-                    metrics.write(&record)?;
+                    metrics.log(&record)?;
                     log_line(&progress, &record);
                 }
                 last_val = Some(val_loss);
@@ -291,14 +295,14 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if data.has_validation() {
             let val_loss = self.validate(module, &net, data, device)?;
             if let Some(metrics) = &mut metrics {
-                metrics.write(&json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()}))?;
+                metrics.log(&json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()}))?;
             }
             last_val = Some(val_loss);
         }
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
             if let Some(metrics) = metrics.as_mut().filter(|_| !summary.end_metrics.is_empty()) {
-                metrics.write(&with_step(step, &summary.end_metrics))?;
+                metrics.log(&with_step(step, &summary.end_metrics))?;
             }
         }
         // The last checkpoint and `final/` both hold the end state.

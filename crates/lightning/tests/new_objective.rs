@@ -13,7 +13,8 @@ use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamWConfig, Schedule, ScheduleKind};
 use llmtrain_lightning::{
-    DataModule, LightningError, LightningModule, LossParts, Result, StepContext, StepOutput, Trainer, TrainerSettings,
+    DataModule, LightningError, LightningModule, LoggerKind, LossParts, Result, StepContext, StepOutput, Trainer,
+    TrainerSettings,
 };
 use serde_json::{Value, json};
 
@@ -172,6 +173,8 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
             seed: 3,
             resume,
             overwrite: false,
+            loggers: vec![LoggerKind::Jsonl],
+            hparams: serde_json::Value::Null,
         };
         let mut trainer = Trainer::new(settings, &mut accelerator)?;
         let (summary, net) = trainer.fit(&SquaredLogitPenalty, network(), &mut data, &device)?;

@@ -23,6 +23,7 @@ use llmtrain_memopt::MemoptSection;
 pub const ROLE_SECTIONS: &[&str] = &[
     <MemoptSection as llmtrain_core::config::ConfigSection>::NAME,
     <LoraSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_lightning::LoggingSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
