@@ -28,13 +28,8 @@ pub trait Logger {
     fn log_metrics(&mut self, record: &Map<String, Value>) -> Result<()>;
 }
 
-impl Logger for MetricsLog {
-    fn log_metrics(&mut self, record: &Map<String, Value>) -> Result<()> {
-        Ok(self.write(&Value::Object(record.clone()))?)
-    }
-}
-
-/// The run's loggers (rank 0 holds them): `metrics.jsonl` and the ones the config asks for besides.
+/// The run's loggers (rank 0 holds them): `metrics.jsonl` (core's `MetricsLog`, the contract's writer) and the
+/// ones the config asks for besides.
 pub struct Loggers {
     jsonl: MetricsLog,
     others: Vec<Box<dyn Logger>>,
@@ -77,7 +72,7 @@ impl Loggers {
                 }
             }
         }
-        self.jsonl.log_metrics(fields)?;
+        self.jsonl.write(record)?;
         for logger in &mut self.others {
             logger.log_metrics(fields)?;
         }
