@@ -461,3 +461,37 @@ fn a_logging_section_without_jsonl_or_with_an_unknown_logger_is_one_line() {
     let err = assert_one_line_error(&run.train(&[]), "wandb");
     assert!(err.contains("run.toml"), "{err}");
 }
+
+#[test]
+fn early_stopping_ends_a_run_that_stops_improving_and_its_count_survives_a_resume() {
+    // Every validation after the first fails to improve by 1000: with patience 2, the run validating every 2
+    // steps stops at step 6. A first session ends at step 4 (one non-improving validation counted, in its
+    // checkpoint); the resumed one must stop at 6 too — with the count lost it would go on to step 10.
+    let run =
+        Run::new("eval_steps = 2\n\n[early_stopping]\nmonitor = \"eval_loss\"\nmin_delta = 1000.0\npatience = 2\n");
+    ok(&run.train(&["--max-steps", "4"]));
+    let stdout = ok(&run.train(&["--resume"]));
+    assert!(
+        stdout.contains("stopped early at step 6: eval_loss did not improve by more than 1000 over 2 validations"),
+        "{stdout}"
+    );
+    assert!(run.path("out/final/model.safetensors").exists() && run.path("out/checkpoint-6").is_dir());
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 6, "one validation record at the stopping step, none after: {last}");
+    assert_eq!(metrics.lines().filter(|l| l.contains("eval_loss") && l.contains("\"step\":6")).count(), 1);
+    // The stopped run is finished: a resume changes nothing.
+    let before = snapshot(&run.path("out"));
+    let stdout = ok(&run.train(&["--resume"]));
+    assert!(stdout.contains("nothing to resume") && stdout.contains("stopped early at step 6"), "{stdout}");
+    assert_eq!(snapshot(&run.path("out")), before);
+}
+
+#[test]
+fn an_unknown_monitor_is_one_line_naming_the_logged_metrics() {
+    let run = Run::new("eval_steps = 2\n\n[early_stopping]\nmonitor = \"val_loss\"\n");
+    let err =
+        assert_one_line_error(&run.train(&[]), "early_stopping.monitor: `val_loss` is not a metric this run logs");
+    assert!(err.contains("eval_loss") && err.contains("grad_norm"), "{err}");
+    assert!(!run.path("out/metrics.jsonl").exists(), "nothing written");
+}

@@ -23,6 +23,7 @@ use llmtrain_core::train::{
 use llmtrain_memopt::MemoptSection;
 use serde_json::{Map, Value, json};
 
+use crate::callbacks::{Callback, EarlyStopping, EarlyStoppingSection};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 use crate::loggers::LoggingSection;
@@ -273,7 +274,11 @@ pub fn train<A: AutodiffBackend>(
     };
     let mixed_precision = accelerator.config().mixed_precision;
     let main = accelerator.is_main_process();
-    let mut trainer = Trainer::new(settings, accelerator)?;
+    let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
+    if let Some(early_stopping) = config.section::<EarlyStoppingSection>()? {
+        callbacks.push(Box::new(EarlyStopping::new(early_stopping)));
+    }
+    let mut trainer = Trainer::new(settings, accelerator)?.with_callbacks(callbacks);
     if let Some(fit) = trainer.finished() {
         return Ok(TrainSummary { fit, ..Default::default() });
     }

@@ -43,6 +43,7 @@
 //! # type _A = Autodiff<CpuBackend>;
 //! ```
 
+pub mod callbacks;
 pub mod causal_lm;
 mod data;
 mod error;
@@ -52,6 +53,7 @@ mod progress;
 mod step;
 mod trainer;
 
+pub use callbacks::{Callback, Control, EarlyStopping, EarlyStoppingSection};
 pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
 pub use data::DataModule;
 pub use error::{LightningError, Result};

@@ -47,6 +47,11 @@ pub trait LightningModule<A: AutodiffBackend> {
         net
     }
 
+    /// The names of the metrics `training_step` returns, so a callback's monitor can be checked before step 1.
+    fn metric_names(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// The learning-rate multiplier of the parameter at `path` (LoRA+ raises the B matrices').
     fn lr_scale(&self, _path: &str) -> f64 {
         1.0

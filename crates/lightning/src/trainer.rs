@@ -18,6 +18,7 @@ use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
 use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents};
 use serde_json::{Map, Value, json};
 
+use crate::callbacks::{Callback, Control};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 use crate::loggers::{LoggerKind, Loggers, RUN_OUTPUTS};
@@ -76,7 +77,15 @@ pub struct FitSummary {
     pub already_finished: bool,
     /// The signal (SIGINT/SIGTERM) that stopped the run after step `steps`, whose checkpoint was written.
     pub interrupted_by: Option<i32>,
+    /// Why a callback ended the run before `max_steps` (early stopping); `final/` was written.
+    pub stopped_early: Option<String>,
 }
+
+/// The metrics the Trainer itself logs (a module's own come from [`LightningModule::metric_names`]).
+const TRAINER_METRICS: &[&str] =
+    &["loss", "lr", "grad_norm", "tokens_per_sec", "epoch", "comm_share", "loss_scale", "skipped_steps"];
+/// The metrics of a validation.
+const VALIDATION_METRICS: &[&str] = &["eval_loss", "eval_perplexity"];
 
 /// Runs modules as one rank of `accelerator`'s world.
 pub struct Trainer<'a, A: AutodiffBackend> {
@@ -85,6 +94,7 @@ pub struct Trainer<'a, A: AutodiffBackend> {
     /// The checkpoint a resumed run continues from.
     checkpoint: Option<(PathBuf, TrainerState)>,
     started: Instant,
+    callbacks: Vec<Box<dyn Callback>>,
     _graceful: Option<GracefulStop>,
 }
 
@@ -109,7 +119,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
             None
         };
-        let mut trainer = Self { settings, accelerator, checkpoint, started: Instant::now(), _graceful: None };
+        let mut trainer =
+            Self { settings, accelerator, checkpoint, started: Instant::now(), callbacks: Vec::new(), _graceful: None };
         if trainer.finished().is_none() {
             trainer._graceful = Some(GracefulStop::enter());
             if trainer.accelerator.is_main_process() {
@@ -120,16 +131,25 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok(trainer)
     }
 
-    /// A resumed run that had already finished (its last checkpoint reached `max_steps` and `final/` was
-    /// written after it; a run stopped while writing `final/` goes on and writes it): nothing to do.
+    /// The callbacks the fit calls (Lightning's `Trainer(callbacks=[...])`).
+    pub fn with_callbacks(mut self, callbacks: Vec<Box<dyn Callback>>) -> Self {
+        self.callbacks = callbacks;
+        self
+    }
+
+    /// A resumed run that had already finished (its last checkpoint reached `max_steps`, or a callback stopped
+    /// it, and `final/` was written after it; a run stopped while writing `final/` goes on and writes it):
+    /// nothing to do.
     pub fn finished(&self) -> Option<FitSummary> {
         let (_, state) = self.checkpoint.as_ref()?;
         let final_dir = self.settings.default_root_dir.join("final");
-        (state.step >= self.settings.max_steps && final_dir.is_dir()).then(|| FitSummary {
+        let ended = state.step >= self.settings.max_steps || state.stopped_early.is_some();
+        (ended && final_dir.is_dir()).then(|| FitSummary {
             steps: state.step,
             resumed_from: Some(state.step),
             final_dir,
             already_finished: true,
+            stopped_early: state.stopped_early.clone(),
             elapsed_secs: self.started.elapsed().as_secs_f64(),
             ..Default::default()
         })
@@ -159,6 +179,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if let Some(done) = self.finished() {
             return Ok((done, net));
         }
+        self.check_monitors(module, data)?;
         let s = self.settings.clone();
         let out = s.default_root_dir.clone();
         let main = self.accelerator.is_main_process();
@@ -174,6 +195,11 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             net = module.configure_net(module.load_checkpoint(net, &dir)?);
             check_optimizer_names(&optimizer, &paths, &dir)?;
             data.seek(&state.data_position)?;
+            for callback in &mut self.callbacks {
+                if let Some(saved) = state.callbacks.get(callback.name()) {
+                    callback.load_state_dict(saved)?;
+                }
+            }
             resumed_from = Some(state.step);
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
@@ -200,7 +226,16 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let mut last_val = None;
         let accumulation = self.accelerator.config().gradient_accumulation_steps;
         let mut micro = Vec::with_capacity(accumulation);
-        let checkpoint = |accelerator: &Accelerator<A>, net: &M::Net, optimizer: &AdamW<_>, data: &D, step| {
+        // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
+        let mut latest = Map::new();
+        let mut stopped_early: Option<String> = None;
+        let checkpoint = |accelerator: &Accelerator<A>,
+                          net: &M::Net,
+                          optimizer: &AdamW<_>,
+                          data: &D,
+                          step,
+                          callbacks: &[Box<dyn Callback>],
+                          stopped_early: &Option<String>| {
             let state = TrainerState {
                 step,
                 data_position: data.position(),
@@ -208,6 +243,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 world_size: 1,
                 loss_scaler: None,
                 files: Default::default(),
+                callbacks: callbacks.iter().map(|c| (c.name().to_string(), c.state_dict())).collect(),
+                stopped_early: stopped_early.clone(),
             };
             let mut failed = None;
             let written = accelerator.save_state(&out, optimizer, state, s.save_total_limit, |dir| {
@@ -263,6 +300,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     metrics.log(&record)?;
                     log_line(&progress, &record);
                 }
+                latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
                 window = Window::new(self.accelerator);
             }
             let val_due = s.val_check_interval > 0 && step % s.val_check_interval == 0 && step != s.max_steps;
@@ -274,14 +312,19 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     log_line(&progress, &record);
                 }
                 last_val = Some(val_loss);
+                stopped_early = self.validation_end(step, &record, &mut latest)?;
             }
             let saved = s.every_n_train_steps > 0 && step % s.every_n_train_steps == 0 && step != s.max_steps;
+            if stopped_early.is_some() {
+                // The end of the fit below writes the checkpoint and `final/`.
+                break;
+            }
             if saved {
-                checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+                checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
             }
             if let Some(signal) = stats.stop_signal.filter(|_| step < s.max_steps) {
                 if !saved {
-                    checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+                    checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
                 }
                 progress.finish_and_clear();
                 summary.steps = step;
@@ -292,12 +335,16 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         }
         progress.finish_and_clear();
 
-        if data.has_validation() {
+        // A run a callback stopped has just validated at this step.
+        if data.has_validation() && stopped_early.is_none() {
             let val_loss = self.validate(module, &net, data, device)?;
+            let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
             if let Some(metrics) = &mut metrics {
-                metrics.log(&json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()}))?;
+                metrics.log(&record)?;
             }
             last_val = Some(val_loss);
+            // The callbacks see the last validation too, so their saved state is the run's whole history.
+            self.validation_end(step, &record, &mut latest)?;
         }
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
@@ -306,8 +353,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
         }
         // The last checkpoint and `final/` both hold the end state.
-        checkpoint(self.accelerator, &net, &optimizer, data, step)?;
+        checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
         summary.steps = step;
+        summary.stopped_early = stopped_early;
         summary.final_val_loss = last_val;
         summary.skipped_steps = self.accelerator.skipped_steps();
         summary.loss_scale = self.accelerator.loss_scale();
@@ -330,6 +378,41 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         self.accelerator.wait_for_everyone()?;
         summary.elapsed_secs = self.started.elapsed().as_secs_f64();
         Ok((summary, net))
+    }
+
+    /// Refuses, before step 1, a callback watching a metric this run never logs, naming the ones it does.
+    fn check_monitors<M, D>(&self, module: &M, data: &D) -> Result<()>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
+        let validation: &[&str] = if data.has_validation() { VALIDATION_METRICS } else { &[] };
+        let logged: Vec<&str> =
+            TRAINER_METRICS.iter().chain(validation).copied().chain(module.metric_names()).collect();
+        for callback in &self.callbacks {
+            if let Some(monitor) = callback.monitor().filter(|m| !logged.contains(m)) {
+                let hint = if VALIDATION_METRICS.contains(&monitor) { " (it needs validation data)" } else { "" };
+                return Err(LightningError::Invalid(format!(
+                    "{}.monitor: `{monitor}` is not a metric this run logs{hint}; it logs {}",
+                    callback.name(),
+                    logged.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls every callback's `on_validation_end` with the latest metrics (`record` merged in); the first stop
+    /// asked for ends the run. Every rank computes the same, so all stop after the same step.
+    fn validation_end(&mut self, step: u64, record: &Value, latest: &mut Map<String, Value>) -> Result<Option<String>> {
+        latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        let mut stop = None;
+        for callback in &mut self.callbacks {
+            if let Control::Stop(reason) = callback.on_validation_end(step, latest)? {
+                stop.get_or_insert(reason);
+            }
+        }
+        Ok(stop)
     }
 
     /// The weighted mean validation loss over every rank's batches (Lightning's `validate`).

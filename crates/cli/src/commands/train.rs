@@ -24,6 +24,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <MemoptSection as llmtrain_core::config::ConfigSection>::NAME,
     <LoraSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::LoggingSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_lightning::EarlyStoppingSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -156,6 +157,15 @@ pub fn run_rank<B: Backend>(
     if !accelerator.is_main_process() {
         return Ok(None);
     }
+    if let (true, Some(reason)) = (fit.already_finished, &fit.stopped_early) {
+        println!(
+            "nothing to resume: the run in {} stopped early at step {} ({reason}); its model is {}",
+            overrides.apply(&config).output.dir.display(),
+            fit.steps,
+            fit.final_dir.display()
+        );
+        return Ok(None);
+    }
     if fit.already_finished {
         println!(
             "nothing to resume: the run in {} already reached step {} (max_steps {}); its model is {}",
@@ -177,6 +187,9 @@ pub fn run_rank<B: Backend>(
         (Some(lora), None) => println!("method: LoRA, rank-{} adapters on a frozen base", lora.r),
         (None, _) if overrides.apply(&config).model.path.is_some() => println!("method: full finetuning"),
         (None, _) => println!("method: pretraining from scratch"),
+    }
+    if let Some(reason) = &fit.stopped_early {
+        println!("stopped early at step {}: {reason}", fit.steps);
     }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", fit.steps, fit.elapsed_secs, fit.tokens_per_sec);
     println!("final train loss: {:.4}", fit.final_train_loss);

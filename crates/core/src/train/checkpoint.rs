@@ -45,6 +45,12 @@ pub struct TrainerState {
     pub loss_scaler: Option<crate::train::LossScaler>,
     /// Digests of the other files in the checkpoint, checked before resuming from it.
     pub files: BTreeMap<String, FileDigest>,
+    /// The state of each callback, by name (early stopping's best value and count...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub callbacks: serde_json::Map<String, serde_json::Value>,
+    /// Why the run stopped before `max_steps` (early stopping): a resume has nothing left to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
 }
 
 fn one() -> usize {
