@@ -19,7 +19,7 @@ use llmtrain_lightning::{
 use serde_json::{Value, json};
 
 use crate::common;
-use common::A;
+use common::{A, weights};
 
 const VOCAB: usize = 32;
 const SEQ: usize = 6;
@@ -137,14 +137,6 @@ fn network() -> NormOnly<A> {
     NormOnly { decoder }
 }
 
-fn flat<B: Backend>(module: &impl Module<B>) -> Vec<f32> {
-    let mut all = Vec::new();
-    llmtrain_core::train::param_paths::visit_floats(module, |value| {
-        all.extend(value.into_data().convert::<f32>().into_vec::<f32>().unwrap());
-    });
-    all
-}
-
 /// Trains on `world` ranks with `accumulation` up to `max_steps`, resuming from `out` when asked; returns rank 0's
 /// final norm weights and every weight of the network.
 fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bool) -> (Vec<f32>, Vec<f32>, f64) {
@@ -179,7 +171,7 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
         let mut trainer = Trainer::new(settings, &mut accelerator)?;
         let (summary, net) = trainer.fit(&SquaredLogitPenalty, network(), &mut data, &device)?;
         let norm = net.decoder.norm.weight.val().into_data().into_vec::<f32>().unwrap();
-        Ok((norm, flat(&net.valid()), summary.final_train_loss))
+        Ok((norm, weights(&net.valid()), summary.final_train_loss))
     })
     .unwrap();
     results.into_iter().next().unwrap()
@@ -188,7 +180,7 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
 #[test]
 fn a_new_objective_trains_data_parallel_with_accumulation_checkpoints_and_resume() {
     let straight = tempfile::tempdir().unwrap();
-    let (norm, weights, loss) = fit(straight.path(), 2, 2, 6, false);
+    let (norm, trained, loss) = fit(straight.path(), 2, 2, 6, false);
     assert!(
         straight.path().join("checkpoint-6/norm.json").is_file() && straight.path().join("final/norm.json").is_file()
     );
@@ -208,8 +200,8 @@ fn a_new_objective_trains_data_parallel_with_accumulation_checkpoints_and_resume
     assert!(diff < 1e-5, "2 ranks × accumulation 2 vs 1 rank × 4: {diff}");
 
     // Only the norm trained, and it learned to shrink the logits.
-    let initial = flat(&network().valid());
-    let moved: Vec<usize> = (0..initial.len()).filter(|&i| initial[i] != weights[i]).collect();
+    let initial = weights(&network().valid());
+    let moved: Vec<usize> = (0..initial.len()).filter(|&i| initial[i] != trained[i]).collect();
     assert!(!moved.is_empty() && moved.len() <= 16, "only the 16 norm weights move: {}", moved.len());
     let initial_norm = network().decoder.norm.weight.val().into_data().into_vec::<f32>().unwrap();
     let shrunk = norm.iter().map(|w| w.abs()).sum::<f32>() < initial_norm.iter().map(|w| w.abs()).sum::<f32>();
