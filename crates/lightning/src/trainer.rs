@@ -300,19 +300,16 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     metrics.log(&record)?;
                     log_line(&progress, &record);
                 }
-                latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+                remember(&mut latest, &record);
                 window = Window::new(self.accelerator);
             }
             let val_due = s.val_check_interval > 0 && step % s.val_check_interval == 0 && step != s.max_steps;
             if val_due && data.has_validation() {
-                let val_loss = self.validate(module, &net, data, device)?;
-                let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
-                if let Some(metrics) = &mut metrics {
-                    metrics.log(&record)?;
-                    log_line(&progress, &record);
-                }
+                let shown = Some(&progress);
+                let val_loss;
+                (val_loss, stopped_early) =
+                    self.fit_validation(module, &net, data, device, step, metrics.as_mut(), shown, &mut latest)?;
                 last_val = Some(val_loss);
-                stopped_early = self.validation_end(step, &record, &mut latest)?;
             }
             let saved = s.every_n_train_steps > 0 && step % s.every_n_train_steps == 0 && step != s.max_steps;
             if stopped_early.is_some() {
@@ -337,14 +334,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
 
         // A run a callback stopped has just validated at this step.
         if data.has_validation() && stopped_early.is_none() {
-            let val_loss = self.validate(module, &net, data, device)?;
-            let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
-            if let Some(metrics) = &mut metrics {
-                metrics.log(&record)?;
-            }
-            last_val = Some(val_loss);
             // The callbacks see the last validation too, so their saved state is the run's whole history.
-            self.validation_end(step, &record, &mut latest)?;
+            let (val_loss, _) =
+                self.fit_validation(module, &net, data, device, step, metrics.as_mut(), None, &mut latest)?;
+            last_val = Some(val_loss);
         }
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
@@ -402,17 +395,41 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok(())
     }
 
-    /// Calls every callback's `on_validation_end` with the latest metrics (`record` merged in); the first stop
-    /// asked for ends the run. Every rank computes the same, so all stop after the same step.
-    fn validation_end(&mut self, step: u64, record: &Value, latest: &mut Map<String, Value>) -> Result<Option<String>> {
-        latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+    /// A validation during a fit: the mean loss, logged by rank 0 (and shown beside the progress bar, when one
+    /// is given), then every callback's `on_validation_end` with the latest metrics. Returns the loss and the
+    /// first stop a callback asked for; every rank computes the same, so all stop after the same step.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_validation<M, D>(
+        &mut self,
+        module: &M,
+        net: &M::Net,
+        data: &D,
+        device: &A::Device,
+        step: u64,
+        loggers: Option<&mut Loggers>,
+        shown: Option<&ProgressBar>,
+        latest: &mut Map<String, Value>,
+    ) -> Result<(f64, Option<String>)>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
+        let val_loss = self.validate(module, net, data, device)?;
+        let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
+        if let Some(loggers) = loggers {
+            loggers.log(&record)?;
+            if let Some(progress) = shown {
+                log_line(progress, &record);
+            }
+        }
+        remember(latest, &record);
         let mut stop = None;
         for callback in &mut self.callbacks {
             if let Control::Stop(reason) = callback.on_validation_end(step, latest)? {
                 stop.get_or_insert(reason);
             }
         }
-        Ok(stop)
+        Ok((val_loss, stop))
     }
 
     /// The weighted mean validation loss over every rank's batches (Lightning's `validate`).
@@ -450,6 +467,11 @@ fn check_optimizer_names<B: burn::tensor::backend::Backend>(
         )));
     }
     Ok(())
+}
+
+/// Keeps each value of `record` as the latest of its metric.
+fn remember(latest: &mut Map<String, Value>, record: &Value) {
+    latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
 }
 
 fn with_step(step: u64, figures: &Map<String, Value>) -> Value {

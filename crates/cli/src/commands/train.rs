@@ -157,23 +157,14 @@ pub fn run_rank<B: Backend>(
     if !accelerator.is_main_process() {
         return Ok(None);
     }
-    if let (true, Some(reason)) = (fit.already_finished, &fit.stopped_early) {
-        println!(
-            "nothing to resume: the run in {} stopped early at step {} ({reason}); its model is {}",
-            overrides.apply(&config).output.dir.display(),
-            fit.steps,
-            fit.final_dir.display()
-        );
-        return Ok(None);
-    }
     if fit.already_finished {
-        println!(
-            "nothing to resume: the run in {} already reached step {} (max_steps {}); its model is {}",
-            overrides.apply(&config).output.dir.display(),
-            fit.steps,
-            overrides.apply(&config).training.max_steps,
-            fit.final_dir.display()
-        );
+        let applied = overrides.apply(&config);
+        let ended = match &fit.stopped_early {
+            Some(reason) => format!("stopped early at step {} ({reason})", fit.steps),
+            None => format!("already reached step {} (max_steps {})", fit.steps, applied.training.max_steps),
+        };
+        let (output, model) = (applied.output.dir.display(), fit.final_dir.display());
+        println!("nothing to resume: the run in {output} {ended}; its model is {model}");
         return Ok(None);
     }
     if world > 1 {

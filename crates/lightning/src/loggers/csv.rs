@@ -51,16 +51,18 @@ impl Logger for CsvLogger {
     fn log_metrics(&mut self, record: &Map<String, Value>) -> Result<()> {
         let row: Map<String, Value> =
             record.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.rows.push(row.clone());
         if row.keys().any(|name| !self.columns.contains(name)) {
             self.columns.extend(row.keys().cloned());
             self.columns.sort();
             self.columns.dedup();
+            self.rows.push(row);
             self.file = rewrite(&self.path, &self.columns, &self.rows)?;
             return Ok(());
         }
         let line = csv_line(&self.columns, &row)?;
-        self.file.write_all(&line).and_then(|()| self.file.flush()).map_err(|e| CoreError::io(&self.path, e).into())
+        self.file.write_all(&line).and_then(|()| self.file.flush()).map_err(|e| CoreError::io(&self.path, e))?;
+        self.rows.push(row);
+        Ok(())
     }
 }
 
