@@ -9,7 +9,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
 use llmtrain_core::dist::{Communicator, InProcess};
-use llmtrain_core::train::checkpoint::{TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint};
+use llmtrain_core::train::checkpoint::{
+    SavePlan, TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint,
+};
 use llmtrain_core::train::param_paths::map_floats;
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_grad_norm};
 
@@ -307,7 +309,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         Ok(self.comm.barrier()?)
     }
 
-    /// Saves the training state as `output_dir/checkpoint-<step>/`: `write_files` writes the trained module's
+    /// Saves the training state as `output_dir/checkpoint-<step>/` (named and pruned as `plan` says): `write_files` writes the trained module's
     /// files (a model, an adapter, a tokenizer), then the optimizer and the trainer state with this run's world
     /// size. Written by rank 0, atomically, then every rank waits for it. All ranks hold identical replicas, and
     /// the data position is common to them, so one copy is every rank's state.
@@ -316,13 +318,13 @@ impl<A: AutodiffBackend> Accelerator<A> {
         output_dir: &Path,
         optimizer: &AdamW<A::InnerBackend>,
         mut state: TrainerState,
-        keep: usize,
+        plan: &SavePlan,
         write_files: impl FnOnce(&Path) -> llmtrain_core::Result<()>,
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
         let written = if self.is_main_process() {
-            Some(save_checkpoint_with(output_dir, optimizer, state, keep, write_files)?)
+            Some(save_checkpoint_with(output_dir, optimizer, state, plan, write_files)?)
         } else {
             None
         };

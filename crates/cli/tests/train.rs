@@ -495,3 +495,80 @@ fn an_unknown_monitor_is_one_line_naming_the_logged_metrics() {
     assert!(err.contains("eval_loss") && err.contains("grad_norm"), "{err}");
     assert!(!run.path("out/metrics.jsonl").exists(), "nothing written");
 }
+
+/// The `checkpoint-*` directory names of `out`, sorted by step.
+fn checkpoint_names(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    names.sort_by_key(|n| n["checkpoint-".len()..].split('-').next().unwrap().parse::<u64>().unwrap());
+    names
+}
+
+#[test]
+fn model_checkpoint_keeps_the_top_k_by_the_monitor_and_resume_best_continues_from_the_best() {
+    // Ranked by the highest eval loss (max mode), so the best checkpoints are early ones, not the last.
+    let run = Run::new(
+        "eval_steps = 2\n\n[model_checkpoint]\nmonitor = \"eval_loss\"\nmode = \"max\"\nsave_top_k = 2\n\
+         every_n_train_steps = 2\n",
+    );
+    ok(&run.train(&["--max-steps", "12"]));
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let mut evals: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| Some((r["step"].as_u64()?, r["eval_loss"].as_f64()?)))
+        .collect();
+    assert_eq!(evals.len(), 6, "a validation every 2 steps: {evals:?}");
+    evals.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept: Vec<u64> = vec![evals[0].0, evals[1].0, 12];
+    kept.sort();
+    kept.dedup();
+    let names = checkpoint_names(&run.path("out"));
+    let expected: Vec<String> = kept
+        .iter()
+        .map(|step| {
+            let value = evals.iter().find(|(s, _)| s == step).unwrap().1;
+            format!("checkpoint-{step}-eval_loss={value:.4}")
+        })
+        .collect();
+    assert_eq!(names, expected, "the 2 highest eval losses and the last, each named with its value");
+
+    // --resume best continues from the best one; what came after it moves aside, and since resuming is exact
+    // the run ends where it ended before.
+    let before = run.final_weights();
+    let best = evals[0].0;
+    let resumed = run.train(&["--resume", "best", "--max-steps", "12"]);
+    ok(&resumed);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        stderr.contains(&format!("checkpoint-{best}-eval_loss=")) && stderr.contains(&format!("(step {best})")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was deleted"), "{stderr}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(run.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("superseded-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(std::fs::read(aside[0].join("final/model.safetensors")).unwrap() == before, "the old final/ kept");
+    assert!(aside[0].join("metrics.jsonl").is_file());
+    assert!(run.final_weights() == before, "resumed from step {best}: the same end");
+    assert_eq!(checkpoint_names(&run.path("out")), names, "the same checkpoints again");
+}
+
+#[test]
+fn resume_best_without_a_monitor_and_resume_of_a_missing_directory_are_one_line() {
+    let run = Run::new("");
+    ok(&run.train(&["--max-steps", "4"]));
+    let before = snapshot(&run.path("out"));
+    assert_one_line_error(&run.train(&["--resume", "best"]), "ranks no checkpoint by a metric");
+    assert_one_line_error(
+        &run.train(&["--resume", "no/such/checkpoint"]),
+        "--resume no/such/checkpoint: not an intact checkpoint",
+    );
+    assert_eq!(snapshot(&run.path("out")), before, "nothing written");
+}

@@ -18,8 +18,8 @@ pub struct TrainOverrides {
     pub model: Option<PathBuf>,
     pub max_steps: Option<u64>,
     pub output_dir: Option<PathBuf>,
-    /// Continue from the newest intact checkpoint of the output directory (an error if there is none).
-    pub resume: bool,
+    /// Continue from a checkpoint (the newest intact one of the output directory, the best, or a directory).
+    pub resume: Option<crate::train::checkpoint::ResumeFrom>,
     /// Delete an earlier run in the output directory and start over (without it, such a run is refused).
     pub overwrite: bool,
 }

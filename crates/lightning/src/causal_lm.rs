@@ -23,7 +23,7 @@ use llmtrain_core::train::{
 use llmtrain_memopt::MemoptSection;
 use serde_json::{Map, Value, json};
 
-use crate::callbacks::{Callback, EarlyStopping, EarlyStoppingSection};
+use crate::callbacks::{Callback, EarlyStopping, EarlyStoppingSection, ModelCheckpointSection};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 use crate::loggers::LoggingSection;
@@ -261,13 +261,18 @@ pub fn train<A: AutodiffBackend>(
         log_every_n_steps: tr.logging_steps,
         val_check_interval: tr.eval_steps,
         limit_val_batches: tr.eval_batches,
-        every_n_train_steps: tr.save_steps,
-        save_total_limit: tr.save_total_limit,
+        model_checkpoint: match config.section::<ModelCheckpointSection>()? {
+            Some(section) => ModelCheckpointSection {
+                every_n_train_steps: section.every_n_train_steps.or(Some(tr.save_steps)),
+                ..section
+            },
+            None => ModelCheckpointSection::newest(tr.save_total_limit, tr.save_steps),
+        },
         gradient_checkpointing: memopt
             .gradient_checkpointing
             .then_some(Recompute { offload: memopt.checkpoint_offload }),
         seed: tr.seed,
-        resume: overrides.resume,
+        resume: overrides.resume.clone(),
         overwrite: overrides.overwrite,
         loggers: config.section::<LoggingSection>()?.unwrap_or_default().loggers,
         hparams: hparams(&config, memopt),

@@ -53,7 +53,9 @@ mod progress;
 mod step;
 mod trainer;
 
-pub use callbacks::{Callback, Control, EarlyStopping, EarlyStoppingSection};
+pub use callbacks::{
+    Callback, Control, EarlyStopping, EarlyStoppingSection, Mode, ModelCheckpoint, ModelCheckpointSection,
+};
 pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
 pub use data::DataModule;
 pub use error::{LightningError, Result};

@@ -12,16 +12,17 @@ use llmtrain_accel::{Accelerator, ReduceOp};
 use llmtrain_core::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::interrupt::GracefulStop;
-use llmtrain_core::train::checkpoint::{TrainerState, latest_valid_checkpoint};
+use llmtrain_core::train::checkpoint::{ResumeFrom, TrainerState, latest_valid_checkpoint, verify_checkpoint};
+use llmtrain_core::train::metrics::METRICS_FILE;
 use llmtrain_core::train::param_paths::trainable_paths;
 use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
-use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents};
+use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents, set_aside_after};
 use serde_json::{Map, Value, json};
 
-use crate::callbacks::{Callback, Control};
+use crate::callbacks::{Callback, Control, ModelCheckpoint, ModelCheckpointSection};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
-use crate::loggers::{LoggerKind, Loggers, RUN_OUTPUTS};
+use crate::loggers::{LoggerKind, Loggers, RUN_OUTPUTS, csv::CSV_FILE};
 use crate::module::{LightningModule, LossParts, Recompute};
 use crate::progress::{Window, bar_message, log_line, progress_bar};
 use crate::step::{StepOptions, optimizer_step};
@@ -41,13 +42,13 @@ pub struct TrainerSettings {
     /// Validate every this many steps (0: only at the end).
     pub val_check_interval: u64,
     pub limit_val_batches: usize,
-    /// Checkpoint every this many steps (0: only at the end), keeping the `save_total_limit` newest.
-    pub every_n_train_steps: u64,
-    pub save_total_limit: usize,
+    /// When to checkpoint and which checkpoints to keep (Lightning's `ModelCheckpoint`).
+    pub model_checkpoint: ModelCheckpointSection,
     pub gradient_checkpointing: Option<Recompute>,
     pub seed: u64,
-    /// Continue from the newest intact checkpoint (an error if there is none).
-    pub resume: bool,
+    /// Continue from a checkpoint: the newest intact one, the best by the monitored metric, or a directory
+    /// (Lightning's `ckpt_path`); none there is an error.
+    pub resume: Option<ResumeFrom>,
     /// Delete an earlier run's checkpoints, `final/` and metrics and start over.
     pub overwrite: bool,
     /// Where metric records go besides `metrics.jsonl` (Lightning's loggers).
@@ -95,32 +96,51 @@ pub struct Trainer<'a, A: AutodiffBackend> {
     checkpoint: Option<(PathBuf, TrainerState)>,
     started: Instant,
     callbacks: Vec<Box<dyn Callback>>,
+    /// Names and prunes the checkpoints (also a callback: its state is in every checkpoint).
+    model_checkpoint: ModelCheckpoint,
     _graceful: Option<GracefulStop>,
 }
 
 impl<'a, A: AutodiffBackend> Trainer<'a, A> {
     /// Settles what happens to an earlier run in the output directory before anything is written: refused
-    /// without `resume`/`overwrite`; with `resume`, the newest intact checkpoint is found (an error if none).
-    /// Unless the run turns out finished, SIGINT/SIGTERM from here on finish the current step and checkpoint it
-    /// (a second one stops at once), and rank 0 creates the output directory.
+    /// without `resume`/`overwrite`; with `resume`, the checkpoint to continue from is found and verified (an
+    /// error if none). Unless the run turns out finished, SIGINT/SIGTERM from here on finish the current step and
+    /// checkpoint it (a second one stops at once), and rank 0 creates the output directory.
     pub fn new(settings: TrainerSettings, accelerator: &'a mut Accelerator<A>) -> Result<Self> {
         let out = &settings.default_root_dir;
-        let checkpoint = if settings.resume {
-            Some(latest_valid_checkpoint(out)?.ok_or_else(|| LightningError::Invalid(nothing_to_resume(out)))?)
-        } else {
-            let earlier = earlier_run_contents(out, RUN_OUTPUTS)?;
-            if !earlier.is_empty() && !settings.overwrite {
-                return Err(LightningError::Invalid(format!(
-                    "{} holds an earlier run ({}): pass --resume to continue it, or --overwrite to delete it and \
-                     start over",
-                    out.display(),
-                    llmtrain_core::fsutil::shorten(&earlier, 4)
-                )));
+        let nothing = || LightningError::Invalid(nothing_to_resume(out));
+        let checkpoint = match &settings.resume {
+            None => {
+                refuse_earlier_run(
+                    out,
+                    settings.overwrite,
+                    "pass --resume to continue it, or --overwrite to delete it and start over",
+                )?;
+                None
             }
-            None
+            Some(ResumeFrom::Last) => Some(latest_valid_checkpoint(out)?.ok_or_else(nothing)?),
+            Some(ResumeFrom::Best) => Some(ModelCheckpoint::best_checkpoint(out)?.ok_or_else(nothing)?),
+            Some(ResumeFrom::Dir(dir)) => {
+                let state = verify_checkpoint(dir).map_err(|err| {
+                    LightningError::Invalid(format!("--resume {}: not an intact checkpoint: {err}", dir.display()))
+                })?;
+                if !is_checkpoint_of(dir, out) {
+                    // Another run's checkpoint continues into this output directory, which must hold no run.
+                    refuse_earlier_run(out, settings.overwrite, "pass another --output-dir for the continued run")?;
+                }
+                Some((dir.clone(), state))
+            }
         };
-        let mut trainer =
-            Self { settings, accelerator, checkpoint, started: Instant::now(), callbacks: Vec::new(), _graceful: None };
+        let model_checkpoint = ModelCheckpoint::new(settings.model_checkpoint.clone());
+        let mut trainer = Self {
+            settings,
+            accelerator,
+            checkpoint,
+            started: Instant::now(),
+            callbacks: Vec::new(),
+            model_checkpoint,
+            _graceful: None,
+        };
         if trainer.finished().is_none() {
             trainer._graceful = Some(GracefulStop::enter());
             if trainer.accelerator.is_main_process() {
@@ -195,7 +215,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             net = module.configure_net(module.load_checkpoint(net, &dir)?);
             check_optimizer_names(&optimizer, &paths, &dir)?;
             data.seek(&state.data_position)?;
-            for callback in &mut self.callbacks {
+            let model_checkpoint: &mut dyn Callback = &mut self.model_checkpoint;
+            for callback in self.callbacks.iter_mut().map(|c| c.as_mut()).chain([model_checkpoint]) {
                 if let Some(saved) = state.callbacks.get(callback.name()) {
                     callback.load_state_dict(saved)?;
                 }
@@ -203,6 +224,19 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             resumed_from = Some(state.step);
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
+                if is_checkpoint_of(&dir, &out) {
+                    // What came after this checkpoint is another history: kept aside, not mixed with this one.
+                    if let Some((aside, moved)) = set_aside_after(&out, state.step, &dir, &[METRICS_FILE, CSV_FILE])? {
+                        eprintln!(
+                            "moved what the run wrote after step {} ({}) to {}; nothing was deleted",
+                            state.step,
+                            moved.join(", "),
+                            aside.display()
+                        );
+                    }
+                } else if s.overwrite {
+                    clear_previous_run(&out, RUN_OUTPUTS)?;
+                }
             }
         } else if main {
             clear_previous_run(&out, RUN_OUTPUTS)?;
@@ -229,37 +263,6 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
         let mut latest = Map::new();
         let mut stopped_early: Option<String> = None;
-        let checkpoint = |accelerator: &Accelerator<A>,
-                          net: &M::Net,
-                          optimizer: &AdamW<_>,
-                          data: &D,
-                          step,
-                          callbacks: &[Box<dyn Callback>],
-                          stopped_early: &Option<String>| {
-            let state = TrainerState {
-                step,
-                data_position: data.position(),
-                seed: s.seed,
-                world_size: 1,
-                loss_scaler: None,
-                files: Default::default(),
-                callbacks: callbacks.iter().map(|c| (c.name().to_string(), c.state_dict())).collect(),
-                stopped_early: stopped_early.clone(),
-            };
-            let mut failed = None;
-            let written = accelerator.save_state(&out, optimizer, state, s.save_total_limit, |dir| {
-                module.save_checkpoint(net, dir).map_err(|err| {
-                    let message = err.to_string();
-                    failed = Some(err);
-                    CoreError::Invalid(message)
-                })
-            });
-            match (written, failed) {
-                (_, Some(err)) => Err(err),
-                (Err(err), None) => Err(err.into()),
-                (Ok(_), None) => Ok(()),
-            }
-        };
         while step < s.max_steps {
             micro.clear();
             for _ in 0..accumulation {
@@ -311,18 +314,19 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     self.fit_validation(module, &net, data, device, step, metrics.as_mut(), shown, &mut latest)?;
                 last_val = Some(val_loss);
             }
-            let saved = s.every_n_train_steps > 0 && step % s.every_n_train_steps == 0 && step != s.max_steps;
+            let every = self.model_checkpoint.every_n_train_steps();
+            let saved = every > 0 && step % every == 0 && step != s.max_steps;
             if stopped_early.is_some() {
                 // The end of the fit below writes the checkpoint and `final/`.
                 break;
             }
-            if saved {
-                checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
+            let signal = stats.stop_signal.filter(|_| step < s.max_steps);
+            if saved || signal.is_some() {
+                let at =
+                    Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: signal.is_some() };
+                self.save(module, &net, &optimizer, data, at)?;
             }
-            if let Some(signal) = stats.stop_signal.filter(|_| step < s.max_steps) {
-                if !saved {
-                    checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
-                }
+            if let Some(signal) = signal {
                 progress.finish_and_clear();
                 summary.steps = step;
                 summary.interrupted_by = Some(signal);
@@ -346,7 +350,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
         }
         // The last checkpoint and `final/` both hold the end state.
-        checkpoint(self.accelerator, &net, &optimizer, data, step, &self.callbacks, &stopped_early)?;
+        let at = Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: false };
+        self.save(module, &net, &optimizer, data, at)?;
         summary.steps = step;
         summary.stopped_early = stopped_early;
         summary.final_val_loss = last_val;
@@ -373,6 +378,52 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok((summary, net))
     }
 
+    /// Writes the checkpoint of `at.step` (rank 0), named and pruned as the [`ModelCheckpoint`] says, with every
+    /// callback's state.
+    fn save<M, D>(
+        &mut self,
+        module: &M,
+        net: &M::Net,
+        optimizer: &AdamW<A::InnerBackend>,
+        data: &D,
+        at: Snapshot<'_>,
+    ) -> Result<()>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
+        let plan = self.model_checkpoint.plan(at.step, at.latest, at.interrupted);
+        let model_checkpoint: &dyn Callback = &self.model_checkpoint;
+        let callbacks = self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]);
+        let state = TrainerState {
+            step: at.step,
+            data_position: data.position(),
+            seed: self.settings.seed,
+            world_size: 1,
+            loss_scaler: None,
+            files: Default::default(),
+            callbacks: callbacks
+                .map(|c| (c.name().to_string(), c.state_dict()))
+                .filter(|(_, state)| !state.is_null())
+                .collect(),
+            stopped_early: at.stopped_early.clone(),
+        };
+        let mut failed = None;
+        let out = &self.settings.default_root_dir;
+        let written = self.accelerator.save_state(out, optimizer, state, &plan, |dir| {
+            module.save_checkpoint(net, dir).map_err(|err| {
+                let message = err.to_string();
+                failed = Some(err);
+                CoreError::Invalid(message)
+            })
+        });
+        match (written, failed) {
+            (_, Some(err)) => Err(err),
+            (Err(err), None) => Err(err.into()),
+            (Ok(_), None) => Ok(()),
+        }
+    }
+
     /// Refuses, before step 1, a callback watching a metric this run never logs, naming the ones it does.
     fn check_monitors<M, D>(&self, module: &M, data: &D) -> Result<()>
     where
@@ -382,7 +433,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let validation: &[&str] = if data.has_validation() { VALIDATION_METRICS } else { &[] };
         let logged: Vec<&str> =
             TRAINER_METRICS.iter().chain(validation).copied().chain(module.metric_names()).collect();
-        for callback in &self.callbacks {
+        let model_checkpoint: &dyn Callback = &self.model_checkpoint;
+        for callback in self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]) {
             if let Some(monitor) = callback.monitor().filter(|m| !logged.contains(m)) {
                 let hint = if VALIDATION_METRICS.contains(&monitor) { " (it needs validation data)" } else { "" };
                 return Err(LightningError::Invalid(format!(
@@ -467,6 +519,38 @@ fn check_optimizer_names<B: burn::tensor::backend::Backend>(
         )));
     }
     Ok(())
+}
+
+/// Where a fit stands when it checkpoints.
+struct Snapshot<'s> {
+    step: u64,
+    /// The latest value of every metric logged.
+    latest: &'s Map<String, Value>,
+    /// Why a callback ended the run, if one did.
+    stopped_early: &'s Option<String>,
+    /// A signal stops the run after this checkpoint: it is kept whatever it scores.
+    interrupted: bool,
+}
+
+/// Whether `dir` is a checkpoint directory of the run in `out` (not another run's).
+fn is_checkpoint_of(dir: &Path, out: &Path) -> bool {
+    let parent = dir
+        .parent()
+        .and_then(|p| std::fs::canonicalize(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok());
+    parent.is_some() && parent == std::fs::canonicalize(out).ok()
+}
+
+/// Refuses to start over an earlier run in `out` unless `overwrite`; `remedy` says what to do instead.
+fn refuse_earlier_run(out: &Path, overwrite: bool, remedy: &str) -> Result<()> {
+    let earlier = earlier_run_contents(out, RUN_OUTPUTS)?;
+    if earlier.is_empty() || overwrite {
+        return Ok(());
+    }
+    Err(LightningError::Invalid(format!(
+        "{} holds an earlier run ({}): {remedy}",
+        out.display(),
+        llmtrain_core::fsutil::shorten(&earlier, 4)
+    )))
 }
 
 /// Keeps each value of `record` as the latest of its metric.

@@ -11,10 +11,11 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
 use llmtrain_core::model::{LlamaModel, ModelConfig};
+use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_core::train::{AdamWConfig, Schedule, ScheduleKind};
 use llmtrain_lightning::{
-    DataModule, LightningError, LightningModule, LoggerKind, LossParts, Result, StepContext, StepOutput, Trainer,
-    TrainerSettings,
+    DataModule, LightningError, LightningModule, LoggerKind, LossParts, ModelCheckpointSection, Result, StepContext,
+    StepOutput, Trainer, TrainerSettings,
 };
 use serde_json::{Value, json};
 
@@ -159,11 +160,10 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
             log_every_n_steps: 1,
             val_check_interval: 0,
             limit_val_batches: 1,
-            every_n_train_steps: 2,
-            save_total_limit: 2,
+            model_checkpoint: ModelCheckpointSection::newest(2, 2),
             gradient_checkpointing: None,
             seed: 3,
-            resume,
+            resume: resume.then_some(ResumeFrom::Last),
             overwrite: false,
             loggers: vec![LoggerKind::Jsonl],
             hparams: serde_json::Value::Null,

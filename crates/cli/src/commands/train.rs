@@ -1,4 +1,4 @@
-//! `llmtrain train --config FILE [--model DIR] [--max-steps N] [--output-dir DIR] [--resume]`.
+//! `llmtrain train --config FILE [--model DIR] [--max-steps N] [--output-dir DIR] [--resume [last|best|DIR]]`.
 //!
 //! One process is a world of one rank; under `mpirun`/`srun` (built with `mpi`) each process is one rank of
 //! the MPI world; `llmtrain launch` runs it as several in-process ranks through [`run_rank`].
@@ -15,6 +15,7 @@ use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
 use llmtrain_core::setup::TrainOverrides;
 use llmtrain_core::train::LossScaleConfig;
+use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_fastlora::LoraSection;
 use llmtrain_memopt::MemoptSection;
 
@@ -25,6 +26,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <LoraSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::LoggingSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::EarlyStoppingSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_lightning::ModelCheckpointSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -41,9 +43,11 @@ pub struct Args {
     /// Where metrics, checkpoints and final/ go; overrides `[output] dir`.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Continue from the newest intact checkpoint in the output directory (an error if there is none).
-    #[arg(long, conflicts_with = "overwrite")]
-    pub resume: bool,
+    /// Continue from a checkpoint: `last` (the bare flag: the newest intact one in the output directory), `best`
+    /// (the best by `[model_checkpoint] monitor`), or a checkpoint directory. Checkpoints written after the one
+    /// resumed move to the output directory's `superseded-<time>/`.
+    #[arg(long, value_name = "last|best|DIR", num_args = 0..=1, default_missing_value = "last", conflicts_with = "overwrite")]
+    pub resume: Option<ResumeFrom>,
     /// Delete an earlier run's checkpoints, final/ and metrics in the output directory and start over.
     #[arg(long)]
     pub overwrite: bool,
@@ -132,7 +136,7 @@ pub fn run_rank<B: Backend>(
         model: args.model.clone(),
         max_steps: args.max_steps,
         output_dir: args.output_dir.clone(),
-        resume: args.resume,
+        resume: args.resume.clone(),
         overwrite: args.overwrite,
     };
     let method: Box<dyn Finetune<Autodiff<B>>> = match &lora {

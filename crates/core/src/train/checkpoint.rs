@@ -14,7 +14,6 @@ use crate::error::{CoreError, Result};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::hf::{self, HfConfig, HostTensor, SaveOptions, StorageDtype, TensorFiles};
 use crate::model::LlamaModel;
-use crate::tokenizer::TextTokenizer;
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -62,40 +61,79 @@ fn digest(path: &Path) -> Result<FileDigest> {
     Ok(FileDigest { bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
 }
 
-/// Writes `output_dir/checkpoint-<step>/` (a model's f32 weights, its tokenizer, the optimizer and the state)
-/// atomically and removes all but the `keep` most recent checkpoints.
-pub fn save_checkpoint<B: Backend, I: Backend>(
-    output_dir: &Path,
-    model: &LlamaModel<B>,
-    hf_config: &HfConfig,
-    optimizer: &AdamW<I>,
-    tokenizer: &TextTokenizer,
-    state: TrainerState,
-    keep: usize,
-) -> Result<PathBuf> {
-    save_checkpoint_with(output_dir, optimizer, state, keep, |dir| {
-        save_model_state(model, hf_config, dir)?;
-        tokenizer.save(dir)
-    })
-}
-
 /// A model's weights as a checkpoint holds them: an HF directory in f32, so a resumed run continues bit for bit.
 pub fn save_model_state<B: Backend>(model: &LlamaModel<B>, hf_config: &HfConfig, dir: &Path) -> Result<()> {
     let f32_weights = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
     hf::save_model(model, hf_config, dir, &f32_weights)
 }
 
-/// Writes `output_dir/checkpoint-<step>/` atomically: `write_files` writes what the trained module needs (a
-/// model, an adapter, a tokenizer), then the optimizer, and last the trainer state with a digest of every file,
-/// so a damaged checkpoint is detected on resume. Removes all but the `keep` most recent checkpoints.
+/// How a checkpoint is named and which checkpoints stay once it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavePlan {
+    /// Appended to `checkpoint-<step>`: the monitored value (`-eval_loss=2.3456`), or nothing.
+    pub suffix: String,
+    pub keep: Retention,
+}
+
+/// Which checkpoints of the output directory a save keeps (the one it writes among them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retention {
+    /// The `n` newest (transformers' `save_total_limit`; at least one).
+    Newest(usize),
+    /// Those of these steps (a monitored metric's top k, and the last).
+    Steps(std::collections::BTreeSet<u64>),
+}
+
+impl SavePlan {
+    /// `checkpoint-<step>`, keeping the `n` newest.
+    pub fn newest(n: usize) -> Self {
+        Self { suffix: String::new(), keep: Retention::Newest(n) }
+    }
+}
+
+/// Where a run continues from (`llmtrain train --resume [last|best|DIR]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The newest intact checkpoint of the output directory.
+    Last,
+    /// The checkpoint whose monitored metric was best (`[model_checkpoint] monitor`).
+    Best,
+    /// This checkpoint directory.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for ResumeFrom {
+    type Err = std::convert::Infallible;
+    /// `last`, `best`, or a directory (write `./best` for a directory named `best`).
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match text {
+            "last" => Self::Last,
+            "best" => Self::Best,
+            dir => Self::Dir(PathBuf::from(dir)),
+        })
+    }
+}
+
+/// The step of a checkpoint directory's name: `checkpoint-<step>`, optionally followed by `-<anything>` (the
+/// monitored value).
+pub fn checkpoint_step(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let digits = rest.split_once('-').map_or(rest, |(step, _)| step);
+    digits.parse().ok()
+}
+
+/// Writes `output_dir/checkpoint-<step><suffix>/` atomically: `write_files` writes what the trained module needs
+/// (a model, an adapter, a tokenizer), then the optimizer, and last the trainer state with a digest of every
+/// file, so a damaged checkpoint is detected on resume. Then removes the checkpoints `plan` does not keep.
 pub fn save_checkpoint_with<I: Backend>(
     output_dir: &Path,
     optimizer: &AdamW<I>,
     mut state: TrainerState,
-    keep: usize,
+    plan: &SavePlan,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let target = output_dir.join(format!("{PREFIX}{}", state.step));
+    let step = state.step;
+    let target = output_dir.join(format!("{PREFIX}{step}{}", plan.suffix));
     write_dir_atomic(&target, |dir| {
         write_files(dir)?;
         write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
@@ -112,13 +150,22 @@ pub fn save_checkpoint_with<I: Backend>(
         let text = serde_json::to_string_pretty(&state).expect("state serialises");
         write_atomic(&dir.join(STATE_FILE), format!("{text}\n").as_bytes())
     })?;
-    for (_, old) in list_checkpoints(output_dir)?.into_iter().skip(keep.max(1)) {
-        std::fs::remove_dir_all(&old).map_err(|e| CoreError::io(&old, e))?;
+    let found = list_checkpoints(output_dir)?;
+    let stale = found.iter().enumerate().filter(|(newest_first, (old_step, old))| {
+        *old != target
+            && match &plan.keep {
+                Retention::Newest(n) => *newest_first >= (*n).max(1),
+                // Another directory of the step just written (another monitored value) is stale too.
+                Retention::Steps(kept) => !kept.contains(old_step) || *old_step == step,
+            }
+    });
+    for (_, (_, old)) in stale {
+        std::fs::remove_dir_all(old).map_err(|e| CoreError::io(old, e))?;
     }
     Ok(target)
 }
 
-/// `checkpoint-<step>` directories under `output_dir`, newest first.
+/// `checkpoint-<step>[-<monitored value>]` directories under `output_dir`, newest first.
 pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     if !output_dir.exists() {
         return Ok(Vec::new());
@@ -126,7 +173,7 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(output_dir).map_err(|e| CoreError::io(output_dir, e))? {
         let path = entry.map_err(|e| CoreError::io(output_dir, e))?.path();
-        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(PREFIX)?.parse::<u64>().ok());
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(checkpoint_step);
         if let Some(step) = step.filter(|_| path.is_dir()) {
             found.push((step, path));
         }

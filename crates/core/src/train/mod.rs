@@ -18,5 +18,5 @@ pub use crate::model::loss::{causal_lm_loss, causal_lm_loss_parts};
 pub use lm::{batch_loss, batch_tensors, eval_mean, loss_from_hidden, sample_text, unigram_entropy};
 pub use loss_scale::{LossScaleConfig, LossScaler};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};
-pub use run_dir::{clear_previous_run, earlier_run_contents};
+pub use run_dir::{clear_previous_run, earlier_run_contents, set_aside_after};
 pub use schedule::{Schedule, ScheduleKind};

@@ -1,6 +1,6 @@
 //! The output directory of a run: what an earlier run left there, and clearing it for `--overwrite`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::checkpoint::list_checkpoints;
 use crate::error::{CoreError, Result};
@@ -10,8 +10,11 @@ use crate::error::{CoreError, Result};
 /// it without `--resume` does not delete them unasked. An empty file (a run that failed before its first record)
 /// holds nothing to lose.
 pub fn earlier_run_contents(out: &Path, outputs: &[&str]) -> Result<Vec<String>> {
-    let mut found: Vec<String> =
-        list_checkpoints(out)?.into_iter().rev().map(|(step, _)| format!("checkpoint-{step}/")).collect();
+    let mut found: Vec<String> = list_checkpoints(out)?
+        .into_iter()
+        .rev()
+        .map(|(_, dir)| format!("{}/", dir.file_name().unwrap_or_default().to_string_lossy()))
+        .collect();
     for name in outputs {
         match out.join(name).metadata() {
             Ok(meta) if meta.is_dir() => found.push(format!("{name}/")),
@@ -37,4 +40,50 @@ pub fn clear_previous_run(out: &Path, outputs: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run resumed from an earlier checkpoint than its newest abandons what came after it: the later checkpoints
+/// (any but `resumed`, at `step` or after) and `final/` move into `out/superseded-<unix seconds>/`, with a copy of
+/// `copied` (the metrics files the resumed run cuts back to `step`). Returns that directory and what moved there,
+/// or `None` when nothing came after `step` (`final/` alone stays: the run goes on to replace it, as a resumed
+/// finished run does).
+pub fn set_aside_after(
+    out: &Path,
+    step: u64,
+    resumed: &Path,
+    copied: &[&str],
+) -> Result<Option<(PathBuf, Vec<String>)>> {
+    let resumed = std::fs::canonicalize(resumed).map_err(|e| CoreError::io(resumed, e))?;
+    let later: Vec<PathBuf> = list_checkpoints(out)?
+        .into_iter()
+        .filter(|(s, dir)| *s >= step && std::fs::canonicalize(dir).ok().as_ref() != Some(&resumed))
+        .map(|(_, dir)| dir)
+        .collect();
+    if later.is_empty() {
+        return Ok(None);
+    }
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let mut aside = out.join(format!("superseded-{secs}"));
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = out.join(format!("superseded-{secs}-{n}"));
+    }
+    std::fs::create_dir_all(&aside).map_err(|e| CoreError::io(&aside, e))?;
+    let mut moved = Vec::new();
+    let final_dir = out.join("final");
+    for from in later.iter().chain(final_dir.is_dir().then_some(&final_dir)) {
+        let name = from.file_name().unwrap_or_default();
+        std::fs::rename(from, aside.join(name)).map_err(|e| CoreError::io(from, e))?;
+        moved.push(format!("{}/", name.to_string_lossy()));
+    }
+    for name in copied {
+        let from = out.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, aside.join(name)).map_err(|e| CoreError::io(&from, e))?;
+            moved.push(format!("a copy of {name}"));
+        }
+    }
+    Ok(Some((aside, moved)))
 }

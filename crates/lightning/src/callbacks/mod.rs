@@ -1,11 +1,14 @@
 //! Callbacks (Lightning's `Callback`): code the Trainer calls at points of a fit, with state that is part of every
-//! checkpoint. Built in: [`EarlyStopping`].
+//! checkpoint. Built in: [`EarlyStopping`] and [`ModelCheckpoint`] (which the Trainer also asks how to name and
+//! prune its checkpoints).
 
 mod early_stopping;
+mod model_checkpoint;
 
 use serde_json::{Map, Value};
 
 pub use early_stopping::{EarlyStopping, EarlyStoppingSection, Mode};
+pub use model_checkpoint::{ModelCheckpoint, ModelCheckpointSection};
 
 use crate::error::Result;
 
