@@ -4,13 +4,14 @@
 
 use std::path::Path;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use llmtrain_core::model::DeferredBackward;
 use serde_json::{Map, Value};
 
-use crate::error::Result;
+use crate::error::{LightningError, Result};
 
 /// The inference (no autodiff) version of a module's network.
 pub type InnerNet<A, M> = <<M as LightningModule<A>>::Net as AutodiffModule<A>>::InnerModule;
@@ -58,14 +59,21 @@ pub trait LightningModule<A: AutodiffBackend> {
     }
 
     /// Writes what a checkpoint needs besides the optimizer and trainer state into `dir`: the weights that
-    /// train (a model, an adapter) and whatever a resumed run reads (a tokenizer).
-    fn save_checkpoint(&self, net: &Self::Net, dir: &Path) -> Result<()>;
+    /// train (a model, an adapter) and whatever a resumed run reads (a tokenizer). By default the whole network
+    /// as burn's record, [`NET_FILE`] (f32, so a resumed run continues bit for bit).
+    fn save_checkpoint(&self, net: &Self::Net, dir: &Path) -> Result<()> {
+        save_net(net, dir)
+    }
 
     /// Restores what [`save_checkpoint`](Self::save_checkpoint) wrote, onto the network the run built.
-    fn load_checkpoint(&self, net: Self::Net, dir: &Path) -> Result<Self::Net>;
+    fn load_checkpoint(&self, net: Self::Net, dir: &Path) -> Result<Self::Net> {
+        load_net(net, dir)
+    }
 
-    /// Writes the trained result into `final/` (rank 0).
-    fn save_final(&self, net: &Self::Net, dir: &Path) -> Result<()>;
+    /// Writes the trained result into `final/` (rank 0); by default as a checkpoint holds it.
+    fn save_final(&self, net: &Self::Net, dir: &Path) -> Result<()> {
+        save_net(net, dir)
+    }
 
     /// Figures to log before the first step of a fresh run (rank 0), such as a held-out accuracy.
     fn on_fit_start(&self, _net: &InnerNet<A, Self>) -> Result<Map<String, Value>> {
@@ -76,6 +84,38 @@ pub trait LightningModule<A: AutodiffBackend> {
     fn on_fit_end(&self, _net: &InnerNet<A, Self>) -> Result<Map<String, Value>> {
         Ok(Map::new())
     }
+}
+
+/// The network's file in a checkpoint and in `final/` when the module keeps the default
+/// [`save_checkpoint`](LightningModule::save_checkpoint): burn's named MessagePack record in f32.
+pub const NET_FILE: &str = "model.mpk";
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+/// Writes `net` into `dir` as [`NET_FILE`].
+pub fn save_net<B: Backend, N: Module<B>>(net: &N, dir: &Path) -> Result<()> {
+    let path = dir.join(NET_FILE);
+    net.clone()
+        .save_file(&path, &recorder())
+        .map_err(|err| LightningError::Invalid(format!("{}: cannot write the network: {err}", path.display())))
+}
+
+/// Loads [`NET_FILE`] of `dir` into `net` (on the device `net` is on).
+pub fn load_net<B: Backend, N: Module<B>>(net: N, dir: &Path) -> Result<N> {
+    let path = dir.join(NET_FILE);
+    let Some(device) = net.devices().into_iter().next() else {
+        return Ok(net);
+    };
+    if !path.is_file() {
+        return Err(LightningError::Invalid(format!(
+            "{}: no such file: the checkpoint was not written by this module",
+            path.display()
+        )));
+    }
+    net.load_file(&path, &recorder(), &device)
+        .map_err(|err| LightningError::Invalid(format!("{}: not a checkpoint of this network: {err}", path.display())))
 }
 
 /// What the trainer tells a step.

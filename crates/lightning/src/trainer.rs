@@ -57,6 +57,31 @@ pub struct TrainerSettings {
     pub hparams: Value,
 }
 
+impl TrainerSettings {
+    /// Lightning's defaults where it has them, for a run writing into `default_root_dir`: 1000 steps of AdamW at a
+    /// constant 1e-3, a log record every 50 steps, validation and a checkpoint only at the end (the newest kept),
+    /// seed 0, `metrics.jsonl` only.
+    pub fn new(default_root_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            default_root_dir: default_root_dir.into(),
+            max_steps: 1000,
+            optimizer: AdamWConfig::default(),
+            schedule: Schedule::constant(1e-3),
+            gradient_clip_val: None,
+            log_every_n_steps: 50,
+            val_check_interval: 0,
+            limit_val_batches: usize::MAX,
+            model_checkpoint: ModelCheckpointSection::default(),
+            gradient_checkpointing: None,
+            seed: 0,
+            resume: None,
+            overwrite: false,
+            loggers: vec![LoggerKind::Jsonl],
+            hparams: Value::Null,
+        }
+    }
+}
+
 /// What a fit did (identical on every rank, except the figures rank 0 alone computes).
 #[derive(Debug, Clone, Default)]
 pub struct FitSummary {

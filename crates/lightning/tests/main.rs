@@ -2,6 +2,7 @@
 //! (`cargo test -p llmtrain-lightning --test lightning parity::` runs one).
 
 mod common;
+mod example;
 mod fused_loss;
 mod mixed_precision;
 mod new_objective;

@@ -21,6 +21,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The same rate at every step.
+    pub fn constant(lr: f64) -> Self {
+        Self { kind: ScheduleKind::Constant, peak_lr: lr, warmup_steps: 0, total_steps: 0 }
+    }
+
     /// The rate for the update that follows `step` completed updates (HF: the first update uses `lr_lambda(0)`).
     pub fn lr(&self, step: u64) -> f64 {
         let s = step as f64;

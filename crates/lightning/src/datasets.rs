@@ -1,0 +1,144 @@
+//! [`Datasets`]: a [`DataModule`] over items held in memory (Lightning's `LightningDataModule.from_datasets`),
+//! reshuffled every epoch from a seed. Its position (the epoch and the next item) is part of every checkpoint, so
+//! a run stopped in the middle of an epoch resumes on the very batch it would have drawn next.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+use crate::data::DataModule;
+use crate::error::{LightningError, Result};
+
+/// Training and validation items, served in batches of `batch_size`; an epoch's last batch holds what is left
+/// (Lightning's `drop_last=False`).
+#[derive(Debug, Clone)]
+pub struct Datasets<T> {
+    train: Vec<T>,
+    val: Vec<T>,
+    batch_size: usize,
+    /// `None`: the items in their order, every epoch.
+    seed: Option<u64>,
+    epoch: u64,
+    /// Index into `order` of the next item to serve.
+    next: usize,
+    /// This epoch's order of the training items.
+    order: Vec<usize>,
+}
+
+impl<T: Clone> Datasets<T> {
+    /// Serves `train` in order, epoch after epoch, and `val` for validation (none: no validation).
+    pub fn new(train: Vec<T>, val: Vec<T>, batch_size: usize) -> Result<Self> {
+        if train.is_empty() || batch_size == 0 {
+            return Err(LightningError::Invalid(format!(
+                "datasets: {} training items in batches of {batch_size}: both must be at least 1",
+                train.len()
+            )));
+        }
+        let order = (0..train.len()).collect();
+        Ok(Self { train, val, batch_size, seed: None, epoch: 0, next: 0, order })
+    }
+
+    /// Reshuffles the training items at every epoch, in an order drawn from `(seed, epoch)`.
+    pub fn shuffled(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self.order = self.order_of(self.epoch);
+        self
+    }
+
+    fn order_of(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        if let Some(seed) = self.seed {
+            order.shuffle(&mut StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
+        order
+    }
+}
+
+impl<N, T: Clone> DataModule<N> for Datasets<T> {
+    type Batch = Vec<T>;
+
+    fn train_batch(&mut self, _net: &N) -> Result<Vec<T>> {
+        if self.next >= self.order.len() {
+            self.epoch += 1;
+            self.next = 0;
+            self.order = self.order_of(self.epoch);
+        }
+        let end = (self.next + self.batch_size).min(self.order.len());
+        let batch = self.order[self.next..end].iter().map(|&i| self.train[i].clone()).collect();
+        self.next = end;
+        Ok(batch)
+    }
+
+    fn position(&self) -> Value {
+        json!({"epoch": self.epoch, "next": self.next})
+    }
+
+    fn seek(&mut self, position: &Value) -> Result<()> {
+        let (Some(epoch), Some(next)) = (position["epoch"].as_u64(), position["next"].as_u64()) else {
+            return Err(LightningError::Invalid(format!(
+                "data position {position}: expected {{\"epoch\": N, \"next\": N}} (a checkpoint of another data module?)"
+            )));
+        };
+        let next = usize::try_from(next).unwrap_or(usize::MAX);
+        if next > self.train.len() {
+            return Err(LightningError::Invalid(format!(
+                "data position {position}: item {next} is past the {} training items",
+                self.train.len()
+            )));
+        }
+        (self.epoch, self.next) = (epoch, next);
+        self.order = self.order_of(epoch);
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn batch_tokens(&self, batch: &Vec<T>) -> usize {
+        batch.len()
+    }
+
+    fn has_validation(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    fn validation_pass(&self, max_batches: usize, visit: &mut dyn FnMut(&Vec<T>) -> Result<()>) -> Result<()> {
+        for batch in self.val.chunks(self.batch_size).take(max_batches) {
+            visit(&batch.to_vec())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(data: &mut Datasets<u32>, n: usize) -> Vec<Vec<u32>> {
+        (0..n).map(|_| DataModule::<()>::train_batch(data, &()).unwrap()).collect()
+    }
+
+    #[test]
+    fn epochs_reshuffle_and_a_seek_continues_mid_epoch_exactly() {
+        let mut data = Datasets::new((0..10).collect(), vec![], 4).unwrap().shuffled(7);
+        let first = draw(&mut data, 3);
+        assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2], "the epoch's last batch is short");
+        let mut seen: Vec<u32> = first.concat();
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>(), "each item once per epoch");
+        let position = DataModule::<()>::position(&data);
+        let later = draw(&mut data, 2);
+        assert_eq!(DataModule::<()>::epoch(&data), 1);
+        assert_ne!(later[0], first[0], "epoch 1 draws another order");
+
+        let mut resumed = Datasets::new((0..10).collect(), vec![], 4).unwrap().shuffled(7);
+        draw(&mut resumed, 1);
+        DataModule::<()>::seek(&mut resumed, &position).unwrap();
+        assert_eq!(draw(&mut resumed, 2), later);
+        let err = DataModule::<()>::seek(&mut resumed, &json!({"epoch": 0, "next": 11})).unwrap_err();
+        assert!(err.to_string().contains("past the 10 training items"), "{err}");
+        assert!(Datasets::<u32>::new(vec![], vec![], 1).is_err());
+    }
+}
