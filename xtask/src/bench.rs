@@ -272,7 +272,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         model.compute.fused_kernels = true;
     }
     // The objective `llmtrain train` runs, with the compute settings above.
-    let module = CausalLm::new(&FullFinetune, model.compute, device);
+    let mut module = CausalLm::new(&FullFinetune, model.compute, device);
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
     let rows = case.batch / case.ranks;
@@ -293,7 +293,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
             ..Default::default()
         };
         let micro = std::slice::from_ref(&batch);
-        model = optimizer_step(&mut accelerator, &module, model, &mut optimizer, micro, &options, &device)?.0;
+        model = optimizer_step(&mut accelerator, &mut module, model, &mut optimizer, micro, &options, &device)?.0;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);

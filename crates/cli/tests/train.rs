@@ -572,3 +572,37 @@ fn resume_best_without_a_monitor_and_resume_of_a_missing_directory_are_one_line(
     );
     assert_eq!(snapshot(&run.path("out")), before, "nothing written");
 }
+
+#[test]
+fn learning_rate_and_throughput_monitors_add_lightnings_metrics_to_every_training_record() {
+    let run = Run::new(
+        "\n[logging]\nloggers = [\"jsonl\", \"csv\"]\nlearning_rate_monitor = true\nthroughput_monitor = true\n\
+         peak_flops = 1e12\n",
+    );
+    let out = run.train(&["--max-steps", "4"]);
+    ok(&out);
+    let metrics = std::fs::read_to_string(run.path("out/metrics.jsonl")).unwrap();
+    let training: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["loss"].is_f64())
+        .collect();
+    assert_eq!(training.len(), 2, "{metrics}");
+    let flops_per_token =
+        training[0]["device/flops_per_sec"].as_f64().unwrap() / training[0]["tokens_per_sec"].as_f64().unwrap();
+    for record in &training {
+        assert_eq!(record["lr-AdamW"], record["lr"], "{record}");
+        let (flops, mfu) = (record["device/flops_per_sec"].as_f64().unwrap(), record["device/mfu"].as_f64().unwrap());
+        let tokens = record["tokens_per_sec"].as_f64().unwrap();
+        assert!(
+            (flops / tokens - flops_per_token).abs() < 1e-6 * flops_per_token && (mfu - flops / 1e12).abs() < 1e-15,
+            "{record}"
+        );
+    }
+    // The model's training FLOPs per token: hidden 32, 2 layers, vocab 400, seq 32 (see Run::new).
+    assert!(flops_per_token > 6.0 * 30_000.0 && flops_per_token < 6.0 * 60_000.0, "{flops_per_token}");
+    let header = std::fs::read_to_string(run.path("out/metrics.csv")).unwrap();
+    assert!(header.lines().next().unwrap().contains("device/flops_per_sec,device/mfu,"), "{header}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l.contains("\"lr-AdamW\"")), "the progress lines show what the callbacks added");
+}

@@ -108,7 +108,7 @@ pub fn fit(
     let early_stopping = EarlyStopping::new(EarlyStoppingSection { min_delta: 1e-4, ..Default::default() });
     let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default())?;
     let mut trainer = Trainer::new(settings, &mut accelerator)?.with_callbacks(vec![Box::new(early_stopping)]);
-    trainer.fit(&SineRegression, net, data, &Default::default())
+    trainer.fit(&mut SineRegression, net, data, &Default::default())
 }
 
 fn main() -> Result<()> {

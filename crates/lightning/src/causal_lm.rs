@@ -21,9 +21,12 @@ use llmtrain_core::train::{
     AdamWConfig, Schedule, batch_loss, batch_tensors, loss_from_hidden, sample_text, unigram_entropy,
 };
 use llmtrain_memopt::MemoptSection;
+use llmtrain_memopt::estimate::training_flops_per_token;
 use serde_json::{Map, Value, json};
 
-use crate::callbacks::{Callback, EarlyStopping, EarlyStoppingSection, ModelCheckpointSection};
+use crate::callbacks::{
+    Callback, EarlyStopping, EarlyStoppingSection, LearningRateMonitor, ModelCheckpointSection, ThroughputMonitor,
+};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 use crate::loggers::LoggingSection;
@@ -242,6 +245,7 @@ pub fn train<A: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let config = overrides.apply(config);
     let tr = &config.training;
+    let logging = config.section::<LoggingSection>()?.unwrap_or_default();
     let settings = TrainerSettings {
         default_root_dir: config.output.dir.clone(),
         max_steps: tr.max_steps,
@@ -274,16 +278,13 @@ pub fn train<A: AutodiffBackend>(
         seed: tr.seed,
         resume: overrides.resume.clone(),
         overwrite: overrides.overwrite,
-        loggers: config.section::<LoggingSection>()?.unwrap_or_default().loggers,
+        loggers: logging.loggers.clone(),
+        enable_progress_bar: true,
         hparams: hparams(&config, memopt),
     };
     let mixed_precision = accelerator.config().mixed_precision;
     let main = accelerator.is_main_process();
-    let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
-    if let Some(early_stopping) = config.section::<EarlyStoppingSection>()? {
-        callbacks.push(Box::new(EarlyStopping::new(early_stopping)));
-    }
-    let mut trainer = Trainer::new(settings, accelerator)?.with_callbacks(callbacks);
+    let trainer = Trainer::new(settings, accelerator)?;
     if let Some(fit) = trainer.finished() {
         return Ok(TrainSummary { fit, ..Default::default() });
     }
@@ -297,6 +298,19 @@ pub fn train<A: AutodiffBackend>(
         Some(built) => built,
         None => tokenizer_and_model::<A>(&config, method, device)?,
     };
+    let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
+    if let Some(early_stopping) = config.section::<EarlyStoppingSection>()? {
+        callbacks.push(Box::new(EarlyStopping::new(early_stopping)));
+    }
+    if logging.learning_rate_monitor {
+        callbacks.push(Box::new(LearningRateMonitor));
+    }
+    if logging.throughput_monitor {
+        let flops = training_flops_per_token(&model.config, config.data.seq_len);
+        let devices = trainer.accelerator().world_size();
+        callbacks.push(Box::new(ThroughputMonitor::new(flops, logging.peak_flops, devices)));
+    }
+    let mut trainer = trainer.with_callbacks(callbacks);
     let mut compute = Compute::new(mixed_precision, memopt.attention, memopt.flash_block);
     compute.dtype = precision_dtype(mixed_precision);
     compute.loss_chunk = memopt.fused_cross_entropy.then_some(memopt.cross_entropy_chunk);
@@ -312,7 +326,7 @@ pub fn train<A: AutodiffBackend>(
         module = module.with_accuracy(examples);
     }
     let mut data = LoaderData::new(options, &tokenizer)?;
-    let (fit, net) = trainer.fit(&module, model, &mut data, device)?;
+    let (fit, net) = trainer.fit(&mut module, model, &mut data, device)?;
 
     let accuracy = |figures: &Map<String, Value>| {
         Some(Accuracy {

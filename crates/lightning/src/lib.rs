@@ -54,12 +54,13 @@ mod datasets;
 mod error;
 pub mod loggers;
 mod module;
-mod progress;
 mod step;
 mod trainer;
+mod window;
 
 pub use callbacks::{
-    Callback, Control, EarlyStopping, EarlyStoppingSection, Mode, ModelCheckpoint, ModelCheckpointSection,
+    Callback, Control, EarlyStopping, EarlyStoppingSection, LearningRateMonitor, Mode, ModelCheckpoint,
+    ModelCheckpointSection, ProgressBar, ThroughputMonitor,
 };
 pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
 pub use data::DataModule;
@@ -67,7 +68,7 @@ pub use datasets::Datasets;
 pub use error::{LightningError, Result};
 pub use loggers::{Logger, LoggerKind, LoggingSection};
 pub use module::{
-    InnerNet, LightningModule, LossParts, NET_FILE, Recompute, StepContext, StepOutput, load_net, save_net,
+    InnerNet, LightningModule, LossParts, NET_FILE, Optimizers, Recompute, StepContext, StepOutput, load_net, save_net,
 };
 pub use step::{StepOptions, StepStats, optimizer_step};
 pub use trainer::{FitSummary, Trainer, TrainerSettings};

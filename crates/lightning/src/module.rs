@@ -53,6 +53,12 @@ pub trait LightningModule<A: AutodiffBackend> {
         Vec::new()
     }
 
+    /// The optimizer and learning-rate schedule (Lightning's `configure_optimizers`); `None`, the default, takes
+    /// the Trainer's settings (`optimizer`, `schedule`).
+    fn configure_optimizers(&self) -> Option<Optimizers> {
+        None
+    }
+
     /// The learning-rate multiplier of the parameter at `path` (LoRA+ raises the B matrices').
     fn lr_scale(&self, _path: &str) -> f64 {
         1.0
@@ -84,6 +90,40 @@ pub trait LightningModule<A: AutodiffBackend> {
     fn on_fit_end(&self, _net: &InnerNet<A, Self>) -> Result<Map<String, Value>> {
         Ok(Map::new())
     }
+
+    /// After the gradients of a step are summed over micro-batches and ranks and clipped, before the optimizer
+    /// applies them (every rank), with their global norm before clipping.
+    fn on_before_optimizer_step(&mut self, _step: u64, _grad_norm: f64) -> Result<()> {
+        Ok(())
+    }
+
+    /// After every optimizer step (every rank): `step` steps are done, the last at this mean loss.
+    fn on_train_batch_end(&mut self, _step: u64, _loss: f64) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a validation pass (every rank), with its mean loss: figures to add to the validation's record.
+    fn on_validation_epoch_end(&mut self, _step: u64, _val_loss: f64) -> Result<Map<String, Value>> {
+        Ok(Map::new())
+    }
+
+    /// The module's own state besides its network's weights, saved in every checkpoint's `trainer_state.json`
+    /// (Lightning's `on_save_checkpoint`); `Null` saves nothing.
+    fn on_save_checkpoint(&self) -> Value {
+        Value::Null
+    }
+
+    /// Restores what [`on_save_checkpoint`](Self::on_save_checkpoint) saved, when a run resumes.
+    fn on_load_checkpoint(&mut self, _state: &Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`LightningModule::configure_optimizers`] returns: AdamW's settings and the learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Optimizers {
+    pub optimizer: llmtrain_core::train::AdamWConfig,
+    pub schedule: llmtrain_core::train::Schedule,
 }
 
 /// The network's file in a checkpoint and in `final/` when the module keeps the default

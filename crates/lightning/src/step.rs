@@ -48,7 +48,7 @@ pub struct StepStats {
 /// accumulation steps to undo the averaging over ranks and the division in [`Accelerator::backward`].
 pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     accelerator: &mut Accelerator<A>,
-    module: &M,
+    module: &mut M,
     net: M::Net,
     optimizer: &mut AdamW<A::InnerBackend>,
     micro: &[M::Batch],
@@ -119,6 +119,7 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     };
     let metrics = names.iter().zip(&reduced[1..]).map(|(n, v)| (*n, *v)).collect();
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
+    module.on_before_optimizer_step(options.step, grad_norm)?;
     let net = accelerator.step(net, optimizer, options.lr)?;
     Ok((net, StepStats { loss: reduced[0], metrics, grad_norm, stop_signal }))
 }

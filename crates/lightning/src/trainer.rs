@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::ProgressBar;
 use llmtrain_accel::{Accelerator, ReduceOp};
 use llmtrain_core::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
@@ -19,13 +18,13 @@ use llmtrain_core::train::plot::{LOSS_CURVE_FILE, write_loss_curve};
 use llmtrain_core::train::{AdamW, AdamWConfig, Schedule, clear_previous_run, earlier_run_contents, set_aside_after};
 use serde_json::{Map, Value, json};
 
-use crate::callbacks::{Callback, Control, ModelCheckpoint, ModelCheckpointSection};
+use crate::callbacks::{Callback, Control, ModelCheckpoint, ModelCheckpointSection, ProgressBar};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 use crate::loggers::{LoggerKind, Loggers, RUN_OUTPUTS, csv::CSV_FILE};
 use crate::module::{LightningModule, LossParts, Recompute};
-use crate::progress::{Window, bar_message, log_line, progress_bar};
 use crate::step::{StepOptions, optimizer_step};
+use crate::window::Window;
 
 /// How the trainer runs (Lightning's `Trainer` arguments, with transformers' names where llmtrain's config
 /// uses them). Accumulation and precision are the [`Accelerator`]'s.
@@ -55,6 +54,8 @@ pub struct TrainerSettings {
     pub loggers: Vec<LoggerKind>,
     /// The run's configuration, for the loggers that record it (CSV's `hparams.yaml`).
     pub hparams: Value,
+    /// Show a [`ProgressBar`] (rank 0).
+    pub enable_progress_bar: bool,
 }
 
 impl TrainerSettings {
@@ -78,6 +79,7 @@ impl TrainerSettings {
             overwrite: false,
             loggers: vec![LoggerKind::Jsonl],
             hparams: Value::Null,
+            enable_progress_bar: true,
         }
     }
 }
@@ -123,6 +125,8 @@ pub struct Trainer<'a, A: AutodiffBackend> {
     callbacks: Vec<Box<dyn Callback>>,
     /// Names and prunes the checkpoints (also a callback: its state is in every checkpoint).
     model_checkpoint: ModelCheckpoint,
+    /// Rank 0's, unless turned off; called last, so it shows what the other callbacks added to a record.
+    progress_bar: Option<ProgressBar>,
     _graceful: Option<GracefulStop>,
 }
 
@@ -157,6 +161,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
         };
         let model_checkpoint = ModelCheckpoint::new(settings.model_checkpoint.clone());
+        let progress_bar = (settings.enable_progress_bar && accelerator.is_main_process()).then(ProgressBar::new);
         let mut trainer = Self {
             settings,
             accelerator,
@@ -164,6 +169,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             started: Instant::now(),
             callbacks: Vec::new(),
             model_checkpoint,
+            progress_bar,
             _graceful: None,
         };
         if trainer.finished().is_none() {
@@ -212,7 +218,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
     /// validates, checkpoints, and writes `final/`; returns the summary and the trained network.
     pub fn fit<M, D>(
         &mut self,
-        module: &M,
+        module: &mut M,
         net: M::Net,
         data: &mut D,
         device: &A::Device,
@@ -225,7 +231,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             return Ok((done, net));
         }
         self.check_monitors(module, data)?;
-        let s = self.settings.clone();
+        let mut s = self.settings.clone();
+        if let Some(chosen) = module.configure_optimizers() {
+            (s.optimizer, s.schedule) = (chosen.optimizer, chosen.schedule);
+        }
         let out = s.default_root_dir.clone();
         let main = self.accelerator.is_main_process();
         // Every rank has read what it builds from (which may sit in the output directory) before rank 0 clears it.
@@ -240,8 +249,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             net = module.configure_net(module.load_checkpoint(net, &dir)?);
             check_optimizer_names(&optimizer, &paths, &dir)?;
             data.seek(&state.data_position)?;
-            let model_checkpoint: &mut dyn Callback = &mut self.model_checkpoint;
-            for callback in self.callbacks.iter_mut().map(|c| c.as_mut()).chain([model_checkpoint]) {
+            module.on_load_checkpoint(&state.module)?;
+            for callback in self.callbacks_mut() {
                 if let Some(saved) = state.callbacks.get(callback.name()) {
                     callback.load_state_dict(saved)?;
                 }
@@ -273,21 +282,23 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let mut step = resumed_from.unwrap_or(0);
         let mut metrics = if main { Some(Loggers::open(&out, &s.loggers, resumed_from, &s.hparams)?) } else { None };
         let mut summary = FitSummary { resumed_from, final_dir: out.join("final"), ..Default::default() };
+        // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
+        let mut latest = Map::new();
+        let mut stopped_early: Option<String> = None;
         if main && resumed_from.is_none() {
             summary.start_metrics = module.on_fit_start(&net.valid())?;
-            if let Some(metrics) = metrics.as_mut().filter(|_| !summary.start_metrics.is_empty()) {
-                metrics.log(&with_step(step, &summary.start_metrics))?;
+            if !summary.start_metrics.is_empty() {
+                self.log(metrics.as_mut(), with_step(step, &summary.start_metrics), &mut latest)?;
             }
         }
 
-        let progress = if main { progress_bar(s.max_steps, step) } else { ProgressBar::hidden() };
+        for callback in self.callbacks_mut() {
+            callback.on_train_start(step, s.max_steps)?;
+        }
         let mut window = Window::new(self.accelerator);
         let mut last_val = None;
         let accumulation = self.accelerator.config().gradient_accumulation_steps;
         let mut micro = Vec::with_capacity(accumulation);
-        // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
-        let mut latest = Map::new();
-        let mut stopped_early: Option<String> = None;
         while step < s.max_steps {
             micro.clear();
             for _ in 0..accumulation {
@@ -306,8 +317,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             window.tokens += micro.iter().map(|b| data.batch_tokens(b)).sum::<usize>() * self.accelerator.world_size();
             step += 1;
             summary.final_train_loss = stats.loss;
-            progress.set_position(step);
-            progress.set_message(bar_message(stats.loss, lr, last_val, window.rate()));
+            module.on_train_batch_end(step, stats.loss)?;
+            for callback in self.callbacks_mut() {
+                callback.on_train_batch_end(step, stats.loss, lr)?;
+            }
 
             if step % s.log_every_n_steps == 0 || step == s.max_steps {
                 let mut record = json!({
@@ -324,19 +337,14 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     record["loss_scale"] = json!(scale);
                     record["skipped_steps"] = json!(self.accelerator.skipped_steps());
                 }
-                if let Some(metrics) = &mut metrics {
-                    metrics.log(&record)?;
-                    log_line(&progress, &record);
-                }
-                remember(&mut latest, &record);
+                self.log(metrics.as_mut(), record, &mut latest)?;
                 window = Window::new(self.accelerator);
             }
             let val_due = s.val_check_interval > 0 && step % s.val_check_interval == 0 && step != s.max_steps;
             if val_due && data.has_validation() {
-                let shown = Some(&progress);
                 let val_loss;
                 (val_loss, stopped_early) =
-                    self.fit_validation(module, &net, data, device, step, metrics.as_mut(), shown, &mut latest)?;
+                    self.fit_validation(module, &net, data, device, step, metrics.as_mut(), &mut latest)?;
                 last_val = Some(val_loss);
             }
             let every = self.model_checkpoint.every_n_train_steps();
@@ -352,26 +360,28 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 self.save(module, &net, &optimizer, data, at)?;
             }
             if let Some(signal) = signal {
-                progress.finish_and_clear();
+                for callback in self.callbacks_mut() {
+                    callback.on_train_end()?;
+                }
                 summary.steps = step;
                 summary.interrupted_by = Some(signal);
                 summary.elapsed_secs = self.started.elapsed().as_secs_f64();
                 return Ok((summary, net));
             }
         }
-        progress.finish_and_clear();
-
         // A run a callback stopped has just validated at this step.
         if data.has_validation() && stopped_early.is_none() {
             // The callbacks see the last validation too, so their saved state is the run's whole history.
-            let (val_loss, _) =
-                self.fit_validation(module, &net, data, device, step, metrics.as_mut(), None, &mut latest)?;
+            let (val_loss, _) = self.fit_validation(module, &net, data, device, step, metrics.as_mut(), &mut latest)?;
             last_val = Some(val_loss);
+        }
+        for callback in self.callbacks_mut() {
+            callback.on_train_end()?;
         }
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
-            if let Some(metrics) = metrics.as_mut().filter(|_| !summary.end_metrics.is_empty()) {
-                metrics.log(&with_step(step, &summary.end_metrics))?;
+            if !summary.end_metrics.is_empty() {
+                self.log(metrics.as_mut(), with_step(step, &summary.end_metrics), &mut latest)?;
             }
         }
         // The last checkpoint and `final/` both hold the end state.
@@ -432,6 +442,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 .filter(|(_, state)| !state.is_null())
                 .collect(),
             stopped_early: at.stopped_early.clone(),
+            module: module.on_save_checkpoint(),
         };
         let mut failed = None;
         let out = &self.settings.default_root_dir;
@@ -449,6 +460,29 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         }
     }
 
+    /// The user's callbacks, then the checkpointing and the progress bar.
+    fn callbacks_mut(&mut self) -> impl Iterator<Item = &mut (dyn Callback + 'static)> + '_ {
+        let model_checkpoint: &mut dyn Callback = &mut self.model_checkpoint;
+        let progress_bar = self.progress_bar.as_mut().map(|bar| bar as &mut dyn Callback);
+        self.callbacks.iter_mut().map(|c| c.as_mut()).chain([model_checkpoint]).chain(progress_bar)
+    }
+
+    /// Logs one record (a JSON object with its `step`): the callbacks may add metrics to it, then rank 0's
+    /// loggers write it, and it holds the latest value of each of its metrics.
+    fn log(&mut self, loggers: Option<&mut Loggers>, record: Value, latest: &mut Map<String, Value>) -> Result<()> {
+        let Value::Object(mut fields) = record else {
+            return Err(LightningError::Invalid(format!("a metric record must be a JSON object: {record}")));
+        };
+        for callback in self.callbacks_mut() {
+            callback.on_log(&mut fields)?;
+        }
+        latest.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(loggers) = loggers {
+            loggers.log(&Value::Object(fields))?;
+        }
+        Ok(())
+    }
+
     /// Refuses, before step 1, a callback watching a metric this run never logs, naming the ones it does.
     fn check_monitors<M, D>(&self, module: &M, data: &D) -> Result<()>
     where
@@ -456,10 +490,13 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         D: DataModule<M::Net, Batch = M::Batch>,
     {
         let validation: &[&str] = if data.has_validation() { VALIDATION_METRICS } else { &[] };
-        let logged: Vec<&str> =
-            TRAINER_METRICS.iter().chain(validation).copied().chain(module.metric_names()).collect();
         let model_checkpoint: &dyn Callback = &self.model_checkpoint;
-        for callback in self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]) {
+        let callbacks: Vec<&dyn Callback> =
+            self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]).collect();
+        let added = callbacks.iter().flat_map(|c| c.metric_names());
+        let logged: Vec<&str> =
+            TRAINER_METRICS.iter().chain(validation).copied().chain(module.metric_names()).chain(added).collect();
+        for callback in callbacks {
             if let Some(monitor) = callback.monitor().filter(|m| !logged.contains(m)) {
                 let hint = if VALIDATION_METRICS.contains(&monitor) { " (it needs validation data)" } else { "" };
                 return Err(LightningError::Invalid(format!(
@@ -472,19 +509,18 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok(())
     }
 
-    /// A validation during a fit: the mean loss, logged by rank 0 (and shown beside the progress bar, when one
-    /// is given), then every callback's `on_validation_end` with the latest metrics. Returns the loss and the
-    /// first stop a callback asked for; every rank computes the same, so all stop after the same step.
+    /// A validation during a fit: the mean loss, logged by rank 0, then every callback's `on_validation_end` with
+    /// the latest metrics. Returns the loss and the first stop a callback asked for; every rank computes the same,
+    /// so all stop after the same step.
     #[allow(clippy::too_many_arguments)]
     fn fit_validation<M, D>(
         &mut self,
-        module: &M,
+        module: &mut M,
         net: &M::Net,
         data: &D,
         device: &A::Device,
         step: u64,
         loggers: Option<&mut Loggers>,
-        shown: Option<&ProgressBar>,
         latest: &mut Map<String, Value>,
     ) -> Result<(f64, Option<String>)>
     where
@@ -492,16 +528,13 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         D: DataModule<M::Net, Batch = M::Batch>,
     {
         let val_loss = self.validate(module, net, data, device)?;
-        let record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
-        if let Some(loggers) = loggers {
-            loggers.log(&record)?;
-            if let Some(progress) = shown {
-                log_line(progress, &record);
-            }
+        let mut record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
+        for (name, value) in module.on_validation_epoch_end(step, val_loss)? {
+            record[name] = value;
         }
-        remember(latest, &record);
+        self.log(loggers, record, latest)?;
         let mut stop = None;
-        for callback in &mut self.callbacks {
+        for callback in self.callbacks_mut() {
             if let Control::Stop(reason) = callback.on_validation_end(step, latest)? {
                 stop.get_or_insert(reason);
             }
@@ -576,11 +609,6 @@ fn refuse_earlier_run(out: &Path, overwrite: bool, remedy: &str) -> Result<()> {
         out.display(),
         llmtrain_core::fsutil::shorten(&earlier, 4)
     )))
-}
-
-/// Keeps each value of `record` as the latest of its metric.
-fn remember(latest: &mut Map<String, Value>, record: &Value) {
-    latest.extend(record.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
 }
 
 fn with_step(step: u64, figures: &Map<String, Value>) -> Value {

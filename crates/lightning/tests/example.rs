@@ -4,17 +4,23 @@
 
 use std::path::Path;
 
+use burn::tensor::backend::BackendTypes;
+use llmtrain_accel::{Accelerator, AcceleratorConfig};
 use llmtrain_core::train::checkpoint::ResumeFrom;
+use llmtrain_core::train::{AdamWConfig, Schedule};
 use llmtrain_lightning::loggers::tensorboard::{TENSORBOARD_DIR, read_scalars};
-use llmtrain_lightning::{DataModule, Datasets, LightningError, NET_FILE, Result};
-use serde_json::Value;
+use llmtrain_lightning::{
+    DataModule, Datasets, InnerNet, LightningError, LightningModule, LossParts, ModelCheckpointSection, NET_FILE,
+    Optimizers, Result, StepContext, StepOutput, Trainer, TrainerSettings,
+};
+use serde_json::{Map, Value, json};
 
 #[allow(dead_code)]
 #[path = "../examples/sine_regression.rs"]
 mod sine_regression;
 
 use crate::common::weights;
-use sine_regression::{Mlp, Point, fit, sine_points};
+use sine_regression::{A, Mlp, Point, SineRegression, fit, sine_points};
 
 fn records(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
@@ -73,6 +79,7 @@ fn the_example_learns_stops_early_keeps_its_two_best_checkpoints_and_logs_csv_an
         scalars.iter().filter(|(_, tag, _)| tag == "eval_loss").map(|(s, _, v)| (*s as u64, *v as f64)).collect();
     assert_eq!(board.len(), evals.len());
     for ((step, value), (board_step, board_value)) in evals.iter().zip(&board) {
+        // TensorBoard holds f32: the nearest one.
         assert!(step == board_step && (*value as f32) as f64 == *board_value, "{step} {value} vs {board_value}");
     }
 }
@@ -139,4 +146,107 @@ fn a_run_of_the_example_that_crashes_mid_epoch_resumes_bit_identically() {
     assert_eq!(eval_losses(crashed.path()), eval_losses(straight.path()));
     assert!(weights(&resumed_net) == weights(&straight_net), "resumed mid-epoch: bit-identical weights");
     assert_eq!(checkpoints(crashed.path()), checkpoints(straight.path()));
+}
+
+/// The example's objective with every hook a Lightning user reaches for: its own optimizer and schedule, counts
+/// kept by the step hooks (its own checkpointed state), and a figure added to each validation record.
+#[derive(Default)]
+struct HookedSine {
+    optimizer_steps: u64,
+    batches: u64,
+    last_grad_norm: f64,
+}
+
+impl LightningModule<A> for HookedSine {
+    type Net = Mlp<A>;
+    type Batch = Vec<Point>;
+
+    fn batch_weight(&self, batch: &Vec<Point>) -> f64 {
+        LightningModule::<A>::batch_weight(&SineRegression, batch)
+    }
+    fn training_step<'n>(
+        &self,
+        net: &'n Mlp<A>,
+        batch: &Vec<Point>,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>> {
+        SineRegression.training_step(net, batch, ctx)
+    }
+    fn validation_step(
+        &self,
+        net: &InnerNet<A, Self>,
+        batch: &Vec<Point>,
+        device: &<A as BackendTypes>::Device,
+    ) -> Result<LossParts> {
+        LightningModule::<A>::validation_step(&SineRegression, net, batch, device)
+    }
+    fn configure_optimizers(&self) -> Option<Optimizers> {
+        Some(Optimizers { optimizer: AdamWConfig::default(), schedule: Schedule::constant(0.05) })
+    }
+    fn on_before_optimizer_step(&mut self, step: u64, grad_norm: f64) -> Result<()> {
+        assert_eq!(step, self.optimizer_steps, "called before the step is counted done");
+        (self.optimizer_steps, self.last_grad_norm) = (step + 1, grad_norm);
+        Ok(())
+    }
+    fn on_train_batch_end(&mut self, step: u64, _loss: f64) -> Result<()> {
+        assert_eq!(step, self.optimizer_steps);
+        self.batches += 1;
+        Ok(())
+    }
+    fn on_validation_epoch_end(&mut self, _step: u64, val_loss: f64) -> Result<Map<String, Value>> {
+        Ok(Map::from_iter([("val_rmse".to_string(), json!(val_loss.sqrt()))]))
+    }
+    fn on_save_checkpoint(&self) -> Value {
+        json!({"batches": self.batches, "optimizer_steps": self.optimizer_steps})
+    }
+    fn on_load_checkpoint(&mut self, state: &Value) -> Result<()> {
+        (self.batches, self.optimizer_steps) =
+            (state["batches"].as_u64().unwrap(), state["optimizer_steps"].as_u64().unwrap());
+        Ok(())
+    }
+}
+
+fn fit_hooked(
+    dir: &Path,
+    module: &mut HookedSine,
+    net: Mlp<A>,
+    data: &mut impl DataModule<Mlp<A>, Batch = Vec<Point>>,
+    resume: bool,
+) -> Result<()> {
+    let settings = TrainerSettings {
+        max_steps: 20,
+        log_every_n_steps: 5,
+        val_check_interval: 10,
+        model_checkpoint: ModelCheckpointSection { every_n_train_steps: Some(10), ..Default::default() },
+        resume: resume.then_some(ResumeFrom::Last),
+        enable_progress_bar: false,
+        ..TrainerSettings::new(dir)
+    };
+    let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default())?;
+    Trainer::new(settings, &mut accelerator)?.fit(module, net, data, &Default::default()).map(|_| ())
+}
+
+#[test]
+fn module_hooks_choose_the_optimizer_see_each_step_add_validation_figures_and_checkpoint_their_state() {
+    let net = Mlp::new(&Default::default());
+    weights(&net);
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut straight = HookedSine::default();
+    fit_hooked(straight_dir.path(), &mut straight, net.clone(), &mut sine_points(), false).unwrap();
+    assert_eq!((straight.batches, straight.optimizer_steps), (20, 20));
+    assert!(straight.last_grad_norm > 0.0);
+    let logged = records(straight_dir.path());
+    assert!(logged.iter().filter(|r| r["loss"].is_f64()).all(|r| r["lr"] == json!(0.05)), "configure_optimizers' rate");
+    for record in logged.iter().filter(|r| r["eval_loss"].is_f64()) {
+        assert_eq!(record["val_rmse"].as_f64().unwrap(), record["eval_loss"].as_f64().unwrap().sqrt());
+    }
+
+    // Crashed after step 10's checkpoint, resumed by a fresh module: its counts come back from the checkpoint.
+    let crashed_dir = tempfile::tempdir().unwrap();
+    let mut crashing = CrashingData { inner: sine_points(), draws_before_crash: 15 };
+    assert!(fit_hooked(crashed_dir.path(), &mut HookedSine::default(), net, &mut crashing, false).is_err());
+    let mut resumed = HookedSine::default();
+    fit_hooked(crashed_dir.path(), &mut resumed, Mlp::new(&Default::default()), &mut sine_points(), true).unwrap();
+    assert_eq!((resumed.batches, resumed.optimizer_steps), (20, 20));
+    assert_eq!(eval_losses(crashed_dir.path()), eval_losses(straight_dir.path()));
 }

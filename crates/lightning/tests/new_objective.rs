@@ -167,9 +167,10 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
             overwrite: false,
             loggers: vec![LoggerKind::Jsonl],
             hparams: serde_json::Value::Null,
+            enable_progress_bar: true,
         };
         let mut trainer = Trainer::new(settings, &mut accelerator)?;
-        let (summary, net) = trainer.fit(&SquaredLogitPenalty, network(), &mut data, &device)?;
+        let (summary, net) = trainer.fit(&mut SquaredLogitPenalty, network(), &mut data, &device)?;
         let norm = net.decoder.norm.weight.val().into_data().into_vec::<f32>().unwrap();
         Ok((norm, weights(&net.valid()), summary.final_train_loss))
     })

@@ -50,6 +50,9 @@ pub struct TrainerState {
     /// Why the run stopped before `max_steps` (early stopping): a resume has nothing left to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<String>,
+    /// The trained module's own state besides its weights (Lightning's `on_save_checkpoint`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub module: serde_json::Value,
 }
 
 fn one() -> usize {

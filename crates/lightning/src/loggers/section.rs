@@ -26,16 +26,27 @@ impl LoggerKind {
     }
 }
 
-/// The `[logging]` section.
+/// The `[logging]` section: the loggers, and the callbacks that add metrics to the records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSection {
     pub loggers: Vec<LoggerKind>,
+    /// Lightning's `LearningRateMonitor`: `lr-AdamW` in every training record.
+    pub learning_rate_monitor: bool,
+    /// Lightning's `ThroughputMonitor`: `device/flops_per_sec`, and `device/mfu` with `peak_flops`.
+    pub throughput_monitor: bool,
+    /// One device's peak FLOP/s at the run's precision, for the MFU (no built-in table: CPUs vary too much).
+    pub peak_flops: Option<f64>,
 }
 
 impl Default for LoggingSection {
     fn default() -> Self {
-        Self { loggers: vec![LoggerKind::Jsonl] }
+        Self {
+            loggers: vec![LoggerKind::Jsonl],
+            learning_rate_monitor: false,
+            throughput_monitor: false,
+            peak_flops: None,
+        }
     }
 }
 
@@ -50,6 +61,12 @@ impl ConfigSection for LoggingSection {
         if let Some(twice) = self.loggers.iter().enumerate().find(|(i, k)| self.loggers[..*i].contains(k)) {
             return Err(InvalidKey::new("loggers", format!("names \"{}\" twice", twice.1.name())));
         }
+        if self.peak_flops.is_some_and(|peak| !(peak.is_finite() && peak > 0.0)) {
+            return Err(InvalidKey::new("peak_flops", "must be a positive number of FLOP/s"));
+        }
+        if self.peak_flops.is_some() && !self.throughput_monitor {
+            return Err(InvalidKey::new("peak_flops", "is only used with throughput_monitor = true"));
+        }
         Ok(())
     }
 }
@@ -60,11 +77,15 @@ mod tests {
 
     #[test]
     fn jsonl_is_required_and_duplicates_are_refused() {
-        let ok = LoggingSection { loggers: vec![LoggerKind::Jsonl, LoggerKind::Csv, LoggerKind::Tensorboard] };
-        assert_eq!(ok.validate(), Ok(()));
-        let no_jsonl = LoggingSection { loggers: vec![LoggerKind::Csv] };
-        assert!(no_jsonl.validate().unwrap_err().message.contains("must include \"jsonl\""));
-        let twice = LoggingSection { loggers: vec![LoggerKind::Jsonl, LoggerKind::Csv, LoggerKind::Csv] };
+        let with = |loggers: Vec<LoggerKind>| LoggingSection { loggers, ..Default::default() };
+        assert_eq!(with(vec![LoggerKind::Jsonl, LoggerKind::Csv, LoggerKind::Tensorboard]).validate(), Ok(()));
+        assert!(with(vec![LoggerKind::Csv]).validate().unwrap_err().message.contains("must include \"jsonl\""));
+        let twice = with(vec![LoggerKind::Jsonl, LoggerKind::Csv, LoggerKind::Csv]);
         assert!(twice.validate().unwrap_err().message.contains("twice"));
+        let peak =
+            |peak_flops, throughput_monitor| LoggingSection { peak_flops, throughput_monitor, ..Default::default() };
+        assert!(peak(Some(-1.0), true).validate().unwrap_err().message.contains("positive"));
+        assert!(peak(Some(1e12), false).validate().unwrap_err().message.contains("throughput_monitor"));
+        assert_eq!(peak(Some(1e12), true).validate(), Ok(()));
     }
 }

@@ -24,9 +24,10 @@ pub fn train_step(
     options: StepOptions,
 ) -> Result<StepStats, LightningError> {
     let device = Default::default();
-    let module = CausalLm::new(&FullFinetune, model.compute, device);
+    let mut module = CausalLm::new(&FullFinetune, model.compute, device);
     // burn modules are values: the step takes the model and hands back the updated one.
-    let (updated, stats) = optimizer_step(accelerator, &module, model.clone(), optimizer, micro, &options, &device)?;
+    let (updated, stats) =
+        optimizer_step(accelerator, &mut module, model.clone(), optimizer, micro, &options, &device)?;
     *model = updated;
     Ok(stats)
 }

@@ -279,6 +279,17 @@ pub fn count_params(m: &ModelConfig) -> u64 {
     v * h + m.num_hidden_layers as u64 * layer + h + head
 }
 
+/// Training FLOPs per token (forward and backward) of a model of this shape on sequences of `seq_len` tokens:
+/// 6 per parameter (but the input embedding's, a lookup; a tied one is also the output head and counts) plus
+/// attention's scores and mixing, 12 · layers · heads · head_dim · seq_len (PaLM, appendix B): the figure MFU is
+/// measured against.
+pub fn training_flops_per_token(m: &ModelConfig, seq_len: usize) -> f64 {
+    let matmul_weights = count_params(m) - (m.vocab_size * m.hidden_size) as u64
+        + if m.tie_word_embeddings { (m.vocab_size * m.hidden_size) as u64 } else { 0 };
+    let attention = 12 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * seq_len;
+    6.0 * matmul_weights as f64 + attention as f64
+}
+
 /// Weights of one decoder layer's seven linear projections (no biases).
 fn linear_weights_per_layer(m: &ModelConfig) -> f64 {
     let (h, i) = (m.hidden_size as f64, m.intermediate_size as f64);
@@ -361,6 +372,15 @@ mod tests {
         m.intermediate_size = 11008;
         m.tie_word_embeddings = false;
         assert_eq!(count_params(&m), 6_738_415_616);
+    }
+
+    #[test]
+    fn training_flops_per_token_of_llama_2_7b() {
+        let mut m = ModelConfig::tiny_llama(32000, 4096, 32, 32, 32);
+        m.intermediate_size = 11008;
+        m.tie_word_embeddings = false;
+        // 6 × (6,738,415,616 − 32000 × 4096 embedding weights) + 12 × 32 layers × 4096 × 4096 tokens.
+        assert_eq!(training_flops_per_token(&m, 4096), 6.0 * 6_607_343_616.0 + 6_442_450_944.0);
     }
 
     #[test]
