@@ -606,3 +606,46 @@ fn learning_rate_and_throughput_monitors_add_lightnings_metrics_to_every_trainin
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().any(|l| l.contains("\"lr-AdamW\"")), "the progress lines show what the callbacks added");
 }
+
+#[test]
+fn fast_dev_run_trains_and_validates_a_few_batches_and_writes_nothing() {
+    let run = Run::new("\n[trainer]\nfast_dev_run = 2\n");
+    let out = run.train(&[]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("fast_dev_run: 2 step(s) and a validation ran; nothing was written"), "{stdout}");
+    assert!(!run.path("out").exists(), "no output directory");
+    // Beside an earlier run it runs too, and leaves that run as it was.
+    let config = std::fs::read_to_string(run.path("run.toml")).unwrap();
+    std::fs::write(run.path("run.toml"), config.replace("fast_dev_run = 2", "fast_dev_run = false")).unwrap();
+    ok(&run.train(&["--max-steps", "2"]));
+    let before = snapshot(&run.path("out"));
+    std::fs::write(run.path("run.toml"), config.replace("fast_dev_run = 2", "fast_dev_run = true")).unwrap();
+    let stdout = ok(&run.train(&[]));
+    assert!(stdout.contains("fast_dev_run: 1 step(s)"), "{stdout}");
+    assert_eq!(snapshot(&run.path("out")), before);
+}
+
+#[test]
+fn max_epochs_with_limit_train_batches_ends_the_run_after_those_epochs() {
+    // 4 micro-batches an epoch, 2 per step (gradient_accumulation_steps = 2): 2 epochs are 4 steps.
+    let run = Run::new("\n[trainer]\nmax_epochs = 2\nlimit_train_batches = 4\n");
+    let stdout = ok(&run.train(&[]));
+    assert!(stdout.contains("stopped early at step 4: max_epochs = 2 reached"), "{stdout}");
+    let state = std::fs::read_to_string(run.path("out/checkpoint-4/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["data_position"], serde_json::json!({"epoch": 1, "batch_in_epoch": 4}), "{state}");
+    let stdout = ok(&run.train(&["--resume"]));
+    assert!(stdout.contains("nothing to resume"), "{stdout}");
+}
+
+#[test]
+fn single_device_strategy_refuses_several_ranks_and_lightning_precision_names_are_accepted() {
+    let run = Run::new("\n[trainer]\nstrategy = \"single_device\"\n");
+    let config = run.path("run.toml");
+    let launch = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+    let out = Command::new(llmtrain_bin()).args(launch).env("LLMTRAIN_CACHE", run.path("cache")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("strategy = \"single_device\" but this run has 2 ranks"));
+    let stdout = ok(&run.train(&["--max-steps", "1", "--mixed-precision", "bf16-mixed"]));
+    assert!(stdout.contains("steps: 1"), "{stdout}");
+}

@@ -32,6 +32,7 @@ use crate::error::{LightningError, Result};
 use crate::loggers::LoggingSection;
 use crate::module::{LightningModule, LossParts, Recompute, StepContext, StepOutput};
 use crate::trainer::{FitSummary, Trainer, TrainerSettings};
+use crate::trainer_section::TrainerSection;
 
 /// The causal-LM objective: next-token cross-entropy over the scored tokens, on a [`LlamaModel`] that a
 /// finetuning method may have adapted.
@@ -206,6 +207,16 @@ impl<N> DataModule<N> for LoaderData<'_> {
         self.train.position().epoch
     }
 
+    fn epochs_completed(&mut self) -> Result<Option<u64>> {
+        let complete = self.train.epoch_complete()?;
+        Ok(Some(self.train.position().epoch + u64::from(complete)))
+    }
+
+    fn limit_train_batches(&mut self, batches: u64) -> Result<()> {
+        self.train.limit_batches_per_epoch(batches);
+        Ok(())
+    }
+
     fn batch_tokens(&self, batch: &Batch) -> usize {
         batch.rows * batch.seq
     }
@@ -246,9 +257,15 @@ pub fn train<A: AutodiffBackend>(
     let config = overrides.apply(config);
     let tr = &config.training;
     let logging = config.section::<LoggingSection>()?.unwrap_or_default();
+    let lightning = config.section::<TrainerSection>()?.unwrap_or_default();
     let settings = TrainerSettings {
         default_root_dir: config.output.dir.clone(),
         max_steps: tr.max_steps,
+        max_epochs: lightning.max_epochs,
+        limit_train_batches: lightning.limit_train_batches,
+        fast_dev_run: lightning.fast_dev_run.batches(),
+        num_sanity_val_steps: lightning.num_sanity_val_steps,
+        strategy: lightning.strategy,
         optimizer: AdamWConfig {
             beta1: tr.adam_beta1,
             beta2: tr.adam_beta2,

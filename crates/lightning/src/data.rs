@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{LightningError, Result};
 
 /// Training and validation batches for one rank. `N` is the network being trained: a source that generates its
 /// batches (rollouts) reads the current policy from it; one that reads a dataset ignores it.
@@ -22,6 +22,18 @@ pub trait DataModule<N> {
     /// The epoch the training stream is in (logged).
     fn epoch(&self) -> u64 {
         0
+    }
+
+    /// Epochs fully served (the current one counts once its last batch is out), for `max_epochs`; `None` when this
+    /// source cannot tell where an epoch ends.
+    fn epochs_completed(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Serve at most `batches` training batches an epoch, the epoch's first ones (Lightning's
+    /// `limit_train_batches`).
+    fn limit_train_batches(&mut self, _batches: u64) -> Result<()> {
+        Err(LightningError::Invalid("limit_train_batches: this data module cannot limit its epochs".into()))
     }
 
     /// Tokens (or items) in a batch, for throughput.

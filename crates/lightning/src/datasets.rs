@@ -24,6 +24,8 @@ pub struct Datasets<T> {
     next: usize,
     /// This epoch's order of the training items.
     order: Vec<usize>,
+    /// At most this many batches an epoch.
+    batch_limit: Option<u64>,
 }
 
 impl<T: Clone> Datasets<T> {
@@ -36,7 +38,7 @@ impl<T: Clone> Datasets<T> {
             )));
         }
         let order = (0..train.len()).collect();
-        Ok(Self { train, val, batch_size, seed: None, epoch: 0, next: 0, order })
+        Ok(Self { train, val, batch_size, seed: None, epoch: 0, next: 0, order, batch_limit: None })
     }
 
     /// Reshuffles the training items at every epoch, in an order drawn from `(seed, epoch)`.
@@ -44,6 +46,12 @@ impl<T: Clone> Datasets<T> {
         self.seed = Some(seed);
         self.order = self.order_of(self.epoch);
         self
+    }
+
+    /// Where an epoch's items end: all of them, or as many as the batch limit serves.
+    fn epoch_end(&self) -> usize {
+        let limit = self.batch_limit.and_then(|n| usize::try_from(n).ok()?.checked_mul(self.batch_size));
+        limit.map_or(self.order.len(), |items| items.min(self.order.len()))
     }
 
     fn order_of(&self, epoch: u64) -> Vec<usize> {
@@ -59,12 +67,12 @@ impl<N, T: Clone> DataModule<N> for Datasets<T> {
     type Batch = Vec<T>;
 
     fn train_batch(&mut self, _net: &N) -> Result<Vec<T>> {
-        if self.next >= self.order.len() {
+        if self.next >= self.epoch_end() {
             self.epoch += 1;
             self.next = 0;
             self.order = self.order_of(self.epoch);
         }
-        let end = (self.next + self.batch_size).min(self.order.len());
+        let end = (self.next + self.batch_size).min(self.epoch_end());
         let batch = self.order[self.next..end].iter().map(|&i| self.train[i].clone()).collect();
         self.next = end;
         Ok(batch)
@@ -94,6 +102,15 @@ impl<N, T: Clone> DataModule<N> for Datasets<T> {
 
     fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    fn epochs_completed(&mut self) -> Result<Option<u64>> {
+        Ok(Some(self.epoch + u64::from(self.next >= self.epoch_end())))
+    }
+
+    fn limit_train_batches(&mut self, batches: u64) -> Result<()> {
+        self.batch_limit = Some(batches.max(1));
+        Ok(())
     }
 
     fn batch_tokens(&self, batch: &Vec<T>) -> usize {
@@ -140,5 +157,16 @@ mod tests {
         let err = DataModule::<()>::seek(&mut resumed, &json!({"epoch": 0, "next": 11})).unwrap_err();
         assert!(err.to_string().contains("past the 10 training items"), "{err}");
         assert!(Datasets::<u32>::new(vec![], vec![], 1).is_err());
+    }
+
+    #[test]
+    fn a_batch_limit_shortens_every_epoch_and_epochs_completed_counts_the_last_batch_out() {
+        let mut data = Datasets::new((0..10).collect::<Vec<u32>>(), vec![], 3).unwrap();
+        DataModule::<()>::limit_train_batches(&mut data, 2).unwrap();
+        assert_eq!(DataModule::<()>::epochs_completed(&mut data).unwrap(), Some(0));
+        assert_eq!(draw(&mut data, 2), [vec![0, 1, 2], vec![3, 4, 5]]);
+        assert_eq!(DataModule::<()>::epochs_completed(&mut data).unwrap(), Some(1));
+        assert_eq!(draw(&mut data, 1), [vec![0, 1, 2]], "the next epoch starts over");
+        assert_eq!(DataModule::<()>::epoch(&data), 1);
     }
 }

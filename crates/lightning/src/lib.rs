@@ -56,6 +56,7 @@ pub mod loggers;
 mod module;
 mod step;
 mod trainer;
+mod trainer_section;
 mod window;
 
 pub use callbacks::{
@@ -71,4 +72,5 @@ pub use module::{
     InnerNet, LightningModule, LossParts, NET_FILE, Optimizers, Recompute, StepContext, StepOutput, load_net, save_net,
 };
 pub use step::{StepOptions, StepStats, optimizer_step};
-pub use trainer::{FitSummary, Trainer, TrainerSettings};
+pub use trainer::{FitSummary, Strategy, Trainer, TrainerSettings};
+pub use trainer_section::{FastDevRun, TrainerSection};

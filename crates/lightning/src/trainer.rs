@@ -33,6 +33,16 @@ pub struct TrainerSettings {
     /// Where metrics, checkpoints and `final/` go.
     pub default_root_dir: PathBuf,
     pub max_steps: u64,
+    /// Also stop once the data module has served this many epochs (it must tell where epochs end).
+    pub max_epochs: Option<u64>,
+    /// At most this many training batches an epoch.
+    pub limit_train_batches: Option<u64>,
+    /// A smoke test of the module: this many steps and validation batches (0: off), writing nothing.
+    pub fast_dev_run: u64,
+    /// Validation batches run before the first step to catch a broken `validation_step` early (not logged).
+    pub num_sanity_val_steps: usize,
+    /// How the ranks train: data parallel over the Accelerator's world, or one device only.
+    pub strategy: Strategy,
     pub optimizer: AdamWConfig,
     pub schedule: Schedule,
     /// Global-norm gradient clipping.
@@ -66,6 +76,11 @@ impl TrainerSettings {
         Self {
             default_root_dir: default_root_dir.into(),
             max_steps: 1000,
+            max_epochs: None,
+            limit_train_batches: None,
+            fast_dev_run: 0,
+            num_sanity_val_steps: 2,
+            strategy: Strategy::Auto,
             optimizer: AdamWConfig::default(),
             schedule: Schedule::constant(1e-3),
             gradient_clip_val: None,
@@ -105,8 +120,23 @@ pub struct FitSummary {
     pub already_finished: bool,
     /// The signal (SIGINT/SIGTERM) that stopped the run after step `steps`, whose checkpoint was written.
     pub interrupted_by: Option<i32>,
-    /// Why a callback ended the run before `max_steps` (early stopping); `final/` was written.
+    /// Why a callback (early stopping) or `max_epochs` ended the run before `max_steps`; `final/` was written.
     pub stopped_early: Option<String>,
+    /// A fast dev run: it trained and validated, and wrote nothing.
+    pub fast_dev_run: bool,
+}
+
+/// How the ranks of a run train (Lightning's `strategy`; the ZeRO stages come with llmtrain-zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Data parallel over however many ranks the run was launched with.
+    #[default]
+    Auto,
+    /// One rank only: a launch with several is refused.
+    SingleDevice,
+    /// Data parallel (DDP) through the Accelerator: gradients all-reduced every step.
+    Ddp,
 }
 
 /// The metrics the Trainer itself logs (a module's own come from [`LightningModule::metric_names`]).
@@ -137,8 +167,18 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
     /// checkpoint it (a second one stops at once), and rank 0 creates the output directory.
     pub fn new(settings: TrainerSettings, accelerator: &'a mut Accelerator<A>) -> Result<Self> {
         let out = &settings.default_root_dir;
+        if settings.strategy == Strategy::SingleDevice && accelerator.world_size() > 1 {
+            return Err(LightningError::Invalid(format!(
+                "strategy = \"single_device\" but this run has {} ranks: use \"ddp\" (or \"auto\") to train them \
+                 data parallel",
+                accelerator.world_size()
+            )));
+        }
+        // A fast dev run writes nothing, so it may run beside an earlier run.
+        let dry = settings.fast_dev_run > 0;
         let nothing = || LightningError::Invalid(nothing_to_resume(out));
         let checkpoint = match &settings.resume {
+            None if dry => None,
             None => {
                 refuse_earlier_run(
                     out,
@@ -153,7 +193,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 let state = verify_checkpoint(dir).map_err(|err| {
                     LightningError::Invalid(format!("--resume {}: not an intact checkpoint: {err}", dir.display()))
                 })?;
-                if !is_checkpoint_of(dir, out) {
+                if !is_checkpoint_of(dir, out) && !dry {
                     // Another run's checkpoint continues into this output directory, which must hold no run.
                     refuse_earlier_run(out, settings.overwrite, "pass another --output-dir for the continued run")?;
                 }
@@ -174,7 +214,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         };
         if trainer.finished().is_none() {
             trainer._graceful = Some(GracefulStop::enter());
-            if trainer.accelerator.is_main_process() {
+            if trainer.accelerator.is_main_process() && !dry {
                 let out = &trainer.settings.default_root_dir;
                 std::fs::create_dir_all(out).map_err(|e| CoreError::io(out, e))?;
             }
@@ -235,6 +275,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if let Some(chosen) = module.configure_optimizers() {
             (s.optimizer, s.schedule) = (chosen.optimizer, chosen.schedule);
         }
+        let dry = s.fast_dev_run > 0;
+        if let Some(batches) = s.limit_train_batches {
+            data.limit_train_batches(batches)?;
+        }
         let out = s.default_root_dir.clone();
         let main = self.accelerator.is_main_process();
         // Every rank has read what it builds from (which may sit in the output directory) before rank 0 clears it.
@@ -258,6 +302,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             resumed_from = Some(state.step);
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
+            if main && !dry {
                 if is_checkpoint_of(&dir, &out) {
                     // What came after this checkpoint is another history: kept aside, not mixed with this one.
                     if let Some((aside, moved)) = set_aside_after(&out, state.step, &dir, &[METRICS_FILE, CSV_FILE])? {
@@ -272,15 +318,26 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     clear_previous_run(&out, RUN_OUTPUTS)?;
                 }
             }
-        } else if main {
+        } else if main && !dry {
             clear_previous_run(&out, RUN_OUTPUTS)?;
+        }
+        if s.max_epochs.is_some() && data.epochs_completed()?.is_none() {
+            return Err(LightningError::Invalid(
+                "max_epochs: this run's data module cannot tell where an epoch ends; set max_steps instead".into(),
+            ));
         }
         optimizer.lr_scale =
             paths.iter().map(|path| (path.clone(), module.lr_scale(path))).filter(|(_, scale)| *scale != 1.0).collect();
         // Nobody reads the output directory before rank 0 has cleared it.
         self.accelerator.wait_for_everyone()?;
         let mut step = resumed_from.unwrap_or(0);
-        let mut metrics = if main { Some(Loggers::open(&out, &s.loggers, resumed_from, &s.hparams)?) } else { None };
+        if dry {
+            (s.max_steps, s.val_check_interval, s.limit_val_batches) =
+                (step + s.fast_dev_run, 0, s.fast_dev_run as usize);
+            s.num_sanity_val_steps = 0;
+        }
+        let mut metrics =
+            if main && !dry { Some(Loggers::open(&out, &s.loggers, resumed_from, &s.hparams)?) } else { None };
         let mut summary = FitSummary { resumed_from, final_dir: out.join("final"), ..Default::default() };
         // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
         let mut latest = Map::new();
@@ -292,14 +349,26 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
         }
 
+        if s.num_sanity_val_steps > 0 && data.has_validation() {
+            // Lightning's sanity check: a broken validation fails now, not after the first interval.
+            self.validate_batches(module, &net, data, device, s.num_sanity_val_steps)?;
+        }
         for callback in self.callbacks_mut() {
             callback.on_train_start(step, s.max_steps)?;
         }
+        // Why the data ended the run before max_steps (max_epochs).
+        let mut epochs_done = None;
         let mut window = Window::new(self.accelerator);
         let mut last_val = None;
         let accumulation = self.accelerator.config().gradient_accumulation_steps;
         let mut micro = Vec::with_capacity(accumulation);
         while step < s.max_steps {
+            if let Some(max) = s.max_epochs
+                && data.epochs_completed()?.is_some_and(|done| done >= max)
+            {
+                epochs_done = Some(format!("max_epochs = {max} reached"));
+                break;
+            }
             micro.clear();
             for _ in 0..accumulation {
                 micro.push(data.train_batch(&net)?);
@@ -343,8 +412,15 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             let val_due = s.val_check_interval > 0 && step % s.val_check_interval == 0 && step != s.max_steps;
             if val_due && data.has_validation() {
                 let val_loss;
-                (val_loss, stopped_early) =
-                    self.fit_validation(module, &net, data, device, step, metrics.as_mut(), &mut latest)?;
+                (val_loss, stopped_early) = self.fit_validation(
+                    module,
+                    &net,
+                    data,
+                    device,
+                    (step, s.limit_val_batches),
+                    metrics.as_mut(),
+                    &mut latest,
+                )?;
                 last_val = Some(val_loss);
             }
             let every = self.model_checkpoint.every_n_train_steps();
@@ -354,7 +430,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 break;
             }
             let signal = stats.stop_signal.filter(|_| step < s.max_steps);
-            if saved || signal.is_some() {
+            if (saved || signal.is_some()) && !dry {
                 let at =
                     Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: signal.is_some() };
                 self.save(module, &net, &optimizer, data, at)?;
@@ -372,7 +448,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // A run a callback stopped has just validated at this step.
         if data.has_validation() && stopped_early.is_none() {
             // The callbacks see the last validation too, so their saved state is the run's whole history.
-            let (val_loss, _) = self.fit_validation(module, &net, data, device, step, metrics.as_mut(), &mut latest)?;
+            let at = (step, s.limit_val_batches);
+            let (val_loss, _) = self.fit_validation(module, &net, data, device, at, metrics.as_mut(), &mut latest)?;
             last_val = Some(val_loss);
         }
         for callback in self.callbacks_mut() {
@@ -384,15 +461,20 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 self.log(metrics.as_mut(), with_step(step, &summary.end_metrics), &mut latest)?;
             }
         }
+        // A run the data ended (max_epochs) is finished too: a resume has nothing left to do.
+        let stopped_early = stopped_early.or(epochs_done);
+        summary.fast_dev_run = dry;
         // The last checkpoint and `final/` both hold the end state.
         let at = Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: false };
-        self.save(module, &net, &optimizer, data, at)?;
+        if !dry {
+            self.save(module, &net, &optimizer, data, at)?;
+        }
         summary.steps = step;
         summary.stopped_early = stopped_early;
         summary.final_val_loss = last_val;
         summary.skipped_steps = self.accelerator.skipped_steps();
         summary.loss_scale = self.accelerator.loss_scale();
-        if main {
+        if main && !dry {
             write_dir_atomic(&summary.final_dir, |dir| {
                 module.save_final(&net, dir).map_err(|err| CoreError::Invalid(err.to_string()))
             })?;
@@ -519,7 +601,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         net: &M::Net,
         data: &D,
         device: &A::Device,
-        step: u64,
+        (step, limit_val_batches): (u64, usize),
         loggers: Option<&mut Loggers>,
         latest: &mut Map<String, Value>,
     ) -> Result<(f64, Option<String>)>
@@ -527,7 +609,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         M: LightningModule<A>,
         D: DataModule<M::Net, Batch = M::Batch>,
     {
-        let val_loss = self.validate(module, net, data, device)?;
+        let val_loss = self.validate_batches(module, net, data, device, limit_val_batches)?;
         let mut record = json!({"step": step, "eval_loss": val_loss, "eval_perplexity": val_loss.exp()});
         for (name, value) in module.on_validation_epoch_end(step, val_loss)? {
             record[name] = value;
@@ -548,9 +630,25 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         M: LightningModule<A>,
         D: DataModule<M::Net, Batch = M::Batch>,
     {
+        self.validate_batches(module, net, data, device, self.settings.limit_val_batches)
+    }
+
+    /// [`validate`](Self::validate) over at most `limit` batches per rank.
+    fn validate_batches<M, D>(
+        &self,
+        module: &M,
+        net: &M::Net,
+        data: &D,
+        device: &A::Device,
+        limit: usize,
+    ) -> Result<f64>
+    where
+        M: LightningModule<A>,
+        D: DataModule<M::Net, Batch = M::Batch>,
+    {
         let inner = self.accelerator.unwrap_model(net);
         let mut total = LossParts::default();
-        data.validation_pass(self.settings.limit_val_batches.max(1), &mut |batch| {
+        data.validation_pass(limit.max(1), &mut |batch| {
             let parts = module.validation_step(&inner, batch, device)?;
             total.sum += parts.sum;
             total.weight += parts.weight;

@@ -250,3 +250,58 @@ fn module_hooks_choose_the_optimizer_see_each_step_add_validation_figures_and_ch
     assert_eq!((resumed.batches, resumed.optimizer_steps), (20, 20));
     assert_eq!(eval_losses(crashed_dir.path()), eval_losses(straight_dir.path()));
 }
+
+/// The example's objective with a validation that fails.
+struct BrokenValidation;
+
+impl LightningModule<A> for BrokenValidation {
+    type Net = Mlp<A>;
+    type Batch = Vec<Point>;
+
+    fn batch_weight(&self, batch: &Vec<Point>) -> f64 {
+        batch.len() as f64
+    }
+    fn training_step<'n>(
+        &self,
+        net: &'n Mlp<A>,
+        batch: &Vec<Point>,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>> {
+        SineRegression.training_step(net, batch, ctx)
+    }
+    fn validation_step(
+        &self,
+        _: &InnerNet<A, Self>,
+        _: &Vec<Point>,
+        _: &<A as BackendTypes>::Device,
+    ) -> Result<LossParts> {
+        Err(LightningError::Invalid("validation_step is broken".into()))
+    }
+}
+
+#[test]
+fn the_sanity_check_fails_a_broken_validation_before_step_one_and_max_epochs_ends_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        TrainerSettings { val_check_interval: 100, enable_progress_bar: false, ..TrainerSettings::new(dir.path()) };
+    let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
+    let mut trainer = Trainer::new(settings, &mut accelerator).unwrap();
+    let err =
+        trainer.fit(&mut BrokenValidation, Mlp::new(&Default::default()), &mut sine_points(), &Default::default());
+    assert!(err.map(|_| ()).unwrap_err().to_string().contains("validation_step is broken"));
+    assert!(records(dir.path()).is_empty(), "no step ran");
+
+    // 320 points in batches of 16, at most 5 batches an epoch: 3 epochs are 15 steps.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = TrainerSettings {
+        max_epochs: Some(3),
+        limit_train_batches: Some(5),
+        enable_progress_bar: false,
+        ..TrainerSettings::new(dir.path())
+    };
+    let mut trainer = Trainer::new(settings, &mut accelerator).unwrap();
+    let (summary, _) = trainer
+        .fit(&mut SineRegression, Mlp::new(&Default::default()), &mut sine_points(), &Default::default())
+        .unwrap();
+    assert_eq!((summary.steps, summary.stopped_early.as_deref()), (15, Some("max_epochs = 3 reached")));
+}

@@ -154,6 +154,11 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
         let settings = TrainerSettings {
             default_root_dir: out.to_path_buf(),
             max_steps,
+            max_epochs: None,
+            limit_train_batches: None,
+            fast_dev_run: 0,
+            num_sanity_val_steps: 0,
+            strategy: Default::default(),
             optimizer: AdamWConfig::default(),
             schedule: Schedule { kind: ScheduleKind::Constant, peak_lr: 2e-2, warmup_steps: 0, total_steps: max_steps },
             gradient_clip_val: Some(1.0),

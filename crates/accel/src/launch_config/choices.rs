@@ -198,6 +198,10 @@ mod tests {
         }
         assert_eq!("MULTI_GPU".parse::<DistributedType>().unwrap(), DistributedType::MultiGpu);
         let err = "fp8".parse::<MixedPrecision>().unwrap_err().to_string();
-        assert_eq!(err, "unknown mixed precision `fp8`; expected one of: no, fp16, bf16");
+        assert_eq!(
+            err,
+            "unknown mixed precision `fp8`; expected one of: no, 32-true, fp16, 16-mixed, bf16, bf16-mixed"
+        );
+        assert_eq!("bf16-mixed".parse::<MixedPrecision>().unwrap(), MixedPrecision::Bf16, "Lightning's name");
     }
 }

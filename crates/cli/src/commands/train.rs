@@ -27,6 +27,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_lightning::LoggingSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::EarlyStoppingSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::ModelCheckpointSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_lightning::TrainerSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -186,6 +187,9 @@ pub fn run_rank<B: Backend>(
     if let Some(reason) = &fit.stopped_early {
         println!("stopped early at step {}: {reason}", fit.steps);
     }
+    if fit.fast_dev_run {
+        println!("fast_dev_run: {} step(s) and a validation ran; nothing was written", fit.steps);
+    }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", fit.steps, fit.elapsed_secs, fit.tokens_per_sec);
     println!("final train loss: {:.4}", fit.final_train_loss);
     // The unigram entropy is a bar for losses over every token; a completion-only loss is not comparable to it.
@@ -219,6 +223,8 @@ pub fn run_rank<B: Backend>(
     if let Some(sample) = &summary.sample {
         println!("sample:\n{sample}");
     }
-    println!("model: {}", fit.final_dir.display());
+    if !fit.fast_dev_run {
+        println!("model: {}", fit.final_dir.display());
+    }
     Ok(None)
 }

@@ -49,6 +49,10 @@ pub struct DataLoader {
     /// Malformed rows skipped: the most any one epoch met, so replays and later epochs do not count them again.
     skipped: u64,
     warned: HashSet<PathBuf>,
+    /// The next batch's rows, read ahead by [`DataLoader::epoch_complete`].
+    peeked: Option<Vec<PackedRow>>,
+    /// Train: at most this many batches an epoch (Lightning's `limit_train_batches`).
+    batch_limit: Option<u64>,
 }
 
 impl DataLoader {
@@ -101,6 +105,8 @@ impl DataLoader {
             batch_in_epoch: 0,
             skipped: 0,
             warned: HashSet::new(),
+            peeked: None,
+            batch_limit: None,
         })
     }
 
@@ -108,7 +114,12 @@ impl DataLoader {
     /// at all. Eval (and [`DataLoader::single_pass`]): `Ok(None)` after one pass.
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
         loop {
-            if let Some(rows) = self.next_rank_rows()? {
+            let rows = match self.peeked.take() {
+                _ if self.limit_reached() => None,
+                Some(rows) => Some(rows),
+                None => self.next_rank_rows()?,
+            };
+            if let Some(rows) = rows {
                 self.batch_in_epoch += 1;
                 return Ok(Some(collate(&rows, self.options.seq_len, self.pad_id, self.options.packing)));
             }
@@ -124,6 +135,28 @@ impl DataLoader {
         }
     }
 
+    /// Train: serve at most `batches` batches an epoch, the epoch's first ones (Lightning's
+    /// `limit_train_batches`).
+    pub fn limit_batches_per_epoch(&mut self, batches: u64) {
+        self.batch_limit = Some(batches.max(1));
+    }
+
+    /// Whether the current epoch has served its last batch (reading the next batch ahead to know; it is served
+    /// next all the same).
+    pub fn epoch_complete(&mut self) -> Result<bool> {
+        if self.limit_reached() {
+            return Ok(true);
+        }
+        if self.peeked.is_none() {
+            self.peeked = self.next_rank_rows()?;
+        }
+        Ok(self.peeked.is_none())
+    }
+
+    fn limit_reached(&self) -> bool {
+        !self.single_pass && self.batch_limit.is_some_and(|limit| self.batch_in_epoch >= limit)
+    }
+
     /// Where the next call to [`DataLoader::next_batch`] reads from.
     pub fn position(&self) -> DataPosition {
         DataPosition { epoch: self.epoch, batch_in_epoch: self.batch_in_epoch }
@@ -134,6 +167,7 @@ impl DataLoader {
     pub fn seek(&mut self, position: DataPosition) -> Result<()> {
         self.epoch = position.epoch;
         self.batch_in_epoch = 0;
+        self.peeked = None;
         self.stream = EpochStream::new(self.options.files.clone());
         while self.batch_in_epoch < position.batch_in_epoch {
             if self.next_rank_rows()?.is_none() {

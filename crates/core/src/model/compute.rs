@@ -74,12 +74,16 @@ pub fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
 }
 
 /// The precision of the forward and backward passes (Accelerate's `mixed_precision`); master weights stay f32.
+/// Lightning's `precision` names are accepted too: `32-true`, `16-mixed`, `bf16-mixed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MixedPrecision {
     #[default]
+    #[serde(alias = "32-true")]
     No,
+    #[serde(alias = "16-mixed")]
     Fp16,
+    #[serde(alias = "bf16-mixed")]
     Bf16,
 }
 
@@ -91,6 +95,15 @@ impl MixedPrecision {
             Self::No => "no",
             Self::Fp16 => "fp16",
             Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Lightning's name of this precision (`Trainer(precision=...)`).
+    pub fn lightning_name(self) -> &'static str {
+        match self {
+            Self::No => "32-true",
+            Self::Fp16 => "16-mixed",
+            Self::Bf16 => "bf16-mixed",
         }
     }
 
@@ -124,8 +137,8 @@ impl std::str::FromStr for MixedPrecision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let wanted = s.trim().to_lowercase();
-        Self::ALL.iter().copied().find(|m| m.name() == wanted).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+        Self::ALL.iter().copied().find(|m| m.name() == wanted || m.lightning_name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().flat_map(|m| [m.name(), m.lightning_name()]).collect();
             format!("unknown mixed precision `{s}`; expected one of: {}", names.join(", "))
         })
     }
