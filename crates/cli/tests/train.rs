@@ -649,3 +649,14 @@ fn single_device_strategy_refuses_several_ranks_and_lightning_precision_names_ar
     let stdout = ok(&run.train(&["--max-steps", "1", "--mixed-precision", "bf16-mixed"]));
     assert!(stdout.contains("steps: 1"), "{stdout}");
 }
+
+#[test]
+fn an_unwritable_output_directory_is_one_line() {
+    // Root may write anywhere, so "unwritable" is a path through a regular file.
+    let run = Run::new("\n[logging]\nloggers = [\"jsonl\", \"csv\", \"tensorboard\"]\n");
+    std::fs::write(run.path("taken"), "a file, not a directory").unwrap();
+    let out = run.train(&["--output-dir", run.path("taken/out").to_str().unwrap()]);
+    let err = assert_one_line_error(&out, "taken/out");
+    assert!(err.contains("Not a directory") || err.contains("not a directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.path("taken")).unwrap(), "a file, not a directory");
+}

@@ -287,11 +287,12 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let mut optimizer = AdamW::<A::InnerBackend>::new(s.optimizer);
         let paths = trainable_paths(&net);
         let mut resumed_from = None;
-        if let Some((dir, _)) = self.checkpoint.clone() {
-            let (loaded, state) = self.accelerator.load_state(&dir, s.optimizer, device)?;
+        let resumed_dir = self.checkpoint.as_ref().map(|(dir, _)| dir.clone());
+        if let Some(dir) = &resumed_dir {
+            let (loaded, state) = self.accelerator.load_state(dir, s.optimizer, device)?;
             optimizer = loaded;
-            net = module.configure_net(module.load_checkpoint(net, &dir)?);
-            check_optimizer_names(&optimizer, &paths, &dir)?;
+            net = module.configure_net(module.load_checkpoint(net, dir)?);
+            check_optimizer_names(&optimizer, &paths, dir)?;
             data.seek(&state.data_position)?;
             module.on_load_checkpoint(&state.module)?;
             for callback in self.callbacks_mut() {
@@ -303,28 +304,24 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
             }
-            if main && !dry {
-                if is_checkpoint_of(&dir, &out) {
-                    // What came after this checkpoint is another history: kept aside, not mixed with this one.
-                    if let Some((aside, moved)) = set_aside_after(&out, state.step, &dir, &[METRICS_FILE, CSV_FILE])? {
-                        eprintln!(
-                            "moved what the run wrote after step {} ({}) to {}; nothing was deleted",
-                            state.step,
-                            moved.join(", "),
-                            aside.display()
-                        );
-                    }
-                } else if s.overwrite {
-                    clear_previous_run(&out, RUN_OUTPUTS)?;
-                }
-            }
-        } else if main && !dry {
-            clear_previous_run(&out, RUN_OUTPUTS)?;
         }
         if s.max_epochs.is_some() && data.epochs_completed()?.is_none() {
             return Err(LightningError::Invalid(
                 "max_epochs: this run's data module cannot tell where an epoch ends; set max_steps instead".into(),
             ));
+        }
+        // Everything is checked: only now does rank 0 touch the output directory.
+        match (&resumed_dir, resumed_from) {
+            _ if !main || dry => {}
+            (Some(dir), Some(step)) if is_checkpoint_of(dir, &out) => {
+                // What came after this checkpoint is another history: kept aside, not mixed with this one.
+                if let Some((aside, moved)) = set_aside_after(&out, step, dir, &[METRICS_FILE, CSV_FILE])? {
+                    let (moved, aside) = (moved.join(", "), aside.display());
+                    eprintln!("moved what the run wrote after step {step} ({moved}) to {aside}; nothing was deleted");
+                }
+            }
+            (Some(_), _) if !s.overwrite => {}
+            _ => clear_previous_run(&out, RUN_OUTPUTS)?,
         }
         optimizer.lr_scale =
             paths.iter().map(|path| (path.clone(), module.lr_scale(path))).filter(|(_, scale)| *scale != 1.0).collect();
@@ -359,7 +356,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // Why the data ended the run before max_steps (max_epochs).
         let mut epochs_done = None;
         let mut window = Window::new(self.accelerator);
-        let mut last_val = None;
+        let (mut last_val, mut validated_at) = (None, None);
         let accumulation = self.accelerator.config().gradient_accumulation_steps;
         let mut micro = Vec::with_capacity(accumulation);
         while step < s.max_steps {
@@ -421,7 +418,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     metrics.as_mut(),
                     &mut latest,
                 )?;
-                last_val = Some(val_loss);
+                (last_val, validated_at) = (Some(val_loss), Some(step));
             }
             let every = self.model_checkpoint.every_n_train_steps();
             let saved = every > 0 && step % every == 0 && step != s.max_steps;
@@ -431,8 +428,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             }
             let signal = stats.stop_signal.filter(|_| step < s.max_steps);
             if (saved || signal.is_some()) && !dry {
-                let at =
-                    Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: signal.is_some() };
+                let at = Snapshot { step, stopped_early: &stopped_early, interrupted: signal.is_some() };
                 self.save(module, &net, &optimizer, data, at)?;
             }
             if let Some(signal) = signal {
@@ -445,8 +441,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 return Ok((summary, net));
             }
         }
-        // A run a callback stopped has just validated at this step.
-        if data.has_validation() && stopped_early.is_none() {
+        // A run a callback stopped (or max_epochs ended right after a validation) has just validated at this step.
+        if data.has_validation() && validated_at != Some(step) {
             // The callbacks see the last validation too, so their saved state is the run's whole history.
             let at = (step, s.limit_val_batches);
             let (val_loss, _) = self.fit_validation(module, &net, data, device, at, metrics.as_mut(), &mut latest)?;
@@ -465,7 +461,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let stopped_early = stopped_early.or(epochs_done);
         summary.fast_dev_run = dry;
         // The last checkpoint and `final/` both hold the end state.
-        let at = Snapshot { step, latest: &latest, stopped_early: &stopped_early, interrupted: false };
+        let at = Snapshot { step, stopped_early: &stopped_early, interrupted: false };
         if !dry {
             self.save(module, &net, &optimizer, data, at)?;
         }
@@ -509,7 +505,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         M: LightningModule<A>,
         D: DataModule<M::Net, Batch = M::Batch>,
     {
-        let plan = self.model_checkpoint.plan(at.step, at.latest, at.interrupted);
+        let plan = self.model_checkpoint.plan(at.step, at.interrupted);
         let model_checkpoint: &dyn Callback = &self.model_checkpoint;
         let callbacks = self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]);
         let state = TrainerState {
@@ -565,7 +561,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok(())
     }
 
-    /// Refuses, before step 1, a callback watching a metric this run never logs, naming the ones it does.
+    /// Refuses, before step 1, two callbacks of one name, and a callback watching a metric this run never logs,
+    /// naming the ones it does.
     fn check_monitors<M, D>(&self, module: &M, data: &D) -> Result<()>
     where
         M: LightningModule<A>,
@@ -575,6 +572,14 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let model_checkpoint: &dyn Callback = &self.model_checkpoint;
         let callbacks: Vec<&dyn Callback> =
             self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]).collect();
+        for (i, callback) in callbacks.iter().enumerate() {
+            if callbacks[..i].iter().any(|earlier| earlier.name() == callback.name()) {
+                return Err(LightningError::Invalid(format!(
+                    "two callbacks are named `{}`: their states would share one key in trainer_state.json",
+                    callback.name()
+                )));
+            }
+        }
         let added = callbacks.iter().flat_map(|c| c.metric_names());
         let logged: Vec<&str> =
             TRAINER_METRICS.iter().chain(validation).copied().chain(module.metric_names()).chain(added).collect();
@@ -620,6 +625,11 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             if let Control::Stop(reason) = callback.on_validation_end(step, latest)? {
                 stop.get_or_insert(reason);
             }
+        }
+        // A callback may watch a figure of this rank alone (its throughput): the ranks agree to stop together.
+        let stops = self.accelerator.reduce(f64::from(u8::from(stop.is_some())), ReduceOp::Sum)?;
+        if stops > 0.0 && stop.is_none() {
+            stop = Some("a callback of another rank stopped the run".into());
         }
         Ok((val_loss, stop))
     }
@@ -680,8 +690,6 @@ fn check_optimizer_names<B: burn::tensor::backend::Backend>(
 /// Where a fit stands when it checkpoints.
 struct Snapshot<'s> {
     step: u64,
-    /// The latest value of every metric logged.
-    latest: &'s Map<String, Value>,
     /// Why a callback ended the run, if one did.
     stopped_early: &'s Option<String>,
     /// A signal stops the run after this checkpoint: it is kept whatever it scores.

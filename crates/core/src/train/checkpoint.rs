@@ -78,13 +78,13 @@ pub struct SavePlan {
     pub keep: Retention,
 }
 
-/// Which checkpoints of the output directory a save keeps (the one it writes among them).
+/// Which checkpoints of the output directory a save removes once it has written its own.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Retention {
-    /// The `n` newest (transformers' `save_total_limit`; at least one).
+    /// All but the `n` newest (transformers' `save_total_limit`; at least one is kept).
     Newest(usize),
-    /// Those of these steps (a monitored metric's top k, and the last).
-    Steps(std::collections::BTreeSet<u64>),
+    /// These, by directory name (what a monitored top k no longer holds); nothing else is touched.
+    Remove(Vec<String>),
 }
 
 impl SavePlan {
@@ -117,11 +117,20 @@ impl std::str::FromStr for ResumeFrom {
     }
 }
 
-/// The step of a checkpoint directory's name: `checkpoint-<step>`, optionally followed by `-<anything>` (the
-/// monitored value).
+/// The step of a checkpoint directory's name: `checkpoint-<step>`, or `checkpoint-<step>-<metric>=<number>` (a
+/// monitored value). Any other name (a user's `checkpoint-100-keep`) is not a checkpoint llmtrain manages.
 pub fn checkpoint_step(name: &str) -> Option<u64> {
     let rest = name.strip_prefix(PREFIX)?;
-    let digits = rest.split_once('-').map_or(rest, |(step, _)| step);
+    let (digits, monitored) = rest.split_once('-').map_or((rest, None), |(step, tail)| (step, Some(tail)));
+    if let Some(tail) = monitored {
+        let (metric, value) = tail.rsplit_once('=')?;
+        if metric.is_empty() || value.parse::<f64>().is_err() {
+            return None;
+        }
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     digits.parse().ok()
 }
 
@@ -135,8 +144,7 @@ pub fn save_checkpoint_with<I: Backend>(
     plan: &SavePlan,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let step = state.step;
-    let target = output_dir.join(format!("{PREFIX}{step}{}", plan.suffix));
+    let target = output_dir.join(format!("{PREFIX}{}{}", state.step, plan.suffix));
     write_dir_atomic(&target, |dir| {
         write_files(dir)?;
         write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
@@ -153,16 +161,20 @@ pub fn save_checkpoint_with<I: Backend>(
         let text = serde_json::to_string_pretty(&state).expect("state serialises");
         write_atomic(&dir.join(STATE_FILE), format!("{text}\n").as_bytes())
     })?;
-    let found = list_checkpoints(output_dir)?;
-    let stale = found.iter().enumerate().filter(|(newest_first, (old_step, old))| {
-        *old != target
-            && match &plan.keep {
-                Retention::Newest(n) => *newest_first >= (*n).max(1),
-                // Another directory of the step just written (another monitored value) is stale too.
-                Retention::Steps(kept) => !kept.contains(old_step) || *old_step == step,
-            }
-    });
-    for (_, (_, old)) in stale {
+    let stale: Vec<PathBuf> = match &plan.keep {
+        Retention::Newest(n) => {
+            let older = list_checkpoints(output_dir)?.into_iter().skip((*n).max(1));
+            older.map(|(_, dir)| dir).filter(|dir| *dir != target).collect()
+        }
+        // The one just written too, when it is listed (a top k without `save_last` that it did not enter).
+        Retention::Remove(names) => names
+            .iter()
+            .filter(|name| checkpoint_step(name).is_some())
+            .map(|name| output_dir.join(name))
+            .filter(|dir| dir.is_dir())
+            .collect(),
+    };
+    for old in &stale {
         std::fs::remove_dir_all(old).map_err(|e| CoreError::io(old, e))?;
     }
     Ok(target)
@@ -265,4 +277,20 @@ pub fn load_optimizer<B: Backend>(dir: &Path, config: AdamWConfig, device: &B::D
         optimizer.moments.insert(name, Moments { exp_avg: m, exp_avg_sq: v });
     }
     Ok(optimizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoint_step;
+
+    #[test]
+    fn checkpoint_names_are_a_step_or_a_step_and_a_monitored_value_and_nothing_else() {
+        assert_eq!(checkpoint_step("checkpoint-120"), Some(120));
+        assert_eq!(checkpoint_step("checkpoint-120-eval_loss=2.3456"), Some(120));
+        assert_eq!(checkpoint_step("checkpoint-7-lr-AdamW=NaN"), Some(7));
+        // A user's copy or note is not a checkpoint llmtrain prunes, clears or moves.
+        for other in ["checkpoint-120-keep", "checkpoint-120-best=yes", "checkpoint-+5", "checkpoint-", "final"] {
+            assert_eq!(checkpoint_step(other), None, "{other}");
+        }
+    }
 }
