@@ -149,12 +149,14 @@ fn a_run_of_the_example_that_crashes_mid_epoch_resumes_bit_identically() {
 }
 
 /// The example's objective with every hook a Lightning user reaches for: its own optimizer and schedule, counts
-/// kept by the step hooks (its own checkpointed state), and a figure added to each validation record.
+/// kept by the step hooks (its own checkpointed state), and a figure added to each validation record; or with a
+/// validation that fails.
 #[derive(Default)]
 struct HookedSine {
     optimizer_steps: u64,
     batches: u64,
     last_grad_norm: f64,
+    broken_validation: bool,
 }
 
 impl LightningModule<A> for HookedSine {
@@ -178,6 +180,9 @@ impl LightningModule<A> for HookedSine {
         batch: &Vec<Point>,
         device: &<A as BackendTypes>::Device,
     ) -> Result<LossParts> {
+        if self.broken_validation {
+            return Err(LightningError::Invalid("validation_step is broken".into()));
+        }
         LightningModule::<A>::validation_step(&SineRegression, net, batch, device)
     }
     fn configure_optimizers(&self) -> Option<Optimizers> {
@@ -251,34 +256,6 @@ fn module_hooks_choose_the_optimizer_see_each_step_add_validation_figures_and_ch
     assert_eq!(eval_losses(crashed_dir.path()), eval_losses(straight_dir.path()));
 }
 
-/// The example's objective with a validation that fails.
-struct BrokenValidation;
-
-impl LightningModule<A> for BrokenValidation {
-    type Net = Mlp<A>;
-    type Batch = Vec<Point>;
-
-    fn batch_weight(&self, batch: &Vec<Point>) -> f64 {
-        batch.len() as f64
-    }
-    fn training_step<'n>(
-        &self,
-        net: &'n Mlp<A>,
-        batch: &Vec<Point>,
-        ctx: &StepContext<'_, A>,
-    ) -> Result<StepOutput<'n, A>> {
-        SineRegression.training_step(net, batch, ctx)
-    }
-    fn validation_step(
-        &self,
-        _: &InnerNet<A, Self>,
-        _: &Vec<Point>,
-        _: &<A as BackendTypes>::Device,
-    ) -> Result<LossParts> {
-        Err(LightningError::Invalid("validation_step is broken".into()))
-    }
-}
-
 #[test]
 fn the_sanity_check_fails_a_broken_validation_before_step_one_and_max_epochs_ends_a_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,8 +263,8 @@ fn the_sanity_check_fails_a_broken_validation_before_step_one_and_max_epochs_end
         TrainerSettings { val_check_interval: 100, enable_progress_bar: false, ..TrainerSettings::new(dir.path()) };
     let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
     let mut trainer = Trainer::new(settings, &mut accelerator).unwrap();
-    let err =
-        trainer.fit(&mut BrokenValidation, Mlp::new(&Default::default()), &mut sine_points(), &Default::default());
+    let mut broken = HookedSine { broken_validation: true, ..Default::default() };
+    let err = trainer.fit(&mut broken, Mlp::new(&Default::default()), &mut sine_points(), &Default::default());
     assert!(err.map(|_| ()).unwrap_err().to_string().contains("validation_step is broken"));
     assert!(records(dir.path()).is_empty(), "no step ran");
 
