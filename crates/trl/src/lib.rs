@@ -1,3 +1,26 @@
-//! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, PPO, GRPO, KTO and ORPO.
+//! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), then PPO and GRPO.
 //!
-//! This crate holds no API yet: its issue has not been worked on. See DESIGN.md for where it sits.
+//! Built so far: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss types and logged metrics over per-sequence
+//! completion log-probs (checked against TRL itself in `tests/dpo_loss.rs`). The DPO LightningModule, its data
+//! and the `[dpo]` section come next (issue "trl I").
+//!
+//! ```
+//! use burn::tensor::{Tensor, TensorData};
+//! use llmtrain_trl::dpo::{DpoLoss, LossType, SequenceLogps};
+//! # type B = burn::backend::Flex;
+//! let device = Default::default();
+//! let column = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+//! // The policy equals the reference (step 1): the sigmoid loss is ln 2.
+//! let logps = SequenceLogps {
+//!     chosen: column(&[-3.0]),
+//!     rejected: column(&[-4.0]),
+//!     ref_chosen: column(&[-3.0]),
+//!     ref_rejected: column(&[-4.0]),
+//!     chosen_tokens: column(&[2.0]),
+//!     rejected_tokens: column(&[3.0]),
+//! };
+//! let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0).loss(&logps);
+//! assert!((loss.into_scalar() - std::f32::consts::LN_2).abs() < 1e-7);
+//! ```
+
+pub mod dpo;

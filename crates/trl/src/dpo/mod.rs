@@ -1,0 +1,5 @@
+//! DPO (`[dpo]`, TRL's DPOTrainer): so far its loss and metrics.
+
+mod loss;
+
+pub use loss::{DpoLoss, DpoMetrics, LossType, SequenceLogps, UnknownLossType};

@@ -1,0 +1,76 @@
+//! DPO's loss and metrics against TRL 1.16 itself: `fixtures/dpo_losses.json` holds, for each loss type, the
+//! per-sequence log-probs DPOTrainer computed at step 1 and what it logged (`scripts/make_dpo_fixture.py`).
+
+use burn::tensor::{Tensor, TensorData};
+use llmtrain_core::device::CpuBackend as B;
+use llmtrain_trl::dpo::{DpoLoss, LossType, SequenceLogps};
+use serde_json::Value;
+
+fn fixture() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dpo_losses.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn column(values: &Value) -> Tensor<B, 1> {
+    let values: Vec<f32> = values.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), &Default::default())
+}
+
+fn logps(inputs: &Value) -> SequenceLogps<B> {
+    SequenceLogps {
+        chosen: column(&inputs["chosen_logps"]),
+        rejected: column(&inputs["rejected_logps"]),
+        ref_chosen: column(&inputs["ref_chosen_logps"]),
+        ref_rejected: column(&inputs["ref_rejected_logps"]),
+        chosen_tokens: column(&inputs["chosen_tokens"]),
+        rejected_tokens: column(&inputs["rejected_tokens"]),
+    }
+}
+
+#[test]
+fn every_loss_type_and_metric_matches_trl_within_1e_5() {
+    let fixture = fixture();
+    let beta = fixture["beta"].as_f64().unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let names: Vec<&str> = case["loss_type"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        let weights: Vec<f64> = match case["loss_weights"].as_array() {
+            Some(weights) => weights.iter().map(|w| w.as_f64().unwrap()).collect(),
+            None => vec![1.0; names.len()],
+        };
+        let losses = names.iter().zip(weights).map(|(name, w)| (name.parse::<LossType>().unwrap(), w)).collect();
+        let dpo = DpoLoss::new(beta, losses, case["label_smoothing"].as_f64().unwrap());
+        let inputs = logps(&case["inputs"]);
+        let trl = &case["metrics"];
+        let loss = f64::from(dpo.loss(&inputs).into_scalar());
+        let expected = trl["loss"].as_f64().unwrap();
+        assert!((loss - expected).abs() <= 1e-5, "{names:?}: loss {loss} vs TRL {expected}");
+        for (name, value) in dpo.metrics(&inputs).named() {
+            let expected = trl[name].as_f64().unwrap();
+            assert!((value - expected).abs() <= 1e-5, "{names:?}: {name} {value} vs TRL {expected}");
+        }
+    }
+}
+
+#[test]
+fn at_step_one_the_reference_is_the_policy_and_the_sigmoid_loss_is_ln_2() {
+    let fixture = fixture();
+    let inputs = &fixture["cases"][0]["inputs"];
+    let mut same = logps(inputs);
+    (same.ref_chosen, same.ref_rejected) = (same.chosen.clone(), same.rejected.clone());
+    let dpo = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
+    assert_eq!(dpo.loss(&same).into_scalar(), std::f32::consts::LN_2);
+    let metrics = dpo.metrics(&same);
+    assert_eq!((metrics.rewards_margins, metrics.rewards_accuracies), (0.0, 0.0));
+}
+
+#[test]
+fn an_unknown_loss_type_names_the_valid_ones() {
+    let err = "kto".parse::<LossType>().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "unknown DPO loss_type `kto`; expected one of: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero, apo_down, sft"
+    );
+}
