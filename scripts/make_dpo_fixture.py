@@ -4,13 +4,14 @@ log-probs it computed them from.
 
 Needs `pip install torch transformers trl==1.16.0` (CPU is enough). Run from the repository root:
 
-    python3 scripts/make_dpo_fixture.py    # writes crates/trl/tests/fixtures/dpo_losses.json
+    python3 scripts/make_dpo_fixture.py    # writes crates/trl/tests/fixtures/dpo_losses.json and dpo_tokenizer/
 
-A tiny Llama policy and a differently seeded reference score four preference rows (a word-level tokenizer built
-here); for each `loss_type` DPOTrainer runs one step at learning rate 0 and its first log record is kept. The
-per-sequence sums of completion log-probs (policy and reference, chosen and rejected) and the completion lengths
-are computed from the trainer's own collated batch, so llmtrain's loss can be checked against TRL's from the
-same inputs.
+A tiny Llama policy and a differently seeded reference score four preference rows (with a byte-level BPE
+tokenizer trained here on them, saved as `dpo_tokenizer/`); for each `loss_type` DPOTrainer runs one step at
+learning rate 0 and its first log record is kept. The per-sequence sums of completion log-probs (policy and
+reference, chosen and rejected) and the completion lengths are recorded from the trainer's own forward passes, so
+llmtrain's loss can be checked against TRL's from the same inputs; the token ids TRL's dataset preparation gives
+each row (EOS text appended, the completion starting where prompt and prompt+completion diverge) are kept too.
 """
 import json
 import pathlib
@@ -18,16 +19,18 @@ import tempfile
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import DPOConfig, DPOTrainer
 
 OUT = pathlib.Path("crates/trl/tests/fixtures/dpo_losses.json")
+TOKENIZER_DIR = pathlib.Path("crates/trl/tests/fixtures/dpo_tokenizer")
 ROWS = [
     {"prompt": "the cat sat on", "chosen": " the mat", "rejected": " a dog barks loudly"},
     {"prompt": "one two three", "chosen": " four five", "rejected": " seven"},
-    {"prompt": "red green", "chosen": " blue", "rejected": " green red green"},
-    {"prompt": "a b c d", "chosen": " e f g", "rejected": " z y"},
+    # The prompt ends inside a word: its last token merges with the completion's first.
+    {"prompt": "red gr", "chosen": "een blue", "rejected": "ey green red"},
+    {"prompt": "a b c d", "chosen": " e f g</s>", "rejected": " z y"},
 ]
 LOSSES = [
     (["sigmoid"], None, 0.0),
@@ -45,11 +48,14 @@ METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "
 
 
 def tokenizer():
-    words = sorted({w for row in ROWS for text in row.values() for w in text.split()})
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [row["prompt"] + row["chosen"] for row in ROWS] + [row["prompt"] + row["rejected"] for row in ROWS]
+    tok.train_from_iterator(corpus * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>")
 
 
 def model(seed, vocab):
@@ -90,6 +96,8 @@ def main():
             record_logps(reference, reference_seen)
             trainer.train()
             logged = trainer.state.log_history[0]
+            tokenized = [{key: row[key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                         for row in trainer.train_dataset]
         (logps, lengths), (ref_logps, _) = policy_seen[0], reference_seen[0]
         half = len(ROWS)
         inputs = {
@@ -100,7 +108,9 @@ def main():
         cases.append({"loss_type": loss_type, "loss_weights": weights, "label_smoothing": smoothing,
                       "inputs": inputs, "metrics": {name: logged[name] for name in METRICS}})
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"beta": 0.1, "cases": cases}, indent=1) + "\n")
+    tok.save_pretrained(TOKENIZER_DIR)
+    fixture = {"beta": 0.1, "rows": ROWS, "tokenized": tokenized, "cases": cases}
+    OUT.write_text(json.dumps(fixture, indent=1) + "\n")
     print(f"wrote {OUT}")
 
 

@@ -1,8 +1,9 @@
 //! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), then PPO and GRPO.
 //!
 //! Built so far: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss types and logged metrics over per-sequence
-//! completion log-probs (checked against TRL itself in `tests/dpo_loss.rs`). The DPO LightningModule, its data
-//! and the `[dpo]` section come next (issue "trl I").
+//! completion log-probs, and [`dpo::tokenize_pair`], its tokenization of a preference row (both checked against
+//! TRL itself in `tests/dpo.rs`). The DPO LightningModule, its batches and the `[dpo]` section come next (issue
+//! "trl I").
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -24,3 +25,6 @@
 //! ```
 
 pub mod dpo;
+mod error;
+
+pub use error::{Result, TrlError};

@@ -1,3 +1,3 @@
 //! llmtrain-trl's integration tests, one binary: each module is one concern.
 
-mod dpo_loss;
+mod dpo;

@@ -1,9 +1,11 @@
-//! DPO's loss and metrics against TRL 1.16 itself: `fixtures/dpo_losses.json` holds, for each loss type, the
-//! per-sequence log-probs DPOTrainer computed at step 1 and what it logged (`scripts/make_dpo_fixture.py`).
+//! DPO against TRL 1.16 itself: `fixtures/dpo_losses.json` holds, for each loss type, the per-sequence log-probs
+//! DPOTrainer computed at step 1 and what it logged, and the token ids its dataset preparation gave each row with
+//! the tokenizer in `fixtures/dpo_tokenizer/` (all made by `scripts/make_dpo_fixture.py`).
 
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
-use llmtrain_trl::dpo::{DpoLoss, LossType, SequenceLogps};
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_trl::dpo::{DpoLoss, LossType, SequenceLogps, tokenize_pair};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -73,4 +75,24 @@ fn an_unknown_loss_type_names_the_valid_ones() {
         err,
         "unknown DPO loss_type `kto`; expected one of: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero, apo_down, sft"
     );
+}
+
+#[test]
+fn preference_rows_tokenize_as_trl_prepares_them() {
+    let fixture = fixture();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dpo_tokenizer"));
+    let tokenizer = TextTokenizer::load(dir).unwrap();
+    let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect() };
+    let rows = fixture["rows"].as_array().unwrap();
+    for (row, trl) in rows.iter().zip(fixture["tokenized"].as_array().unwrap()) {
+        let text = |key: &str| row[key].as_str().unwrap();
+        let pair = tokenize_pair(&tokenizer, text("prompt"), text("chosen"), text("rejected")).unwrap();
+        assert_eq!(pair.prompt, ids(&trl["prompt_ids"]), "{row}");
+        assert_eq!((pair.chosen, pair.rejected), (ids(&trl["chosen_ids"]), ids(&trl["rejected_ids"])), "{row}");
+    }
+    // The row whose prompt ends inside a word: the completion starts where the tokens diverge, before the
+    // prompt's end; the row whose chosen already ends with EOS does not get a second one.
+    assert_eq!(fixture["tokenized"][2]["prompt_ids"].as_array().unwrap().len(), 1);
+    let eos = tokenizer.eos_token_id().unwrap();
+    assert_eq!(ids(&fixture["tokenized"][3]["chosen_ids"]).iter().filter(|&&t| t == eos).count(), 1);
 }

@@ -1,0 +1,15 @@
+//! The crate's errors: each is one line for the user.
+
+use llmtrain_core::CoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrlError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+
+    /// Data or settings a trainer cannot use.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = TrlError> = std::result::Result<T, E>;
