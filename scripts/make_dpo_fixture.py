@@ -7,7 +7,7 @@ Needs `pip install torch transformers trl==1.16.0` (CPU is enough). Run from the
     python3 scripts/make_dpo_fixture.py    # writes crates/trl/tests/fixtures/dpo_losses.json and dpo_tokenizer/
 
 A tiny Llama policy and a differently seeded reference score four preference rows (with a byte-level BPE
-tokenizer trained here on them, saved as `dpo_tokenizer/`); for each `loss_type` DPOTrainer runs one step at
+tokenizer trained here on them, saved as `dpo_tokenizer/`, and the two models as `dpo_policy/`, `dpo_reference/`); for each `loss_type` DPOTrainer runs one step at
 learning rate 0 and its first log record is kept. The per-sequence sums of completion log-probs (policy and
 reference, chosen and rejected) and the completion lengths are recorded from the trainer's own forward passes, so
 llmtrain's loss can be checked against TRL's from the same inputs; the token ids TRL's dataset preparation gives
@@ -86,9 +86,11 @@ def main():
         tok = tokenizer()
         policy, reference = model(0, len(tok)), model(1, len(tok))
         with tempfile.TemporaryDirectory() as out:
+            # TRL's configs default to bf16=True, which autocasts the forward to bf16 even on the CPU: f32 here.
             args = DPOConfig(output_dir=out, learning_rate=0.0, max_steps=1, per_device_train_batch_size=len(ROWS),
                              logging_steps=1, beta=0.1, loss_type=loss_type, loss_weights=weights,
-                             label_smoothing=smoothing, report_to=[], save_strategy="no", use_cpu=True, seed=0)
+                             label_smoothing=smoothing, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                             bf16=False)
             trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
                                  processing_class=tok)
             policy_seen, reference_seen = [], []
@@ -109,6 +111,9 @@ def main():
                       "inputs": inputs, "metrics": {name: logged[name] for name in METRICS}})
     OUT.parent.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(TOKENIZER_DIR)
+    # The policy and the reference as HF checkpoints (every case built them alike from their seeds).
+    model(0, len(tok)).save_pretrained(OUT.parent / "dpo_policy")
+    model(1, len(tok)).save_pretrained(OUT.parent / "dpo_reference")
     fixture = {"beta": 0.1, "rows": ROWS, "tokenized": tokenized, "cases": cases}
     OUT.write_text(json.dumps(fixture, indent=1) + "\n")
     print(f"wrote {OUT}")

@@ -1,9 +1,10 @@
 //! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), then PPO and GRPO.
 //!
-//! Built so far: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss types and logged metrics over per-sequence
-//! completion log-probs, and [`dpo::tokenize_pair`], its tokenization of a preference row (both checked against
-//! TRL itself in `tests/dpo.rs`). The DPO LightningModule, its batches and the `[dpo]` section come next (issue
-//! "trl I").
+//! Built so far, each checked against TRL itself in `tests/dpo.rs`: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss
+//! types and logged metrics over per-sequence completion log-probs; [`dpo::tokenize_pair`], its tokenization of a
+//! preference row; and [`dpo::PairBatch`] / [`dpo::sequence_logps`], a batch of pairs and the per-sequence
+//! log-probs llmtrain's model gives it. The DPO LightningModule (reference model, metrics logging) and the `[dpo]`
+//! section come next (issue "trl I").
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};

@@ -5,7 +5,7 @@
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
-use llmtrain_trl::dpo::{DpoLoss, LossType, SequenceLogps, tokenize_pair};
+use llmtrain_trl::dpo::{DpoLoss, LossType, PairBatch, SequenceLogps, sequence_logps, tokenize_pair};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -95,4 +95,46 @@ fn preference_rows_tokenize_as_trl_prepares_them() {
     assert_eq!(fixture["tokenized"][2]["prompt_ids"].as_array().unwrap().len(), 1);
     let eos = tokenizer.eos_token_id().unwrap();
     assert_eq!(ids(&fixture["tokenized"][3]["chosen_ids"]).iter().filter(|&&t| t == eos).count(), 1);
+}
+
+#[test]
+fn llmtrains_model_gives_the_per_sequence_log_probs_trl_computed() {
+    let fixture = fixture();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tokenizer = TextTokenizer::load(&here.join("dpo_tokenizer")).unwrap();
+    let pairs: Vec<_> = fixture["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let text = |key: &str| row[key].as_str().unwrap();
+            tokenize_pair(&tokenizer, text("prompt"), text("chosen"), text("rejected")).unwrap()
+        })
+        .collect();
+    let pad = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap();
+    let batch = PairBatch::collate(&pairs, pad, None);
+    let trl = &fixture["cases"][0]["inputs"];
+    let device = Default::default();
+    for (dir, chosen_key, rejected_key) in
+        [("dpo_policy", "chosen_logps", "rejected_logps"), ("dpo_reference", "ref_chosen_logps", "ref_rejected_logps")]
+    {
+        let (model, _) = llmtrain_core::hf::load_model::<B>(&here.join(dir), &device).unwrap();
+        let ours: Vec<f32> = sequence_logps(&model, &batch, &device).into_data().into_vec().unwrap();
+        let lengths = batch.completion_lengths();
+        let n = pairs.len();
+        // TRL shuffled the rows: compare the (chosen, rejected, lengths) of each pair, in chosen's order.
+        let mut mine: Vec<[f32; 4]> = (0..n).map(|i| [ours[i], ours[n + i], lengths[i], lengths[n + i]]).collect();
+        let values = |key: &str| -> Vec<f32> {
+            trl[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+        };
+        let (c, r, lc, lr) =
+            (values(chosen_key), values(rejected_key), values("chosen_tokens"), values("rejected_tokens"));
+        let mut theirs: Vec<[f32; 4]> = (0..n).map(|i| [c[i], r[i], lc[i], lr[i]]).collect();
+        mine.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        theirs.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        for (m, t) in mine.iter().zip(&theirs) {
+            let diff = m.iter().zip(t).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff <= 1e-5, "{dir}: ours {m:?} vs TRL {t:?}");
+        }
+    }
 }

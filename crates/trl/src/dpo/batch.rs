@@ -1,0 +1,65 @@
+//! A batch of preference pairs as DPOTrainer feeds the model: one `[2·pairs, len]` token tensor holding every
+//! prompt + chosen, then every prompt + rejected, right-padded and cut to `max_length` (TRL's `keep_start`), with
+//! a mask of the completion tokens; and the per-sequence sums of completion log-probs a model gives it.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use llmtrain_core::model::LlamaModel;
+
+use super::data::TokenizedPair;
+
+/// Token ids and completion mask, row-major `[rows, len]`: rows `0..pairs` chosen, `pairs..2·pairs` rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairBatch {
+    pub pairs: usize,
+    pub len: usize,
+    pub tokens: Vec<u32>,
+    pub completion: Vec<bool>,
+}
+
+impl PairBatch {
+    /// Concatenates each pair's prompt with its chosen and its rejected completion, pads with `pad_id` to the
+    /// longest row and cuts every row to `max_length` tokens.
+    pub fn collate(pairs: &[TokenizedPair], pad_id: u32, max_length: Option<usize>) -> Self {
+        let rows: Vec<(&[u32], &[u32])> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+            .chain(pairs.iter().map(|p| (p.prompt.as_slice(), p.rejected.as_slice())))
+            .collect();
+        let longest = rows.iter().map(|(prompt, completion)| prompt.len() + completion.len()).max().unwrap_or(0);
+        let len = max_length.map_or(longest, |max| longest.min(max));
+        let mut tokens = Vec::with_capacity(rows.len() * len);
+        let mut completion = Vec::with_capacity(rows.len() * len);
+        for (prompt, answer) in rows {
+            let row = prompt.iter().map(|&t| (t, false)).chain(answer.iter().map(|&t| (t, true)));
+            let padded = row.chain(std::iter::repeat((pad_id, false))).take(len);
+            for (token, scored) in padded {
+                tokens.push(token);
+                completion.push(scored);
+            }
+        }
+        Self { pairs: pairs.len(), len, tokens, completion }
+    }
+
+    /// Completion tokens of each row (chosen rows, then rejected), as TRL counts them for the length-normalised
+    /// losses: the scored positions after the first.
+    pub fn completion_lengths(&self) -> Vec<f32> {
+        self.completion.chunks(self.len.max(1)).map(|row| row.iter().skip(1).filter(|&&c| c).count() as f32).collect()
+    }
+}
+
+/// Each row's sum of the log-probs `model` gives its completion tokens (`[2·pairs]`: chosen, then rejected).
+pub fn sequence_logps<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Tensor<B, 1> {
+    let rows = 2 * batch.pairs;
+    let len = batch.len;
+    let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
+    let logits = model.forward(tokens.clone(), None).slice([0..rows, 0..len - 1]);
+    let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
+    let picked = log_softmax(logits, 2).gather(2, next).reshape([rows, len - 1]);
+    let scored: Vec<f32> =
+        batch.completion.chunks(len).flat_map(|row| row[1..].iter().map(|&c| f32::from(u8::from(c)))).collect();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(scored, [rows, len - 1]), device);
+    (picked * mask).sum_dim(1).reshape([rows])
+}
