@@ -2,9 +2,9 @@
 //!
 //! Built so far, each checked against TRL itself in `tests/dpo.rs`: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss
 //! types and logged metrics over per-sequence completion log-probs; [`dpo::tokenize_pair`], its tokenization of a
-//! preference row; and [`dpo::PairBatch`] / [`dpo::sequence_logps`], a batch of pairs and the per-sequence
-//! log-probs llmtrain's model gives it. The DPO LightningModule (reference model, metrics logging) and the `[dpo]`
-//! section come next (issue "trl I").
+//! preference row; [`dpo::PairBatch`] / [`dpo::sequence_logps`], a batch of pairs and the per-sequence log-probs
+//! llmtrain's model gives it; and [`dpo::Dpo`], the LightningModule the one Trainer runs (a frozen reference
+//! network). The `[dpo]` section, preference data files and `llmtrain train` come next (issue "trl I").
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};

@@ -5,7 +5,7 @@
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
-use llmtrain_trl::dpo::{DpoLoss, LossType, PairBatch, SequenceLogps, sequence_logps, tokenize_pair};
+use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, PairBatch, SequenceLogps, sequence_logps, tokenize_pair};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -137,4 +137,72 @@ fn llmtrains_model_gives_the_per_sequence_log_probs_trl_computed() {
             assert!(diff <= 1e-5, "{dir}: ours {m:?} vs TRL {t:?}");
         }
     }
+}
+
+/// One optimizer step at learning rate 0 of the DPO module under the Trainer, on the fixture's four pairs in one
+/// batch; returns the step's log record.
+fn one_step(reference_dir: &str) -> Value {
+    use llmtrain_accel::{Accelerator, AcceleratorConfig};
+    use llmtrain_lightning::{Datasets, Trainer, TrainerSettings};
+    type A = burn::backend::Autodiff<B>;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixture = fixture();
+    let tokenizer = TextTokenizer::load(&here.join("dpo_tokenizer")).unwrap();
+    let pairs: Vec<_> = fixture["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let text = |key: &str| row[key].as_str().unwrap();
+            tokenize_pair(&tokenizer, text("prompt"), text("chosen"), text("rejected")).unwrap()
+        })
+        .collect();
+    let device = Default::default();
+    let (policy, hf_config) = llmtrain_core::hf::load_model::<A>(&here.join("dpo_policy"), &device).unwrap();
+    let (reference, _) = llmtrain_core::hf::load_model::<B>(&here.join(reference_dir), &device).unwrap();
+    let mut module = Dpo {
+        loss: DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0),
+        reference,
+        pad_id: tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap(),
+        max_length: None,
+        hf_config,
+        tokenizer,
+    };
+    let out = tempfile::tempdir().unwrap();
+    let settings = TrainerSettings {
+        max_steps: 1,
+        schedule: llmtrain_core::train::Schedule::constant(0.0),
+        log_every_n_steps: 1,
+        enable_progress_bar: false,
+        ..TrainerSettings::new(out.path())
+    };
+    let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
+    let mut data = Datasets::new(pairs, vec![], 4).unwrap();
+    Trainer::new(settings, &mut accelerator).unwrap().fit(&mut module, policy, &mut data, &device).unwrap();
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    serde_json::from_str(metrics.lines().next().unwrap()).unwrap()
+}
+
+#[test]
+fn the_dpo_module_logs_trls_loss_and_metrics_at_step_one() {
+    let fixture = fixture();
+    let trl = &fixture["cases"][0]["metrics"];
+    assert_eq!(fixture["cases"][0]["loss_type"], serde_json::json!(["sigmoid"]));
+    let record = one_step("dpo_reference");
+    for name in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ] {
+        let (ours, theirs) = (record[name].as_f64().unwrap(), trl[name].as_f64().unwrap());
+        assert!((ours - theirs).abs() <= 1e-5, "{name}: {ours} vs TRL {theirs}");
+    }
+    // The reference a copy of the policy: ln 2 exactly as TRL's first step, and no margin.
+    let record = one_step("dpo_policy");
+    assert!((record["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{record}");
+    assert_eq!(record["rewards/margins"].as_f64(), Some(0.0));
 }

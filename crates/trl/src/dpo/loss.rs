@@ -91,16 +91,31 @@ pub struct DpoMetrics {
 }
 
 impl DpoMetrics {
+    /// TRL's names of the metrics, in [`named`](Self::named)'s order.
+    pub const NAMES: [&'static str; 6] = [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ];
+
     /// TRL's metric names with their values.
     pub fn named(&self) -> [(&'static str, f64); 6] {
-        [
-            ("rewards/chosen", self.rewards_chosen),
-            ("rewards/rejected", self.rewards_rejected),
-            ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", self.rewards_margins),
-            ("logps/chosen", self.logps_chosen),
-            ("logps/rejected", self.logps_rejected),
-        ]
+        let values = [
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.rewards_accuracies,
+            self.rewards_margins,
+            self.logps_chosen,
+            self.logps_rejected,
+        ];
+        let mut named = [("", 0.0); 6];
+        for (slot, (name, value)) in named.iter_mut().zip(Self::NAMES.into_iter().zip(values)) {
+            *slot = (name, value);
+        }
+        named
     }
 }
 

@@ -4,7 +4,9 @@
 mod batch;
 mod data;
 mod loss;
+mod module;
 
 pub use batch::{PairBatch, sequence_logps};
 pub use data::{TokenizedPair, tokenize_pair};
 pub use loss::{DpoLoss, DpoMetrics, LossType, SequenceLogps, UnknownLossType};
+pub use module::Dpo;
