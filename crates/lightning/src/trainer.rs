@@ -69,6 +69,11 @@ pub struct TrainerSettings {
 }
 
 impl TrainerSettings {
+    /// A fast dev run: nothing is written into the output directory.
+    pub fn writes_nothing(&self) -> bool {
+        self.fast_dev_run > 0
+    }
+
     /// Lightning's defaults where it has them, for a run writing into `default_root_dir`: 1000 steps of AdamW at a
     /// constant 1e-3, a log record every 50 steps, validation and a checkpoint only at the end (the newest kept),
     /// seed 0, `metrics.jsonl` only.
@@ -175,7 +180,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             )));
         }
         // A fast dev run writes nothing, so it may run beside an earlier run.
-        let dry = settings.fast_dev_run > 0;
+        let dry = settings.writes_nothing();
         let nothing = || LightningError::Invalid(nothing_to_resume(out));
         let checkpoint = match &settings.resume {
             None if dry => None,
@@ -275,7 +280,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if let Some(chosen) = module.configure_optimizers() {
             (s.optimizer, s.schedule) = (chosen.optimizer, chosen.schedule);
         }
-        let dry = s.fast_dev_run > 0;
+        let dry = s.writes_nothing();
         if let Some(batches) = s.limit_train_batches {
             data.limit_train_batches(batches)?;
         }
@@ -432,9 +437,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 self.save(module, &net, &optimizer, data, at)?;
             }
             if let Some(signal) = signal {
-                for callback in self.callbacks_mut() {
-                    callback.on_train_end()?;
-                }
+                self.end_callbacks()?;
                 summary.steps = step;
                 summary.interrupted_by = Some(signal);
                 summary.elapsed_secs = self.started.elapsed().as_secs_f64();
@@ -448,9 +451,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             let (val_loss, _) = self.fit_validation(module, &net, data, device, at, metrics.as_mut(), &mut latest)?;
             last_val = Some(val_loss);
         }
-        for callback in self.callbacks_mut() {
-            callback.on_train_end()?;
-        }
+        self.end_callbacks()?;
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
             if !summary.end_metrics.is_empty() {
@@ -506,8 +507,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         D: DataModule<M::Net, Batch = M::Batch>,
     {
         let plan = self.model_checkpoint.plan(at.step, at.interrupted);
-        let model_checkpoint: &dyn Callback = &self.model_checkpoint;
-        let callbacks = self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]);
+        let callbacks = self.callbacks();
         let state = TrainerState {
             step: at.step,
             data_position: data.position(),
@@ -539,6 +539,18 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
     }
 
     /// The user's callbacks, then the checkpointing and the progress bar.
+    fn callbacks(&self) -> impl Iterator<Item = &(dyn Callback + 'static)> + '_ {
+        let model_checkpoint: &dyn Callback = &self.model_checkpoint;
+        let progress_bar = self.progress_bar.as_ref().map(|bar| bar as &dyn Callback);
+        self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]).chain(progress_bar)
+    }
+
+    /// Every callback's `on_train_end` (a fit that finished, stopped early or was interrupted).
+    fn end_callbacks(&mut self) -> Result<()> {
+        self.callbacks_mut().try_for_each(|callback| callback.on_train_end())
+    }
+
+    /// [`callbacks`](Self::callbacks), mutably.
     fn callbacks_mut(&mut self) -> impl Iterator<Item = &mut (dyn Callback + 'static)> + '_ {
         let model_checkpoint: &mut dyn Callback = &mut self.model_checkpoint;
         let progress_bar = self.progress_bar.as_mut().map(|bar| bar as &mut dyn Callback);
@@ -569,9 +581,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         D: DataModule<M::Net, Batch = M::Batch>,
     {
         let validation: &[&str] = if data.has_validation() { VALIDATION_METRICS } else { &[] };
-        let model_checkpoint: &dyn Callback = &self.model_checkpoint;
-        let callbacks: Vec<&dyn Callback> =
-            self.callbacks.iter().map(|c| c.as_ref()).chain([model_checkpoint]).collect();
+        let callbacks: Vec<&dyn Callback> = self.callbacks().collect();
         for (i, callback) in callbacks.iter().enumerate() {
             if callbacks[..i].iter().any(|earlier| earlier.name() == callback.name()) {
                 return Err(LightningError::Invalid(format!(
