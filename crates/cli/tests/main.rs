@@ -7,6 +7,7 @@ mod common;
 mod launch_common;
 
 mod config;
+mod dpo;
 mod estimate_memory;
 mod inspect;
 mod launch;

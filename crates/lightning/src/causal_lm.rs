@@ -11,28 +11,20 @@ use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, Split};
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
-use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{Compute, LlamaModel};
-use llmtrain_core::setup::{TrainOverrides, build_model, data_options, resolve_tokenizer};
+use llmtrain_core::setup::{TrainOverrides, data_options};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{Accuracy, AccuracyExample, accuracy_examples, completion_accuracy};
 use llmtrain_core::train::checkpoint::save_model_state;
-use llmtrain_core::train::{
-    AdamWConfig, Schedule, batch_loss, batch_tensors, loss_from_hidden, sample_text, unigram_entropy,
-};
+use llmtrain_core::train::{batch_loss, batch_tensors, loss_from_hidden, sample_text, unigram_entropy};
 use llmtrain_memopt::MemoptSection;
-use llmtrain_memopt::estimate::training_flops_per_token;
 use serde_json::{Map, Value, json};
 
-use crate::callbacks::{
-    Callback, EarlyStopping, EarlyStoppingSection, LearningRateMonitor, ModelCheckpointSection, ThroughputMonitor,
-};
 use crate::data::DataModule;
 use crate::error::{LightningError, Result};
-use crate::loggers::LoggingSection;
 use crate::module::{LightningModule, LossParts, Recompute, StepContext, StepOutput};
-use crate::trainer::{FitSummary, Trainer, TrainerSettings};
-use crate::trainer_section::TrainerSection;
+use crate::run;
+use crate::trainer::{FitSummary, Trainer};
 
 /// The causal-LM objective: next-token cross-entropy over the scored tokens, on a [`LlamaModel`] that a
 /// finetuning method may have adapted.
@@ -256,82 +248,18 @@ pub fn train<A: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let config = overrides.apply(config);
     let tr = &config.training;
-    let logging = config.section::<LoggingSection>()?.unwrap_or_default();
-    let lightning = config.section::<TrainerSection>()?.unwrap_or_default();
-    let settings = TrainerSettings {
-        default_root_dir: config.output.dir.clone(),
-        max_steps: tr.max_steps,
-        max_epochs: lightning.max_epochs,
-        limit_train_batches: lightning.limit_train_batches,
-        fast_dev_run: lightning.fast_dev_run.batches(),
-        num_sanity_val_steps: lightning.num_sanity_val_steps,
-        strategy: lightning.strategy,
-        optimizer: AdamWConfig {
-            beta1: tr.adam_beta1,
-            beta2: tr.adam_beta2,
-            eps: tr.adam_epsilon,
-            weight_decay: tr.weight_decay,
-        },
-        schedule: Schedule {
-            kind: tr.lr_schedule,
-            peak_lr: tr.learning_rate,
-            warmup_steps: tr.warmup_steps,
-            total_steps: tr.max_steps,
-        },
-        gradient_clip_val: (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm),
-        log_every_n_steps: tr.logging_steps,
-        val_check_interval: tr.eval_steps,
-        limit_val_batches: tr.eval_batches,
-        model_checkpoint: match config.section::<ModelCheckpointSection>()? {
-            Some(section) => ModelCheckpointSection {
-                every_n_train_steps: section.every_n_train_steps.or(Some(tr.save_steps)),
-                ..section
-            },
-            None => ModelCheckpointSection::newest(tr.save_total_limit, tr.save_steps),
-        },
-        gradient_checkpointing: memopt
-            .gradient_checkpointing
-            .then_some(Recompute { offload: memopt.checkpoint_offload }),
-        seed: tr.seed,
-        resume: overrides.resume.clone(),
-        overwrite: overrides.overwrite,
-        loggers: logging.loggers.clone(),
-        enable_progress_bar: true,
-        hparams: hparams(&config, memopt),
-    };
+    let (settings, logging) = run::trainer_settings(&config, memopt, overrides)?;
     let mixed_precision = accelerator.config().mixed_precision;
     let main = accelerator.is_main_process();
     let trainer = Trainer::new(settings, accelerator)?;
     if let Some(fit) = trainer.finished() {
         return Ok(TrainSummary { fit, ..Default::default() });
     }
-
-    // Rank 0 goes first: it trains (and caches) the tokenizer if it has to, and builds its model (adapters
-    // included) alone. The others then load the cached tokenizer, and get rank 0's weights when the trainer
-    // prepares the model.
-    let first = if main { Some(tokenizer_and_model::<A>(&config, method, device)?) } else { None };
-    trainer.accelerator().wait_for_everyone()?;
-    let (tokenizer, model, hf_config) = match first {
-        Some(built) => built,
-        None => tokenizer_and_model::<A>(&config, method, device)?,
-    };
-    let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
-    if let Some(early_stopping) = config.section::<EarlyStoppingSection>()? {
-        callbacks.push(Box::new(EarlyStopping::new(early_stopping)));
-    }
-    if logging.learning_rate_monitor {
-        callbacks.push(Box::new(LearningRateMonitor));
-    }
-    if logging.throughput_monitor {
-        let flops = training_flops_per_token(&model.config, config.data.seq_len);
-        let devices = trainer.accelerator().world_size();
-        callbacks.push(Box::new(ThroughputMonitor::new(flops, logging.peak_flops, devices)));
-    }
+    let (tokenizer, model, hf_config) = run::tokenizer_and_model(&config, method, trainer.accelerator(), device)?;
+    let devices = trainer.accelerator().world_size();
+    let callbacks = run::callbacks(&config, &logging, &model.config, config.data.seq_len, devices)?;
     let mut trainer = trainer.with_callbacks(callbacks);
-    let mut compute = Compute::new(mixed_precision, memopt.attention, memopt.flash_block);
-    compute.dtype = precision_dtype(mixed_precision);
-    compute.loss_chunk = memopt.fused_cross_entropy.then_some(memopt.cross_entropy_chunk);
-    compute.fused_kernels = memopt.fused_kernels;
+    let compute = run::compute(memopt, mixed_precision);
     let single_options = data_options(&config)?;
     let options = trainer.accelerator().prepare_data(&single_options);
     let examples = match (&tr.accuracy_file, main) {
@@ -366,25 +294,4 @@ pub fn train<A: AutodiffBackend>(
         summary.unigram_entropy = unigram_entropy(&single_options, &tokenizer)?;
     }
     Ok(summary)
-}
-
-/// The run's configuration as the loggers record it: core's sections (as overridden) and `[memopt]`.
-fn hparams(config: &RunConfig, memopt: &MemoptSection) -> Value {
-    let mut all = serde_json::to_value(config).unwrap_or(Value::Null);
-    if let (Value::Object(all), Ok(memopt)) = (&mut all, serde_json::to_value(memopt)) {
-        all.insert("memopt".into(), memopt);
-    }
-    all
-}
-
-/// The tokenizer and the model as the finetuning method prepares it.
-fn tokenizer_and_model<A: AutodiffBackend>(
-    config: &RunConfig,
-    method: &dyn Finetune<A>,
-    device: &A::Device,
-) -> Result<(TextTokenizer, LlamaModel<A>, HfConfig)> {
-    let tokenizer = resolve_tokenizer(config)?;
-    let (mut model, hf_config) = build_model::<A>(config, &tokenizer, device)?;
-    method.prepare(&mut model, device).map_err(LightningError::Invalid)?;
-    Ok((tokenizer, model, hf_config))
 }

@@ -11,7 +11,7 @@ use crate::data::DataModule;
 use crate::error::{LightningError, Result};
 
 /// Training and validation items, served in batches of `batch_size`; an epoch's last batch holds what is left
-/// (Lightning's `drop_last=False`).
+/// (Lightning's `drop_last=False`). [`sharded`](Self::sharded) splits them over the ranks of a world.
 #[derive(Debug, Clone)]
 pub struct Datasets<T> {
     train: Vec<T>,
@@ -26,6 +26,11 @@ pub struct Datasets<T> {
     order: Vec<usize>,
     /// At most this many batches an epoch.
     batch_limit: Option<u64>,
+    /// This rank and the world's size: each step draws `batch_size` items per rank.
+    rank: usize,
+    world: usize,
+    /// Tokens an item holds, for throughput (default: an item counts as one).
+    item_tokens: Option<fn(&T) -> usize>,
 }
 
 impl<T: Clone> Datasets<T> {
@@ -38,7 +43,19 @@ impl<T: Clone> Datasets<T> {
             )));
         }
         let order = (0..train.len()).collect();
-        Ok(Self { train, val, batch_size, seed: None, epoch: 0, next: 0, order, batch_limit: None })
+        Ok(Self {
+            train,
+            val,
+            batch_size,
+            seed: None,
+            epoch: 0,
+            next: 0,
+            order,
+            batch_limit: None,
+            rank: 0,
+            world: 1,
+            item_tokens: None,
+        })
     }
 
     /// Reshuffles the training items at every epoch, in an order drawn from `(seed, epoch)`.
@@ -48,9 +65,30 @@ impl<T: Clone> Datasets<T> {
         self
     }
 
+    /// Rank `rank` of `world` ranks: every rank holds all items and draws the same global batches of
+    /// `batch_size × world` items in the same order, and takes its own `batch_size` of them, so N ranks train as
+    /// one rank with N times the batch. An epoch's short last global batch is filled from the epoch's start so
+    /// that every rank gets a full batch (Accelerate's `even_batches`). Validation items go to rank
+    /// `index mod world`.
+    pub fn sharded(mut self, rank: usize, world: usize) -> Self {
+        (self.rank, self.world) = (rank, world.max(1));
+        self
+    }
+
+    /// Throughput counts `tokens(item)` tokens per item instead of one.
+    pub fn counting_tokens(mut self, tokens: fn(&T) -> usize) -> Self {
+        self.item_tokens = Some(tokens);
+        self
+    }
+
+    /// Items one step draws over all ranks.
+    fn global_batch(&self) -> usize {
+        self.batch_size * self.world
+    }
+
     /// Where an epoch's items end: all of them, or as many as the batch limit serves.
     fn epoch_end(&self) -> usize {
-        let limit = self.batch_limit.and_then(|n| usize::try_from(n).ok()?.checked_mul(self.batch_size));
+        let limit = self.batch_limit.and_then(|n| usize::try_from(n).ok()?.checked_mul(self.global_batch()));
         limit.map_or(self.order.len(), |items| items.min(self.order.len()))
     }
 
@@ -72,10 +110,15 @@ impl<N, T: Clone> DataModule<N> for Datasets<T> {
             self.next = 0;
             self.order = self.order_of(self.epoch);
         }
-        let end = (self.next + self.batch_size).min(self.epoch_end());
-        let batch = self.order[self.next..end].iter().map(|&i| self.train[i].clone()).collect();
+        let end = (self.next + self.global_batch()).min(self.epoch_end());
+        let mut global: Vec<usize> = self.order[self.next..end].to_vec();
+        if self.world > 1 {
+            let drawn = global.len();
+            global.extend((0..self.global_batch() - drawn).map(|k| self.order[k % self.epoch_end()]));
+        }
         self.next = end;
-        Ok(batch)
+        let mine = global.iter().skip(self.rank * self.batch_size).take(self.batch_size);
+        Ok(mine.map(|&i| self.train[i].clone()).collect())
     }
 
     fn position(&self) -> Value {
@@ -114,7 +157,7 @@ impl<N, T: Clone> DataModule<N> for Datasets<T> {
     }
 
     fn batch_tokens(&self, batch: &Vec<T>) -> usize {
-        batch.len()
+        self.item_tokens.map_or(batch.len(), |tokens| batch.iter().map(tokens).sum())
     }
 
     fn has_validation(&self) -> bool {
@@ -122,7 +165,8 @@ impl<N, T: Clone> DataModule<N> for Datasets<T> {
     }
 
     fn validation_pass(&self, max_batches: usize, visit: &mut dyn FnMut(&Vec<T>) -> Result<()>) -> Result<()> {
-        for batch in self.val.chunks(self.batch_size).take(max_batches) {
+        let mine: Vec<T> = self.val.iter().skip(self.rank).step_by(self.world).cloned().collect();
+        for batch in mine.chunks(self.batch_size).take(max_batches) {
             visit(&batch.to_vec())?;
         }
         Ok(())
@@ -168,5 +212,31 @@ mod tests {
         assert_eq!(DataModule::<()>::epochs_completed(&mut data).unwrap(), Some(1));
         assert_eq!(draw(&mut data, 1), [vec![0, 1, 2]], "the next epoch starts over");
         assert_eq!(DataModule::<()>::epoch(&data), 1);
+    }
+
+    #[test]
+    fn ranks_of_a_sharded_world_split_the_global_batches_of_one_rank_and_validation_by_index() {
+        let items: Vec<u32> = (0..10).collect();
+        let mut one = Datasets::new(items.clone(), vec![], 4).unwrap().shuffled(3);
+        let mut ranks: Vec<Datasets<u32>> = (0..2)
+            .map(|r| Datasets::new(items.clone(), (0..5).collect(), 2).unwrap().shuffled(3).sharded(r, 2))
+            .collect();
+        let global = draw(&mut one, 2);
+        let shards: Vec<Vec<Vec<u32>>> = ranks.iter_mut().map(|d| draw(d, 3)).collect();
+        assert_eq!([shards[0][0].clone(), shards[1][0].clone()].concat(), global[0]);
+        assert_eq!([shards[0][1].clone(), shards[1][1].clone()].concat(), global[1]);
+        // The epoch's last 2 items leave rank 1 short: it is filled from the epoch's start.
+        assert_eq!(shards[1][2], global[0][..2], "even batches");
+        assert_eq!(DataModule::<()>::epoch(&ranks[0]), 0);
+        let mut seen = Vec::new();
+        for data in &ranks {
+            DataModule::<()>::validation_pass(data, 10, &mut |b| {
+                seen.extend(b.iter().copied());
+                Ok(())
+            })
+            .unwrap();
+        }
+        seen.sort();
+        assert_eq!(seen, (0..5).collect::<Vec<u32>>(), "each validation item on one rank");
     }
 }

@@ -18,6 +18,8 @@
 //!
 //! `examples/sine_regression.rs` is a whole module (an MLP on generated points) trained with early stopping,
 //! top-k checkpoints and both file loggers.
+//! - [`run`]: what every objective's run takes from a run config (Trainer settings, callbacks, compute, the
+//!   tokenizer and model), shared by [`train`] and llmtrain-trl's trainers.
 //! - [`causal_lm`]: `llmtrain train`'s causal-LM objective ([`CausalLm`]) on llmtrain's data loader
 //!   ([`LoaderData`]), and [`train`], the job from a run config.
 //!
@@ -54,6 +56,7 @@ mod datasets;
 mod error;
 pub mod loggers;
 mod module;
+pub mod run;
 mod step;
 mod trainer;
 mod trainer_section;

@@ -4,7 +4,9 @@
 //! types and logged metrics over per-sequence completion log-probs; [`dpo::tokenize_pair`], its tokenization of a
 //! preference row; [`dpo::PairBatch`] / [`dpo::sequence_logps`], a batch of pairs and the per-sequence log-probs
 //! llmtrain's model gives it; and [`dpo::Dpo`], the LightningModule the one Trainer runs (a frozen reference
-//! network). The `[dpo]` section, preference data files and `llmtrain train` come next (issue "trl I").
+//! network, or the policy without its adapters, or precomputed log-probs). [`train`] runs it from a run config's
+//! `[dpo]` section ([`dpo::DpoSection`], TRL's `DPOConfig` names) on `[data] files` of preference rows
+//! ([`rows::read_items`]), which is what `llmtrain train` does for such a config.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -27,5 +29,8 @@
 
 pub mod dpo;
 mod error;
+pub mod rows;
+mod train;
 
 pub use error::{Result, TrlError};
+pub use train::{TRAINER_SECTIONS, TrlSummary, train, trainer_section};

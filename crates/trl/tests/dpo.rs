@@ -6,7 +6,8 @@ use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_trl::dpo::{
-    Dpo, DpoLoss, DpoMetrics, LossType, PairBatch, SequenceLogps, TokenizedPair, sequence_logps, tokenize_pair,
+    Dpo, DpoLoss, DpoMetrics, LossType, PairBatch, Reference, SequenceLogps, TokenizedPair, sequence_logps,
+    tokenize_pair,
 };
 use serde_json::Value;
 
@@ -147,8 +148,9 @@ fn llmtrains_model_gives_the_per_sequence_log_probs_trl_computed() {
 /// One optimizer step at learning rate 0 of the DPO module under the Trainer, on the fixture's four pairs in one
 /// batch; returns the step's log record.
 fn one_step(reference_dir: &str) -> Value {
-    use llmtrain_accel::{Accelerator, AcceleratorConfig};
-    use llmtrain_lightning::{Datasets, Trainer, TrainerSettings};
+    use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune};
+    use llmtrain_core::model::Compute;
+    use llmtrain_lightning::{CausalLm, Datasets, Trainer, TrainerSettings};
     type A = burn::backend::Autodiff<B>;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let fixture = fixture();
@@ -157,14 +159,10 @@ fn one_step(reference_dir: &str) -> Value {
     let device = Default::default();
     let (policy, hf_config) = llmtrain_core::hf::load_model::<A>(&here.join("dpo_policy"), &device).unwrap();
     let (reference, _) = llmtrain_core::hf::load_model::<B>(&here.join(reference_dir), &device).unwrap();
-    let mut module = Dpo {
-        loss: DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0),
-        reference,
-        pad_id: tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap(),
-        max_length: None,
-        hf_config,
-        tokenizer,
-    };
+    let pad_id = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap();
+    let files = CausalLm::new(&FullFinetune, Compute::default(), device).with_files(hf_config, tokenizer);
+    let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
+    let mut module = Dpo::new(loss, Reference::Model(Box::new(reference)), pad_id, None, files);
     let out = tempfile::tempdir().unwrap();
     let settings = TrainerSettings {
         max_steps: 1,

@@ -28,6 +28,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_lightning::EarlyStoppingSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::ModelCheckpointSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::TrainerSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::dpo::DpoSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -121,9 +122,10 @@ pub fn run_rank<B: Backend>(
             ..Default::default()
         };
         accel_config.validate()?;
-        Ok((config, memopt, lora, accel_config))
+        let trl_trainer = llmtrain_trl::trainer_section(&config)?;
+        Ok((config, memopt, lora, accel_config, trl_trainer))
     });
-    let (config, memopt, lora, accel_config) = match prepared {
+    let (config, memopt, lora, accel_config, trl_trainer) = match prepared {
         Ok(prepared) => prepared,
         Err(err) => {
             if world > 1 {
@@ -144,18 +146,25 @@ pub fn run_rank<B: Backend>(
         Some(section) => Box::new(LoraMethod::new(section, overrides.apply(&config).model.path.as_deref())),
         None => Box::new(FullFinetune),
     };
-    let summary =
-        match llmtrain_lightning::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device) {
-            Ok(summary) => summary,
-            Err(err) => {
-                // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
-                if world > 1 {
-                    accelerator.abort(&err.to_string());
-                }
-                return Err(err.into());
+    let trained = match trl_trainer {
+        Some(_) => llmtrain_trl::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device)
+            .map(Summary::Trl)
+            .map_err(anyhow::Error::from),
+        None => llmtrain_lightning::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device)
+            .map(Summary::CausalLm)
+            .map_err(anyhow::Error::from),
+    };
+    let summary = match trained {
+        Ok(summary) => summary,
+        Err(err) => {
+            // The other ranks must not wait for this one (under MPI this ends the job, naming this rank).
+            if world > 1 {
+                accelerator.abort(&err.to_string());
             }
-        };
-    let fit = &summary.fit;
+            return Err(err);
+        }
+    };
+    let fit = summary.fit();
     if let Some(signal) = fit.interrupted_by {
         return Ok(Some(Interrupted { step: fit.steps, signal, report: accelerator.is_main_process() }));
     }
@@ -192,6 +201,37 @@ pub fn run_rank<B: Backend>(
     }
     println!("steps: {}  ({:.1} s, {:.0} tokens/s)", fit.steps, fit.elapsed_secs, fit.tokens_per_sec);
     println!("final train loss: {:.4}", fit.final_train_loss);
+    match &summary {
+        Summary::CausalLm(summary) => report_causal_lm(summary, &config),
+        Summary::Trl(summary) => report_trl(summary),
+    }
+    if let Some(scale) = fit.loss_scale {
+        println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", fit.skipped_steps);
+    }
+    if !fit.fast_dev_run {
+        println!("model: {}", fit.final_dir.display());
+    }
+    Ok(None)
+}
+
+/// What a run trained, by objective.
+enum Summary {
+    CausalLm(llmtrain_lightning::TrainSummary),
+    Trl(llmtrain_trl::TrlSummary),
+}
+
+impl Summary {
+    fn fit(&self) -> &llmtrain_lightning::FitSummary {
+        match self {
+            Summary::CausalLm(summary) => &summary.fit,
+            Summary::Trl(summary) => &summary.fit,
+        }
+    }
+}
+
+/// The causal-LM figures: the eval loss against the corpus's unigram entropy, held-out accuracy, a sample.
+fn report_causal_lm(summary: &llmtrain_lightning::TrainSummary, config: &RunConfig) {
+    let fit = &summary.fit;
     // The unigram entropy is a bar for losses over every token; a completion-only loss is not comparable to it.
     let scores_everything = config.data.loss_on == llmtrain_core::data::LossOn::All;
     if let (Some(eval), false) = (fit.final_val_loss, scores_everything) {
@@ -214,17 +254,25 @@ pub fn run_rank<B: Backend>(
         (None, Some(after)) => println!("held-out accuracy: {}", show(after)),
         _ => {}
     }
-    if let Some(scale) = fit.loss_scale {
-        println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", fit.skipped_steps);
-    }
     if summary.skipped_rows > 0 {
         println!("skipped malformed rows: {}", summary.skipped_rows);
     }
     if let Some(sample) = &summary.sample {
         println!("sample:\n{sample}");
     }
-    if !fit.fast_dev_run {
-        println!("model: {}", fit.final_dir.display());
+}
+
+/// A preference trainer's figures: its data, its reference and the held-out loss.
+fn report_trl(summary: &llmtrain_trl::TrlSummary) {
+    println!("trainer: [{}], reference: {}", summary.trainer, summary.reference);
+    println!("pairs: {} training, {} held out", summary.train_items, summary.eval_items);
+    if let Some(eval) = summary.fit.final_val_loss {
+        println!("final eval loss: {eval:.4}");
     }
-    Ok(None)
+    if summary.dropped_rows > 0 {
+        println!("dropped rows (prompt alone fills max_length): {}", summary.dropped_rows);
+    }
+    if summary.skipped_rows > 0 {
+        println!("skipped malformed rows: {}", summary.skipped_rows);
+    }
 }

@@ -49,6 +49,8 @@ pub struct RunConfig {
 struct Source {
     text: String,
     path: PathBuf,
+    /// The directory relative paths are anchored at.
+    base: PathBuf,
     sections: Vec<String>,
 }
 
@@ -120,8 +122,12 @@ impl RunConfig {
             return Err(unknown_section(text, path, unknown, &known));
         }
         let mut config: RunConfig = toml::from_str(text).map_err(|e| describe_toml_error(&e, text, path))?;
-        config.source =
-            Source { text: text.to_string(), path: path.to_path_buf(), sections: table.keys().cloned().collect() };
+        config.source = Source {
+            text: text.to_string(),
+            path: path.to_path_buf(),
+            base: base.to_path_buf(),
+            sections: table.keys().cloned().collect(),
+        };
         config.resolve_paths(base);
         config.validate(path)?;
         Ok(config)
@@ -137,6 +143,11 @@ impl RunConfig {
             section.validate().map_err(|e| CoreError::key(path, &format!("{}.{}", T::NAME, e.key), &e.message))?;
         }
         Ok(section)
+    }
+
+    /// A path from a role section, anchored as the core sections' paths are: relative to the config's directory.
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_relative() { join_lexically(&self.source.base, path) } else { path.to_path_buf() }
     }
 
     /// Whether the file has a `[name]` section.

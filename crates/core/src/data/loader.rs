@@ -26,12 +26,18 @@ const WINDOW_TOKENS: usize = 1 << 22;
 /// How many of the first files [`DataLoader::new`] peeks into to reject preference data early.
 const FORMAT_CHECK_FILES: usize = 8;
 
+/// Whether item `index` (in file order) of a dataset is held out for evaluation when `eval_fraction` of it is:
+/// iff `floor((index + 1) * eval_fraction) > floor(index * eval_fraction)`, which spreads exactly that share
+/// evenly. Every trainer splits its data by this rule.
+pub fn held_out(index: u64, eval_fraction: f64) -> bool {
+    eval_fraction > 0.0 && ((index + 1) as f64 * eval_fraction).floor() > (index as f64 * eval_fraction).floor()
+}
+
 /// Batches from a dataset: epoch after epoch (train) or in one pass (eval).
 ///
 /// Shuffling (train split only) permutes sequences, and then packed rows, within windows of up to 8192 sequences,
 /// seeded by `seed`, the epoch and the window's index; the eval split keeps file order. A sequence's split is
-/// decided by its index in file order, before shuffling: sequence `i` is held out iff
-/// `floor((i + 1) * eval_fraction) > floor(i * eval_fraction)`, which spreads exactly that share evenly. Sequences
+/// decided by its index in file order, before shuffling, by [`held_out`]. Sequences
 /// with no scored token (say, a prompt longer than `seq_len` under completion-only loss) are dropped first.
 /// Rank `r` of `W` takes global micro-batches `r, r + W, ...`. On the train split an incomplete final batch and an
 /// incomplete final group are dropped, so every rank takes the same number of full batches; on the eval split
@@ -298,9 +304,7 @@ impl DataLoader {
 
     /// Whether sequence `index` (in file order) belongs to this loader's split.
     fn in_split(&self, index: u64) -> bool {
-        let f = self.options.eval_fraction;
-        let is_eval = f > 0.0 && ((index + 1) as f64 * f).floor() > (index as f64 * f).floor();
-        is_eval == (self.split == Split::Eval)
+        held_out(index, self.options.eval_fraction) == (self.split == Split::Eval)
     }
 
     /// Reads one record into `pending` (skipping malformed ones when allowed); false once every file is done.

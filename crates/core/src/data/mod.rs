@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 /// Labels equal to this are not scored (prompt tokens, padding), as in PyTorch's `ignore_index`.
 pub const IGNORE_INDEX: i64 = -100;
 
-pub use loader::DataLoader;
+pub use loader::{DataLoader, held_out};
 pub use packing::{PackedRow, best_fit_decreasing, collate};
 pub use readers::{Location, RowReader};
 pub use rows::{Content, FORMAT_KEYS, Row};

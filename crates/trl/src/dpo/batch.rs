@@ -63,3 +63,24 @@ pub fn sequence_logps<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, devi
     let mask = Tensor::<B, 2>::from_data(TensorData::new(scored, [rows, len - 1]), device);
     (picked * mask).sum_dim(1).reshape([rows])
 }
+
+/// Scores every pair with `reference` once, `batch_size` pairs at a time, and keeps the two log-probs in the
+/// pair (`precompute_ref_log_probs`): training then needs no reference network.
+pub fn precompute_reference_logps<B: Backend>(
+    reference: &LlamaModel<B>,
+    pairs: &mut [TokenizedPair],
+    batch_size: usize,
+    pad_id: u32,
+    max_length: Option<usize>,
+    device: &B::Device,
+) {
+    for chunk in pairs.chunks_mut(batch_size.max(1)) {
+        let batch = PairBatch::collate(chunk, pad_id, max_length);
+        let logps = sequence_logps(reference, &batch, device).into_data().convert::<f32>();
+        let logps = logps.as_slice::<f32>().unwrap_or_default();
+        let n = chunk.len();
+        for (i, pair) in chunk.iter_mut().enumerate() {
+            pair.reference_logps = logps.get(i).zip(logps.get(n + i)).map(|(&c, &r)| [c, r]);
+        }
+    }
+}

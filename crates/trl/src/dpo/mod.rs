@@ -1,12 +1,14 @@
-//! DPO (`[dpo]`, TRL's DPOTrainer): so far its loss and metrics, its tokenization of a preference row, and the
-//! per-sequence log-probs of a batch of pairs.
+//! DPO (`[dpo]`, TRL's DPOTrainer): its loss and metrics, its tokenization of a preference row, the per-sequence
+//! log-probs of a batch of pairs, the LightningModule, and the config section.
 
 mod batch;
 mod data;
 mod loss;
 mod module;
+mod section;
 
-pub use batch::{PairBatch, sequence_logps};
-pub use data::{TokenizedPair, tokenize_pair};
+pub use batch::{PairBatch, precompute_reference_logps, sequence_logps};
+pub use data::{TokenizedPair, pair_from_row, tokenize_conversation_pair, tokenize_pair};
 pub use loss::{DpoLoss, DpoMetrics, LossType, SequenceLogps, UnknownLossType};
-pub use module::Dpo;
+pub use module::{Dpo, Reference};
+pub use section::{DpoSection, OneOrMany};

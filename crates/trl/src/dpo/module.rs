@@ -1,57 +1,100 @@
 //! DPO as a [`LightningModule`]: the policy trains on batches of tokenized pairs while a frozen reference scores
-//! the same sequences; the loss and TRL's metrics come from [`DpoLoss`]. Checkpoints and `final/` are HF model
-//! directories with the tokenizer, like `llmtrain train`'s.
+//! the same sequences; the loss and TRL's metrics come from [`DpoLoss`]. The policy's files (checkpoints,
+//! `final/`, LoRA adapters) and its compute settings are the causal-LM objective's, [`CausalLm`], which this
+//! module holds rather than repeats.
 
 use std::path::Path;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use llmtrain_core::hf::{self, HfConfig, SaveOptions};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_core::tokenizer::TextTokenizer;
-use llmtrain_core::train::checkpoint::save_model_state;
-use llmtrain_lightning::{LightningError, LightningModule, LossParts, StepContext, StepOutput};
+use llmtrain_lightning::{CausalLm, LightningError, LightningModule, LossParts, Result, StepContext, StepOutput};
 
 use super::batch::{PairBatch, sequence_logps};
 use super::data::TokenizedPair;
 use super::loss::{DpoLoss, DpoMetrics, SequenceLogps};
 
-/// The DPO objective over a frozen reference network.
-pub struct Dpo<B: Backend> {
-    pub loss: DpoLoss,
-    /// The reference policy (no autodiff): a copy of the starting weights, or another checkpoint.
-    pub reference: LlamaModel<B>,
-    pub pad_id: u32,
-    /// TRL's `max_length` (keep_start truncation of prompt + completion).
-    pub max_length: Option<usize>,
-    pub hf_config: HfConfig,
-    pub tokenizer: TextTokenizer,
+/// Where the reference log-probs come from.
+pub enum Reference<B: Backend> {
+    /// A frozen network: a copy of the starting weights, or another checkpoint (`ref_model`).
+    Model(Box<LlamaModel<B>>),
+    /// The policy with its LoRA adapters left out (PEFT's `disable_adapter`): the frozen base is the reference,
+    /// and no second copy of it is held.
+    PolicyWithoutAdapters,
+    /// Computed once before training and carried by each pair (`precompute_ref_log_probs`).
+    Precomputed,
 }
 
-impl<B: Backend> Dpo<B> {
-    /// The loss and metrics of one batch of pairs, given the policy's per-sequence log-probs on backend `C`.
-    fn score<C: Backend>(&self, policy: Tensor<C, 1>, batch: &PairBatch, device: &C::Device) -> SequenceLogps<C>
-    where
-        B: Backend<Device = C::Device>,
-    {
-        let n = batch.pairs;
-        let reference = sequence_logps(&self.reference, batch, device);
-        let reference = Tensor::<C, 1>::from_data(reference.into_data(), device);
-        let lengths = batch.completion_lengths();
-        let column = |values: &[f32]| Tensor::<C, 1>::from_data(values, device);
-        SequenceLogps {
-            chosen: policy.clone().narrow(0, 0, n),
-            rejected: policy.narrow(0, n, n),
-            ref_chosen: reference.clone().narrow(0, 0, n),
-            ref_rejected: reference.narrow(0, n, n),
-            chosen_tokens: column(&lengths[..n]),
-            rejected_tokens: column(&lengths[n..]),
-        }
+/// The DPO objective.
+pub struct Dpo<'a, A: AutodiffBackend> {
+    loss: DpoLoss,
+    reference: Reference<A::InnerBackend>,
+    pad_id: u32,
+    /// TRL's `max_length` (keep_start truncation of prompt + completion).
+    max_length: Option<usize>,
+    policy: CausalLm<'a, A>,
+}
+
+impl<'a, A: AutodiffBackend> Dpo<'a, A> {
+    /// DPO with `loss` against `reference`; `policy` saves and configures the trained network.
+    pub fn new(
+        loss: DpoLoss,
+        reference: Reference<A::InnerBackend>,
+        pad_id: u32,
+        max_length: Option<usize>,
+        policy: CausalLm<'a, A>,
+    ) -> Self {
+        Self { loss, reference, pad_id, max_length, policy }
+    }
+
+    /// The reference's per-sequence log-probs of `batch` (chosen rows, then rejected); `policy` is the trained
+    /// network without autodiff, for [`Reference::PolicyWithoutAdapters`].
+    fn reference_logps(
+        &self,
+        policy: impl FnOnce() -> LlamaModel<A::InnerBackend>,
+        pairs: &[TokenizedPair],
+        batch: &PairBatch,
+        device: &A::Device,
+    ) -> Result<Tensor<A::InnerBackend, 1>> {
+        Ok(match &self.reference {
+            Reference::Model(reference) => sequence_logps(reference, batch, device),
+            Reference::PolicyWithoutAdapters => {
+                let mut base = policy();
+                for (_, linear) in base.decoder_linears_mut() {
+                    linear.adapter = None;
+                }
+                sequence_logps(&base, batch, device)
+            }
+            Reference::Precomputed => {
+                let logps =
+                    pairs.iter().map(|pair| pair.reference_logps).collect::<Option<Vec<[f32; 2]>>>().ok_or_else(
+                        || LightningError::Invalid("a pair has no precomputed reference log-probs".into()),
+                    )?;
+                let column: Vec<f32> = logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect();
+                Tensor::from_data(column.as_slice(), device)
+            }
+        })
     }
 }
 
-impl<A: AutodiffBackend> LightningModule<A> for Dpo<A::InnerBackend> {
+/// The four log-prob columns and the completion lengths of one batch, on backend `C`.
+fn scored<C: Backend>(policy: Tensor<C, 1>, reference: Tensor<C, 1>, batch: &PairBatch) -> SequenceLogps<C> {
+    let n = batch.pairs;
+    let device = policy.device();
+    let lengths = batch.completion_lengths();
+    let column = |values: &[f32]| Tensor::<C, 1>::from_data(values, &device);
+    SequenceLogps {
+        chosen: policy.clone().narrow(0, 0, n),
+        rejected: policy.narrow(0, n, n),
+        ref_chosen: reference.clone().narrow(0, 0, n),
+        ref_rejected: reference.narrow(0, n, n),
+        chosen_tokens: column(&lengths[..n]),
+        rejected_tokens: column(&lengths[n..]),
+    }
+}
+
+impl<A: AutodiffBackend> LightningModule<A> for Dpo<'_, A> {
     type Net = LlamaModel<A>;
     type Batch = Vec<TokenizedPair>;
 
@@ -64,10 +107,11 @@ impl<A: AutodiffBackend> LightningModule<A> for Dpo<A::InnerBackend> {
         net: &'n LlamaModel<A>,
         batch: &Vec<TokenizedPair>,
         ctx: &StepContext<'_, A>,
-    ) -> llmtrain_lightning::Result<StepOutput<'n, A>> {
+    ) -> Result<StepOutput<'n, A>> {
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
         let policy = sequence_logps(net, &pairs, ctx.device);
-        let scored = self.score(policy, &pairs, ctx.device);
+        let reference = self.reference_logps(|| net.valid(), batch, &pairs, ctx.device)?;
+        let scored = scored(policy, Tensor::from_inner(reference), &pairs);
         // The engine divides by the step's pairs: a micro-batch contributes its mean times its pairs.
         let n = batch.len() as f64;
         let metrics = self.loss.metrics(&scored).named().map(|(name, value)| (name, value * n)).to_vec();
@@ -79,29 +123,35 @@ impl<A: AutodiffBackend> LightningModule<A> for Dpo<A::InnerBackend> {
         net: &LlamaModel<A::InnerBackend>,
         batch: &Vec<TokenizedPair>,
         device: &A::Device,
-    ) -> llmtrain_lightning::Result<LossParts> {
+    ) -> Result<LossParts> {
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
-        let scored = self.score(sequence_logps(net, &pairs, device), &pairs, device);
+        let reference = self.reference_logps(|| net.clone(), batch, &pairs, device)?;
+        let scored = scored(sequence_logps(net, &pairs, device), reference, &pairs);
         let n = batch.len() as f64;
-        Ok(LossParts { sum: f64::from(self.loss.loss(&scored).into_scalar().elem::<f32>()) * n, weight: n })
+        Ok(LossParts { sum: self.loss.loss(&scored).into_scalar().elem::<f64>() * n, weight: n })
     }
 
     fn metric_names(&self) -> Vec<&'static str> {
         DpoMetrics::NAMES.to_vec()
     }
 
-    fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> llmtrain_lightning::Result<()> {
-        save_model_state(net, &self.hf_config, dir)?;
-        Ok(self.tokenizer.save(dir)?)
+    fn configure_net(&self, net: LlamaModel<A>) -> LlamaModel<A> {
+        self.policy.configure_net(net)
     }
 
-    fn load_checkpoint(&self, net: LlamaModel<A>, dir: &Path) -> llmtrain_lightning::Result<LlamaModel<A>> {
-        let device = net.devices().into_iter().next().ok_or_else(|| LightningError::Invalid("no device".into()))?;
-        Ok(hf::load_model::<A>(dir, &device)?.0)
+    fn lr_scale(&self, path: &str) -> f64 {
+        LightningModule::<A>::lr_scale(&self.policy, path)
     }
 
-    fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> llmtrain_lightning::Result<()> {
-        hf::save_model(&net.valid(), &self.hf_config, dir, &SaveOptions::default())?;
-        Ok(self.tokenizer.save(dir)?)
+    fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        self.policy.save_checkpoint(net, dir)
+    }
+
+    fn load_checkpoint(&self, net: LlamaModel<A>, dir: &Path) -> Result<LlamaModel<A>> {
+        self.policy.load_checkpoint(net, dir)
+    }
+
+    fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        self.policy.save_final(net, dir)
     }
 }

@@ -1,0 +1,148 @@
+//! `llmtrain train` with a `[dpo]` section, against TRL 1.16 itself: the fixture of llmtrain-trl's tests
+//! (`crates/trl/tests/fixtures`, made by `scripts/make_dpo_fixture.py`) holds a tiny policy, a reference, their
+//! tokenizer, four preference rows and what DPOTrainer logged at step 1 for them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::{assert_one_line_error, llmtrain, root};
+use crate::launch_common::ok;
+
+fn trl_fixtures() -> PathBuf {
+    root().join("crates/trl/tests/fixtures")
+}
+
+fn trl_record() -> Value {
+    let text = std::fs::read_to_string(trl_fixtures().join("dpo_losses.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(fixture["cases"][0]["loss_type"], serde_json::json!(["sigmoid"]));
+    fixture["cases"][0]["metrics"].clone()
+}
+
+/// A directory with the fixture's rows (`copies` times over) as `pairs.jsonl`.
+fn job(copies: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(trl_fixtures().join("dpo_losses.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let rows: String = fixture["rows"].as_array().unwrap().iter().map(|row| format!("{row}\n")).collect();
+    std::fs::write(dir.path().join("pairs.jsonl"), rows.repeat(copies)).unwrap();
+    dir
+}
+
+/// Writes `<name>.toml` in `dir`: DPO of the fixture's policy on `pairs.jsonl` into `out-<name>`, with `extra`
+/// appended (a `[dpo]` section, `[lora]`, ...), and returns its path.
+fn config(dir: &Path, name: &str, training: &str, extra: &str) -> PathBuf {
+    let fixtures = trl_fixtures();
+    let text = format!(
+        "[model]\npath = \"{policy}\"\n\n[tokenizer]\npath = \"{tokenizer}\"\n\n\
+         [data]\nfiles = [\"pairs.jsonl\"]\nseq_len = 64\nbatch_size = 4\nshuffle = false\n\n\
+         [training]\nlogging_steps = 1\n{training}\n\n[output]\ndir = \"out-{name}\"\n\n{extra}\n",
+        policy = fixtures.join("dpo_policy").display(),
+        tokenizer = fixtures.join("dpo_tokenizer").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The training records of a finished run.
+fn records(dir: &Path, name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("out-{name}/metrics.jsonl"))).unwrap();
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|r| r.get("loss").is_some()).collect()
+}
+
+/// One step at a learning rate too small to move a weight.
+const STEP_ONE: &str = "max_steps = 1\nlearning_rate = 1e-30";
+
+#[test]
+fn dpo_from_a_config_logs_trls_step_one_loss_and_metrics_with_the_reference_a_checkpoint_or_precomputed() {
+    let dir = job(1);
+    let reference = trl_fixtures().join("dpo_reference");
+    let trl = trl_record();
+    for (name, dpo) in [
+        ("checkpoint", format!("[dpo]\nref_model = \"{}\"\n", reference.display())),
+        ("precomputed", format!("[dpo]\nref_model = \"{}\"\nprecompute_ref_log_probs = true\n", reference.display())),
+    ] {
+        let path = config(dir.path(), name, STEP_ONE, &dpo);
+        let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        assert!(stdout.contains("trainer: [dpo]") && stdout.contains("pairs: 4 training, 0 held out"), "{stdout}");
+        let record = &records(dir.path(), name)[0];
+        for (key, theirs) in trl.as_object().unwrap() {
+            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
+            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
+        }
+        let final_dir = dir.path().join(format!("out-{name}/final"));
+        assert!(final_dir.join("model.safetensors").is_file() && final_dir.join("tokenizer.json").is_file());
+    }
+}
+
+#[test]
+fn dpo_starts_at_ln_2_with_the_reference_a_copy_or_the_policy_without_its_adapters_and_then_learns() {
+    let dir = job(2);
+    let lora = "[dpo]\n\n[lora]\nr = 4\nalpha = 8\ntarget_modules = \"all-linear\"\n";
+    for (name, extra, reference) in
+        [("copy", "[dpo]\n", "a frozen copy"), ("lora", lora, "the policy with its adapters disabled")]
+    {
+        let path = config(dir.path(), name, "max_steps = 6\nlearning_rate = 0.05", extra);
+        let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        assert!(stdout.contains(reference), "{stdout}");
+        let records = records(dir.path(), name);
+        let loss = |i: usize| records[i]["loss"].as_f64().unwrap();
+        assert!((loss(0) - std::f64::consts::LN_2).abs() < 1e-6, "{name}: step 1 is ln 2: {}", loss(0));
+        assert_eq!(records[0]["rewards/margins"].as_f64(), Some(0.0));
+        assert!(loss(5) < loss(0) - 0.05, "{name}: the policy learns the preferences: {} -> {}", loss(0), loss(5));
+    }
+    assert!(dir.path().join("out-lora/final/adapter_model.safetensors").is_file(), "a LoRA run saves the adapter");
+}
+
+#[test]
+fn dpo_refuses_rows_without_a_pair_an_unknown_loss_type_and_a_reference_of_another_vocabulary() {
+    let dir = job(1);
+    std::fs::write(
+        dir.path().join("mixed.jsonl"),
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"text\": \"x\"}\n",
+    )
+    .unwrap();
+    let path = config(dir.path(), "mixed", STEP_ONE, "[dpo]\n");
+    let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", "mixed.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "mixed.jsonl:2: a text row, but DPO learns from preference rows");
+
+    let path = config(dir.path(), "unknown", STEP_ONE, "[dpo]\nloss_type = [\"sigmoid\", \"dpop\"]\n");
+    let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
+    let line = assert_one_line_error(&out, "dpo.loss_type");
+    assert!(line.contains("unknown DPO loss_type `dpop`; expected one of: sigmoid, hinge, ipo"), "{line}");
+
+    let other = root().join("crates/core/tests/fixtures/mistral_mqa");
+    let path = config(dir.path(), "vocab", STEP_ONE, &format!("[dpo]\nref_model = \"{}\"\n", other.display()));
+    let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "mistral_mqa/config.json: vocab_size 256 but the policy's is 300");
+    for name in ["mixed", "unknown", "vocab"] {
+        assert!(!dir.path().join(format!("out-{name}/metrics.jsonl")).exists(), "{name}: no step ran");
+    }
+}
+
+#[test]
+fn dpo_on_two_launched_ranks_follows_one_process_with_the_whole_batch() {
+    let dir = job(4);
+    let training = "max_steps = 4\nlearning_rate = 0.02\nseed = 3";
+    let single = config(dir.path(), "single", training, "[dpo]\n");
+    let ranks = config(dir.path(), "ranks", training, "[dpo]\n");
+    let text = std::fs::read_to_string(&ranks).unwrap().replace("batch_size = 4", "batch_size = 2");
+    std::fs::write(&ranks, text.replace("shuffle = false", "shuffle = true")).unwrap();
+    let text = std::fs::read_to_string(&single).unwrap();
+    std::fs::write(&single, text.replace("shuffle = false", "shuffle = true")).unwrap();
+    ok(&llmtrain(&["train", "--config", single.to_str().unwrap()]));
+    let stdout = ok(&llmtrain(&["launch", "--num-processes", "2", "--", "train", "--config", ranks.to_str().unwrap()]));
+    assert!(stdout.contains("ranks: 2"), "{stdout}");
+    let (one, two) = (records(dir.path(), "single"), records(dir.path(), "ranks"));
+    assert_eq!(one.len(), 4);
+    for (a, b) in one.iter().zip(&two) {
+        for key in ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5, "step {}: {key}: one process {x}, two ranks {y}", a["step"]);
+        }
+    }
+}
