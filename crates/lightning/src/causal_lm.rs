@@ -16,7 +16,9 @@ use llmtrain_core::setup::{TrainOverrides, data_options};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{Accuracy, AccuracyExample, accuracy_examples, completion_accuracy};
 use llmtrain_core::train::checkpoint::save_model_state;
-use llmtrain_core::train::{batch_loss, batch_tensors, loss_from_hidden, sample_text, unigram_entropy};
+use llmtrain_core::train::{
+    batch_loss, batch_tensors, causal_lm_loss_parts, loss_from_hidden, sample_text, token_statistics, unigram_entropy,
+};
 use llmtrain_memopt::MemoptSection;
 use serde_json::{Map, Value, json};
 
@@ -33,8 +35,13 @@ pub struct CausalLm<'a, A: AutodiffBackend> {
     compute: Compute,
     files: Option<ModelFiles>,
     accuracy: Option<Vec<AccuracyExample>>,
+    token_metrics: bool,
     device: A::Device,
 }
+
+/// TRL's SFT metrics, logged with [`CausalLm::with_token_metrics`]: the share of scored tokens the top logit
+/// predicts, and the mean entropy of the predicted distributions.
+pub const TOKEN_METRICS: [&str; 2] = ["mean_token_accuracy", "entropy"];
 
 /// What checkpoints and `final/` hold besides the weights: the model's HF config and its tokenizer.
 struct ModelFiles {
@@ -45,7 +52,7 @@ struct ModelFiles {
 impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
     /// The objective, computing as `compute` says (activation type, attention kernel, fused loss).
     pub fn new(method: &'a dyn Finetune<A>, compute: Compute, device: A::Device) -> Self {
-        Self { method, compute, files: None, accuracy: None, device }
+        Self { method, compute, files: None, accuracy: None, token_metrics: false, device }
     }
 
     /// Checkpoints and `final/` hold the model (or the method's adapter) as an HF directory described by
@@ -58,6 +65,13 @@ impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
     /// Greedy exact-match accuracy on these held-out examples before the first step and after the last.
     pub fn with_accuracy(mut self, examples: Vec<AccuracyExample>) -> Self {
         self.accuracy = Some(examples);
+        self
+    }
+
+    /// Also logs [`TOKEN_METRICS`] for every step (from the full logits: not under the fused cross-entropy,
+    /// which never builds them).
+    pub fn with_token_metrics(mut self) -> Self {
+        self.token_metrics = true;
         self
     }
 
@@ -94,13 +108,31 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
         batch: &Batch,
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>> {
-        let Some(Recompute { offload }) = ctx.gradient_checkpointing else {
-            return Ok(StepOutput::loss(batch_loss(net, batch, ctx.device).0));
-        };
         let (tokens, labels, positions) = batch_tensors::<A>(batch, ctx.device);
-        let (hidden, layers) = net.hidden_states_recomputed(tokens, positions.as_ref(), offload);
-        let (loss, _) = loss_from_hidden(net, hidden, batch, labels);
-        Ok(StepOutput { loss, metrics: Vec::new(), deferred: Some(Box::new(layers)) })
+        let (hidden, deferred) = match ctx.gradient_checkpointing {
+            Some(Recompute { offload }) => {
+                let (hidden, layers) = net.hidden_states_recomputed(tokens, positions.as_ref(), offload);
+                (hidden, Some(Box::new(layers) as _))
+            }
+            None => (net.hidden_states(tokens, positions.as_ref()), None),
+        };
+        if !self.token_metrics || net.compute.loss_chunk.is_some() {
+            let (loss, _) = loss_from_hidden(net, hidden, batch, labels);
+            return Ok(StepOutput { loss, metrics: Vec::new(), ratios: Vec::new(), deferred });
+        }
+        let logits = net.logits(hidden);
+        let (correct, entropy) = token_statistics(logits.clone(), labels.clone());
+        let (loss, _) = causal_lm_loss_parts(logits, labels);
+        // Sums over the scored tokens: the engine divides them by the step's scored tokens (the batch weight).
+        let metrics = vec![
+            (TOKEN_METRICS[0], correct.into_scalar().elem::<f64>()),
+            (TOKEN_METRICS[1], entropy.into_scalar().elem::<f64>()),
+        ];
+        Ok(StepOutput { loss, metrics, ratios: Vec::new(), deferred })
+    }
+
+    fn metric_names(&self) -> Vec<&'static str> {
+        if self.token_metrics { TOKEN_METRICS.to_vec() } else { Vec::new() }
     }
 
     fn validation_step(

@@ -186,13 +186,16 @@ pub struct StepOutput<'n, A: AutodiffBackend> {
     pub loss: Tensor<A, 1>,
     /// Named figures summed over the batch; logged divided by the step's total weight, like the loss.
     pub metrics: Vec<(&'static str, f64)>,
+    /// Named ratios with a denominator of their own (say, per token where the weight counts pairs): logged as
+    /// the step's sum of numerators over its sum of denominators, over micro-batches and ranks.
+    pub ratios: Vec<(&'static str, f64, f64)>,
     /// A checkpointed forward's layers, backpropagated after the loss.
     pub deferred: Option<Box<dyn DeferredBackward<A> + 'n>>,
 }
 
 impl<'n, A: AutodiffBackend> StepOutput<'n, A> {
     pub fn loss(loss: Tensor<A, 1>) -> Self {
-        Self { loss, metrics: Vec::new(), deferred: None }
+        Self { loss, metrics: Vec::new(), ratios: Vec::new(), deferred: None }
     }
 }
 

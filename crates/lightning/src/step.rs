@@ -63,6 +63,9 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     let step_seed = mix_seed(&[options.seed, options.step]);
     let mut local = vec![0.0f64];
     let mut names: Vec<&'static str> = Vec::new();
+    // Ratios: numerator and denominator sums, side by side, reduced with the rest.
+    let mut ratio_names: Vec<&'static str> = Vec::new();
+    let mut ratio_parts: Vec<f64> = Vec::new();
     for (index, batch) in micro.iter().enumerate() {
         let seed = mix_seed(&[step_seed, accelerator.rank() as u64, index as u64]);
         set_dropout_seed(seed);
@@ -84,6 +87,15 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
                     local.push(value / weight);
                 }
             }
+        }
+        for &(name, numerator, denominator) in &output.ratios {
+            let i = ratio_names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                ratio_names.push(name);
+                ratio_parts.extend([0.0, 0.0]);
+                ratio_names.len() - 1
+            });
+            ratio_parts[2 * i] += numerator;
+            ratio_parts[2 * i + 1] += denominator;
         }
         let loss = output.loss;
         let deferred = output.deferred;
@@ -108,6 +120,8 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     }
     // The stop flags ride on the loss's collective: a signal costs the step no extra all-reduce.
     let signal = interrupt::stop_requested();
+    let ratios_at = local.len();
+    local.extend(&ratio_parts);
     local.push(f64::from(u8::from(signal == Some(SIGINT))));
     local.push(f64::from(u8::from(signal.is_some_and(|s| s != SIGINT))));
     let reduced = accelerator.reduce_many(&local, ReduceOp::Sum)?;
@@ -117,7 +131,10 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
         (false, true) => Some(SIGTERM),
         (false, false) => None,
     };
-    let metrics = names.iter().zip(&reduced[1..]).map(|(n, v)| (*n, *v)).collect();
+    let mut metrics: Vec<(&'static str, f64)> = names.iter().zip(&reduced[1..]).map(|(n, v)| (*n, *v)).collect();
+    let ratios = reduced[ratios_at..ratios_at + ratio_parts.len()].chunks(2);
+    // An empty denominator (no token of the kind in the whole step) logs 0, as TRL does.
+    metrics.extend(ratio_names.iter().zip(ratios).map(|(n, p)| (*n, if p[1] > 0.0 { p[0] / p[1] } else { 0.0 })));
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
     module.on_before_optimizer_step(options.step, grad_norm)?;
     let net = accelerator.step(net, optimizer, options.lr)?;

@@ -14,7 +14,7 @@ mod run_dir;
 mod schedule;
 
 pub use crate::data::IGNORE_INDEX;
-pub use crate::model::loss::{causal_lm_loss, causal_lm_loss_parts};
+pub use crate::model::loss::{causal_lm_loss, causal_lm_loss_parts, token_statistics};
 pub use lm::{batch_loss, batch_tensors, eval_mean, loss_from_hidden, sample_text, unigram_entropy};
 pub use loss_scale::{LossScaleConfig, LossScaler};
 pub use optim::{AdamW, AdamWConfig, GradientBuffer, Moments, clip_grad_norm};

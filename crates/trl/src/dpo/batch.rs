@@ -51,17 +51,93 @@ impl PairBatch {
 
 /// Each row's sum of the log-probs `model` gives its completion tokens (`[2·pairs]`: chosen, then rejected).
 pub fn sequence_logps<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Tensor<B, 1> {
+    forward_completions(model, batch, device, false).0
+}
+
+/// [`sequence_logps`] with TRL's token statistics of the same forward (computed without gradients).
+pub fn sequence_logps_with_stats<B: Backend>(
+    model: &LlamaModel<B>,
+    batch: &PairBatch,
+    device: &B::Device,
+) -> (Tensor<B, 1>, TokenStats) {
+    let (logps, stats) = forward_completions(model, batch, device, true);
+    (logps, stats.unwrap_or_default())
+}
+
+/// Sums over the completion tokens of a batch's policy forward, from which DPOTrainer logs `entropy` (all
+/// completion tokens), `logits/chosen` and `logits/rejected` (the mean over the vocabulary of each token's
+/// logits) and `mean_token_accuracy` (the chosen tokens the top logit predicts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenStats {
+    pub entropy: f64,
+    pub chosen_logits: f64,
+    pub rejected_logits: f64,
+    pub chosen_correct: f64,
+    pub chosen_tokens: f64,
+    pub rejected_tokens: f64,
+}
+
+impl TokenStats {
+    /// The metrics as (name, numerator, denominator), for the Trainer to reduce over micro-batches and ranks.
+    pub fn ratios(&self) -> [(&'static str, f64, f64); 4] {
+        [
+            ("entropy", self.entropy, self.chosen_tokens + self.rejected_tokens),
+            ("logits/chosen", self.chosen_logits, self.chosen_tokens),
+            ("logits/rejected", self.rejected_logits, self.rejected_tokens),
+            ("mean_token_accuracy", self.chosen_correct, self.chosen_tokens),
+        ]
+    }
+}
+
+fn forward_completions<B: Backend>(
+    model: &LlamaModel<B>,
+    batch: &PairBatch,
+    device: &B::Device,
+    with_stats: bool,
+) -> (Tensor<B, 1>, Option<TokenStats>) {
     let rows = 2 * batch.pairs;
     let len = batch.len;
     let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
     let logits = model.forward(tokens.clone(), None).slice([0..rows, 0..len - 1]);
     let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
-    let picked = log_softmax(logits, 2).gather(2, next).reshape([rows, len - 1]);
+    let log_probs = log_softmax(logits.clone(), 2);
+    let picked = log_probs.clone().gather(2, next.clone()).reshape([rows, len - 1]);
     let scored: Vec<f32> =
         batch.completion.chunks(len).flat_map(|row| row[1..].iter().map(|&c| f32::from(u8::from(c)))).collect();
     let mask = Tensor::<B, 2>::from_data(TensorData::new(scored, [rows, len - 1]), device);
-    (picked * mask).sum_dim(1).reshape([rows])
+    let logps = (picked * mask.clone()).sum_dim(1).reshape([rows]);
+    if !with_stats {
+        return (logps, None);
+    }
+    let (log_probs, logits) = (log_probs.detach(), logits.detach());
+    let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(2).reshape([rows, len - 1]).neg();
+    let mean_logits = logits.mean_dim(2).reshape([rows, len - 1]);
+    let top1 = log_probs.argmax(2).equal(next).float().reshape([rows, len - 1]);
+    let n = batch.pairs;
+    let half = |t: Tensor<B, 2>, start: usize| (t * mask.clone()).narrow(0, start, n).sum();
+    let sums = Tensor::cat(
+        vec![
+            (entropy * mask.clone()).sum(),
+            half(mean_logits.clone(), 0),
+            half(mean_logits, n),
+            half(top1, 0),
+            mask.clone().narrow(0, 0, n).sum(),
+            mask.narrow(0, n, n).sum(),
+        ],
+        0,
+    );
+    let sums = sums.into_data().convert::<f64>();
+    let v = sums.as_slice::<f64>().unwrap_or_default();
+    let stats = (v.len() == 6).then(|| TokenStats {
+        entropy: v[0],
+        chosen_logits: v[1],
+        rejected_logits: v[2],
+        chosen_correct: v[3],
+        chosen_tokens: v[4],
+        rejected_tokens: v[5],
+    });
+    (logps, stats)
 }
 
 /// Scores every pair with `reference` once, `batch_size` pairs at a time, and keeps the two log-probs in the

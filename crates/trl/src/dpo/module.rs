@@ -11,7 +11,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{CausalLm, LightningError, LightningModule, LossParts, Result, StepContext, StepOutput};
 
-use super::batch::{PairBatch, sequence_logps};
+use super::batch::{PairBatch, TokenStats, sequence_logps, sequence_logps_with_stats};
 use super::data::TokenizedPair;
 use super::loss::{DpoLoss, DpoMetrics, SequenceLogps};
 
@@ -109,13 +109,14 @@ impl<A: AutodiffBackend> LightningModule<A> for Dpo<'_, A> {
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>> {
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
-        let policy = sequence_logps(net, &pairs, ctx.device);
+        let (policy, stats) = sequence_logps_with_stats(net, &pairs, ctx.device);
         let reference = self.reference_logps(|| net.valid(), batch, &pairs, ctx.device)?;
         let scored = scored(policy, Tensor::from_inner(reference), &pairs);
         // The engine divides by the step's pairs: a micro-batch contributes its mean times its pairs.
         let n = batch.len() as f64;
         let metrics = self.loss.metrics(&scored).named().map(|(name, value)| (name, value * n)).to_vec();
-        Ok(StepOutput { loss: self.loss.loss(&scored) * n, metrics, deferred: None })
+        let ratios = stats.ratios().to_vec();
+        Ok(StepOutput { loss: self.loss.loss(&scored) * n, metrics, ratios, deferred: None })
     }
 
     fn validation_step(
@@ -132,7 +133,8 @@ impl<A: AutodiffBackend> LightningModule<A> for Dpo<'_, A> {
     }
 
     fn metric_names(&self) -> Vec<&'static str> {
-        DpoMetrics::NAMES.to_vec()
+        let ratios = TokenStats::default().ratios().map(|(name, _, _)| name);
+        DpoMetrics::NAMES.iter().copied().chain(ratios).collect()
     }
 
     fn configure_net(&self, net: LlamaModel<A>) -> LlamaModel<A> {
