@@ -7,10 +7,10 @@ mod common;
 mod launch_common;
 
 mod config;
-mod dpo;
 mod estimate_memory;
 mod inspect;
 mod launch;
 mod lora;
 mod messages;
 mod train;
+mod trl;

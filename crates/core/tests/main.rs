@@ -12,4 +12,5 @@ mod flash_attention;
 mod fused_loss;
 mod nf4_weight;
 mod optimizer;
+mod padded_forward;
 mod parity;

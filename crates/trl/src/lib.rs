@@ -1,12 +1,16 @@
 //! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), then PPO and GRPO.
 //!
-//! Built so far, each checked against TRL itself in `tests/dpo.rs`: [`dpo::DpoLoss`], TRL 1.16 DPOTrainer's loss
-//! types and logged metrics over per-sequence completion log-probs; [`dpo::tokenize_pair`], its tokenization of a
-//! preference row; [`dpo::PairBatch`] / [`dpo::sequence_logps`], a batch of pairs and the per-sequence log-probs
-//! llmtrain's model gives it; and [`dpo::Dpo`], the LightningModule the one Trainer runs (a frozen reference
-//! network, or the policy without its adapters, or precomputed log-probs). [`train`] runs it from a run config's
-//! `[dpo]` section ([`dpo::DpoSection`], TRL's `DPOConfig` names) on `[data] files` of preference rows
-//! ([`rows::read_items`]), which is what `llmtrain train` does for such a config.
+//! Built so far, each checked against TRL itself (`tests/`, and llmtrain-cli's `trl` end-to-end tests):
+//! - [`dpo`]: DPOTrainer's loss types and metrics ([`dpo::DpoLoss`]), its tokenization of text and
+//!   conversational rows, batches of pairs and their per-sequence log-probs, and [`dpo::Dpo`] with a reference
+//!   that is a frozen copy, another checkpoint, the policy without its LoRA adapters, or precomputed log-probs.
+//! - [`orpo`]: ORPOTrainer's tokenization, odds-ratio loss and metrics; no reference.
+//! - [`policy`]: what they share: an [`policy::Objective`] on a policy network, run by the one Trainer as a
+//!   [`policy::PolicyModule`] whose files are the causal-LM objective's.
+//! - [`rows`]: `[data] files` read in TRL's formats, converted by a trainer and split.
+//!
+//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`: TRL's config names), which is
+//! what `llmtrain train` does for such a config.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -29,6 +33,8 @@
 
 pub mod dpo;
 mod error;
+pub mod orpo;
+pub mod policy;
 pub mod rows;
 mod train;
 

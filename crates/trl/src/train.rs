@@ -6,8 +6,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::{ConfigSection, RunConfig};
+use llmtrain_core::data::Row;
 use llmtrain_core::hf;
-use llmtrain_core::model::ModelConfig;
+use llmtrain_core::model::{Compute, LlamaModel, ModelConfig};
 use llmtrain_core::setup::{TrainOverrides, expand_files};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{CausalLm, Datasets, FitSummary, Trainer, run};
@@ -15,10 +16,12 @@ use llmtrain_memopt::MemoptSection;
 
 use crate::dpo::{Dpo, DpoSection, Reference, TokenizedPair, pair_from_row, precompute_reference_logps};
 use crate::error::{Result, TrlError};
-use crate::rows::read_items;
+use crate::orpo::{Orpo, OrpoLoss, OrpoPair, OrpoSection, orpo_pair_from_row};
+use crate::policy::{Objective, PolicyModule};
+use crate::rows::{Converted, SplitItems, read_items};
 
 /// The run-config sections that select one of this crate's trainers.
-pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME];
+pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME];
 
 /// The trainer section `config` selects, if any; two of them are refused.
 pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
@@ -59,59 +62,131 @@ pub fn train<A: AutodiffBackend>(
     method: &dyn Finetune<A>,
     device: &A::Device,
 ) -> Result<TrlSummary> {
+    let run = Run { config: overrides.apply(config), memopt, overrides, method, device };
     match trainer_section(config)? {
-        Some(DpoSection::NAME) => train_dpo(config, memopt, overrides, accelerator, method, device),
+        Some(DpoSection::NAME) => run.fit(accelerator, dpo),
+        Some(OrpoSection::NAME) => run.fit(accelerator, orpo),
         other => Err(TrlError::Invalid(format!("no trl trainer section to run (found {other:?})"))),
     }
 }
 
-fn train_dpo<A: AutodiffBackend>(
-    config: &RunConfig,
-    memopt: &MemoptSection,
-    overrides: &TrainOverrides,
-    accelerator: &mut Accelerator<A>,
-    method: &dyn Finetune<A>,
-    device: &A::Device,
-) -> Result<TrlSummary> {
-    let config = overrides.apply(config);
-    let section = config.section::<DpoSection>()?.unwrap_or_default();
+/// A run's inputs, the config already overridden by the command line.
+struct Run<'r, A: AutodiffBackend> {
+    config: RunConfig,
+    memopt: &'r MemoptSection,
+    overrides: &'r TrainOverrides,
+    method: &'r dyn Finetune<A>,
+    device: &'r A::Device,
+}
+
+/// What a trainer's builder gets once the run's tokenizer and starting model exist.
+struct Setup<'s, A: AutodiffBackend> {
+    config: &'s RunConfig,
+    tokenizer: &'s TextTokenizer,
+    model: &'s LlamaModel<A>,
+    compute: Compute,
+    pad_id: u32,
+    device: &'s A::Device,
+}
+
+impl<A: AutodiffBackend> Setup<'_, A> {
+    /// `[data] files` converted by `convert` and split.
+    fn items<T>(&self, convert: impl FnMut(&Row) -> Converted<T>) -> Result<SplitItems<T>> {
+        let data = &self.config.data;
+        read_items(&expand_files(&data.files)?, data.eval_fraction, data.skip_malformed, convert)
+    }
+}
+
+/// What a trainer section builds: its objective, its items, the tokens an item holds (for throughput), the
+/// longest sequence it may feed the model (for FLOPs), and where its reference comes from, in words.
+struct Built<O, T> {
+    objective: O,
+    items: SplitItems<T>,
+    item_tokens: fn(&T) -> usize,
+    max_length: usize,
+    reference: String,
+}
+
+impl<A: AutodiffBackend> Run<'_, A> {
+    /// Builds the Trainer from the config, then the objective `S`'s section describes with `build`, and fits it.
+    fn fit<S, O>(
+        self,
+        accelerator: &mut Accelerator<A>,
+        build: impl FnOnce(S, &Setup<'_, A>) -> Result<Built<O, O::Item>>,
+    ) -> Result<TrlSummary>
+    where
+        S: ConfigSection + Default + serde::Serialize,
+        O: Objective<A>,
+    {
+        let config = &self.config;
+        let section = config.section::<S>()?.unwrap_or_default();
+        let (mut settings, logging) = run::trainer_settings(config, self.memopt, self.overrides)?;
+        if let (serde_json::Value::Object(all), Ok(value)) = (&mut settings.hparams, serde_json::to_value(&section)) {
+            all.insert(S::NAME.into(), value);
+        }
+        let compute = run::compute(self.memopt, accelerator.config().mixed_precision);
+        let trainer = Trainer::new(settings, accelerator)?;
+        let summary = TrlSummary { trainer: S::NAME, ..Default::default() };
+        if let Some(fit) = trainer.finished() {
+            return Ok(TrlSummary { fit, ..summary });
+        }
+        let (tokenizer, model, hf_config) =
+            run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
+        let setup = Setup {
+            config,
+            tokenizer: &tokenizer,
+            model: &model,
+            compute,
+            pad_id: pad_id(&tokenizer)?,
+            device: self.device,
+        };
+        let Built { objective, items, item_tokens, max_length, reference } = build(section, &setup)?;
+
+        let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
+        let callbacks = run::callbacks(config, &logging, &model.config, max_length, world)?;
+        let mut trainer = trainer.with_callbacks(callbacks);
+        let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
+        let mut module = PolicyModule::new(objective, files);
+        let summary = TrlSummary {
+            train_items: items.train.len(),
+            eval_items: items.eval.len(),
+            skipped_rows: items.skipped,
+            dropped_rows: items.dropped,
+            reference,
+            ..summary
+        };
+        let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
+        if config.data.shuffle {
+            data = data.shuffled(config.training.seed);
+        }
+        let mut data = data.sharded(rank, world).counting_tokens(item_tokens);
+        let (fit, _) = trainer.fit(&mut module, model, &mut data, self.device)?;
+        Ok(TrlSummary { fit, ..summary })
+    }
+}
+
+/// `[dpo]`: the pairs, and the reference as the section and the method say.
+fn dpo<A: AutodiffBackend>(
+    section: DpoSection,
+    setup: &Setup<'_, A>,
+) -> Result<Built<Dpo<A::InnerBackend>, TokenizedPair>> {
     let loss = section.loss().map_err(|e| TrlError::Invalid(format!("[dpo] {}: {}", e.key, e.message)))?;
-    let (mut settings, logging) = run::trainer_settings(&config, memopt, overrides)?;
-    if let (serde_json::Value::Object(all), Ok(dpo)) = (&mut settings.hparams, serde_json::to_value(&section)) {
-        all.insert(DpoSection::NAME.into(), dpo);
-    }
-    let mixed_precision = accelerator.config().mixed_precision;
-    let trainer = Trainer::new(settings, accelerator)?;
-    let mut summary = TrlSummary { trainer: DpoSection::NAME, ..Default::default() };
-    if let Some(fit) = trainer.finished() {
-        return Ok(TrlSummary { fit, ..summary });
-    }
-    let (tokenizer, model, hf_config) = run::tokenizer_and_model(&config, method, trainer.accelerator(), device)?;
-    let pad_id = pad_id(&tokenizer)?;
-    let files = expand_files(&config.data.files)?;
-    let mut items = read_items(&files, config.data.eval_fraction, config.data.skip_malformed, |row| {
-        pair_from_row(&tokenizer, row, section.max_length)
-    })?;
-    let compute = run::compute(memopt, mixed_precision);
+    let mut items = setup.items(|row| pair_from_row(setup.tokenizer, row, section.max_length))?;
+    let (model, compute) = (setup.model, setup.compute);
     let adapted = model.decoder_linears().iter().any(|linear| linear.adapter.is_some());
-    let mut reference = match &section.ref_model {
+    let (mut reference, mut described) = match &section.ref_model {
         Some(dir) => {
-            let dir = config.resolve_path(dir);
-            let (mut reference, _) = hf::load_model::<A::InnerBackend>(&dir, device)?;
+            let dir = setup.config.resolve_path(dir);
+            let (mut reference, _) = hf::load_model::<A::InnerBackend>(&dir, setup.device)?;
             check_reference(&model.config, &reference.config, &dir)?;
             reference.compute = compute;
-            summary.reference = format!("the checkpoint {}", dir.display());
-            Reference::Model(Box::new(reference))
+            (Reference::Model(Box::new(reference)), format!("the checkpoint {}", dir.display()))
         }
-        None if adapted => {
-            summary.reference = "the policy with its adapters disabled".into();
-            Reference::PolicyWithoutAdapters
-        }
+        None if adapted => (Reference::PolicyWithoutAdapters, "the policy with its adapters disabled".to_string()),
         None => {
             let mut copy = model.valid();
             copy.compute = compute;
-            summary.reference = "a frozen copy of the starting weights".into();
-            Reference::Model(Box::new(copy))
+            (Reference::Model(Box::new(copy)), "a frozen copy of the starting weights".to_string())
         }
     };
     let max_length = Some(section.max_length);
@@ -127,28 +202,32 @@ fn train_dpo<A: AutodiffBackend>(
                 base
             }
         };
-        let batch = config.data.batch_size;
+        let batch = setup.config.data.batch_size;
         for pairs in [&mut items.train, &mut items.eval] {
-            precompute_reference_logps(&network, pairs, batch, pad_id, max_length, device);
+            precompute_reference_logps(&network, pairs, batch, setup.pad_id, max_length, setup.device);
         }
-        summary.reference = format!("log-probs precomputed once by {}", summary.reference);
+        described = format!("log-probs precomputed once by {described}");
         reference = Reference::Precomputed;
     }
+    Ok(Built {
+        objective: Dpo::new(loss, reference, setup.pad_id, max_length),
+        items,
+        item_tokens: TokenizedPair::tokens,
+        max_length: section.max_length,
+        reference: described,
+    })
+}
 
-    let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
-    let callbacks = run::callbacks(&config, &logging, &model.config, section.max_length, world)?;
-    let mut trainer = trainer.with_callbacks(callbacks);
-    let policy = CausalLm::new(method, compute, device.clone()).with_files(hf_config, tokenizer.clone());
-    let mut module = Dpo::new(loss, reference, pad_id, max_length, policy);
-    (summary.train_items, summary.eval_items) = (items.train.len(), items.eval.len());
-    (summary.skipped_rows, summary.dropped_rows) = (items.skipped, items.dropped);
-    let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
-    if config.data.shuffle {
-        data = data.shuffled(config.training.seed);
-    }
-    let mut data = data.sharded(rank, world).counting_tokens(TokenizedPair::tokens);
-    let (fit, _) = trainer.fit(&mut module, model, &mut data, device)?;
-    Ok(TrlSummary { fit, ..summary })
+/// `[orpo]`: the pairs; no reference.
+fn orpo<A: AutodiffBackend>(section: OrpoSection, setup: &Setup<'_, A>) -> Result<Built<Orpo, OrpoPair>> {
+    let items = setup.items(|row| orpo_pair_from_row(setup.tokenizer, row, section.max_length))?;
+    Ok(Built {
+        objective: Orpo::new(OrpoLoss { beta: section.beta }, setup.pad_id),
+        items,
+        item_tokens: OrpoPair::tokens,
+        max_length: section.max_length,
+        reference: "none (ORPO)".into(),
+    })
 }
 
 /// The id sequences are padded with: the tokenizer's pad token, else its EOS (padding is never scored).

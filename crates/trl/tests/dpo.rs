@@ -9,6 +9,7 @@ use llmtrain_trl::dpo::{
     Dpo, DpoLoss, DpoMetrics, LossType, PairBatch, Reference, SequenceLogps, TokenizedPair, sequence_logps,
     tokenize_pair,
 };
+use llmtrain_trl::policy::PolicyModule;
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -162,7 +163,7 @@ fn one_step(reference_dir: &str) -> Value {
     let pad_id = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap();
     let files = CausalLm::new(&FullFinetune, Compute::default(), device).with_files(hf_config, tokenizer);
     let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
-    let mut module = Dpo::new(loss, Reference::Model(Box::new(reference)), pad_id, None, files);
+    let mut module = PolicyModule::new(Dpo::new(loss, Reference::Model(Box::new(reference)), pad_id, None), files);
     let out = tempfile::tempdir().unwrap();
     let settings = TrainerSettings {
         max_steps: 1,

@@ -1,3 +1,4 @@
 //! llmtrain-trl's integration tests, one binary: each module is one concern.
 
 mod dpo;
+mod orpo;

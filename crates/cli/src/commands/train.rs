@@ -29,6 +29,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_lightning::ModelCheckpointSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::TrainerSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::dpo::DpoSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::orpo::OrpoSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]

@@ -205,6 +205,46 @@ impl<B: Backend> LlamaModel<B> {
                 (cos, sin, packing::window_mask::<B>(seq, seq, self.config.sliding_window, device))
             }
         };
+        self.finish_layer_inputs(batch, seq, cos, sin, mask, device)
+    }
+
+    /// The final hidden states of right-padded rows as transformers computes them with an attention mask: no
+    /// position attends to padding (`real` marks each row's tokens, row-major `[batch, seq]`), and positions
+    /// count from 0 in every row. Real tokens get what [`LlamaModel::hidden_states`] gives them; only the padding
+    /// positions' own outputs differ.
+    pub fn hidden_states_padded(&self, tokens: Tensor<B, 2, Int>, real: &[bool]) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let ids: Vec<u32> = (0..seq as u32).collect();
+        let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
+        let window = self.config.sliding_window;
+        let mut blocked = Vec::with_capacity(batch * seq * seq);
+        for row in real.chunks(seq) {
+            for i in 0..seq {
+                for (j, &present) in row.iter().enumerate() {
+                    blocked.push(j > i || !present || window.is_some_and(|w| i >= j + w));
+                }
+            }
+        }
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [batch, 1, seq, seq]), &device);
+        let inputs = self.finish_layer_inputs(batch, seq, cos, sin, Some(mask), &device);
+        let ctx = inputs.context();
+        let mut x = self.embed(tokens);
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx, None).0;
+        }
+        self.norm.forward_fused(x, self.compute.fused_kernels)
+    }
+
+    fn finish_layer_inputs(
+        &self,
+        batch: usize,
+        seq: usize,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        device: &B::Device,
+    ) -> LayerInputs<B> {
         // Eager attention under autodiff masks every head's scores, and a broadcast mask is copied out each time
         // it is used (every layer, forward and backward, on the CPU backend): expand it once here instead.
         let mask = if B::ad_enabled(device) && self.compute.attention == AttentionKernel::Eager {

@@ -9,13 +9,16 @@ use llmtrain_core::model::LlamaModel;
 
 use super::data::TokenizedPair;
 
-/// Token ids and completion mask, row-major `[rows, len]`: rows `0..pairs` chosen, `pairs..2·pairs` rejected.
+/// Token ids, completion mask and padding mask, row-major `[rows, len]`: rows `0..pairs` chosen,
+/// `pairs..2·pairs` rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairBatch {
     pub pairs: usize,
     pub len: usize,
     pub tokens: Vec<u32>,
     pub completion: Vec<bool>,
+    /// Whether a position holds a token of the row (not padding): the attention mask.
+    pub real: Vec<bool>,
 }
 
 impl PairBatch {
@@ -27,19 +30,36 @@ impl PairBatch {
             .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
             .chain(pairs.iter().map(|p| (p.prompt.as_slice(), p.rejected.as_slice())))
             .collect();
+        Self::from_rows(&rows, pad_id, max_length)
+    }
+
+    /// A batch of (prompt, completion) rows, the chosen half then the rejected half, padded with `pad_id` to the
+    /// longest row and cut to `max_length` tokens.
+    pub fn from_rows(rows: &[(&[u32], &[u32])], pad_id: u32, max_length: Option<usize>) -> Self {
         let longest = rows.iter().map(|(prompt, completion)| prompt.len() + completion.len()).max().unwrap_or(0);
         let len = max_length.map_or(longest, |max| longest.min(max));
         let mut tokens = Vec::with_capacity(rows.len() * len);
         let mut completion = Vec::with_capacity(rows.len() * len);
+        let mut real = Vec::with_capacity(rows.len() * len);
         for (prompt, answer) in rows {
-            let row = prompt.iter().map(|&t| (t, false)).chain(answer.iter().map(|&t| (t, true)));
-            let padded = row.chain(std::iter::repeat((pad_id, false))).take(len);
-            for (token, scored) in padded {
+            let row = prompt.iter().map(|&t| (t, false, true)).chain(answer.iter().map(|&t| (t, true, true)));
+            let padded = row.chain(std::iter::repeat((pad_id, false, false))).take(len);
+            for (token, scored, present) in padded {
                 tokens.push(token);
                 completion.push(scored);
+                real.push(present);
             }
         }
-        Self { pairs: pairs.len(), len, tokens, completion }
+        Self { pairs: rows.len() / 2, len, tokens, completion, real }
+    }
+
+    /// `[rows, len - 1]`: 1 where the token predicted at a position (the next one) is selected by `select`
+    /// (the completion mask, or the padding mask), else 0.
+    pub fn target_mask<B: Backend>(&self, select: &[bool], device: &B::Device) -> Tensor<B, 2> {
+        let len = self.len;
+        let values: Vec<f32> =
+            select.chunks(len).flat_map(|row| row[1..].iter().map(|&c| f32::from(u8::from(c)))).collect();
+        Tensor::from_data(TensorData::new(values, [2 * self.pairs, len - 1]), device)
     }
 
     /// Completion tokens of each row (chosen rows, then rejected), as TRL counts them for the length-normalised
@@ -89,28 +109,43 @@ impl TokenStats {
     }
 }
 
+/// One forward over a batch: per position, the log-prob of the next token `[rows, len - 1]` (with gradients),
+/// and the detached log-softmax and logits `[rows, len - 1, vocab]` with the next tokens, for statistics.
+pub struct TokenForward<B: Backend> {
+    pub picked: Tensor<B, 2>,
+    pub log_probs: Tensor<B, 3>,
+    pub logits: Tensor<B, 3>,
+    pub next: Tensor<B, 3, Int>,
+}
+
+impl<B: Backend> TokenForward<B> {
+    pub fn run(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Self {
+        let (rows, len) = (2 * batch.pairs, batch.len);
+        let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
+        // Under transformers' attention mask, as TRL runs it: only the padding positions' outputs change.
+        let hidden = model.hidden_states_padded(tokens.clone(), &batch.real);
+        let logits = model.logits(hidden).slice([0..rows, 0..len - 1]);
+        let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
+        let log_probs = log_softmax(logits.clone(), 2);
+        let picked = log_probs.clone().gather(2, next.clone()).reshape([rows, len - 1]);
+        Self { picked, log_probs: log_probs.detach(), logits: logits.detach(), next }
+    }
+}
+
 fn forward_completions<B: Backend>(
     model: &LlamaModel<B>,
     batch: &PairBatch,
     device: &B::Device,
     with_stats: bool,
 ) -> (Tensor<B, 1>, Option<TokenStats>) {
-    let rows = 2 * batch.pairs;
-    let len = batch.len;
-    let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
-    let logits = model.forward(tokens.clone(), None).slice([0..rows, 0..len - 1]);
-    let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
-    let log_probs = log_softmax(logits.clone(), 2);
-    let picked = log_probs.clone().gather(2, next.clone()).reshape([rows, len - 1]);
-    let scored: Vec<f32> =
-        batch.completion.chunks(len).flat_map(|row| row[1..].iter().map(|&c| f32::from(u8::from(c)))).collect();
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(scored, [rows, len - 1]), device);
+    let (rows, len) = (2 * batch.pairs, batch.len);
+    let TokenForward { picked, log_probs, logits, next } = TokenForward::run(model, batch, device);
+    let mask = batch.target_mask::<B>(&batch.completion, device);
     let logps = (picked * mask.clone()).sum_dim(1).reshape([rows]);
     if !with_stats {
         return (logps, None);
     }
-    let (log_probs, logits) = (log_probs.detach(), logits.detach());
     let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(2).reshape([rows, len - 1]).neg();
     let mean_logits = logits.mean_dim(2).reshape([rows, len - 1]);
     let top1 = log_probs.argmax(2).equal(next).float().reshape([rows, len - 1]);

@@ -7,7 +7,9 @@ mod loss;
 mod module;
 mod section;
 
-pub use batch::{PairBatch, TokenStats, precompute_reference_logps, sequence_logps, sequence_logps_with_stats};
+pub use batch::{
+    PairBatch, TokenForward, TokenStats, precompute_reference_logps, sequence_logps, sequence_logps_with_stats,
+};
 pub use data::{TokenizedPair, pair_from_row, tokenize_conversation_pair, tokenize_pair};
 pub use loss::{DpoLoss, DpoMetrics, LossType, SequenceLogps, UnknownLossType};
 pub use module::{Dpo, Reference};

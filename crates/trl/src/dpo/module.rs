@@ -1,19 +1,16 @@
-//! DPO as a [`LightningModule`]: the policy trains on batches of tokenized pairs while a frozen reference scores
-//! the same sequences; the loss and TRL's metrics come from [`DpoLoss`]. The policy's files (checkpoints,
-//! `final/`, LoRA adapters) and its compute settings are the causal-LM objective's, [`CausalLm`], which this
-//! module holds rather than repeats.
-
-use std::path::Path;
+//! DPO as an [`Objective`]: the policy trains on batches of tokenized pairs while a frozen reference scores the
+//! same sequences; the loss and TRL's metrics come from [`DpoLoss`].
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_lightning::{CausalLm, LightningError, LightningModule, LossParts, Result, StepContext, StepOutput};
+use llmtrain_lightning::{LightningError, Result};
 
 use super::batch::{PairBatch, TokenStats, sequence_logps, sequence_logps_with_stats};
 use super::data::TokenizedPair;
 use super::loss::{DpoLoss, DpoMetrics, SequenceLogps};
+use crate::policy::{Objective, Scored};
 
 /// Where the reference log-probs come from.
 pub enum Reference<B: Backend> {
@@ -27,36 +24,29 @@ pub enum Reference<B: Backend> {
 }
 
 /// The DPO objective.
-pub struct Dpo<'a, A: AutodiffBackend> {
+pub struct Dpo<B: Backend> {
     loss: DpoLoss,
-    reference: Reference<A::InnerBackend>,
+    reference: Reference<B>,
     pad_id: u32,
     /// TRL's `max_length` (keep_start truncation of prompt + completion).
     max_length: Option<usize>,
-    policy: CausalLm<'a, A>,
 }
 
-impl<'a, A: AutodiffBackend> Dpo<'a, A> {
-    /// DPO with `loss` against `reference`; `policy` saves and configures the trained network.
-    pub fn new(
-        loss: DpoLoss,
-        reference: Reference<A::InnerBackend>,
-        pad_id: u32,
-        max_length: Option<usize>,
-        policy: CausalLm<'a, A>,
-    ) -> Self {
-        Self { loss, reference, pad_id, max_length, policy }
+impl<B: Backend> Dpo<B> {
+    /// DPO with `loss` against `reference`, padding with `pad_id`.
+    pub fn new(loss: DpoLoss, reference: Reference<B>, pad_id: u32, max_length: Option<usize>) -> Self {
+        Self { loss, reference, pad_id, max_length }
     }
 
     /// The reference's per-sequence log-probs of `batch` (chosen rows, then rejected); `policy` is the trained
     /// network without autodiff, for [`Reference::PolicyWithoutAdapters`].
     fn reference_logps(
         &self,
-        policy: impl FnOnce() -> LlamaModel<A::InnerBackend>,
+        policy: impl FnOnce() -> LlamaModel<B>,
         pairs: &[TokenizedPair],
         batch: &PairBatch,
-        device: &A::Device,
-    ) -> Result<Tensor<A::InnerBackend, 1>> {
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>> {
         Ok(match &self.reference {
             Reference::Model(reference) => sequence_logps(reference, batch, device),
             Reference::PolicyWithoutAdapters => {
@@ -94,66 +84,30 @@ fn scored<C: Backend>(policy: Tensor<C, 1>, reference: Tensor<C, 1>, batch: &Pai
     }
 }
 
-impl<A: AutodiffBackend> LightningModule<A> for Dpo<'_, A> {
-    type Net = LlamaModel<A>;
-    type Batch = Vec<TokenizedPair>;
+impl<A: AutodiffBackend> Objective<A> for Dpo<A::InnerBackend> {
+    type Item = TokenizedPair;
 
-    fn batch_weight(&self, batch: &Vec<TokenizedPair>) -> f64 {
-        batch.len() as f64
-    }
-
-    fn training_step<'n>(
-        &self,
-        net: &'n LlamaModel<A>,
-        batch: &Vec<TokenizedPair>,
-        ctx: &StepContext<'_, A>,
-    ) -> Result<StepOutput<'n, A>> {
+    fn train(&self, net: &LlamaModel<A>, batch: &[TokenizedPair], device: &A::Device) -> Result<Scored<A>> {
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
-        let (policy, stats) = sequence_logps_with_stats(net, &pairs, ctx.device);
-        let reference = self.reference_logps(|| net.valid(), batch, &pairs, ctx.device)?;
+        let (policy, stats) = sequence_logps_with_stats(net, &pairs, device);
+        let reference = self.reference_logps(|| net.valid(), batch, &pairs, device)?;
         let scored = scored(policy, Tensor::from_inner(reference), &pairs);
-        // The engine divides by the step's pairs: a micro-batch contributes its mean times its pairs.
-        let n = batch.len() as f64;
-        let metrics = self.loss.metrics(&scored).named().map(|(name, value)| (name, value * n)).to_vec();
-        let ratios = stats.ratios().to_vec();
-        Ok(StepOutput { loss: self.loss.loss(&scored) * n, metrics, ratios, deferred: None })
+        Ok(Scored {
+            loss: self.loss.loss(&scored),
+            metrics: self.loss.metrics(&scored).named().to_vec(),
+            ratios: stats.ratios().to_vec(),
+        })
     }
 
-    fn validation_step(
-        &self,
-        net: &LlamaModel<A::InnerBackend>,
-        batch: &Vec<TokenizedPair>,
-        device: &A::Device,
-    ) -> Result<LossParts> {
+    fn validate(&self, net: &LlamaModel<A::InnerBackend>, batch: &[TokenizedPair], device: &A::Device) -> Result<f64> {
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
         let reference = self.reference_logps(|| net.clone(), batch, &pairs, device)?;
         let scored = scored(sequence_logps(net, &pairs, device), reference, &pairs);
-        let n = batch.len() as f64;
-        Ok(LossParts { sum: self.loss.loss(&scored).into_scalar().elem::<f64>() * n, weight: n })
+        Ok(self.loss.loss(&scored).into_scalar().elem::<f64>())
     }
 
     fn metric_names(&self) -> Vec<&'static str> {
         let ratios = TokenStats::default().ratios().map(|(name, _, _)| name);
         DpoMetrics::NAMES.iter().copied().chain(ratios).collect()
-    }
-
-    fn configure_net(&self, net: LlamaModel<A>) -> LlamaModel<A> {
-        self.policy.configure_net(net)
-    }
-
-    fn lr_scale(&self, path: &str) -> f64 {
-        LightningModule::<A>::lr_scale(&self.policy, path)
-    }
-
-    fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
-        self.policy.save_checkpoint(net, dir)
-    }
-
-    fn load_checkpoint(&self, net: LlamaModel<A>, dir: &Path) -> Result<LlamaModel<A>> {
-        self.policy.load_checkpoint(net, dir)
-    }
-
-    fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
-        self.policy.save_final(net, dir)
     }
 }

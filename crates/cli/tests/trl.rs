@@ -1,6 +1,6 @@
-//! `llmtrain train` with a `[dpo]` section, against TRL 1.16 itself: the fixture of llmtrain-trl's tests
-//! (`crates/trl/tests/fixtures`, made by `scripts/make_dpo_fixture.py`) holds a tiny policy, a reference, their
-//! tokenizer, four preference rows and what DPOTrainer logged at step 1 for them.
+//! `llmtrain train` with a trainer section of llmtrain-trl (`[dpo]`, `[orpo]`), against TRL 1.16 itself: the
+//! fixtures of llmtrain-trl's tests (`crates/trl/tests/fixtures`, made by the scripts they name) hold a tiny
+//! policy, a reference, their tokenizer, four preference rows and what TRL's trainers logged at step 1.
 
 use std::path::{Path, PathBuf};
 
@@ -172,5 +172,27 @@ fn dpo_on_two_launched_ranks_follows_one_process_with_the_whole_batch() {
             let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
             assert!((x - y).abs() <= 1e-5, "step {}: {key}: one process {x}, two ranks {y}", a["step"]);
         }
+    }
+}
+
+#[test]
+fn orpo_from_a_config_logs_trls_step_one_loss_and_every_metric() {
+    let dir = job(1);
+    let text = std::fs::read_to_string(trl_fixtures().join("orpo.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    for case in fixture["cases"].as_array().unwrap().iter().filter(|case| case["bos_token_id"].is_null()) {
+        let name = case["name"].as_str().unwrap().replace('.', "_");
+        let path = config(dir.path(), &name, STEP_ONE, &format!("[orpo]\nbeta = {}\n", case["beta"]));
+        let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        assert!(stdout.contains("trainer: [orpo]"), "{stdout}");
+        let record = &records(dir.path(), &name)[0];
+        let skip = ["grad_norm", "learning_rate", "epoch", "step"];
+        let mut compared = 0;
+        for (key, theirs) in case["log"].as_object().unwrap().iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
+            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
+            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
+            compared += 1;
+        }
+        assert_eq!(compared, 12, "{name}: the loss, 9 pair metrics and 2 logits means");
     }
 }

@@ -1,0 +1,101 @@
+//! What every offline preference trainer shares: a policy network trained on batches of items by an
+//! [`Objective`] (DPO, ORPO, ...), saved and configured as the causal-LM objective saves it ([`CausalLm`]:
+//! HF checkpoints, `final/`, LoRA adapters, compute settings). [`PolicyModule`] is the [`LightningModule`] the
+//! Trainer runs.
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use llmtrain_core::model::LlamaModel;
+use llmtrain_lightning::{CausalLm, LightningModule, LossParts, Result, StepContext, StepOutput};
+
+/// One batch's loss (the batch mean, with gradients), metrics (batch means) and ratios (numerator and
+/// denominator sums, for figures averaged over something other than items, e.g. tokens).
+pub struct Scored<A: AutodiffBackend> {
+    pub loss: Tensor<A, 1>,
+    pub metrics: Vec<(&'static str, f64)>,
+    pub ratios: Vec<(&'static str, f64, f64)>,
+}
+
+/// A preference objective over batches of `Item`s.
+pub trait Objective<A: AutodiffBackend> {
+    type Item: Clone;
+
+    /// The training loss and metrics of one batch under the policy `net`.
+    fn train(&self, net: &LlamaModel<A>, batch: &[Self::Item], device: &A::Device) -> Result<Scored<A>>;
+
+    /// The mean loss of one held-out batch.
+    fn validate(&self, net: &LlamaModel<A::InnerBackend>, batch: &[Self::Item], device: &A::Device) -> Result<f64>;
+
+    /// The names [`Objective::train`] logs (metrics and ratios).
+    fn metric_names(&self) -> Vec<&'static str>;
+}
+
+/// An [`Objective`] on a policy whose files are [`CausalLm`]'s.
+pub struct PolicyModule<'a, A: AutodiffBackend, O> {
+    pub objective: O,
+    files: CausalLm<'a, A>,
+}
+
+impl<'a, A: AutodiffBackend, O: Objective<A>> PolicyModule<'a, A, O> {
+    pub fn new(objective: O, files: CausalLm<'a, A>) -> Self {
+        Self { objective, files }
+    }
+}
+
+impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_, A, O> {
+    type Net = LlamaModel<A>;
+    type Batch = Vec<O::Item>;
+
+    fn batch_weight(&self, batch: &Vec<O::Item>) -> f64 {
+        batch.len() as f64
+    }
+
+    fn training_step<'n>(
+        &self,
+        net: &'n LlamaModel<A>,
+        batch: &Vec<O::Item>,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>> {
+        let Scored { loss, metrics, ratios } = self.objective.train(net, batch, ctx.device)?;
+        // The engine divides by the step's items: a micro-batch contributes its means times its items.
+        let n = batch.len() as f64;
+        let metrics = metrics.into_iter().map(|(name, value)| (name, value * n)).collect();
+        Ok(StepOutput { loss: loss * n, metrics, ratios, deferred: None })
+    }
+
+    fn validation_step(
+        &self,
+        net: &LlamaModel<A::InnerBackend>,
+        batch: &Vec<O::Item>,
+        device: &A::Device,
+    ) -> Result<LossParts> {
+        let n = batch.len() as f64;
+        Ok(LossParts { sum: self.objective.validate(net, batch, device)? * n, weight: n })
+    }
+
+    fn metric_names(&self) -> Vec<&'static str> {
+        self.objective.metric_names()
+    }
+
+    fn configure_net(&self, net: LlamaModel<A>) -> LlamaModel<A> {
+        self.files.configure_net(net)
+    }
+
+    fn lr_scale(&self, path: &str) -> f64 {
+        LightningModule::<A>::lr_scale(&self.files, path)
+    }
+
+    fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        self.files.save_checkpoint(net, dir)
+    }
+
+    fn load_checkpoint(&self, net: LlamaModel<A>, dir: &Path) -> Result<LlamaModel<A>> {
+        self.files.load_checkpoint(net, dir)
+    }
+
+    fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
+        self.files.save_final(net, dir)
+    }
+}
