@@ -125,7 +125,7 @@ fn dpo_starts_at_ln_2_with_the_reference_a_copy_or_the_policy_without_its_adapte
 }
 
 #[test]
-fn dpo_refuses_rows_without_a_pair_an_unknown_loss_type_and_a_reference_of_another_vocabulary() {
+fn preference_trainers_refuse_rows_of_another_format_an_unknown_loss_type_a_foreign_reference_and_two_sections() {
     let dir = job(1);
     std::fs::write(
         dir.path().join("mixed.jsonl"),
@@ -147,7 +147,20 @@ fn dpo_refuses_rows_without_a_pair_an_unknown_loss_type_and_a_reference_of_anoth
     let path = config(dir.path(), "vocab", STEP_ONE, &format!("[dpo]\nref_model = \"{}\"\n", other.display()));
     let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
     assert_one_line_error(&out, "mistral_mqa/config.json: vocab_size 256 but the policy's is 300");
-    for name in ["mixed", "unknown", "vocab"] {
+    std::fs::write(
+        dir.path().join("labels.jsonl"),
+        "{\"prompt\": \"a\", \"completion\": \"b\", \"label\": true}\n{\"prompt\": \"a\", \"completion\": \"c\", \"label\": \"no\"}\n",
+    )
+    .unwrap();
+    let path = config(dir.path(), "labels", STEP_ONE, "[kto]\n");
+    let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", "labels.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "labels.jsonl:2: field `label`: expected true or false, found a string");
+    let path = config(dir.path(), "both", STEP_ONE, "[kto]\n\n[dpo]\n");
+    let out = llmtrain(&["train", "--config", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "both.toml: 2 trainer sections ([dpo], [kto])");
+    for name in ["mixed", "unknown", "vocab", "labels", "both"] {
         assert!(!dir.path().join(format!("out-{name}/metrics.jsonl")).exists(), "{name}: no step ran");
     }
 }
@@ -194,5 +207,40 @@ fn orpo_from_a_config_logs_trls_step_one_loss_and_every_metric() {
             compared += 1;
         }
         assert_eq!(compared, 12, "{name}: the loss, 9 pair metrics and 2 logits means");
+    }
+}
+
+#[test]
+fn kto_from_a_config_logs_trls_step_one_loss_and_every_metric_under_accumulation_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(trl_fixtures().join("kto.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let rows: String = fixture["rows"].as_array().unwrap().iter().map(|row| format!("{row}\n")).collect();
+    std::fs::write(dir.path().join("unpaired.jsonl"), rows).unwrap();
+    let reference = trl_fixtures().join("dpo_reference");
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let kto = format!(
+            "[kto]\nloss_type = {}\ndesirable_weight = {}\nundesirable_weight = {}\nref_model = \"{}\"\n",
+            case["loss_type"],
+            case["desirable_weight"],
+            case["undesirable_weight"],
+            reference.display()
+        );
+        let training = format!("{STEP_ONE}\ngradient_accumulation_steps = {}", case["accum"]);
+        let path = config(dir.path(), name, &training, &kto);
+        let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", "unpaired.jsonl");
+        std::fs::write(&path, text.replace("batch_size = 4", &format!("batch_size = {}", case["batch"]))).unwrap();
+        let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        assert!(stdout.contains("trainer: [kto]") && stdout.contains("8 training"), "{stdout}");
+        let record = &records(dir.path(), name)[0];
+        let skip = ["grad_norm", "learning_rate", "epoch", "step", "num_tokens"];
+        let mut compared = 0;
+        for (key, theirs) in case["log"].as_object().unwrap().iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
+            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
+            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
+            compared += 1;
+        }
+        assert!(compared >= 9, "{name}: {compared} figures compared");
     }
 }

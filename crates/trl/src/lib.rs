@@ -3,13 +3,15 @@
 //! Built so far, each checked against TRL itself (`tests/`, and llmtrain-cli's `trl` end-to-end tests):
 //! - [`dpo`]: DPOTrainer's loss types and metrics ([`dpo::DpoLoss`]), its tokenization of text and
 //!   conversational rows, batches of pairs and their per-sequence log-probs, and [`dpo::Dpo`] with a reference
-//!   that is a frozen copy, another checkpoint, the policy without its LoRA adapters, or precomputed log-probs.
+//!   ([`reference::Reference`]) that is a frozen copy, another checkpoint, the policy without its LoRA adapters,
+//!   or precomputed log-probs.
 //! - [`orpo`]: ORPOTrainer's tokenization, odds-ratio loss and metrics; no reference.
+//! - [`kto`]: KTOTrainer's unpaired rows, KL pairs, loss types and metrics, with DPO's kinds of reference.
 //! - [`policy`]: what they share: an [`policy::Objective`] on a policy network, run by the one Trainer as a
 //!   [`policy::PolicyModule`] whose files are the causal-LM objective's.
 //! - [`rows`]: `[data] files` read in TRL's formats, converted by a trainer and split.
 //!
-//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`: TRL's config names), which is
+//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`, `[kto]`: TRL's config names), which is
 //! what `llmtrain train` does for such a config.
 //!
 //! ```
@@ -33,8 +35,10 @@
 
 pub mod dpo;
 mod error;
+pub mod kto;
 pub mod orpo;
 pub mod policy;
+pub mod reference;
 pub mod rows;
 mod train;
 

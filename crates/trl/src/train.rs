@@ -2,6 +2,8 @@
 //! and the rest of the run (the Trainer's settings, callbacks, compute, tokenizer and model, LoRA/QLoRA through
 //! the finetuning method, data parallelism) is built by llmtrain-lightning's [`run`] as for causal-LM training.
 
+use std::path::Path;
+
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Finetune};
@@ -14,14 +16,16 @@ use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{CausalLm, Datasets, FitSummary, Trainer, run};
 use llmtrain_memopt::MemoptSection;
 
-use crate::dpo::{Dpo, DpoSection, Reference, TokenizedPair, pair_from_row, precompute_reference_logps};
+use crate::dpo::{Dpo, DpoSection, PairBatch, TokenizedPair, pair_from_row};
 use crate::error::{Result, TrlError};
+use crate::kto::{Kto, KtoItem, KtoLoss, KtoLossType, KtoSection, assign_kl_completions, kto_item_from_row};
 use crate::orpo::{Orpo, OrpoLoss, OrpoPair, OrpoSection, orpo_pair_from_row};
 use crate::policy::{Objective, PolicyModule};
+use crate::reference::{self, Reference, without_adapters};
 use crate::rows::{Converted, SplitItems, read_items};
 
 /// The run-config sections that select one of this crate's trainers.
-pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME];
+pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME];
 
 /// The trainer section `config` selects, if any; two of them are refused.
 pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
@@ -30,7 +34,8 @@ pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
         [] => Ok(None),
         [one] => Ok(Some(one)),
         many => Err(TrlError::Invalid(format!(
-            "the config has {} trainer sections ([{}]): a run trains one objective, keep one",
+            "{}: {} trainer sections ([{}]): a run trains one objective, keep one",
+            config.path().display(),
             many.len(),
             many.join("], [")
         ))),
@@ -66,6 +71,7 @@ pub fn train<A: AutodiffBackend>(
     match trainer_section(config)? {
         Some(DpoSection::NAME) => run.fit(accelerator, dpo),
         Some(OrpoSection::NAME) => run.fit(accelerator, orpo),
+        Some(KtoSection::NAME) => run.fit(accelerator, kto),
         other => Err(TrlError::Invalid(format!("no trl trainer section to run (found {other:?})"))),
     }
 }
@@ -95,6 +101,47 @@ impl<A: AutodiffBackend> Setup<'_, A> {
         let data = &self.config.data;
         read_items(&expand_files(&data.files)?, data.eval_fraction, data.skip_malformed, convert)
     }
+
+    /// The reference: the checkpoint `ref_model` names, else the policy without its adapters when the method
+    /// attached some, else a frozen copy of the starting weights; with where it came from, in words.
+    fn reference(&self, ref_model: Option<&Path>) -> Result<(Reference<A::InnerBackend>, String)> {
+        let model = self.model;
+        if let Some(dir) = ref_model {
+            let dir = self.config.resolve_path(dir);
+            let (mut reference, _) = hf::load_model::<A::InnerBackend>(&dir, self.device)?;
+            check_reference(&model.config, &reference.config, &dir)?;
+            reference.compute = self.compute;
+            return Ok((Reference::Model(Box::new(reference)), format!("the checkpoint {}", dir.display())));
+        }
+        if model.decoder_linears().iter().any(|linear| linear.adapter.is_some()) {
+            return Ok((Reference::PolicyWithoutAdapters, "the policy with its adapters disabled".into()));
+        }
+        let mut copy = model.valid();
+        copy.compute = self.compute;
+        Ok((Reference::Model(Box::new(copy)), "a frozen copy of the starting weights".into()))
+    }
+
+    /// Scores every item (training and held out) with `reference` once and keeps the log-probs in the items
+    /// (`precompute_ref_log_probs`); the reference network is dropped after.
+    fn precompute<T>(
+        &self,
+        reference: Reference<A::InnerBackend>,
+        described: String,
+        items: &mut SplitItems<T>,
+        collate: impl Fn(&[T]) -> PairBatch,
+        store: impl Fn(&mut T, [f32; 2]),
+    ) -> (Reference<A::InnerBackend>, String) {
+        let mut network = match reference {
+            Reference::Model(network) => *network,
+            _ => without_adapters(self.model.valid()),
+        };
+        network.compute = self.compute;
+        let batch = self.config.data.batch_size;
+        for part in [&mut items.train, &mut items.eval] {
+            reference::precompute(&network, part, batch, &collate, &store, self.device);
+        }
+        (Reference::Precomputed, format!("log-probs precomputed once by {described}"))
+    }
 }
 
 /// What a trainer section builds: its objective, its items, the tokens an item holds (for throughput), the
@@ -105,6 +152,8 @@ struct Built<O, T> {
     item_tokens: fn(&T) -> usize,
     max_length: usize,
     reference: String,
+    /// Whether to reshuffle the items every epoch (`[data] shuffle`; KTO keeps its order).
+    shuffle: bool,
 }
 
 impl<A: AutodiffBackend> Run<'_, A> {
@@ -140,7 +189,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
             pad_id: pad_id(&tokenizer)?,
             device: self.device,
         };
-        let Built { objective, items, item_tokens, max_length, reference } = build(section, &setup)?;
+        let Built { objective, items, item_tokens, max_length, reference, shuffle } = build(section, &setup)?;
 
         let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
         let callbacks = run::callbacks(config, &logging, &model.config, max_length, world)?;
@@ -156,7 +205,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
             ..summary
         };
         let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
-        if config.data.shuffle {
+        if shuffle {
             data = data.shuffled(config.training.seed);
         }
         let mut data = data.sharded(rank, world).counting_tokens(item_tokens);
@@ -172,42 +221,12 @@ fn dpo<A: AutodiffBackend>(
 ) -> Result<Built<Dpo<A::InnerBackend>, TokenizedPair>> {
     let loss = section.loss().map_err(|e| TrlError::Invalid(format!("[dpo] {}: {}", e.key, e.message)))?;
     let mut items = setup.items(|row| pair_from_row(setup.tokenizer, row, section.max_length))?;
-    let (model, compute) = (setup.model, setup.compute);
-    let adapted = model.decoder_linears().iter().any(|linear| linear.adapter.is_some());
-    let (mut reference, mut described) = match &section.ref_model {
-        Some(dir) => {
-            let dir = setup.config.resolve_path(dir);
-            let (mut reference, _) = hf::load_model::<A::InnerBackend>(&dir, setup.device)?;
-            check_reference(&model.config, &reference.config, &dir)?;
-            reference.compute = compute;
-            (Reference::Model(Box::new(reference)), format!("the checkpoint {}", dir.display()))
-        }
-        None if adapted => (Reference::PolicyWithoutAdapters, "the policy with its adapters disabled".to_string()),
-        None => {
-            let mut copy = model.valid();
-            copy.compute = compute;
-            (Reference::Model(Box::new(copy)), "a frozen copy of the starting weights".to_string())
-        }
-    };
     let max_length = Some(section.max_length);
+    let (mut reference, mut described) = setup.reference(section.ref_model.as_deref())?;
     if section.precompute_ref_log_probs {
-        let network = match reference {
-            Reference::Model(network) => *network,
-            _ => {
-                let mut base = model.valid();
-                for (_, linear) in base.decoder_linears_mut() {
-                    linear.adapter = None;
-                }
-                base.compute = compute;
-                base
-            }
-        };
-        let batch = setup.config.data.batch_size;
-        for pairs in [&mut items.train, &mut items.eval] {
-            precompute_reference_logps(&network, pairs, batch, setup.pad_id, max_length, setup.device);
-        }
-        described = format!("log-probs precomputed once by {described}");
-        reference = Reference::Precomputed;
+        let collate = |pairs: &[TokenizedPair]| PairBatch::collate(pairs, setup.pad_id, max_length);
+        let store = |pair: &mut TokenizedPair, logps| pair.reference_logps = Some(logps);
+        (reference, described) = setup.precompute(reference, described, &mut items, collate, store);
     }
     Ok(Built {
         objective: Dpo::new(loss, reference, setup.pad_id, max_length),
@@ -215,6 +234,7 @@ fn dpo<A: AutodiffBackend>(
         item_tokens: TokenizedPair::tokens,
         max_length: section.max_length,
         reference: described,
+        shuffle: setup.config.data.shuffle,
     })
 }
 
@@ -227,6 +247,43 @@ fn orpo<A: AutodiffBackend>(section: OrpoSection, setup: &Setup<'_, A>) -> Resul
         item_tokens: OrpoPair::tokens,
         max_length: section.max_length,
         reference: "none (ORPO)".into(),
+        shuffle: setup.config.data.shuffle,
+    })
+}
+
+/// `[kto]`: the unpaired rows with their KL pairs (built per chunk of a micro-batch's size, in file order, as
+/// TRL builds them), and the reference as for DPO. The items are served in order.
+fn kto<A: AutodiffBackend>(section: KtoSection, setup: &Setup<'_, A>) -> Result<Built<Kto<A::InnerBackend>, KtoItem>> {
+    let mut items = setup.items(|row| kto_item_from_row(setup.tokenizer, row, section.max_length))?;
+    let batch = setup.config.data.batch_size;
+    if section.loss_type == KtoLossType::Kto && batch < 2 {
+        return Err(TrlError::Invalid(format!(
+            "{}: key `data.batch_size`: KTO's KL estimate pairs rows within a micro-batch, so it needs at least 2 (got {batch})",
+            setup.config.path().display()
+        )));
+    }
+    assign_kl_completions(&mut items.train, batch);
+    assign_kl_completions(&mut items.eval, batch);
+    let max_length = Some(section.max_length);
+    let (mut reference, mut described) = setup.reference(section.ref_model.as_deref())?;
+    if section.precompute_ref_log_probs {
+        let collate = |rows: &[KtoItem]| Kto::<A::InnerBackend>::collate(rows, setup.pad_id, max_length);
+        let store = |item: &mut KtoItem, logps| item.reference_logps = Some(logps);
+        (reference, described) = setup.precompute(reference, described, &mut items, collate, store);
+    }
+    let loss = KtoLoss {
+        beta: section.beta,
+        loss_type: section.loss_type,
+        desirable_weight: section.desirable_weight,
+        undesirable_weight: section.undesirable_weight,
+    };
+    Ok(Built {
+        objective: Kto::new(loss, reference, setup.pad_id, max_length),
+        items,
+        item_tokens: KtoItem::tokens,
+        max_length: section.max_length,
+        reference: described,
+        shuffle: false,
     })
 }
 

@@ -6,10 +6,10 @@ use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_trl::dpo::{
-    Dpo, DpoLoss, DpoMetrics, LossType, PairBatch, Reference, SequenceLogps, TokenizedPair, sequence_logps,
-    tokenize_pair,
+    Dpo, DpoLoss, DpoMetrics, LossType, PairBatch, SequenceLogps, TokenizedPair, sequence_logps, tokenize_pair,
 };
 use llmtrain_trl::policy::PolicyModule;
+use llmtrain_trl::reference::Reference;
 use serde_json::Value;
 
 fn fixture() -> Value {

@@ -1,4 +1,5 @@
 //! llmtrain-trl's integration tests, one binary: each module is one concern.
 
 mod dpo;
+mod kto;
 mod orpo;

@@ -145,6 +145,11 @@ impl RunConfig {
         Ok(section)
     }
 
+    /// The file the config was read from, for messages.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
     /// A path from a role section, anchored as the core sections' paths are: relative to the config's directory.
     pub fn resolve_path(&self, path: &Path) -> PathBuf {
         if path.is_relative() { join_lexically(&self.source.base, path) } else { path.to_path_buf() }

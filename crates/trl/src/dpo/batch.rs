@@ -74,40 +74,51 @@ pub fn sequence_logps<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, devi
     forward_completions(model, batch, device, false).0
 }
 
-/// [`sequence_logps`] with TRL's token statistics of the same forward (computed without gradients).
+/// [`sequence_logps`] with per-row token statistics of the same forward (computed without gradients).
 pub fn sequence_logps_with_stats<B: Backend>(
     model: &LlamaModel<B>,
     batch: &PairBatch,
     device: &B::Device,
-) -> (Tensor<B, 1>, TokenStats) {
+) -> (Tensor<B, 1>, RowStats) {
     let (logps, stats) = forward_completions(model, batch, device, true);
     (logps, stats.unwrap_or_default())
 }
 
-/// Sums over the completion tokens of a batch's policy forward, from which DPOTrainer logs `entropy` (all
-/// completion tokens), `logits/chosen` and `logits/rejected` (the mean over the vocabulary of each token's
-/// logits) and `mean_token_accuracy` (the chosen tokens the top logit predicts).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TokenStats {
-    pub entropy: f64,
-    pub chosen_logits: f64,
-    pub rejected_logits: f64,
-    pub chosen_correct: f64,
-    pub chosen_tokens: f64,
-    pub rejected_tokens: f64,
+/// Per row, sums over its completion tokens of what TRL's trainers log per token: the predicted distribution's
+/// entropy, the logits' mean over the vocabulary, whether the top logit is the next token; and the tokens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowStats {
+    pub entropy: Vec<f64>,
+    pub mean_logits: Vec<f64>,
+    pub correct: Vec<f64>,
+    pub tokens: Vec<f64>,
 }
 
-impl TokenStats {
-    /// The metrics as (name, numerator, denominator), for the Trainer to reduce over micro-batches and ranks.
-    pub fn ratios(&self) -> [(&'static str, f64, f64); 4] {
-        [
-            ("entropy", self.entropy, self.chosen_tokens + self.rejected_tokens),
-            ("logits/chosen", self.chosen_logits, self.chosen_tokens),
-            ("logits/rejected", self.rejected_logits, self.rejected_tokens),
-            ("mean_token_accuracy", self.chosen_correct, self.chosen_tokens),
-        ]
+impl RowStats {
+    /// The sum of `values` over the rows `keep` selects.
+    pub fn sum(values: &[f64], keep: impl Fn(usize) -> bool) -> f64 {
+        values.iter().enumerate().filter(|(row, _)| keep(*row)).map(|(_, v)| v).sum()
     }
 }
+
+/// DPOTrainer's token metrics of a batch of pairs, as (name, numerator, denominator) for the Trainer to reduce
+/// over micro-batches and ranks: `entropy` over all completion tokens, `logits/chosen` and `logits/rejected`
+/// (the logits' mean over the vocabulary, per token), and `mean_token_accuracy` over the chosen tokens.
+pub fn pair_token_ratios(stats: &RowStats, pairs: usize) -> [(&'static str, f64, f64); 4] {
+    let chosen = |row: usize| row < pairs;
+    let rejected = |row: usize| row >= pairs;
+    let chosen_tokens = RowStats::sum(&stats.tokens, chosen);
+    let rejected_tokens = RowStats::sum(&stats.tokens, rejected);
+    [
+        ("entropy", RowStats::sum(&stats.entropy, |_| true), chosen_tokens + rejected_tokens),
+        ("logits/chosen", RowStats::sum(&stats.mean_logits, chosen), chosen_tokens),
+        ("logits/rejected", RowStats::sum(&stats.mean_logits, rejected), rejected_tokens),
+        ("mean_token_accuracy", RowStats::sum(&stats.correct, chosen), chosen_tokens),
+    ]
+}
+
+/// The names [`pair_token_ratios`] logs.
+pub const PAIR_TOKEN_METRICS: [&str; 4] = ["entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy"];
 
 /// One forward over a batch: per position, the log-prob of the next token `[rows, len - 1]` (with gradients),
 /// and the detached log-softmax and logits `[rows, len - 1, vocab]` with the next tokens, for statistics.
@@ -138,7 +149,7 @@ fn forward_completions<B: Backend>(
     batch: &PairBatch,
     device: &B::Device,
     with_stats: bool,
-) -> (Tensor<B, 1>, Option<TokenStats>) {
+) -> (Tensor<B, 1>, Option<RowStats>) {
     let (rows, len) = (2 * batch.pairs, batch.len);
     let TokenForward { picked, log_probs, logits, next } = TokenForward::run(model, batch, device);
     let mask = batch.target_mask::<B>(&batch.completion, device);
@@ -149,49 +160,12 @@ fn forward_completions<B: Backend>(
     let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(2).reshape([rows, len - 1]).neg();
     let mean_logits = logits.mean_dim(2).reshape([rows, len - 1]);
     let top1 = log_probs.argmax(2).equal(next).float().reshape([rows, len - 1]);
-    let n = batch.pairs;
-    let half = |t: Tensor<B, 2>, start: usize| (t * mask.clone()).narrow(0, start, n).sum();
-    let sums = Tensor::cat(
-        vec![
-            (entropy * mask.clone()).sum(),
-            half(mean_logits.clone(), 0),
-            half(mean_logits, n),
-            half(top1, 0),
-            mask.clone().narrow(0, 0, n).sum(),
-            mask.narrow(0, n, n).sum(),
-        ],
-        0,
-    );
+    let per_row = |t: Tensor<B, 2>| (t * mask.clone()).sum_dim(1);
+    // One host copy: [rows, 4].
+    let sums = Tensor::cat(vec![per_row(entropy), per_row(mean_logits), per_row(top1), mask.clone().sum_dim(1)], 1);
     let sums = sums.into_data().convert::<f64>();
     let v = sums.as_slice::<f64>().unwrap_or_default();
-    let stats = (v.len() == 6).then(|| TokenStats {
-        entropy: v[0],
-        chosen_logits: v[1],
-        rejected_logits: v[2],
-        chosen_correct: v[3],
-        chosen_tokens: v[4],
-        rejected_tokens: v[5],
-    });
-    (logps, stats)
-}
-
-/// Scores every pair with `reference` once, `batch_size` pairs at a time, and keeps the two log-probs in the
-/// pair (`precompute_ref_log_probs`): training then needs no reference network.
-pub fn precompute_reference_logps<B: Backend>(
-    reference: &LlamaModel<B>,
-    pairs: &mut [TokenizedPair],
-    batch_size: usize,
-    pad_id: u32,
-    max_length: Option<usize>,
-    device: &B::Device,
-) {
-    for chunk in pairs.chunks_mut(batch_size.max(1)) {
-        let batch = PairBatch::collate(chunk, pad_id, max_length);
-        let logps = sequence_logps(reference, &batch, device).into_data().convert::<f32>();
-        let logps = logps.as_slice::<f32>().unwrap_or_default();
-        let n = chunk.len();
-        for (i, pair) in chunk.iter_mut().enumerate() {
-            pair.reference_logps = logps.get(i).zip(logps.get(n + i)).map(|(&c, &r)| [c, r]);
-        }
-    }
+    let column = |k: usize| (0..rows).filter_map(|row| v.get(row * 4 + k).copied()).collect::<Vec<f64>>();
+    let stats = RowStats { entropy: column(0), mean_logits: column(1), correct: column(2), tokens: column(3) };
+    (logps, Some(stats))
 }

@@ -8,9 +8,9 @@ mod module;
 mod section;
 
 pub use batch::{
-    PairBatch, TokenForward, TokenStats, precompute_reference_logps, sequence_logps, sequence_logps_with_stats,
+    PAIR_TOKEN_METRICS, PairBatch, RowStats, TokenForward, pair_token_ratios, sequence_logps, sequence_logps_with_stats,
 };
 pub use data::{TokenizedPair, pair_from_row, tokenize_conversation_pair, tokenize_pair};
 pub use loss::{DpoLoss, DpoMetrics, LossType, SequenceLogps, UnknownLossType};
-pub use module::{Dpo, Reference};
+pub use module::Dpo;
 pub use section::{DpoSection, OneOrMany};

@@ -5,23 +5,13 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_lightning::{LightningError, Result};
+use llmtrain_lightning::Result;
 
-use super::batch::{PairBatch, TokenStats, sequence_logps, sequence_logps_with_stats};
+use super::batch::{PAIR_TOKEN_METRICS, PairBatch, pair_token_ratios, sequence_logps, sequence_logps_with_stats};
 use super::data::TokenizedPair;
 use super::loss::{DpoLoss, DpoMetrics, SequenceLogps};
 use crate::policy::{Objective, Scored};
-
-/// Where the reference log-probs come from.
-pub enum Reference<B: Backend> {
-    /// A frozen network: a copy of the starting weights, or another checkpoint (`ref_model`).
-    Model(Box<LlamaModel<B>>),
-    /// The policy with its LoRA adapters left out (PEFT's `disable_adapter`): the frozen base is the reference,
-    /// and no second copy of it is held.
-    PolicyWithoutAdapters,
-    /// Computed once before training and carried by each pair (`precompute_ref_log_probs`).
-    Precomputed,
-}
+use crate::reference::Reference;
 
 /// The DPO objective.
 pub struct Dpo<B: Backend> {
@@ -38,8 +28,7 @@ impl<B: Backend> Dpo<B> {
         Self { loss, reference, pad_id, max_length }
     }
 
-    /// The reference's per-sequence log-probs of `batch` (chosen rows, then rejected); `policy` is the trained
-    /// network without autodiff, for [`Reference::PolicyWithoutAdapters`].
+    /// The reference's per-sequence log-probs of `batch` (chosen rows, then rejected).
     fn reference_logps(
         &self,
         policy: impl FnOnce() -> LlamaModel<B>,
@@ -47,24 +36,11 @@ impl<B: Backend> Dpo<B> {
         batch: &PairBatch,
         device: &B::Device,
     ) -> Result<Tensor<B, 1>> {
-        Ok(match &self.reference {
-            Reference::Model(reference) => sequence_logps(reference, batch, device),
-            Reference::PolicyWithoutAdapters => {
-                let mut base = policy();
-                for (_, linear) in base.decoder_linears_mut() {
-                    linear.adapter = None;
-                }
-                sequence_logps(&base, batch, device)
-            }
-            Reference::Precomputed => {
-                let logps =
-                    pairs.iter().map(|pair| pair.reference_logps).collect::<Option<Vec<[f32; 2]>>>().ok_or_else(
-                        || LightningError::Invalid("a pair has no precomputed reference log-probs".into()),
-                    )?;
-                let column: Vec<f32> = logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect();
-                Tensor::from_data(column.as_slice(), device)
-            }
-        })
+        let precomputed = || {
+            let logps = pairs.iter().map(|pair| pair.reference_logps).collect::<Option<Vec<[f32; 2]>>>()?;
+            Some(logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect())
+        };
+        self.reference.logps(policy, precomputed, batch, device)
     }
 }
 
@@ -95,7 +71,7 @@ impl<A: AutodiffBackend> Objective<A> for Dpo<A::InnerBackend> {
         Ok(Scored {
             loss: self.loss.loss(&scored),
             metrics: self.loss.metrics(&scored).named().to_vec(),
-            ratios: stats.ratios().to_vec(),
+            ratios: pair_token_ratios(&stats, pairs.pairs).to_vec(),
         })
     }
 
@@ -107,7 +83,6 @@ impl<A: AutodiffBackend> Objective<A> for Dpo<A::InnerBackend> {
     }
 
     fn metric_names(&self) -> Vec<&'static str> {
-        let ratios = TokenStats::default().ratios().map(|(name, _, _)| name);
-        DpoMetrics::NAMES.iter().copied().chain(ratios).collect()
+        DpoMetrics::NAMES.iter().copied().chain(PAIR_TOKEN_METRICS).collect()
     }
 }

@@ -1,0 +1,138 @@
+//! KTO as an [`Objective`]: one forward of the policy over each micro-batch's rows and their KL pairs, the
+//! reference's log-probs of the same, the loss of [`KtoLoss`] and KTOTrainer's metrics.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::model::LlamaModel;
+use llmtrain_lightning::Result;
+
+use super::data::KtoItem;
+use super::loss::{KtoLogps, KtoLoss};
+use crate::dpo::{PairBatch, RowStats, sequence_logps, sequence_logps_with_stats};
+use crate::policy::{Objective, Scored};
+use crate::reference::Reference;
+
+/// What KTOTrainer logs, all as ratios over the step's micro-batches and ranks.
+const METRICS: [&str; 9] = [
+    "kl",
+    "rewards/chosen",
+    "rewards/rejected",
+    "logps/chosen",
+    "logps/rejected",
+    "rewards/margins",
+    "logits/chosen",
+    "logits/rejected",
+    "entropy",
+];
+
+/// The KTO objective.
+pub struct Kto<B: Backend> {
+    loss: KtoLoss,
+    reference: Reference<B>,
+    pad_id: u32,
+    max_length: Option<usize>,
+}
+
+impl<B: Backend> Kto<B> {
+    pub fn new(loss: KtoLoss, reference: Reference<B>, pad_id: u32, max_length: Option<usize>) -> Self {
+        Self { loss, reference, pad_id, max_length }
+    }
+
+    /// The rows, then their KL pairs, as one batch.
+    pub fn collate(items: &[KtoItem], pad_id: u32, max_length: Option<usize>) -> PairBatch {
+        let rows: Vec<(&[u32], &[u32])> = items
+            .iter()
+            .map(|i| (i.prompt.as_slice(), i.completion.as_slice()))
+            .chain(items.iter().map(|i| (i.prompt.as_slice(), i.kl_completion.as_slice())))
+            .collect();
+        PairBatch::from_rows(&rows, pad_id, max_length)
+    }
+
+    /// The loss inputs of `items` given the policy's log-probs of `batch` on backend `C`.
+    fn logps<C: Backend>(&self, policy: Tensor<C, 1>, reference: Tensor<C, 1>, items: &[KtoItem]) -> KtoLogps<C> {
+        let n = items.len();
+        KtoLogps {
+            policy: policy.clone().narrow(0, 0, n),
+            policy_kl: policy.narrow(0, n, n).detach(),
+            reference: reference.clone().narrow(0, 0, n),
+            reference_kl: reference.narrow(0, n, n),
+            desirable: items.iter().map(|item| item.desirable).collect(),
+        }
+    }
+
+    fn reference_logps(
+        &self,
+        policy: impl FnOnce() -> LlamaModel<B>,
+        items: &[KtoItem],
+        batch: &PairBatch,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>> {
+        let precomputed = || {
+            let logps = items.iter().map(|item| item.reference_logps).collect::<Option<Vec<[f32; 2]>>>()?;
+            Some(logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect())
+        };
+        self.reference.logps(policy, precomputed, batch, device)
+    }
+}
+
+impl<A: AutodiffBackend> Objective<A> for Kto<A::InnerBackend> {
+    type Item = KtoItem;
+
+    fn train(&self, net: &LlamaModel<A>, items: &[KtoItem], device: &A::Device) -> Result<Scored<A>> {
+        let batch = Self::collate(items, self.pad_id, self.max_length);
+        let (policy, stats) = sequence_logps_with_stats(net, &batch, device);
+        let reference = self.reference_logps(|| net.valid(), items, &batch, device)?;
+        let logps = self.logps(policy, Tensor::from_inner(reference), items);
+        let kl = self.loss.kl(&logps);
+        let loss = self.loss.loss(&logps, kl);
+        Ok(Scored { loss, metrics: Vec::new(), ratios: self.ratios(&logps, kl, &stats) })
+    }
+
+    fn validate(&self, net: &LlamaModel<A::InnerBackend>, items: &[KtoItem], device: &A::Device) -> Result<f64> {
+        let batch = Self::collate(items, self.pad_id, self.max_length);
+        let reference = self.reference_logps(|| net.clone(), items, &batch, device)?;
+        let logps = self.logps(sequence_logps(net, &batch, device), reference, items);
+        let kl = self.loss.kl(&logps);
+        Ok(self.loss.loss(&logps, kl).into_scalar().elem::<f64>())
+    }
+
+    fn metric_names(&self) -> Vec<&'static str> {
+        METRICS.to_vec()
+    }
+}
+
+impl<B: Backend> Kto<B> {
+    /// KTOTrainer's metrics as (name, numerator, denominator): the KL estimate per micro-batch; rewards and
+    /// log-probs summed over the desirable (`chosen`) and undesirable (`rejected`) rows and divided by their
+    /// counts; the margin per micro-batch holding both; logits' means and entropy per completion token of the
+    /// rows (not of their KL pairs).
+    fn ratios<C: Backend>(&self, l: &KtoLogps<C>, kl: f64, stats: &RowStats) -> Vec<(&'static str, f64, f64)> {
+        let host = |t: Tensor<C, 1>| t.detach().into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default();
+        let policy = host(l.policy.clone());
+        let rewards: Vec<f64> =
+            host(l.policy.clone() - l.reference.clone()).iter().map(|d| d * self.loss.beta).collect();
+        let n = l.desirable.len();
+        let is = |want: bool| move |row: usize| row < n && l.desirable[row] == want;
+        let count = |want: bool| l.desirable.iter().filter(|&&y| y == want).count() as f64;
+        let (chosen, rejected) = (count(true), count(false));
+        let mean_of = |values: &[f64], want: bool, count: f64| RowStats::sum(values, is(want)) / count.max(1.0);
+        let margin = if chosen > 0.0 && rejected > 0.0 {
+            (mean_of(&rewards, true, chosen) - mean_of(&rewards, false, rejected), 1.0)
+        } else {
+            (0.0, 0.0)
+        };
+        let tokens = |want: bool| RowStats::sum(&stats.tokens, is(want));
+        vec![
+            ("kl", kl, 1.0),
+            ("rewards/chosen", RowStats::sum(&rewards, is(true)), chosen),
+            ("rewards/rejected", RowStats::sum(&rewards, is(false)), rejected),
+            ("logps/chosen", RowStats::sum(&policy, is(true)), chosen),
+            ("logps/rejected", RowStats::sum(&policy, is(false)), rejected),
+            ("rewards/margins", margin.0, margin.1),
+            ("logits/chosen", RowStats::sum(&stats.mean_logits, is(true)), tokens(true)),
+            ("logits/rejected", RowStats::sum(&stats.mean_logits, is(false)), tokens(false)),
+            ("entropy", RowStats::sum(&stats.entropy, |row| row < n), tokens(true) + tokens(false)),
+        ]
+    }
+}
