@@ -31,6 +31,8 @@ enum Command {
     Merge(commands::merge::Args),
     /// Generate text from a prompt.
     Generate(commands::generate::Args),
+    /// Each row's reward under a reward model (a `[reward]` run's final/, or any one-label sequence classifier).
+    Score(commands::score::Args),
     /// Re-save a checkpoint (change dtype, shard size), as transformers would write it.
     Convert(commands::convert::Args),
     /// Run a training command as data-parallel ranks: threads of this process, or processes under mpirun / srun.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Train(args) => backend::dispatch!(cli.device, train, &args),
         Command::Logits(args) => backend::dispatch!(cli.device, logits, &args),
         Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
+        Command::Score(args) => backend::dispatch!(cli.device, score, &args),
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
         Command::Merge(args) => backend::dispatch!(cli.device, merge, &args),
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),

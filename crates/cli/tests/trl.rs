@@ -244,3 +244,77 @@ fn kto_from_a_config_logs_trls_step_one_loss_and_every_metric_under_accumulation
         assert!(compared >= 9, "{name}: {compared} figures compared");
     }
 }
+
+#[test]
+fn reward_training_from_a_reward_model_logs_trls_step_one_loss_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(trl_fixtures().join("reward.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let reward_model = trl_fixtures().join("reward_model");
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let rows: String = fixture["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut row = row.clone();
+                if let Some(margins) = case["margin"].as_array() {
+                    row["margin"] = margins[i].clone();
+                }
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join(format!("{name}.jsonl")), rows).unwrap();
+        let section = match case["center_rewards_coefficient"].as_f64() {
+            Some(c) => format!("[reward]\ncenter_rewards_coefficient = {c}\n"),
+            None => "[reward]\n".to_string(),
+        };
+        let path = config(dir.path(), name, STEP_ONE, &section);
+        let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", &format!("{name}.jsonl"));
+        let text = text
+            .replace(&trl_fixtures().join("dpo_policy").display().to_string(), &reward_model.display().to_string())
+            .replace(&trl_fixtures().join("dpo_tokenizer").display().to_string(), &reward_model.display().to_string());
+        std::fs::write(&path, text).unwrap();
+        let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        assert!(stdout.contains("trainer: [reward], reference: the reward model"), "{stdout}");
+        let record = &records(dir.path(), name)[0];
+        for key in ["loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"] {
+            let (ours, theirs) = (record[key].as_f64().unwrap(), case["log"][key].as_f64().unwrap());
+            assert!((ours - theirs).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
+        }
+    }
+}
+
+#[test]
+fn a_reward_model_trained_from_a_causal_lm_is_a_sequence_classifier_that_scores_rows() {
+    let dir = job(4);
+    let path = config(dir.path(), "rm", "max_steps = 8\nlearning_rate = 0.01", "[reward]\n");
+    let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+    assert!(stdout.contains("a new score head"), "{stdout}");
+    let records = records(dir.path(), "rm");
+    let accuracy = |i: usize| records[i]["accuracy"].as_f64().unwrap();
+    assert!(accuracy(7) > accuracy(0) || accuracy(7) == 1.0, "the model learns the preferences: {records:?}");
+    let final_dir = dir.path().join("out-rm/final");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["LlamaForSequenceClassification"]));
+    assert_eq!(config["id2label"], serde_json::json!({"0": "LABEL_0"}));
+
+    let data = dir.path().join("pairs.jsonl");
+    let out = ok(&llmtrain(&["score", "--model", final_dir.to_str().unwrap(), "--data", data.to_str().unwrap()]));
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 16);
+    assert_eq!(lines[0]["row"], 1);
+    let preferred = lines.iter().filter(|l| l["chosen"].as_f64().unwrap() > l["rejected"].as_f64().unwrap()).count();
+    assert_eq!(preferred, 16, "after training every chosen completion scores higher: {lines:?}");
+    // --out keeps what is there unless told.
+    let target = dir.path().join("scores.jsonl");
+    std::fs::write(&target, "mine\n").unwrap();
+    let args = ["score", "--model", final_dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out"];
+    let refused = llmtrain(&[&args[..], &[target.to_str().unwrap()]].concat());
+    assert_one_line_error(&refused, "scores.jsonl: exists; pass --overwrite");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine\n");
+    ok(&llmtrain(&[&args[..], &[target.to_str().unwrap(), "--overwrite"]].concat()));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), out);
+}

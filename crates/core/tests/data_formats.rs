@@ -173,7 +173,15 @@ fn cases() -> Vec<(&'static str, Vec<Col>, Vec<Row>)> {
                 Col::Str("rejected", vec![Some(" green."); 3]),
                 source(),
             ],
-            vec![Row::Preference { prompt: text("The sky is"), chosen: text(" blue."), rejected: text(" green.") }; 3],
+            vec![
+                Row::Preference {
+                    prompt: text("The sky is"),
+                    chosen: text(" blue."),
+                    rejected: text(" green."),
+                    margin: None
+                };
+                3
+            ],
         ),
         (
             "implicit_preference",
@@ -186,7 +194,8 @@ fn cases() -> Vec<(&'static str, Vec<Col>, Vec<Row>)> {
                 Row::Preference {
                     prompt: chat(&[USER]),
                     chosen: chat(&[ASSISTANT]),
-                    rejected: chat(&[("assistant", "five.")])
+                    rejected: chat(&[("assistant", "five.")]),
+                    margin: None,
                 };
                 3
             ],
@@ -227,7 +236,8 @@ fn implicit_string_prompt_is_the_longest_common_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pairs.jsonl");
     std::fs::write(&path, "{\"chosen\": \"The sky is blue.\", \"rejected\": \"The sky is green.\"}\n").unwrap();
-    let expected = Row::Preference { prompt: text("The sky is"), chosen: text(" blue."), rejected: text(" green.") };
+    let expected =
+        Row::Preference { prompt: text("The sky is"), chosen: text(" blue."), rejected: text(" green."), margin: None };
     assert_eq!(read_rows(&path), vec![expected]);
 }
 

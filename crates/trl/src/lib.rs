@@ -7,11 +7,14 @@
 //!   or precomputed log-probs.
 //! - [`orpo`]: ORPOTrainer's tokenization, odds-ratio loss and metrics; no reference.
 //! - [`kto`]: KTOTrainer's unpaired rows, KL pairs, loss types and metrics, with DPO's kinds of reference.
+//! - [`reward`]: RewardTrainer's tokenization, Bradley–Terry loss (margins, centering) and metrics on a
+//!   sequence classifier read and written as transformers' `*ForSequenceClassification`; [`reward::score_file`]
+//!   is `llmtrain score`.
 //! - [`policy`]: what they share: an [`policy::Objective`] on a policy network, run by the one Trainer as a
 //!   [`policy::PolicyModule`] whose files are the causal-LM objective's.
 //! - [`rows`]: `[data] files` read in TRL's formats, converted by a trainer and split.
 //!
-//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`, `[kto]`: TRL's config names), which is
+//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`, `[kto]`, `[reward]`: TRL's config names), which is
 //! what `llmtrain train` does for such a config.
 //!
 //! ```
@@ -39,6 +42,7 @@ pub mod kto;
 pub mod orpo;
 pub mod policy;
 pub mod reference;
+pub mod reward;
 pub mod rows;
 mod train;
 

@@ -9,11 +9,11 @@ use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::{ConfigSection, RunConfig};
 use llmtrain_core::data::Row;
-use llmtrain_core::hf;
-use llmtrain_core::model::{Compute, LlamaModel, ModelConfig};
+use llmtrain_core::hf::{self, Head, HfConfig};
+use llmtrain_core::model::{Compute, LlamaModel, ModelConfig, SequenceClassifier};
 use llmtrain_core::setup::{TrainOverrides, expand_files};
 use llmtrain_core::tokenizer::TextTokenizer;
-use llmtrain_lightning::{CausalLm, Datasets, FitSummary, Trainer, run};
+use llmtrain_lightning::{CausalLm, Datasets, FitSummary, LightningModule, LoggingSection, Trainer, run};
 use llmtrain_memopt::MemoptSection;
 
 use crate::dpo::{Dpo, DpoSection, PairBatch, TokenizedPair, pair_from_row};
@@ -22,10 +22,11 @@ use crate::kto::{Kto, KtoItem, KtoLoss, KtoLossType, KtoSection, assign_kl_compl
 use crate::orpo::{Orpo, OrpoLoss, OrpoPair, OrpoSection, orpo_pair_from_row};
 use crate::policy::{Objective, PolicyModule};
 use crate::reference::{self, Reference, without_adapters};
+use crate::reward::{RewardLoss, RewardModule, RewardPair, RewardSection, reward_pair_from_row};
 use crate::rows::{Converted, SplitItems, read_items};
 
 /// The run-config sections that select one of this crate's trainers.
-pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME];
+pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME, RewardSection::NAME];
 
 /// The trainer section `config` selects, if any; two of them are refused.
 pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
@@ -72,6 +73,7 @@ pub fn train<A: AutodiffBackend>(
         Some(DpoSection::NAME) => run.fit(accelerator, dpo),
         Some(OrpoSection::NAME) => run.fit(accelerator, orpo),
         Some(KtoSection::NAME) => run.fit(accelerator, kto),
+        Some(RewardSection::NAME) => run.fit_reward(accelerator),
         other => Err(TrlError::Invalid(format!("no trl trainer section to run (found {other:?})"))),
     }
 }
@@ -156,16 +158,33 @@ struct Built<O, T> {
     shuffle: bool,
 }
 
+/// A Trainer ready for a section's objective, with what building it needs.
+struct Started<'t, A: AutodiffBackend, S> {
+    trainer: Trainer<'t, A>,
+    section: S,
+    logging: LoggingSection,
+    compute: Compute,
+}
+
+/// What fitting a module on a list of items needs besides them.
+struct Fitting<T> {
+    items: SplitItems<T>,
+    item_tokens: fn(&T) -> usize,
+    shuffle: bool,
+    /// The longest sequence fed to the model, for the throughput monitor's FLOPs.
+    max_length: usize,
+    summary: TrlSummary,
+}
+
 impl<A: AutodiffBackend> Run<'_, A> {
-    /// Builds the Trainer from the config, then the objective `S`'s section describes with `build`, and fits it.
-    fn fit<S, O>(
-        self,
-        accelerator: &mut Accelerator<A>,
-        build: impl FnOnce(S, &Setup<'_, A>) -> Result<Built<O, O::Item>>,
-    ) -> Result<TrlSummary>
+    /// The Trainer for the section `S`'s run (its section recorded with the hparams), or the summary of a run that
+    /// had already finished.
+    fn start<'t, S>(
+        &self,
+        accelerator: &'t mut Accelerator<A>,
+    ) -> Result<std::result::Result<Started<'t, A, S>, TrlSummary>>
     where
         S: ConfigSection + Default + serde::Serialize,
-        O: Objective<A>,
     {
         let config = &self.config;
         let section = config.section::<S>()?.unwrap_or_default();
@@ -175,10 +194,64 @@ impl<A: AutodiffBackend> Run<'_, A> {
         }
         let compute = run::compute(self.memopt, accelerator.config().mixed_precision);
         let trainer = Trainer::new(settings, accelerator)?;
-        let summary = TrlSummary { trainer: S::NAME, ..Default::default() };
         if let Some(fit) = trainer.finished() {
-            return Ok(TrlSummary { fit, ..summary });
+            return Ok(Err(TrlSummary { trainer: S::NAME, fit, ..Default::default() }));
         }
+        Ok(Ok(Started { trainer, section, logging, compute }))
+    }
+
+    /// Fits `module` on `net` over the items (shuffled if asked, sharded over the ranks), with the callbacks the
+    /// config asks for.
+    fn fit_items<M, T>(
+        &self,
+        started: (Trainer<'_, A>, &LoggingSection),
+        module: &mut M,
+        net: M::Net,
+        model: &ModelConfig,
+        fitting: Fitting<T>,
+    ) -> Result<TrlSummary>
+    where
+        M: LightningModule<A, Batch = Vec<T>>,
+        T: Clone,
+    {
+        let (trainer, logging) = started;
+        let Fitting { items, item_tokens, shuffle, max_length, summary } = fitting;
+        let config = &self.config;
+        let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
+        let callbacks = run::callbacks(config, logging, model, max_length, world)?;
+        let mut trainer = trainer.with_callbacks(callbacks);
+        let summary = TrlSummary {
+            train_items: items.train.len(),
+            eval_items: items.eval.len(),
+            skipped_rows: items.skipped,
+            dropped_rows: items.dropped,
+            ..summary
+        };
+        let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
+        if shuffle {
+            data = data.shuffled(config.training.seed);
+        }
+        let mut data = data.sharded(rank, world).counting_tokens(item_tokens);
+        let (fit, _) = trainer.fit(module, net, &mut data, self.device)?;
+        Ok(TrlSummary { fit, ..summary })
+    }
+
+    /// A policy objective: the tokenizer and model as the method prepares them, then the objective `S`'s section
+    /// describes, built by `build`.
+    fn fit<S, O>(
+        self,
+        accelerator: &mut Accelerator<A>,
+        build: impl FnOnce(S, &Setup<'_, A>) -> Result<Built<O, O::Item>>,
+    ) -> Result<TrlSummary>
+    where
+        S: ConfigSection + Default + serde::Serialize,
+        O: Objective<A>,
+    {
+        let Started { trainer, section, logging, compute } = match self.start::<S>(accelerator)? {
+            Ok(started) => started,
+            Err(finished) => return Ok(finished),
+        };
+        let config = &self.config;
         let (tokenizer, model, hf_config) =
             run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
         let setup = Setup {
@@ -190,27 +263,59 @@ impl<A: AutodiffBackend> Run<'_, A> {
             device: self.device,
         };
         let Built { objective, items, item_tokens, max_length, reference, shuffle } = build(section, &setup)?;
-
-        let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
-        let callbacks = run::callbacks(config, &logging, &model.config, max_length, world)?;
-        let mut trainer = trainer.with_callbacks(callbacks);
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
         let mut module = PolicyModule::new(objective, files);
-        let summary = TrlSummary {
-            train_items: items.train.len(),
-            eval_items: items.eval.len(),
-            skipped_rows: items.skipped,
-            dropped_rows: items.dropped,
-            reference,
-            ..summary
-        };
-        let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
-        if shuffle {
-            data = data.shuffled(config.training.seed);
+        let summary = TrlSummary { trainer: S::NAME, reference, ..Default::default() };
+        let model_config = model.config.clone();
+        let fitting = Fitting { items, item_tokens, shuffle, max_length, summary };
+        self.fit_items((trainer, &logging), &mut module, model, &model_config, fitting)
+    }
+
+    /// `[reward]`: a sequence classifier, from a `*ForSequenceClassification` checkpoint or from a causal LM (or
+    /// the config's shape) with a new seeded head, trained on preference pairs.
+    fn fit_reward(self, accelerator: &mut Accelerator<A>) -> Result<TrlSummary> {
+        if self.method.saves_adapter_only() {
+            return Err(TrlError::Invalid(format!(
+                "{}: [reward] with [lora] is not supported yet: reward models train in full",
+                self.config.path().display()
+            )));
         }
-        let mut data = data.sharded(rank, world).counting_tokens(item_tokens);
-        let (fit, _) = trainer.fit(&mut module, model, &mut data, self.device)?;
-        Ok(TrlSummary { fit, ..summary })
+        let Started { trainer, section, logging, compute } = match self.start::<RewardSection>(accelerator)? {
+            Ok(started) => started,
+            Err(finished) => return Ok(finished),
+        };
+        let config = &self.config;
+        let classifier = config.model.path.as_deref().map(HfConfig::load).transpose()?;
+        let (tokenizer, mut net, hf_config, origin) = match classifier {
+            Some(hf) if hf.head != Head::CausalLm => {
+                let dir = config.model.path.as_deref().unwrap_or(Path::new("."));
+                let tokenizer = llmtrain_core::setup::resolve_tokenizer(config)?;
+                let (model, score, hf_config) = hf::load_sequence_classifier::<A>(dir, self.device)?;
+                let net = SequenceClassifier { model, score: burn::module::Param::from_tensor(score) };
+                (tokenizer, net, hf_config, format!("the reward model {}", dir.display()))
+            }
+            _ => {
+                let (tokenizer, model, hf_config) =
+                    run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
+                let std = hf_config.raw.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02);
+                // Seeded after the model, so every rank draws the same head.
+                A::seed(self.device, config.training.seed.wrapping_add(1));
+                let net = SequenceClassifier::new_head(model, std, self.device);
+                (tokenizer, net, hf_config, format!("a new score head (N(0, {std}²)) on the causal LM"))
+            }
+        };
+        net.model.compute = compute;
+        let pad_id = pad_id(&tokenizer)?;
+        let max_length = section.max_length;
+        let setup_items = |row: &Row| reward_pair_from_row(&tokenizer, row, max_length);
+        let data = &config.data;
+        let items = read_items(&expand_files(&data.files)?, data.eval_fraction, data.skip_malformed, setup_items)?;
+        let loss = RewardLoss { center_rewards_coefficient: section.center_rewards_coefficient };
+        let mut module = RewardModule::new(loss, pad_id, compute, hf_config, tokenizer.clone());
+        let summary = TrlSummary { trainer: RewardSection::NAME, reference: origin, ..Default::default() };
+        let model_config = net.model.config.clone();
+        let fitting = Fitting { items, item_tokens: RewardPair::tokens, shuffle: data.shuffle, max_length, summary };
+        self.fit_items((trainer, &logging), &mut module, net, &model_config, fitting)
     }
 }
 

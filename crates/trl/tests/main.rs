@@ -3,3 +3,4 @@
 mod dpo;
 mod kto;
 mod orpo;
+mod reward;

@@ -7,5 +7,6 @@ pub mod generate;
 pub mod launch;
 pub mod logits;
 pub mod merge;
+pub mod score;
 pub mod tokenizer;
 pub mod train;

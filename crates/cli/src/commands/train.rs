@@ -31,6 +31,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_trl::dpo::DpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::orpo::OrpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::kto::KtoSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::reward::RewardSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]

@@ -40,7 +40,7 @@ pub const IGNORE_INDEX: i64 = -100;
 pub use loader::{DataLoader, held_out};
 pub use packing::{PackedRow, best_fit_decreasing, collate};
 pub use readers::{Location, RowReader};
-pub use rows::{Content, FORMAT_KEYS, Row};
+pub use rows::{Content, EXTRA_KEYS, FORMAT_KEYS, Row};
 pub(crate) use tokenize::Encoder;
 pub use tokenize::Sequence;
 

@@ -11,7 +11,7 @@ use parquet::record::{Field, reader::RowIter};
 use parquet::schema::types::Type;
 use serde_json::{Map, Number, Value};
 
-use super::rows::{FORMAT_KEYS, Row};
+use super::rows::{EXTRA_KEYS, FORMAT_KEYS, Row};
 use crate::error::{CoreError, Result};
 
 /// Where a record came from, as error messages show it: `file:17` (JSONL, 1-based line), `file: row 16 (0-based)`
@@ -200,8 +200,13 @@ fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
     };
     let reader = SerializedFileReader::new(file).map_err(bad)?;
     let schema = reader.metadata().file_metadata().schema();
-    let fields: Vec<_> = schema.get_fields().iter().filter(|f| FORMAT_KEYS.contains(&f.name())).cloned().collect();
-    if fields.is_empty() {
+    let fields: Vec<_> = schema
+        .get_fields()
+        .iter()
+        .filter(|f| FORMAT_KEYS.contains(&f.name()) || EXTRA_KEYS.contains(&f.name()))
+        .cloned()
+        .collect();
+    if fields.iter().all(|f| EXTRA_KEYS.contains(&f.name())) {
         let names: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
         return Err(CoreError::Invalid(format!(
             "{}: no column of TRL's formats ({}) among the columns [{}]",

@@ -32,15 +32,19 @@ pub enum Row {
     PromptCompletion { prompt: Content, completion: Content },
     /// `{"prompt", "chosen", "rejected"}`, or `{"chosen", "rejected"}` with an implicit prompt: their longest common
     /// prefix (characters for strings, leading messages for conversations), as TRL's `extract_prompt` finds it.
-    Preference { prompt: Content, chosen: Content, rejected: Content },
+    /// An optional numeric `margin` column is kept (RewardTrainer subtracts it from the reward difference).
+    Preference { prompt: Content, chosen: Content, rejected: Content, margin: Option<f64> },
     /// `{"prompt"}` alone: online methods such as GRPO.
     PromptOnly { prompt: Content },
     /// `{"prompt", "completion", "label": bool}`: KTO.
     UnpairedPreference { prompt: Content, completion: Content, label: bool },
 }
 
-/// The keys that decide a row's format; readers may drop every other column.
+/// The keys that decide a row's format; readers may drop every other column but [`EXTRA_KEYS`].
 pub const FORMAT_KEYS: [&str; 7] = ["text", "messages", "prompt", "completion", "chosen", "rejected", "label"];
+
+/// Columns a trainer reads besides the format's: a preference row's `margin` (reward modelling).
+pub const EXTRA_KEYS: [&str; 1] = ["margin"];
 
 impl Row {
     /// The format's name, for messages.
@@ -79,12 +83,22 @@ impl Row {
             let chosen = content(obj, "chosen")?;
             let rejected = content(obj, "rejected")?;
             same_kind(&[("chosen", &chosen), ("rejected", &rejected)])?;
-            if has("prompt") {
+            let margin = match obj.get("margin") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => n.as_f64(),
+                Some(other) => return Err(format!("field `margin`: expected a number, found {}", kind(other))),
+            };
+            let mut row = if has("prompt") {
                 let prompt = content(obj, "prompt")?;
                 same_kind(&[("prompt", &prompt), ("chosen", &chosen)])?;
-                return Ok(Row::Preference { prompt, chosen, rejected });
+                Row::Preference { prompt, chosen, rejected, margin: None }
+            } else {
+                implicit_prompt(chosen, rejected)
+            };
+            if let Row::Preference { margin: slot, .. } = &mut row {
+                *slot = margin;
             }
-            return Ok(implicit_prompt(chosen, rejected));
+            return Ok(row);
         }
         if has("prompt") && has("completion") {
             let prompt = content(obj, "prompt")?;
@@ -187,6 +201,7 @@ fn implicit_prompt(chosen: Content, rejected: Content) -> Row {
                 prompt: Content::Chat(c[..common].to_vec()),
                 chosen: Content::Chat(c[common..].to_vec()),
                 rejected: Content::Chat(r[common..].to_vec()),
+                margin: None,
             }
         }
         (Content::Text(c), Content::Text(r)) => {
@@ -203,10 +218,11 @@ fn implicit_prompt(chosen: Content, rejected: Content) -> Row {
                 prompt: Content::Text(c[..split].to_string()),
                 chosen: Content::Text(c[split..].to_string()),
                 rejected: Content::Text(r[split..].to_string()),
+                margin: None,
             }
         }
         // `same_kind` ran first.
-        (chosen, rejected) => Row::Preference { prompt: Content::Text(String::new()), chosen, rejected },
+        (chosen, rejected) => Row::Preference { prompt: Content::Text(String::new()), chosen, rejected, margin: None },
     }
 }
 
@@ -237,14 +253,22 @@ mod tests {
         let text = |s: &str| Content::Text(s.into());
         assert_eq!(
             row,
-            Row::Preference { prompt: text("The sky is"), chosen: text(" blue."), rejected: text(" green.") }
+            Row::Preference {
+                prompt: text("The sky is"),
+                chosen: text(" blue."),
+                rejected: text(" green."),
+                margin: None
+            }
         );
         // Multi-byte characters: the split stays on a character boundary.
         let row = Row::parse(&json!({"chosen": "héllo wörld", "rejected": "héllo wärld"})).unwrap();
-        assert_eq!(row, Row::Preference { prompt: text("héllo w"), chosen: text("örld"), rejected: text("ärld") });
+        assert_eq!(
+            row,
+            Row::Preference { prompt: text("héllo w"), chosen: text("örld"), rejected: text("ärld"), margin: None }
+        );
         // One a prefix of the other: the whole shorter string is the prompt.
         let row = Row::parse(&json!({"chosen": "abc", "rejected": "abcd"})).unwrap();
-        assert_eq!(row, Row::Preference { prompt: text("abc"), chosen: text(""), rejected: text("d") });
+        assert_eq!(row, Row::Preference { prompt: text("abc"), chosen: text(""), rejected: text("d"), margin: None });
     }
 
     #[test]

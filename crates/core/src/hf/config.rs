@@ -15,9 +15,22 @@ const SUPPORTED_ROPE_TYPES: &str = "default, linear, llama3";
 #[derive(Debug, Clone)]
 pub struct HfConfig {
     pub model: ModelConfig,
+    /// What sits on the decoder: the language-model head, or a sequence-classification head (`score`).
+    pub head: Head,
     /// The storage dtype named in the file (`dtype` or `torch_dtype`), e.g. "bfloat16".
     pub dtype: Option<String>,
     pub raw: Map<String, Value>,
+}
+
+/// The head a checkpoint's class puts on the decoder (its `architectures` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Head {
+    /// `*ForCausalLM`: `lm_head` (or the tied embeddings).
+    #[default]
+    CausalLm,
+    /// `*ForSequenceClassification`: `score.weight` `[num_labels, hidden]`, no bias, read at each row's last
+    /// non-padding token. `num_labels` is the length of `id2label` (or `num_labels`; transformers' default 2).
+    SequenceClassification { num_labels: usize },
 }
 
 impl HfConfig {
@@ -28,7 +41,12 @@ impl HfConfig {
             return Err(CoreError::Invalid(format!("{}: config.json must hold a JSON object", path.display())));
         };
         let reader = Reader { path, raw: &raw };
-        let architecture = reader.architecture()?;
+        let (architecture, sequence_classification) = reader.architecture()?;
+        let head = if sequence_classification {
+            Head::SequenceClassification { num_labels: reader.num_labels()? }
+        } else {
+            Head::CausalLm
+        };
         let hidden_size = reader.usize("hidden_size", None)?;
         let num_attention_heads = reader.usize("num_attention_heads", None)?;
         let head_dim = match raw.get("head_dim") {
@@ -90,7 +108,7 @@ impl HfConfig {
         };
         model.validate().map_err(|m| CoreError::Invalid(format!("{}: {m}", path.display())))?;
         let dtype = ["dtype", "torch_dtype"].iter().find_map(|k| raw.get(*k).and_then(Value::as_str)).map(String::from);
-        Ok(Self { model, dtype, raw })
+        Ok(Self { model, head, dtype, raw })
     }
 
     /// Reads `dir/config.json`.
@@ -103,7 +121,7 @@ impl HfConfig {
 
     /// A config for a model that did not come from a file (written in the 4.x form, which both 4.x and 5.x read).
     pub fn from_model(model: &ModelConfig) -> Self {
-        Self { model: model.clone(), dtype: None, raw: Map::new() }
+        Self { model: model.clone(), head: Head::CausalLm, dtype: None, raw: Map::new() }
     }
 
     /// The JSON to write: the original keys with the model's values laid over them, in the form the file had.
@@ -114,7 +132,27 @@ impl HfConfig {
         let mut set = |k: &str, v: Value| {
             out.insert(k.to_string(), v);
         };
-        set("architectures", json!([m.architecture.class_name()]));
+        match self.head {
+            Head::CausalLm => set("architectures", json!([m.architecture.class_name()])),
+            Head::SequenceClassification { num_labels } => {
+                set("architectures", json!([m.architecture.sequence_classification_class_name()]));
+                // transformers counts the labels from id2label; keep the file's names when they fit.
+                let fits =
+                    |key: &str| self.raw.get(key).and_then(Value::as_object).is_some_and(|m| m.len() == num_labels);
+                if !fits("id2label") || !fits("label2id") {
+                    let names: Vec<String> = (0..num_labels).map(|i| format!("LABEL_{i}")).collect();
+                    let id2label: Map<String, Value> =
+                        names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+                    let label2id: Map<String, Value> =
+                        names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+                    set("id2label", Value::Object(id2label));
+                    set("label2id", Value::Object(label2id));
+                }
+                if self.raw.contains_key("num_labels") {
+                    set("num_labels", json!(num_labels));
+                }
+            }
+        }
         set("model_type", json!(m.architecture.model_type()));
         set("vocab_size", json!(m.vocab_size));
         set("hidden_size", json!(m.hidden_size));
@@ -181,7 +219,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn architecture(&self) -> Result<Architecture> {
+    /// The architecture, and whether the class is its `*ForSequenceClassification`.
+    fn architecture(&self) -> Result<(Architecture, bool)> {
         let model_type = match self.raw.get("model_type") {
             Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err(CoreError::key(self.path, "model_type", "must be a string")),
@@ -200,19 +239,34 @@ impl Reader<'_> {
                 });
             }
         };
+        let mut sequence_classification = false;
         if let Some(Value::Array(classes)) = self.raw.get("architectures") {
             for class in classes.iter().filter_map(Value::as_str) {
-                if class != arch.class_name() {
+                sequence_classification |= class == arch.sequence_classification_class_name();
+                if class != arch.class_name() && class != arch.sequence_classification_class_name() {
                     return Err(CoreError::Unsupported {
                         path: self.path.to_path_buf(),
                         what: "architectures entry",
                         found: class.to_string(),
-                        supported: format!("{} (for model_type `{model_type}`)", arch.class_name()),
+                        supported: format!(
+                            "{} or {} (for model_type `{model_type}`)",
+                            arch.class_name(),
+                            arch.sequence_classification_class_name()
+                        ),
                     });
                 }
             }
         }
-        Ok(arch)
+        Ok((arch, sequence_classification))
+    }
+
+    /// A sequence classifier's label count, as transformers counts it.
+    fn num_labels(&self) -> Result<usize> {
+        match self.raw.get("id2label") {
+            Some(Value::Object(labels)) => Ok(labels.len()),
+            Some(Value::Null) | None => self.usize("num_labels", Some(2)),
+            Some(_) => Err(CoreError::key(self.path, "id2label", "expected an object of label names")),
+        }
     }
 
     fn usize(&self, key: &str, default: Option<usize>) -> Result<usize> {

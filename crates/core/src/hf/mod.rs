@@ -5,7 +5,7 @@
 mod config;
 mod tensors;
 
-pub use config::HfConfig;
+pub use config::{Head, HfConfig};
 pub use tensors::{
     HostTensor, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorFiles, write_safetensors_file, write_tensors,
 };
@@ -91,19 +91,92 @@ pub fn load_model_with<B: Backend>(
     nf4: Option<bool>,
 ) -> Result<(LlamaModel<B>, HfConfig)> {
     let config = HfConfig::load(dir)?;
-    let files = TensorFiles::open(dir)?;
-    let specs = tensor_specs(&config.model);
-    for name in files.names() {
-        if !ignorable(name, &config.model) && !specs.iter().any(|(n, _)| n == name) {
-            return Err(CoreError::ExtraTensor {
-                path: files.path_of(name).to_path_buf(),
-                name: name.to_string(),
-                shape: files.shape(name).unwrap_or_default(),
-            });
-        }
+    if let Head::SequenceClassification { .. } = config.head {
+        return Err(CoreError::Invalid(format!(
+            "{}: a {} (a reward model) has no language-model head: train it with [reward], or score with `llmtrain \
+             score`",
+            dir.join("config.json").display(),
+            config.model.architecture.sequence_classification_class_name()
+        )));
     }
+    let files = TensorFiles::open(dir)?;
+    check_names(&files, &tensor_specs(&config.model), &config.model)?;
     let model = build_model_with(&config.model, device, |name, shape| files.read(name, shape), nf4)?;
     Ok((model, config))
+}
+
+/// Refuses a tensor the model has no place for.
+fn check_names(files: &TensorFiles, specs: &[(String, Vec<usize>)], config: &ModelConfig) -> Result<()> {
+    match files.names().find(|name| !ignorable(name, config) && !specs.iter().any(|(n, _)| n == name)) {
+        Some(name) => Err(CoreError::ExtraTensor {
+            path: files.path_of(name).to_path_buf(),
+            name: name.to_string(),
+            shape: files.shape(name).unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The name of a sequence classifier's head weight, `[num_labels, hidden]`.
+pub const SCORE_WEIGHT: &str = "score.weight";
+
+/// Loads a `*ForSequenceClassification` checkpoint with one label (a reward model): the decoder (without a
+/// language-model head) and the `score` weight `[1, hidden]`.
+pub fn load_sequence_classifier<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(LlamaModel<B>, Tensor<B, 2>, HfConfig)> {
+    let config = HfConfig::load(dir)?;
+    let path = dir.join("config.json");
+    match config.head {
+        Head::SequenceClassification { num_labels: 1 } => {}
+        Head::SequenceClassification { num_labels } => {
+            return Err(CoreError::key(
+                &path,
+                "id2label",
+                format!("{num_labels} labels, but a reward model has one score (num_labels = 1)"),
+            ));
+        }
+        Head::CausalLm => {
+            return Err(CoreError::key(&path, "architectures", "a causal LM, not a sequence classifier"));
+        }
+    }
+    let files = TensorFiles::open(dir)?;
+    // The decoder is built without a head: the classifier has `score` where a causal LM has `lm_head`.
+    let decoder = ModelConfig { tie_word_embeddings: true, ..config.model.clone() };
+    let mut specs = tensor_specs(&decoder);
+    let hidden = config.model.hidden_size;
+    specs.push((SCORE_WEIGHT.to_string(), vec![1, hidden]));
+    check_names(&files, &specs, &decoder)?;
+    let mut model = build_model(&decoder, device, |name, shape| files.read(name, shape))?;
+    model.config.tie_word_embeddings = config.model.tie_word_embeddings;
+    let score = files.read(SCORE_WEIGHT, &[1, hidden])?;
+    let score = Tensor::from_data(TensorData::new(score.values, [1, hidden]), device);
+    Ok((model, score, config))
+}
+
+/// Writes a reward model as transformers' `*ForSequenceClassification` with one label: config.json and the
+/// decoder's weights with `score.weight` (no language-model head).
+pub fn save_sequence_classifier<B: Backend>(
+    model: &LlamaModel<B>,
+    score: Tensor<B, 2>,
+    config: &HfConfig,
+    dir: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let dtype =
+        options.dtype.or_else(|| config.dtype.as_deref().and_then(StorageDtype::parse)).unwrap_or(StorageDtype::F32);
+    let mut config = config.clone();
+    config.model = model.config.clone();
+    config.head = Head::SequenceClassification { num_labels: 1 };
+    let mut tensors: Vec<(String, HostTensor)> =
+        model_tensors(model).into_iter().filter(|(name, _)| name != "lm_head.weight").collect();
+    let shape = score.dims().to_vec();
+    let values = score.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
+    tensors.push((SCORE_WEIGHT.to_string(), HostTensor { shape, values }));
+    write_tensors(dir, &tensors, dtype, options.max_shard_bytes)?;
+    write_json(&dir.join("config.json"), &config.to_json(dtype.torch_name()))
 }
 
 /// Builds a model from a source of named host tensors (a checkpoint, or tensors in memory).

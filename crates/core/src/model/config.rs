@@ -32,6 +32,15 @@ impl Architecture {
             Architecture::Qwen2 => "Qwen2ForCausalLM",
         }
     }
+
+    /// transformers' sequence-classification class (a reward model's).
+    pub fn sequence_classification_class_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "LlamaForSequenceClassification",
+            Architecture::Mistral => "MistralForSequenceClassification",
+            Architecture::Qwen2 => "Qwen2ForSequenceClassification",
+        }
+    }
 }
 
 /// How rotary position embeddings scale their frequencies (transformers' `rope_type`).

@@ -4,6 +4,7 @@
 //! `layers[0].self_attn.q_proj.weight`), so [`crate::hf`] maps checkpoints without renaming tables.
 
 mod cache;
+pub mod classifier;
 pub mod compute;
 pub mod config;
 mod custom_op;
@@ -20,6 +21,7 @@ pub mod recompute;
 pub mod rope;
 
 pub use cache::KvCache;
+pub use classifier::SequenceClassifier;
 pub use compute::{AttentionKernel, Compute};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm, causal_mask};

@@ -36,7 +36,7 @@ pub fn pair_from_row(
     row: &Row,
     max_length: usize,
 ) -> std::result::Result<Option<TokenizedPair>, String> {
-    let Row::Preference { prompt, chosen, rejected } = row else {
+    let Row::Preference { prompt, chosen, rejected, .. } = row else {
         return Err(format!(
             "a {} row, but DPO learns from preference rows: `chosen` and `rejected`, with a `prompt` or an implicit one",
             row.format_name()

@@ -30,7 +30,7 @@ pub fn orpo_pair_from_row(
     row: &Row,
     max_length: usize,
 ) -> std::result::Result<Option<OrpoPair>, String> {
-    let Row::Preference { prompt, chosen, rejected } = row else {
+    let Row::Preference { prompt, chosen, rejected, .. } = row else {
         return Err(format!(
             "a {} row, but ORPO learns from preference rows: `chosen` and `rejected`, with a `prompt` or an implicit one",
             row.format_name()

@@ -1,0 +1,119 @@
+//! The reward model as a [`LightningModule`]: each batch of pairs is scored as one `[2·pairs, len]` batch
+//! (chosen rows, then rejected, right-padded), the loss and metrics are [`RewardLoss`]'s, and checkpoints and
+//! `final/` are transformers `*ForSequenceClassification` directories with the tokenizer.
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::model::{Compute, SequenceClassifier};
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_lightning::{LightningModule, LossParts, Result, StepContext, StepOutput};
+
+use super::data::RewardPair;
+use super::loss::{RewardLoss, RewardMetrics};
+
+/// The reward-modelling objective.
+pub struct RewardModule {
+    loss: RewardLoss,
+    pad_id: u32,
+    compute: Compute,
+    hf_config: HfConfig,
+    tokenizer: TextTokenizer,
+}
+
+impl RewardModule {
+    pub fn new(loss: RewardLoss, pad_id: u32, compute: Compute, hf_config: HfConfig, tokenizer: TextTokenizer) -> Self {
+        Self { loss, pad_id, compute, hf_config, tokenizer }
+    }
+
+    /// The pairs' chosen then rejected sequences, right-padded to the longest: ids and the attention mask.
+    fn collate(&self, pairs: &[RewardPair]) -> (Vec<u32>, Vec<bool>) {
+        let rows: Vec<&[u32]> =
+            pairs.iter().map(|p| p.chosen.as_slice()).chain(pairs.iter().map(|p| p.rejected.as_slice())).collect();
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut real = Vec::with_capacity(rows.len() * len);
+        for row in rows {
+            ids.extend(row.iter().copied().chain(std::iter::repeat(self.pad_id)).take(len));
+            real.extend((0..len).map(|t| t < row.len()));
+        }
+        (ids, real)
+    }
+
+    /// The chosen and rejected rewards `[pairs]` under `net`, and the margins.
+    fn rewards<B: burn::tensor::backend::Backend>(
+        &self,
+        net: &SequenceClassifier<B>,
+        pairs: &[RewardPair],
+        device: &B::Device,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+        let n = pairs.len();
+        let (ids, real) = self.collate(pairs);
+        let rewards = net.scores(&ids, &real, 2 * n, self.pad_id, device);
+        let margins: Vec<f32> = pairs.iter().map(|p| p.margin).collect();
+        (rewards.clone().narrow(0, 0, n), rewards.narrow(0, n, n), Tensor::from_data(margins.as_slice(), device))
+    }
+}
+
+impl<A: AutodiffBackend> LightningModule<A> for RewardModule {
+    type Net = SequenceClassifier<A>;
+    type Batch = Vec<RewardPair>;
+
+    fn batch_weight(&self, batch: &Vec<RewardPair>) -> f64 {
+        batch.len() as f64
+    }
+
+    fn training_step<'n>(
+        &self,
+        net: &'n SequenceClassifier<A>,
+        batch: &Vec<RewardPair>,
+        ctx: &StepContext<'_, A>,
+    ) -> Result<StepOutput<'n, A>> {
+        let (chosen, rejected, margins) = self.rewards(net, batch, ctx.device);
+        // The engine divides by the step's pairs: a micro-batch contributes its means times its pairs.
+        let n = batch.len() as f64;
+        let metrics = self.loss.metrics(chosen.clone(), rejected.clone()).named().map(|(k, v)| (k, v * n)).to_vec();
+        let loss = self.loss.loss(chosen, rejected, margins) * n;
+        Ok(StepOutput { loss, metrics, ratios: Vec::new(), deferred: None })
+    }
+
+    fn validation_step(
+        &self,
+        net: &SequenceClassifier<A::InnerBackend>,
+        batch: &Vec<RewardPair>,
+        device: &A::Device,
+    ) -> Result<LossParts> {
+        let (chosen, rejected, margins) = self.rewards(net, batch, device);
+        let n = batch.len() as f64;
+        Ok(LossParts { sum: self.loss.loss(chosen, rejected, margins).into_scalar().elem::<f64>() * n, weight: n })
+    }
+
+    fn metric_names(&self) -> Vec<&'static str> {
+        RewardMetrics::NAMES.to_vec()
+    }
+
+    fn configure_net(&self, mut net: SequenceClassifier<A>) -> SequenceClassifier<A> {
+        net.model.compute = self.compute;
+        net
+    }
+
+    fn save_checkpoint(&self, net: &SequenceClassifier<A>, dir: &Path) -> Result<()> {
+        self.save_final(net, dir)
+    }
+
+    fn load_checkpoint(&self, net: SequenceClassifier<A>, dir: &Path) -> Result<SequenceClassifier<A>> {
+        let device = net.score.val().device();
+        let (mut model, score, _) = hf::load_sequence_classifier::<A>(dir, &device)?;
+        model.compute = self.compute;
+        Ok(SequenceClassifier { model, score: Param::from_tensor(score) })
+    }
+
+    fn save_final(&self, net: &SequenceClassifier<A>, dir: &Path) -> Result<()> {
+        let net = net.valid();
+        hf::save_sequence_classifier(&net.model, net.score.val(), &self.hf_config, dir, &SaveOptions::default())?;
+        Ok(self.tokenizer.save(dir)?)
+    }
+}
