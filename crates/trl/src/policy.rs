@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{CausalLm, LightningModule, LossParts, Result, StepContext, StepOutput};
+use serde_json::{Map, Value};
 
 /// One batch's loss (the batch mean, with gradients), metrics (batch means) and ratios (numerator and
 /// denominator sums, for figures averaged over something other than items, e.g. tokens).
@@ -30,17 +31,42 @@ pub trait Objective<A: AutodiffBackend> {
 
     /// The names [`Objective::train`] logs (metrics and ratios).
     fn metric_names(&self) -> Vec<&'static str>;
+
+    /// Figures over held-out items, reported before the first step and after the last (say, how often the
+    /// policy prefers the chosen completion); none by default.
+    fn held_out(
+        &self,
+        _net: &LlamaModel<A::InnerBackend>,
+        _items: &[Self::Item],
+        _device: &A::Device,
+    ) -> Result<Map<String, Value>> {
+        Ok(Map::new())
+    }
 }
 
 /// An [`Objective`] on a policy whose files are [`CausalLm`]'s.
-pub struct PolicyModule<'a, A: AutodiffBackend, O> {
+pub struct PolicyModule<'a, A: AutodiffBackend, O: Objective<A>> {
     pub objective: O,
     files: CausalLm<'a, A>,
+    held_out: Option<(Vec<O::Item>, A::Device)>,
 }
 
 impl<'a, A: AutodiffBackend, O: Objective<A>> PolicyModule<'a, A, O> {
     pub fn new(objective: O, files: CausalLm<'a, A>) -> Self {
-        Self { objective, files }
+        Self { objective, files, held_out: None }
+    }
+
+    /// Reports [`Objective::held_out`]'s figures over `items` before the first step and after the last.
+    pub fn with_held_out(mut self, items: Vec<O::Item>, device: A::Device) -> Self {
+        self.held_out = Some((items, device));
+        self
+    }
+
+    fn held_out_figures(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
+        match &self.held_out {
+            Some((items, device)) if !items.is_empty() => self.objective.held_out(net, items, device),
+            _ => Ok(Map::new()),
+        }
     }
 }
 
@@ -97,5 +123,13 @@ impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_
 
     fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
         self.files.save_final(net, dir)
+    }
+
+    fn on_fit_start(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
+        self.held_out_figures(net)
+    }
+
+    fn on_fit_end(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
+        self.held_out_figures(net)
     }
 }

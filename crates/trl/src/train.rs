@@ -264,7 +264,9 @@ impl<A: AutodiffBackend> Run<'_, A> {
         };
         let Built { objective, items, item_tokens, max_length, reference, shuffle } = build(section, &setup)?;
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
-        let mut module = PolicyModule::new(objective, files);
+        // Rank 0 reports the held-out figures.
+        let held_out = if trainer.accelerator().is_main_process() { items.eval.clone() } else { Vec::new() };
+        let mut module = PolicyModule::new(objective, files).with_held_out(held_out, self.device.clone());
         let summary = TrlSummary { trainer: S::NAME, reference, ..Default::default() };
         let model_config = model.config.clone();
         let fitting = Fitting { items, item_tokens, shuffle, max_length, summary };
@@ -306,12 +308,15 @@ impl<A: AutodiffBackend> Run<'_, A> {
         };
         net.model.compute = compute;
         let pad_id = pad_id(&tokenizer)?;
+        // The score is read before the first pad id: the written config names the id, as RewardTrainer sets it.
+        net.model.config.pad_token_id = Some(pad_id);
         let max_length = section.max_length;
         let setup_items = |row: &Row| reward_pair_from_row(&tokenizer, row, max_length);
         let data = &config.data;
         let items = read_items(&expand_files(&data.files)?, data.eval_fraction, data.skip_malformed, setup_items)?;
         let loss = RewardLoss { center_rewards_coefficient: section.center_rewards_coefficient };
-        let mut module = RewardModule::new(loss, pad_id, compute, hf_config, tokenizer.clone());
+        let held_out = if trainer.accelerator().is_main_process() { items.eval.clone() } else { Vec::new() };
+        let mut module = RewardModule::new(loss, pad_id, compute, hf_config, tokenizer.clone()).with_held_out(held_out);
         let summary = TrlSummary { trainer: RewardSection::NAME, reference: origin, ..Default::default() };
         let model_config = net.model.config.clone();
         let fitting = Fitting { items, item_tokens: RewardPair::tokens, shuffle: data.shuffle, max_length, summary };

@@ -146,24 +146,25 @@ fn llmtrains_model_gives_the_per_sequence_log_probs_trl_computed() {
     }
 }
 
-/// One optimizer step at learning rate 0 of the DPO module under the Trainer, on the fixture's four pairs in one
-/// batch; returns the step's log record.
-fn one_step(reference_dir: &str) -> Value {
+/// One optimizer step at learning rate 0 of the DPO module under the Trainer, on `rows` in one batch, with the
+/// policy `dpo_policy` (with the PEFT adapter in `adapter`, if any) and `reference`; returns the step's log record.
+fn one_step(rows: &[TokenizedPair], reference: Reference<B>, adapter: Option<&str>) -> Value {
     use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune};
     use llmtrain_core::model::Compute;
     use llmtrain_lightning::{CausalLm, Datasets, Trainer, TrainerSettings};
     type A = burn::backend::Autodiff<B>;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let fixture = fixture();
     let tokenizer = TextTokenizer::load(&here.join("dpo_tokenizer")).unwrap();
-    let pairs = fixture_pairs(&fixture, &tokenizer);
     let device = Default::default();
-    let (policy, hf_config) = llmtrain_core::hf::load_model::<A>(&here.join("dpo_policy"), &device).unwrap();
-    let (reference, _) = llmtrain_core::hf::load_model::<B>(&here.join(reference_dir), &device).unwrap();
+    let (mut policy, hf_config) = llmtrain_core::hf::load_model::<A>(&here.join("dpo_policy"), &device).unwrap();
+    if let Some(adapter) = adapter {
+        llmtrain_fastlora::load_adapter(&mut policy, &here.join(adapter), &device).unwrap();
+        llmtrain_fastlora::freeze_base(&mut policy);
+    }
     let pad_id = tokenizer.pad_token.as_deref().and_then(|t| tokenizer.token_id(t)).unwrap();
     let files = CausalLm::new(&FullFinetune, Compute::default(), device).with_files(hf_config, tokenizer);
     let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
-    let mut module = PolicyModule::new(Dpo::new(loss, Reference::Model(Box::new(reference)), pad_id, None), files);
+    let mut module = PolicyModule::new(Dpo::new(loss, reference, pad_id, None), files);
     let out = tempfile::tempdir().unwrap();
     let settings = TrainerSettings {
         max_steps: 1,
@@ -173,10 +174,23 @@ fn one_step(reference_dir: &str) -> Value {
         ..TrainerSettings::new(out.path())
     };
     let mut accelerator = Accelerator::<A>::single(AcceleratorConfig::default()).unwrap();
-    let mut data = Datasets::new(pairs, vec![], 4).unwrap();
+    let mut data = Datasets::new(rows.to_vec(), vec![], rows.len()).unwrap();
     Trainer::new(settings, &mut accelerator).unwrap().fit(&mut module, policy, &mut data, &device).unwrap();
     let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     serde_json::from_str(metrics.lines().next().unwrap()).unwrap()
+}
+
+/// A frozen checkpoint of the fixture as the reference.
+fn checkpoint(dir: &str) -> Reference<B> {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    Reference::Model(Box::new(llmtrain_core::hf::load_model::<B>(&here.join(dir), &Default::default()).unwrap().0))
+}
+
+fn assert_record_matches(record: &Value, trl: &Value, names: &[&str]) {
+    for name in names {
+        let (ours, theirs) = (record[name].as_f64().unwrap(), trl[name].as_f64().unwrap());
+        assert!((ours - theirs).abs() <= 1e-5, "{name}: {ours} vs TRL {theirs}");
+    }
 }
 
 #[test]
@@ -184,13 +198,29 @@ fn the_dpo_module_logs_trls_loss_and_metrics_at_step_one() {
     let fixture = fixture();
     let trl = &fixture["cases"][0]["metrics"];
     assert_eq!(fixture["cases"][0]["loss_type"], serde_json::json!(["sigmoid"]));
-    let record = one_step("dpo_reference");
-    for name in std::iter::once("loss").chain(DpoMetrics::NAMES) {
-        let (ours, theirs) = (record[name].as_f64().unwrap(), trl[name].as_f64().unwrap());
-        assert!((ours - theirs).abs() <= 1e-5, "{name}: {ours} vs TRL {theirs}");
-    }
+    let tokenizer =
+        TextTokenizer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dpo_tokenizer"))
+            .unwrap();
+    let rows = fixture_pairs(&fixture, &tokenizer);
+    let record = one_step(&rows, checkpoint("dpo_reference"), None);
+    let names: Vec<&str> = std::iter::once("loss").chain(DpoMetrics::NAMES).collect();
+    assert_record_matches(&record, trl, &names);
     // The reference a copy of the policy: ln 2 exactly as TRL's first step, and no margin.
-    let record = one_step("dpo_policy");
+    let record = one_step(&rows, checkpoint("dpo_policy"), None);
     assert!((record["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{record}");
     assert_eq!(record["rewards/margins"].as_f64(), Some(0.0));
+}
+
+#[test]
+fn with_a_lora_adapter_the_reference_is_the_policy_without_it_as_in_trl_with_a_peft_config() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(here.join("dpo_lora.json")).unwrap()).unwrap();
+    let tokenizer = TextTokenizer::load(&here.join("dpo_tokenizer")).unwrap();
+    let rows = fixture_pairs(&fixture, &tokenizer);
+    let record = one_step(&rows, Reference::PolicyWithoutAdapters, Some("dpo_lora_adapter"));
+    let trl = &fixture["log"];
+    assert!((trl["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() > 1e-3, "the adapter matters");
+    let mut names: Vec<&str> = std::iter::once("loss").chain(DpoMetrics::NAMES).collect();
+    names.extend(["entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy"]);
+    assert_record_matches(&record, trl, &names);
 }

@@ -11,6 +11,7 @@ use llmtrain_core::hf::{self, HfConfig, SaveOptions};
 use llmtrain_core::model::{Compute, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{LightningModule, LossParts, Result, StepContext, StepOutput};
+use serde_json::{Map, Value, json};
 
 use super::data::RewardPair;
 use super::loss::{RewardLoss, RewardMetrics};
@@ -22,11 +23,36 @@ pub struct RewardModule {
     compute: Compute,
     hf_config: HfConfig,
     tokenizer: TextTokenizer,
+    held_out: Vec<RewardPair>,
 }
 
 impl RewardModule {
     pub fn new(loss: RewardLoss, pad_id: u32, compute: Compute, hf_config: HfConfig, tokenizer: TextTokenizer) -> Self {
-        Self { loss, pad_id, compute, hf_config, tokenizer }
+        Self { loss, pad_id, compute, hf_config, tokenizer, held_out: Vec::new() }
+    }
+
+    /// Reports the share of `pairs` whose chosen completion scores higher (`accuracy`) before the first step
+    /// and after the last.
+    pub fn with_held_out(mut self, pairs: Vec<RewardPair>) -> Self {
+        self.held_out = pairs;
+        self
+    }
+
+    fn held_out_figures<B: burn::tensor::backend::Backend>(&self, net: &SequenceClassifier<B>) -> Map<String, Value> {
+        let mut figures = Map::new();
+        if self.held_out.is_empty() {
+            return figures;
+        }
+        let device = net.score.val().device();
+        let mut correct = 0usize;
+        for chunk in self.held_out.chunks(16) {
+            let (chosen, rejected, _) = self.rewards(net, chunk, &device);
+            let wins = chosen.greater(rejected).int().sum().into_scalar().elem::<i64>();
+            correct += usize::try_from(wins).unwrap_or(0);
+        }
+        figures.insert("accuracy".into(), json!(correct as f64 / self.held_out.len() as f64));
+        figures.insert("held_out_pairs".into(), json!(self.held_out.len()));
+        figures
     }
 
     /// The pairs' chosen then rejected sequences, right-padded to the longest: ids and the attention mask.
@@ -109,6 +135,14 @@ impl<A: AutodiffBackend> LightningModule<A> for RewardModule {
         let (mut model, score, _) = hf::load_sequence_classifier::<A>(dir, &device)?;
         model.compute = self.compute;
         Ok(SequenceClassifier { model, score: Param::from_tensor(score) })
+    }
+
+    fn on_fit_start(&self, net: &SequenceClassifier<A::InnerBackend>) -> Result<Map<String, Value>> {
+        Ok(self.held_out_figures(net))
+    }
+
+    fn on_fit_end(&self, net: &SequenceClassifier<A::InnerBackend>) -> Result<Map<String, Value>> {
+        Ok(self.held_out_figures(net))
     }
 
     fn save_final(&self, net: &SequenceClassifier<A>, dir: &Path) -> Result<()> {
