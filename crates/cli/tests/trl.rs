@@ -318,3 +318,27 @@ fn a_reward_model_trained_from_a_causal_lm_is_a_sequence_classifier_that_scores_
     ok(&llmtrain(&[&args[..], &[target.to_str().unwrap(), "--overwrite"]].concat()));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), out);
 }
+
+#[test]
+fn sft_from_a_config_logs_trls_step_one_loss_and_token_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(trl_fixtures().join("sft.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    for (name, case) in fixture["cases"].as_object().unwrap() {
+        let rows: String = case["rows"].as_array().unwrap().iter().map(|row| format!("{row}\n")).collect();
+        std::fs::write(dir.path().join(format!("{name}.jsonl")), rows).unwrap();
+        let sft = match case["completion_only_loss"].as_bool() {
+            Some(on) => format!("[sft]\npacking = false\ncompletion_only_loss = {on}\n"),
+            None => "[sft]\npacking = false\n".to_string(),
+        };
+        let path = config(dir.path(), name, STEP_ONE, &sft);
+        let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", &format!("{name}.jsonl"));
+        std::fs::write(&path, text).unwrap();
+        ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+        let record = &records(dir.path(), name)[0];
+        for key in ["loss", "entropy", "mean_token_accuracy"] {
+            let (ours, theirs) = (record[key].as_f64().unwrap(), case["log"][key].as_f64().unwrap());
+            assert!((ours - theirs).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
+        }
+    }
+}

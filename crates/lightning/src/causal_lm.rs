@@ -278,6 +278,20 @@ pub fn train<A: AutodiffBackend>(
     method: &dyn Finetune<A>,
     device: &A::Device,
 ) -> Result<TrainSummary> {
+    train_with(config, memopt, overrides, accelerator, method, device, false)
+}
+
+/// [`train`], also logging TRL's SFT token metrics ([`TOKEN_METRICS`]) with `token_metrics` (llmtrain-trl's
+/// `[sft]`).
+pub fn train_with<A: AutodiffBackend>(
+    config: &RunConfig,
+    memopt: &MemoptSection,
+    overrides: &TrainOverrides,
+    accelerator: &mut Accelerator<A>,
+    method: &dyn Finetune<A>,
+    device: &A::Device,
+    token_metrics: bool,
+) -> Result<TrainSummary> {
     let config = overrides.apply(config);
     let tr = &config.training;
     let (settings, logging) = run::trainer_settings(&config, memopt, overrides)?;
@@ -299,6 +313,9 @@ pub fn train<A: AutodiffBackend>(
         _ => None,
     };
     let mut module = CausalLm::new(method, compute, device.clone()).with_files(hf_config, tokenizer.clone());
+    if token_metrics {
+        module = module.with_token_metrics();
+    }
     if let Some(examples) = examples {
         module = module.with_accuracy(examples);
     }

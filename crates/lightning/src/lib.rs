@@ -66,7 +66,7 @@ pub use callbacks::{
     Callback, Control, EarlyStopping, EarlyStoppingSection, LearningRateMonitor, Mode, ModelCheckpoint,
     ModelCheckpointSection, ProgressBar, ThroughputMonitor,
 };
-pub use causal_lm::{CausalLm, LoaderData, TrainSummary, train};
+pub use causal_lm::{CausalLm, LoaderData, TOKEN_METRICS, TrainSummary, train, train_with};
 pub use data::DataModule;
 pub use datasets::Datasets;
 pub use error::{LightningError, Result};

@@ -10,11 +10,13 @@
 //! - [`reward`]: RewardTrainer's tokenization, Bradley–Terry loss (margins, centering) and metrics on a
 //!   sequence classifier read and written as transformers' `*ForSequenceClassification`; [`reward::score_file`]
 //!   is `llmtrain score`.
+//! - [`sft`]: `[sft]`, the causal-LM job of llmtrain-lightning with SFTConfig's names and SFTTrainer's token
+//!   metrics.
 //! - [`policy`]: what they share: an [`policy::Objective`] on a policy network, run by the one Trainer as a
 //!   [`policy::PolicyModule`] whose files are the causal-LM objective's.
 //! - [`rows`]: `[data] files` read in TRL's formats, converted by a trainer and split.
 //!
-//! [`train`] runs the trainer a run config's section selects (`[dpo]`, `[orpo]`, `[kto]`, `[reward]`: TRL's config names), which is
+//! [`train`] runs the trainer a run config's section selects (`[sft]`, `[dpo]`, `[orpo]`, `[kto]`, `[reward]`: TRL's config names), which is
 //! what `llmtrain train` does for such a config.
 //!
 //! ```
@@ -44,6 +46,7 @@ pub mod policy;
 pub mod reference;
 pub mod reward;
 pub mod rows;
+pub mod sft;
 mod train;
 
 pub use error::{Result, TrlError};

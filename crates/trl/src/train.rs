@@ -24,9 +24,11 @@ use crate::policy::{Objective, PolicyModule};
 use crate::reference::{self, Reference, without_adapters};
 use crate::reward::{RewardLoss, RewardModule, RewardPair, RewardSection, reward_pair_from_row};
 use crate::rows::{Converted, SplitItems, read_items};
+use crate::sft::SftSection;
 
 /// The run-config sections that select one of this crate's trainers.
-pub const TRAINER_SECTIONS: &[&str] = &[DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME, RewardSection::NAME];
+pub const TRAINER_SECTIONS: &[&str] =
+    &[SftSection::NAME, DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME, RewardSection::NAME];
 
 /// The trainer section `config` selects, if any; two of them are refused.
 pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
@@ -74,7 +76,8 @@ pub fn train<A: AutodiffBackend>(
         Some(OrpoSection::NAME) => run.fit(accelerator, orpo),
         Some(KtoSection::NAME) => run.fit(accelerator, kto),
         Some(RewardSection::NAME) => run.fit_reward(accelerator),
-        other => Err(TrlError::Invalid(format!("no trl trainer section to run (found {other:?})"))),
+        // `[sft]` is the causal-LM job: crate::sft::train runs it.
+        other => Err(TrlError::Invalid(format!("no preference trainer section to run (found {other:?})"))),
     }
 }
 

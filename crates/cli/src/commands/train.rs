@@ -28,6 +28,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_lightning::EarlyStoppingSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::ModelCheckpointSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_lightning::TrainerSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::sft::SftSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::dpo::DpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::orpo::OrpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::kto::KtoSection as llmtrain_core::config::ConfigSection>::NAME,
@@ -150,6 +151,11 @@ pub fn run_rank<B: Backend>(
         None => Box::new(FullFinetune),
     };
     let trained = match trl_trainer {
+        Some("sft") => {
+            llmtrain_trl::sft::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device)
+                .map(Summary::CausalLm)
+                .map_err(anyhow::Error::from)
+        }
         Some(_) => llmtrain_trl::train(&config, &memopt, &overrides, &mut accelerator, method.as_ref(), device)
             .map(Summary::Trl)
             .map_err(anyhow::Error::from),
@@ -271,6 +277,15 @@ fn report_trl(summary: &llmtrain_trl::TrlSummary) {
     println!("pairs: {} training, {} held out", summary.train_items, summary.eval_items);
     if let Some(eval) = summary.fit.final_val_loss {
         println!("final eval loss: {eval:.4}");
+    }
+    let (start, end) = (&summary.fit.start_metrics, &summary.fit.end_metrics);
+    let pairs = end.get("held_out_pairs").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    for (name, after) in end.iter().filter(|(name, _)| name.as_str() != "held_out_pairs") {
+        let after = after.as_f64().unwrap_or(f64::NAN);
+        match start.get(name).and_then(serde_json::Value::as_f64) {
+            Some(before) => println!("held-out {name} ({pairs} pairs): {before:.3} before, {after:.3} after"),
+            None => println!("held-out {name} ({pairs} pairs): {after:.3}"),
+        }
     }
     if summary.dropped_rows > 0 {
         println!("dropped rows (prompt alone fills max_length): {}", summary.dropped_rows);

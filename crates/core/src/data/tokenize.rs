@@ -106,10 +106,14 @@ impl Encoder {
         let mut seq = Sequence { ids: Vec::new(), labels: Vec::new() };
         match (prompt, completion) {
             (Content::Text(p), Content::Text(c)) => {
-                seq.push(&self.encode(p, true)?, score_prompt);
-                let mut completion = self.encode(c, false)?;
-                self.end_with_eos(&mut completion);
-                seq.push(&completion, true);
+                // As TRL's SFTTrainer: prompt and prompt + completion are each tokenized whole, and the
+                // completion starts where their ids diverge (tokens can merge across the boundary).
+                let prompt_ids = self.encode(p, true)?;
+                let mut full = self.encode(&format!("{p}{c}"), true)?;
+                self.end_with_eos(&mut full);
+                let split = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
+                seq.push(&full[..split], score_prompt);
+                seq.push(&full[split..], true);
             }
             (Content::Chat(p), Content::Chat(c)) => {
                 let prompt_text = self.render(p, true)?;
