@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, run_in_process};
 use llmtrain_core::config::MixedPrecision;
 use llmtrain_core::data::Batch;
@@ -18,8 +19,11 @@ use llmtrain_core::model::compute::precision_dtype;
 use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
-use llmtrain_lightning::{CausalLm, Recompute, StepOptions, optimizer_step};
+use llmtrain_lightning::{CausalLm, LightningModule, Recompute, StepOptions, optimizer_step};
 use llmtrain_memopt::estimate::{AttentionImpl, BatchShape, EstimateInput, Method, Precision, count_params, estimate};
+use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, TokenizedPair};
+use llmtrain_trl::policy::PolicyModule;
+use llmtrain_trl::reference::Reference;
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -57,6 +61,10 @@ pub struct Case {
     pub fused_loss: bool,
     /// QLoRA: the decoder's linear weights stored in NF4 with double quantization (needs `lora_rank`).
     pub quantized: bool,
+    /// A DPO step (llmtrain-trl) instead of a causal-LM one: `batch / 2` pairs, each a prompt of `seq / 2`
+    /// tokens with two completions of `seq / 2`; the reference a frozen copy of the weights, or under LoRA the
+    /// policy with its adapters disabled.
+    pub dpo: bool,
 }
 
 /// A one-rank f32 case with every memory technique off.
@@ -73,6 +81,7 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         lora_rank: None,
         fused_loss: false,
         quantized: false,
+        dpo: false,
     }
 }
 
@@ -112,6 +121,10 @@ pub fn cases() -> Vec<Case> {
         // A shape where the weights dominate memory (31.5M parameters, 2 × 128 tokens): full finetuning keeps
         // 16 bytes a parameter (weights, gradients, AdamW's two moments), QLoRA ~0.5 for the decoder's linear
         // weights (NF4) plus the dense embeddings and head, and states for its r=8 adapters only.
+        // DPO on full-tiny's shape (4 pairs: 8 sequences of 256 tokens a step): with a frozen copy as the
+        // reference, and with LoRA r=8 and the reference the policy without its adapters (no second copy).
+        Case { dpo: true, ..case("dpo-tiny", full_tiny(), 8, 256) },
+        Case { dpo: true, lora_rank: Some(8), ..case("dpo-tiny-lora", full_tiny(), 8, 256) },
         case("full-small", small(), 2, 128),
         Case { lora_rank: Some(8), fused_loss: true, quantized: true, ..case("qlora-small", small(), 2, 128) },
     ]
@@ -271,17 +284,52 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         model.compute.loss_chunk = Some(LOSS_CHUNK);
         model.compute.fused_kernels = true;
     }
+    let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
+    let rows = case.batch / case.ranks;
+    let mut random = XorShift(0x2545_F491_4F6C_DD1D);
+    let mut draw =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| (random.next() % case.model.vocab_size as u64) as u32).collect() };
+    if case.dpo {
+        // Each rank's pairs: random prompts and completions of half a row each.
+        let half = case.seq / 2;
+        let pairs: Vec<TokenizedPair> = (0..rows / 2)
+            .map(|_| TokenizedPair {
+                prompt: draw(half),
+                chosen: draw(half),
+                rejected: draw(half),
+                reference_logps: None,
+            })
+            .collect();
+        let reference = match case.lora_rank {
+            Some(_) => Reference::PolicyWithoutAdapters,
+            None => Reference::Model(Box::new(model.valid())),
+        };
+        let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
+        let files = CausalLm::new(&FullFinetune, model.compute, device);
+        let mut module = PolicyModule::new(Dpo::new(loss, reference, 0, None), files);
+        return timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &pairs, steps);
+    }
     // The objective `llmtrain train` runs, with the compute settings above.
     let mut module = CausalLm::new(&FullFinetune, model.compute, device);
-    let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     // Random tokens, as the PyTorch reference uses; labels = inputs. Each rank takes its rows of the batch.
-    let rows = case.batch / case.ranks;
-    let n = case.batch * case.seq;
-    let mut random = XorShift(0x2545_F491_4F6C_DD1D);
-    let all_ids: Vec<u32> = (0..n).map(|_| (random.next() % case.model.vocab_size as u64) as u32).collect();
+    let all_ids = draw(case.batch * case.seq);
     let input_ids = all_ids[rank * rows * case.seq..(rank + 1) * rows * case.seq].to_vec();
     let labels = input_ids.iter().map(|&t| t as i64).collect();
     let batch = Batch { rows, seq: case.seq, input_ids, labels, position_ids: None };
+    timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &batch, steps)
+}
+
+/// 2 warm-up steps of `module` on one micro-batch, then `steps` timed ones.
+fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
+    case: &Case,
+    accelerator: &mut Accelerator<Autodiff<CpuBackend>>,
+    module: &mut M,
+    mut model: M::Net,
+    optimizer: &mut AdamW<CpuBackend>,
+    batch: &M::Batch,
+    steps: usize,
+) -> Result<Timings> {
+    let device = Default::default();
     let mut timings = Timings { step_ms: Vec::with_capacity(steps), comm_ms: Vec::with_capacity(steps) };
     for step in 0..steps + 2 {
         let start = Instant::now();
@@ -292,8 +340,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
             gradient_checkpointing: case.checkpointing.then_some(Recompute { offload: false }),
             ..Default::default()
         };
-        let micro = std::slice::from_ref(&batch);
-        model = optimizer_step(&mut accelerator, &mut module, model, &mut optimizer, micro, &options, &device)?.0;
+        let micro = std::slice::from_ref(batch);
+        model = optimizer_step(accelerator, module, model, optimizer, micro, &options, &device)?.0;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);
@@ -343,7 +391,9 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
     };
     let peak = estimate(&input)?.cpu_peak.context("a batch shape gives a CPU peak")?;
     let ranks = case.ranks as f64;
-    Ok((ranks * peak.total() - (ranks - 1.0) * peak.baseline) / (1024.0 * 1024.0))
+    // DPO's frozen reference is a second f32 copy of the weights (none when it is the policy without adapters).
+    let reference = if case.dpo && case.lora_rank.is_none() { count_params(&case.model) as f64 * 4.0 } else { 0.0 };
+    Ok((ranks * (peak.total() + reference) - (ranks - 1.0) * peak.baseline) / (1024.0 * 1024.0))
 }
 
 /// The PyTorch reference on the same shape, when python3 with torch is available.
@@ -358,6 +408,7 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     }
     // The reference trains plain f32 data parallelism-free steps only.
     let plain = !case.checkpointing
+        && !case.dpo
         && !case.flash
         && !case.fused_loss
         && !case.quantized

@@ -41,6 +41,13 @@ impl<B: Backend> Reference<B> {
     }
 }
 
+/// The stored log-probs of a batch's items in row order (every item's first, then every item's second), if every
+/// item has them.
+pub fn stored(logps: impl Iterator<Item = Option<[f32; 2]>>) -> Option<Vec<f32>> {
+    let logps = logps.collect::<Option<Vec<[f32; 2]>>>()?;
+    Some(logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect())
+}
+
 /// `model` with every LoRA adapter removed: its frozen base.
 pub fn without_adapters<B: Backend>(mut model: LlamaModel<B>) -> LlamaModel<B> {
     for (_, linear) in model.decoder_linears_mut() {

@@ -2,7 +2,6 @@
 //! DPOTrainer computed at step 1 and what it logged, and the token ids its dataset preparation gave each row with
 //! the tokenizer in `fixtures/dpo_tokenizer/` (all made by `scripts/make_dpo_fixture.py`).
 
-use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_trl::dpo::{
@@ -11,6 +10,8 @@ use llmtrain_trl::dpo::{
 use llmtrain_trl::policy::PolicyModule;
 use llmtrain_trl::reference::Reference;
 use serde_json::Value;
+
+use crate::common::column;
 
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dpo_losses.json");
@@ -26,12 +27,6 @@ fn fixture_pairs(fixture: &Value, tokenizer: &TextTokenizer) -> Vec<TokenizedPai
             tokenize_pair(tokenizer, &text(row, "prompt"), &text(row, "chosen"), &text(row, "rejected")).unwrap()
         })
         .collect()
-}
-
-fn column(values: &Value) -> Tensor<B, 1> {
-    let values: Vec<f32> = values.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), &Default::default())
 }
 
 fn logps(inputs: &Value) -> SequenceLogps<B> {

@@ -2,12 +2,12 @@
 //! accumulation), the ids and KL pairs TRL's preprocessing made, the per-row log-probs its loss took, and its
 //! first log record (made by `scripts/make_orpo_kto_fixtures.py`).
 
-use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::Row;
-use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_trl::kto::{KtoLogps, KtoLoss, KtoLossType, assign_kl_completions, kto_item_from_row};
 use serde_json::Value;
+
+use crate::common::column;
 
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kto.json");
@@ -40,12 +40,6 @@ fn rows_and_their_kl_pairs_are_built_as_kto_trainer_builds_them() {
             }
         }
     }
-}
-
-fn column(values: &Value) -> Tensor<B, 1> {
-    let values: Vec<f32> = values.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), &Default::default())
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! llmtrain-trl's integration tests, one binary: each module is one concern.
 
+mod common;
 mod dpo;
 mod kto;
 mod orpo;

@@ -2,12 +2,13 @@
 //! token), the ids TRL's preprocessing gave each row, the averaged log-probs and NLL its loss took, and its first
 //! log record (made by `scripts/make_orpo_kto_fixtures.py`).
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use llmtrain_core::data::Row;
-use llmtrain_core::device::CpuBackend as B;
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_trl::orpo::{OrpoLogps, OrpoLoss, OrpoMetrics, OrpoPair, orpo_pair_from_row};
 use serde_json::Value;
+
+use crate::common::column;
 
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/orpo.json");
@@ -45,12 +46,6 @@ fn rows_tokenize_as_orpo_trainer_tokenizes_them_with_and_without_a_bos_token() {
             assert_eq!(ours, expected, "{}: {row:?}", case["name"]);
         }
     }
-}
-
-fn column(values: &Value) -> Tensor<B, 1> {
-    let values: Vec<f32> = values.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), &Default::default())
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::batch::{PAIR_TOKEN_METRICS, PairBatch, pair_token_ratios, sequence_lo
 use super::data::TokenizedPair;
 use super::loss::{DpoLoss, DpoMetrics, SequenceLogps};
 use crate::policy::{Objective, Scored};
-use crate::reference::Reference;
+use crate::reference::{Reference, stored};
 use serde_json::{Map, Value, json};
 
 /// The DPO objective.
@@ -37,10 +37,7 @@ impl<B: Backend> Dpo<B> {
         batch: &PairBatch,
         device: &B::Device,
     ) -> Result<Tensor<B, 1>> {
-        let precomputed = || {
-            let logps = pairs.iter().map(|pair| pair.reference_logps).collect::<Option<Vec<[f32; 2]>>>()?;
-            Some(logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect())
-        };
+        let precomputed = || stored(pairs.iter().map(|item| item.reference_logps));
         self.reference.logps(policy, precomputed, batch, device)
     }
 }

@@ -11,7 +11,7 @@ use super::data::KtoItem;
 use super::loss::{KtoLogps, KtoLoss};
 use crate::dpo::{PairBatch, RowStats, sequence_logps, sequence_logps_with_stats};
 use crate::policy::{Objective, Scored};
-use crate::reference::Reference;
+use crate::reference::{Reference, stored};
 
 /// What KTOTrainer logs, all as ratios over the step's micro-batches and ranks.
 const METRICS: [&str; 9] = [
@@ -68,10 +68,7 @@ impl<B: Backend> Kto<B> {
         batch: &PairBatch,
         device: &B::Device,
     ) -> Result<Tensor<B, 1>> {
-        let precomputed = || {
-            let logps = items.iter().map(|item| item.reference_logps).collect::<Option<Vec<[f32; 2]>>>()?;
-            Some(logps.iter().map(|l| l[0]).chain(logps.iter().map(|l| l[1])).collect())
-        };
+        let precomputed = || stored(items.iter().map(|item| item.reference_logps));
         self.reference.logps(policy, precomputed, batch, device)
     }
 }
