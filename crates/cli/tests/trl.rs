@@ -166,24 +166,52 @@ fn preference_trainers_refuse_rows_of_another_format_an_unknown_loss_type_a_fore
 }
 
 #[test]
-fn dpo_on_two_launched_ranks_follows_one_process_with_the_whole_batch() {
+fn dpo_sft_and_reward_on_two_launched_ranks_follow_one_process_with_the_whole_batch() {
+    // ORPO's NLL and KTO's KL estimate are means over one micro-batch's tokens or rows on one rank, as TRL
+    // computes them per device, so those two objectives do not add up exactly across ranks (nor do TRL's).
     let dir = job(4);
     let training = "max_steps = 4\nlearning_rate = 0.02\nseed = 3";
-    let single = config(dir.path(), "single", training, "[dpo]\n");
-    let ranks = config(dir.path(), "ranks", training, "[dpo]\n");
-    let text = std::fs::read_to_string(&ranks).unwrap().replace("batch_size = 4", "batch_size = 2");
-    std::fs::write(&ranks, text.replace("shuffle = false", "shuffle = true")).unwrap();
-    let text = std::fs::read_to_string(&single).unwrap();
-    std::fs::write(&single, text.replace("shuffle = false", "shuffle = true")).unwrap();
-    ok(&llmtrain(&["train", "--config", single.to_str().unwrap()]));
-    let stdout = ok(&llmtrain(&["launch", "--num-processes", "2", "--", "train", "--config", ranks.to_str().unwrap()]));
-    assert!(stdout.contains("ranks: 2"), "{stdout}");
-    let (one, two) = (records(dir.path(), "single"), records(dir.path(), "ranks"));
-    assert_eq!(one.len(), 4);
-    for (a, b) in one.iter().zip(&two) {
-        for key in ["loss", "rewards/margins", "logps/chosen", "entropy", "logits/rejected", "mean_token_accuracy"] {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5, "step {}: {key}: one process {x}, two ranks {y}", a["step"]);
+    let cases: [(&str, &[&str]); 3] = [
+        ("dpo", &["loss", "rewards/margins", "logps/chosen", "entropy", "logits/rejected", "mean_token_accuracy"]),
+        ("sft", &["loss", "entropy", "mean_token_accuracy"]),
+        ("reward", &["loss", "accuracy", "margin", "mean_reward"]),
+    ];
+    for (trainer, keys) in cases {
+        // Unpacked, so both runs cut the rows into the same batches.
+        let section = if trainer == "sft" { "[sft]\npacking = false\n".to_string() } else { format!("[{trainer}]\n") };
+        let (single, ranks) = (format!("{trainer}-single"), format!("{trainer}-ranks"));
+        let single_path = config(dir.path(), &single, training, &section);
+        let ranks_path = config(dir.path(), &ranks, training, &section);
+        // SFT trains on the same rows as prompt/completion pairs.
+        let data = if trainer == "sft" { "sft.jsonl" } else { "pairs.jsonl" };
+        for (path, batch) in [(&single_path, 4), (&ranks_path, 2)] {
+            let text =
+                std::fs::read_to_string(path).unwrap().replace("batch_size = 4", &format!("batch_size = {batch}"));
+            std::fs::write(path, text.replace("shuffle = false", "shuffle = true").replace("pairs.jsonl", data))
+                .unwrap();
+        }
+        if trainer == "sft" {
+            let pairs = std::fs::read_to_string(dir.path().join("pairs.jsonl")).unwrap();
+            let rows: String = pairs
+                .lines()
+                .map(|line| {
+                    let row: Value = serde_json::from_str(line).unwrap();
+                    format!("{}\n", serde_json::json!({"prompt": row["prompt"], "completion": row["chosen"]}))
+                })
+                .collect();
+            std::fs::write(dir.path().join("sft.jsonl"), rows).unwrap();
+        }
+        ok(&llmtrain(&["train", "--config", single_path.to_str().unwrap()]));
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", ranks_path.to_str().unwrap()];
+        let stdout = ok(&llmtrain(&args));
+        assert!(stdout.contains("ranks: 2"), "{trainer}: {stdout}");
+        let (one, two) = (records(dir.path(), &single), records(dir.path(), &ranks));
+        assert_eq!(one.len(), 4, "{trainer}");
+        for (a, b) in one.iter().zip(&two) {
+            for key in keys {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-5, "{trainer}: step {}: {key}: one process {x}, two ranks {y}", a["step"]);
+            }
         }
     }
 }
