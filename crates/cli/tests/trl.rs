@@ -52,6 +52,28 @@ fn records(dir: &Path, name: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|r| r.get("loss").is_some()).collect()
 }
 
+/// TRL's figures the comparisons leave aside: the Trainer's own, and TRL's running token count (not logged by
+/// llmtrain).
+const TRAINER_FIGURES: [&str; 5] = ["grad_norm", "learning_rate", "epoch", "step", "num_tokens"];
+
+/// Asserts that `record` holds each of TRL's figures in `trl` (`keys`, or all but [`TRAINER_FIGURES`]) within
+/// 1e-5, prints the largest difference (`--nocapture` shows the parity figures), and returns how many it compared.
+fn assert_matches_trl(what: &str, record: &Value, trl: &Value, keys: Option<&[&str]>) -> usize {
+    let keys: Vec<&str> = match keys {
+        Some(keys) => keys.to_vec(),
+        None => trl.as_object().unwrap().keys().map(String::as_str).filter(|k| !TRAINER_FIGURES.contains(k)).collect(),
+    };
+    let mut worst = 0.0f64;
+    for key in &keys {
+        let ours = record[key].as_f64().unwrap_or_else(|| panic!("{what}: no {key} in {record}"));
+        let theirs = trl[key].as_f64().unwrap_or_else(|| panic!("{what}: TRL logged no {key}"));
+        assert!((ours - theirs).abs() <= 1e-5, "{what}: {key}: {ours} vs TRL {theirs}");
+        worst = worst.max((ours - theirs).abs());
+    }
+    eprintln!("parity {what}: {} figures, largest |llmtrain - TRL| {worst:.1e}", keys.len());
+    keys.len()
+}
+
 /// One step at a learning rate too small to move a weight.
 const STEP_ONE: &str = "max_steps = 1\nlearning_rate = 1e-30";
 
@@ -67,11 +89,7 @@ fn dpo_from_a_config_logs_trls_step_one_loss_and_metrics_with_the_reference_a_ch
         let path = config(dir.path(), name, STEP_ONE, &dpo);
         let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
         assert!(stdout.contains("trainer: [dpo]") && stdout.contains("pairs: 4 training, 0 held out"), "{stdout}");
-        let record = &records(dir.path(), name)[0];
-        for (key, theirs) in trl.as_object().unwrap() {
-            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
-            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
-        }
+        assert_matches_trl(&format!("dpo {name}"), &records(dir.path(), name)[0], &trl, None);
         let final_dir = dir.path().join(format!("out-{name}/final"));
         assert!(final_dir.join("model.safetensors").is_file() && final_dir.join("tokenizer.json").is_file());
     }
@@ -92,16 +110,7 @@ fn dpo_on_conversational_rows_tokenizes_with_the_chat_template_and_logs_every_me
         .replace(&trl_fixtures().join("dpo_tokenizer").display().to_string(), &chat_tokenizer.display().to_string());
     std::fs::write(&path, text).unwrap();
     ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
-    let record = &records(dir.path(), "chat")[0];
-    let trl = fixture["log"].as_object().unwrap();
-    // The Trainer's own figures (and TRL's running token count, which llmtrain does not log) aside.
-    let skip = ["grad_norm", "learning_rate", "epoch", "step", "num_tokens"];
-    let mut compared = 0;
-    for (key, theirs) in trl.iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
-        let ours = record[key].as_f64().unwrap_or_else(|| panic!("no {key} in {record}"));
-        assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{key}: {ours} vs TRL {theirs}");
-        compared += 1;
-    }
+    let compared = assert_matches_trl("dpo chat", &records(dir.path(), "chat")[0], &fixture["log"], None);
     assert_eq!(compared, 11, "loss, 4 rewards, 2 logps, 2 logits, entropy and mean_token_accuracy");
 }
 
@@ -226,14 +235,7 @@ fn orpo_from_a_config_logs_trls_step_one_loss_and_every_metric() {
         let path = config(dir.path(), &name, STEP_ONE, &format!("[orpo]\nbeta = {}\n", case["beta"]));
         let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
         assert!(stdout.contains("trainer: [orpo]"), "{stdout}");
-        let record = &records(dir.path(), &name)[0];
-        let skip = ["grad_norm", "learning_rate", "epoch", "step"];
-        let mut compared = 0;
-        for (key, theirs) in case["log"].as_object().unwrap().iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
-            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
-            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
-            compared += 1;
-        }
+        let compared = assert_matches_trl(&format!("orpo {name}"), &records(dir.path(), &name)[0], &case["log"], None);
         assert_eq!(compared, 12, "{name}: the loss, 9 pair metrics and 2 logits means");
     }
 }
@@ -261,14 +263,7 @@ fn kto_from_a_config_logs_trls_step_one_loss_and_every_metric_under_accumulation
         std::fs::write(&path, text.replace("batch_size = 4", &format!("batch_size = {}", case["batch"]))).unwrap();
         let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
         assert!(stdout.contains("trainer: [kto]") && stdout.contains("8 training"), "{stdout}");
-        let record = &records(dir.path(), name)[0];
-        let skip = ["grad_norm", "learning_rate", "epoch", "step", "num_tokens"];
-        let mut compared = 0;
-        for (key, theirs) in case["log"].as_object().unwrap().iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
-            let ours = record[key].as_f64().unwrap_or_else(|| panic!("{name}: no {key} in {record}"));
-            assert!((ours - theirs.as_f64().unwrap()).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
-            compared += 1;
-        }
+        let compared = assert_matches_trl(&format!("kto {name}"), &records(dir.path(), name)[0], &case["log"], None);
         assert!(compared >= 9, "{name}: {compared} figures compared");
     }
 }
@@ -307,11 +302,8 @@ fn reward_training_from_a_reward_model_logs_trls_step_one_loss_and_metrics() {
         std::fs::write(&path, text).unwrap();
         let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
         assert!(stdout.contains("trainer: [reward], reference: the reward model"), "{stdout}");
-        let record = &records(dir.path(), name)[0];
-        for key in ["loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"] {
-            let (ours, theirs) = (record[key].as_f64().unwrap(), case["log"][key].as_f64().unwrap());
-            assert!((ours - theirs).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
-        }
+        let keys: &[&str] = &["loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"];
+        assert_matches_trl(&format!("reward {name}"), &records(dir.path(), name)[0], &case["log"], Some(keys));
     }
 }
 
@@ -363,10 +355,7 @@ fn sft_from_a_config_logs_trls_step_one_loss_and_token_metrics() {
         let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", &format!("{name}.jsonl"));
         std::fs::write(&path, text).unwrap();
         ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
-        let record = &records(dir.path(), name)[0];
-        for key in ["loss", "entropy", "mean_token_accuracy"] {
-            let (ours, theirs) = (record[key].as_f64().unwrap(), case["log"][key].as_f64().unwrap());
-            assert!((ours - theirs).abs() <= 1e-5, "{name}: {key}: {ours} vs TRL {theirs}");
-        }
+        let keys: &[&str] = &["loss", "entropy", "mean_token_accuracy"];
+        assert_matches_trl(&format!("sft {name}"), &records(dir.path(), name)[0], &case["log"], Some(keys));
     }
 }

@@ -181,11 +181,15 @@ fn checkpoint(dir: &str) -> Reference<B> {
     Reference::Model(Box::new(llmtrain_core::hf::load_model::<B>(&here.join(dir), &Default::default()).unwrap().0))
 }
 
-fn assert_record_matches(record: &Value, trl: &Value, names: &[&str]) {
+/// Asserts the figures agree within 1e-5 and prints the largest difference (`--nocapture`).
+fn assert_record_matches(what: &str, record: &Value, trl: &Value, names: &[&str]) {
+    let mut worst = 0.0f64;
     for name in names {
         let (ours, theirs) = (record[name].as_f64().unwrap(), trl[name].as_f64().unwrap());
-        assert!((ours - theirs).abs() <= 1e-5, "{name}: {ours} vs TRL {theirs}");
+        assert!((ours - theirs).abs() <= 1e-5, "{what}: {name}: {ours} vs TRL {theirs}");
+        worst = worst.max((ours - theirs).abs());
     }
+    eprintln!("parity {what}: {} figures, largest |llmtrain - TRL| {worst:.1e}", names.len());
 }
 
 #[test]
@@ -199,7 +203,7 @@ fn the_dpo_module_logs_trls_loss_and_metrics_at_step_one() {
     let rows = fixture_pairs(&fixture, &tokenizer);
     let record = one_step(&rows, checkpoint("dpo_reference"), None);
     let names: Vec<&str> = std::iter::once("loss").chain(DpoMetrics::NAMES).collect();
-    assert_record_matches(&record, trl, &names);
+    assert_record_matches("dpo module", &record, trl, &names);
     // The reference a copy of the policy: ln 2 exactly as TRL's first step, and no margin.
     let record = one_step(&rows, checkpoint("dpo_policy"), None);
     assert!((record["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{record}");
@@ -217,5 +221,5 @@ fn with_a_lora_adapter_the_reference_is_the_policy_without_it_as_in_trl_with_a_p
     assert!((trl["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() > 1e-3, "the adapter matters");
     let mut names: Vec<&str> = std::iter::once("loss").chain(DpoMetrics::NAMES).collect();
     names.extend(["entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy"]);
-    assert_record_matches(&record, trl, &names);
+    assert_record_matches("dpo lora (adapter disabled)", &record, trl, &names);
 }
