@@ -242,7 +242,7 @@ impl<N> DataModule<N> for LoaderData<'_> {
     }
 
     fn batch_tokens(&self, batch: &Batch) -> usize {
-        batch.rows * batch.seq
+        batch.real_tokens(self.train.pad_id())
     }
 
     fn has_validation(&self) -> bool {

@@ -24,6 +24,8 @@ pub struct StepOptions {
     /// The run's seed: each micro-batch's randomness derives from it, the step, the rank and the micro-batch, so
     /// it does not depend on thread timing and a resumed run draws the same.
     pub seed: u64,
+    /// Tokens in this rank's micro-batches (summed over ranks into [`StepStats::tokens`]).
+    pub tokens: f64,
 }
 
 /// What one optimizer step measured (identical on every rank).
@@ -35,6 +37,8 @@ pub struct StepStats {
     pub metrics: Vec<(&'static str, f64)>,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Tokens the step trained on, all ranks.
+    pub tokens: f64,
     /// SIGINT or SIGTERM, if any rank had been asked to stop by the end of the step (SIGINT when any rank got
     /// one): every rank sees the same answer, so all stop after the same step.
     pub stop_signal: Option<i32>,
@@ -122,6 +126,7 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     let signal = interrupt::stop_requested();
     let ratios_at = local.len();
     local.extend(&ratio_parts);
+    local.push(options.tokens);
     local.push(f64::from(u8::from(signal == Some(SIGINT))));
     local.push(f64::from(u8::from(signal.is_some_and(|s| s != SIGINT))));
     let reduced = accelerator.reduce_many(&local, ReduceOp::Sum)?;
@@ -133,10 +138,11 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     };
     let mut metrics: Vec<(&'static str, f64)> = names.iter().zip(&reduced[1..]).map(|(n, v)| (*n, *v)).collect();
     let ratios = reduced[ratios_at..ratios_at + ratio_parts.len()].chunks(2);
+    let tokens = reduced[ratios_at + ratio_parts.len()];
     // An empty denominator (no token of the kind in the whole step) logs 0, as TRL does.
     metrics.extend(ratio_names.iter().zip(ratios).map(|(n, p)| (*n, if p[1] > 0.0 { p[0] / p[1] } else { 0.0 })));
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
     module.on_before_optimizer_step(options.step, grad_norm)?;
     let net = accelerator.step(net, optimizer, options.lr)?;
-    Ok((net, StepStats { loss: reduced[0], metrics, grad_norm, stop_signal }))
+    Ok((net, StepStats { loss: reduced[0], metrics, grad_norm, tokens, stop_signal }))
 }

@@ -146,7 +146,7 @@ pub enum Strategy {
 
 /// The metrics the Trainer itself logs (a module's own come from [`LightningModule::metric_names`]).
 const TRAINER_METRICS: &[&str] =
-    &["loss", "lr", "grad_norm", "tokens_per_sec", "epoch", "comm_share", "loss_scale", "skipped_steps"];
+    &["loss", "lr", "grad_norm", "tokens_per_sec", "epoch", "num_tokens", "comm_share", "loss_scale", "skipped_steps"];
 /// The metrics of a validation.
 const VALIDATION_METRICS: &[&str] = &["eval_loss", "eval_perplexity"];
 
@@ -163,6 +163,8 @@ pub struct Trainer<'a, A: AutodiffBackend> {
     /// Rank 0's, unless turned off; called last, so it shows what the other callbacks added to a record.
     progress_bar: Option<ProgressBar>,
     _graceful: Option<GracefulStop>,
+    /// Tokens trained on so far, all ranks (restored on resume).
+    num_tokens: u64,
 }
 
 impl<'a, A: AutodiffBackend> Trainer<'a, A> {
@@ -216,6 +218,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             model_checkpoint,
             progress_bar,
             _graceful: None,
+            num_tokens: 0,
         };
         if trainer.finished().is_none() {
             trainer._graceful = Some(GracefulStop::enter());
@@ -306,6 +309,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 }
             }
             resumed_from = Some(state.step);
+            self.num_tokens = state.num_tokens;
             if main {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
             }
@@ -382,10 +386,12 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 gradient_checkpointing: s.gradient_checkpointing,
                 step,
                 seed: s.seed,
+                tokens: micro.iter().map(|b| data.batch_tokens(b)).sum::<usize>() as f64,
             };
             let stats;
             (net, stats) = optimizer_step(self.accelerator, module, net, &mut optimizer, &micro, &options, device)?;
-            window.tokens += micro.iter().map(|b| data.batch_tokens(b)).sum::<usize>() * self.accelerator.world_size();
+            window.tokens += stats.tokens as usize;
+            self.num_tokens += stats.tokens as u64;
             step += 1;
             summary.final_train_loss = stats.loss;
             module.on_train_batch_end(step, stats.loss)?;
@@ -396,7 +402,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             if step % s.log_every_n_steps == 0 || step == s.max_steps {
                 let mut record = json!({
                     "step": step, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
-                    "tokens_per_sec": window.rate(), "epoch": data.epoch(),
+                    "tokens_per_sec": window.rate(), "epoch": data.epoch(), "num_tokens": self.num_tokens,
                 });
                 for (name, value) in &stats.metrics {
                     record[*name] = json!(value);
@@ -521,6 +527,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 .collect(),
             stopped_early: at.stopped_early.clone(),
             module: module.on_save_checkpoint(),
+            num_tokens: self.num_tokens,
         };
         let mut failed = None;
         let out = &self.settings.default_root_dir;

@@ -62,6 +62,11 @@ pub struct DataLoader {
 }
 
 impl DataLoader {
+    /// The id rows are padded with.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
     /// A loader over `split`: train cycles through epochs (reshuffled each epoch), eval makes one pass.
     pub fn new(options: &DataOptions, tokenizer: &TextTokenizer, split: Split) -> Result<Self> {
         Self::build(options, tokenizer, split, split == Split::Eval)

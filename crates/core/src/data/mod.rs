@@ -60,6 +60,24 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Tokens of the rows that are not padding (the attention mask's sum), given the loader's `pad_id`: the
+    /// collator pads at the end of each row, with `pad_id` labelled [`IGNORE_INDEX`], and a row's last real token
+    /// (its EOS) is scored, so a row's padding is its trailing run of such positions.
+    pub fn real_tokens(&self, pad_id: u32) -> usize {
+        if self.seq == 0 {
+            return 0;
+        }
+        self.input_ids
+            .chunks(self.seq)
+            .zip(self.labels.chunks(self.seq))
+            .map(|(ids, labels)| {
+                let padding =
+                    ids.iter().zip(labels).rev().take_while(|(id, l)| **id == pad_id && **l == IGNORE_INDEX).count();
+                self.seq - padding
+            })
+            .sum()
+    }
+
     /// Label positions the loss counts: per row, t in 1..seq with `labels[t] != -100`.
     pub fn scored_tokens(&self) -> usize {
         if self.seq == 0 {

@@ -53,6 +53,9 @@ pub struct TrainerState {
     /// The trained module's own state besides its weights (Lightning's `on_save_checkpoint`).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub module: serde_json::Value,
+    /// Tokens trained on so far, all ranks (the records' `num_tokens`, TRL's running count).
+    #[serde(default)]
+    pub num_tokens: u64,
 }
 
 fn one() -> usize {

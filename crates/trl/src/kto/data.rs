@@ -21,9 +21,9 @@ pub struct KtoItem {
 }
 
 impl KtoItem {
-    /// Tokens of the item's two sequences.
+    /// Tokens of the item's sequence, as TRL counts them (its KL pair aside).
     pub fn tokens(&self) -> usize {
-        2 * self.prompt.len() + self.completion.len() + self.kl_completion.len()
+        self.prompt.len() + self.completion.len()
     }
 }
 
