@@ -50,4 +50,4 @@ pub mod sft;
 mod train;
 
 pub use error::{Result, TrlError};
-pub use train::{TRAINER_SECTIONS, TrlSummary, train, trainer_section};
+pub use train::{TRAINER_SECTIONS, TrlSummary, pad_id, train, trainer_section};

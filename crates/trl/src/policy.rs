@@ -48,25 +48,25 @@ pub trait Objective<A: AutodiffBackend> {
 pub struct PolicyModule<'a, A: AutodiffBackend, O: Objective<A>> {
     pub objective: O,
     files: CausalLm<'a, A>,
-    held_out: Option<(Vec<O::Item>, A::Device)>,
+    held_out: Vec<O::Item>,
 }
 
 impl<'a, A: AutodiffBackend, O: Objective<A>> PolicyModule<'a, A, O> {
     pub fn new(objective: O, files: CausalLm<'a, A>) -> Self {
-        Self { objective, files, held_out: None }
+        Self { objective, files, held_out: Vec::new() }
     }
 
     /// Reports [`Objective::held_out`]'s figures over `items` before the first step and after the last.
-    pub fn with_held_out(mut self, items: Vec<O::Item>, device: A::Device) -> Self {
-        self.held_out = Some((items, device));
+    pub fn with_held_out(mut self, items: Vec<O::Item>) -> Self {
+        self.held_out = items;
         self
     }
 
     fn held_out_figures(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
-        match &self.held_out {
-            Some((items, device)) if !items.is_empty() => self.objective.held_out(net, items, device),
-            _ => Ok(Map::new()),
+        if self.held_out.is_empty() {
+            return Ok(Map::new());
         }
+        self.objective.held_out(net, &self.held_out, &net.embed_tokens.val().device())
     }
 }
 

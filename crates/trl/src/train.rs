@@ -269,7 +269,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
         // Rank 0 reports the held-out figures.
         let held_out = if trainer.accelerator().is_main_process() { items.eval.clone() } else { Vec::new() };
-        let mut module = PolicyModule::new(objective, files).with_held_out(held_out, self.device.clone());
+        let mut module = PolicyModule::new(objective, files).with_held_out(held_out);
         let summary = TrlSummary { trainer: S::NAME, reference, ..Default::default() };
         let model_config = model.config.clone();
         let fitting = Fitting { items, item_tokens, shuffle, max_length, summary };
@@ -401,7 +401,7 @@ fn kto<A: AutodiffBackend>(section: KtoSection, setup: &Setup<'_, A>) -> Result<
 }
 
 /// The id sequences are padded with: the tokenizer's pad token, else its EOS (padding is never scored).
-fn pad_id(tokenizer: &TextTokenizer) -> Result<u32> {
+pub fn pad_id(tokenizer: &TextTokenizer) -> Result<u32> {
     tokenizer
         .pad_token
         .as_deref()

@@ -37,8 +37,7 @@ fn scores(net: &SequenceClassifier<B>, batch: &Value) -> (Vec<f32>, Vec<f32>) {
             .collect()
     };
     let ids: Vec<u32> = flat("input_ids").iter().map(|&t| t as u32).collect();
-    let real: Vec<bool> = flat("attention_mask").iter().map(|&m| m == 1).collect();
-    let ours = net.scores(&ids, &real, rows.len(), 0, &Default::default()).into_data().to_vec::<f32>().unwrap();
+    let ours = net.scores(&ids, rows.len(), 0, &Default::default()).into_data().to_vec::<f32>().unwrap();
     let theirs = batch["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     (ours, theirs)
 }

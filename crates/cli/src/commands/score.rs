@@ -40,13 +40,12 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     }
     let (model, score, _) = hf::load_sequence_classifier::<B>(&args.model, device)?;
     let tokenizer = TextTokenizer::load(&args.model)?;
-    let pad_id = tokenizer
-        .pad_token
-        .as_deref()
-        .and_then(|t| tokenizer.token_id(t))
-        .or(model.config.pad_token_id)
-        .or_else(|| tokenizer.eos_token_id())
-        .ok_or_else(|| anyhow::anyhow!("{}: the tokenizer has no pad or eos token", args.model.display()))?;
+    // The id transformers reads the score before (the config's, which `[reward]` training writes), else the one
+    // training padded with.
+    let pad_id = match model.config.pad_token_id {
+        Some(id) => id,
+        None => llmtrain_trl::pad_id(&tokenizer)?,
+    };
     let net = SequenceClassifier { model, score: Param::from_tensor(score) };
     let rows = llmtrain_trl::reward::score_file(&net, &tokenizer, &args.data, pad_id, args.batch_size, device)?;
     let mut text = String::new();

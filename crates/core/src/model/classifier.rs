@@ -26,17 +26,25 @@ impl<B: Backend> SequenceClassifier<B> {
         Self { model, score: Param::from_tensor(score) }
     }
 
+    /// The score of each of `sequences`, right-padded with `pad_id` into one batch.
+    pub fn score_sequences(&self, sequences: &[&[u32]], pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
+        let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let ids: Vec<u32> =
+            sequences.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat(pad_id)).take(len)).collect();
+        self.scores(&ids, sequences.len(), pad_id, device)
+    }
+
     /// The score of each row of `ids` (`[rows, len]` row-major, right-padded), `[rows]`: the head applied at the
-    /// row's last position whose id is not `pad_id`, with attention kept off the positions `real` marks as
-    /// padding (the collator's attention mask).
-    pub fn scores(&self, ids: &[u32], real: &[bool], rows: usize, pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
+    /// row's last position whose id is not `pad_id`. Padding sits after every real token, so under the causal
+    /// mask the scored position sees exactly what transformers' attention mask lets it see.
+    pub fn scores(&self, ids: &[u32], rows: usize, pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
         let len = ids.len() / rows.max(1);
         // transformers: argmax over t of t · (id ≠ pad), so an all-padding row reads position 0.
         let last: Vec<i64> =
             ids.chunks(len.max(1)).map(|row| row.iter().rposition(|&t| t != pad_id).unwrap_or(0) as i64).collect();
         let tokens: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, len]), device);
-        let hidden = self.model.hidden_states_padded(tokens, real);
+        let hidden = self.model.hidden_states(tokens, None);
         let [_, _, width] = hidden.dims();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [rows]), device)
             .reshape([rows, 1, 1])

@@ -130,12 +130,18 @@ pub struct TokenForward<B: Backend> {
 }
 
 impl<B: Backend> TokenForward<B> {
-    pub fn run(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Self {
+    /// The forward of `batch`. Rows are right-padded, so no real token sees padding under the causal mask;
+    /// `mask_padding` also keeps padding positions from attending to padding, as transformers' attention mask
+    /// does, for figures that average over them (ORPO's `logits/*`): it costs a `[rows, len, len]` mask.
+    pub fn run(model: &LlamaModel<B>, batch: &PairBatch, mask_padding: bool, device: &B::Device) -> Self {
         let (rows, len) = (2 * batch.pairs, batch.len);
         let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
-        // Under transformers' attention mask, as TRL runs it: only the padding positions' outputs change.
-        let hidden = model.hidden_states_padded(tokens.clone(), &batch.real);
+        let hidden = if mask_padding {
+            model.hidden_states_padded(tokens.clone(), &batch.real)
+        } else {
+            model.hidden_states(tokens.clone(), None)
+        };
         let logits = model.logits(hidden).slice([0..rows, 0..len - 1]);
         let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
         let log_probs = log_softmax(logits.clone(), 2);
@@ -151,7 +157,7 @@ fn forward_completions<B: Backend>(
     with_stats: bool,
 ) -> (Tensor<B, 1>, Option<RowStats>) {
     let (rows, len) = (2 * batch.pairs, batch.len);
-    let TokenForward { picked, log_probs, logits, next } = TokenForward::run(model, batch, device);
+    let TokenForward { picked, log_probs, logits, next } = TokenForward::run(model, batch, false, device);
     let mask = batch.target_mask::<B>(&batch.completion, device);
     let logps = (picked * mask.clone()).sum_dim(1).reshape([rows]);
     if !with_stats {

@@ -120,16 +120,18 @@ impl<B: Backend> Kto<B> {
             (0.0, 0.0)
         };
         let tokens = |want: bool| RowStats::sum(&stats.tokens, is(want));
-        vec![
-            ("kl", kl, 1.0),
-            ("rewards/chosen", RowStats::sum(&rewards, is(true)), chosen),
-            ("rewards/rejected", RowStats::sum(&rewards, is(false)), rejected),
-            ("logps/chosen", RowStats::sum(&policy, is(true)), chosen),
-            ("logps/rejected", RowStats::sum(&policy, is(false)), rejected),
-            ("rewards/margins", margin.0, margin.1),
-            ("logits/chosen", RowStats::sum(&stats.mean_logits, is(true)), tokens(true)),
-            ("logits/rejected", RowStats::sum(&stats.mean_logits, is(false)), tokens(false)),
-            ("entropy", RowStats::sum(&stats.entropy, |row| row < n), tokens(true) + tokens(false)),
-        ]
+        // In METRICS' order.
+        let parts = [
+            (kl, 1.0),
+            (RowStats::sum(&rewards, is(true)), chosen),
+            (RowStats::sum(&rewards, is(false)), rejected),
+            (RowStats::sum(&policy, is(true)), chosen),
+            (RowStats::sum(&policy, is(false)), rejected),
+            margin,
+            (RowStats::sum(&stats.mean_logits, is(true)), tokens(true)),
+            (RowStats::sum(&stats.mean_logits, is(false)), tokens(false)),
+            (RowStats::sum(&stats.entropy, |row| row < n), tokens(true) + tokens(false)),
+        ];
+        METRICS.iter().zip(parts).map(|(&name, (numerator, denominator))| (name, numerator, denominator)).collect()
     }
 }

@@ -44,7 +44,7 @@ impl Orpo {
 fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> (OrpoLogps<B>, LogitSums) {
     let n = batch.pairs;
     let rows = 2 * n;
-    let forward = TokenForward::run(model, batch, device);
+    let forward = TokenForward::run(model, batch, true, device);
     let completion = batch.target_mask::<B>(&batch.completion, device);
     let real = batch.target_mask::<B>(&batch.real, device);
     let sums = (forward.picked.clone() * completion.clone()).sum_dim(1).reshape([rows]);

@@ -55,20 +55,6 @@ impl RewardModule {
         figures
     }
 
-    /// The pairs' chosen then rejected sequences, right-padded to the longest: ids and the attention mask.
-    fn collate(&self, pairs: &[RewardPair]) -> (Vec<u32>, Vec<bool>) {
-        let rows: Vec<&[u32]> =
-            pairs.iter().map(|p| p.chosen.as_slice()).chain(pairs.iter().map(|p| p.rejected.as_slice())).collect();
-        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows.len() * len);
-        let mut real = Vec::with_capacity(rows.len() * len);
-        for row in rows {
-            ids.extend(row.iter().copied().chain(std::iter::repeat(self.pad_id)).take(len));
-            real.extend((0..len).map(|t| t < row.len()));
-        }
-        (ids, real)
-    }
-
     /// The chosen and rejected rewards `[pairs]` under `net`, and the margins.
     fn rewards<B: burn::tensor::backend::Backend>(
         &self,
@@ -77,8 +63,9 @@ impl RewardModule {
         device: &B::Device,
     ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
         let n = pairs.len();
-        let (ids, real) = self.collate(pairs);
-        let rewards = net.scores(&ids, &real, 2 * n, self.pad_id, device);
+        let sequences: Vec<&[u32]> =
+            pairs.iter().map(|p| p.chosen.as_slice()).chain(pairs.iter().map(|p| p.rejected.as_slice())).collect();
+        let rewards = net.score_sequences(&sequences, self.pad_id, device);
         let margins: Vec<f32> = pairs.iter().map(|p| p.margin).collect();
         (rewards.clone().narrow(0, 0, n), rewards.narrow(0, n, n), Tensor::from_data(margins.as_slice(), device))
     }

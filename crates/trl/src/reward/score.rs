@@ -33,17 +33,10 @@ pub fn score_file<B: Backend>(
         let inputs = score_inputs(tokenizer, &row).map_err(|m| TrlError::Invalid(format!("{location}: {m}")))?;
         rows.push((location, inputs));
     }
-    let sequences: Vec<&Vec<u32>> = rows.iter().flat_map(|(_, inputs)| inputs).collect();
+    let sequences: Vec<&[u32]> = rows.iter().flat_map(|(_, inputs)| inputs.iter().map(Vec::as_slice)).collect();
     let mut rewards = Vec::with_capacity(sequences.len());
     for chunk in sequences.chunks(batch_size.max(1)) {
-        let len = chunk.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(chunk.len() * len);
-        let mut real = Vec::with_capacity(chunk.len() * len);
-        for sequence in chunk {
-            ids.extend(sequence.iter().copied().chain(std::iter::repeat(pad_id)).take(len));
-            real.extend((0..len).map(|t| t < sequence.len()));
-        }
-        let scores = net.scores(&ids, &real, chunk.len(), pad_id, device).into_data().convert::<f32>();
+        let scores = net.score_sequences(chunk, pad_id, device).into_data().convert::<f32>();
         rewards.extend(scores.as_slice::<f32>().unwrap_or_default());
     }
     let mut next = rewards.into_iter();
