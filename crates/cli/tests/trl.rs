@@ -175,8 +175,8 @@ fn preference_trainers_refuse_rows_of_another_format_an_unknown_loss_type_a_fore
 
 #[test]
 fn dpo_sft_and_reward_on_two_launched_ranks_follow_one_process_with_the_whole_batch() {
-    // ORPO's NLL and KTO's KL estimate are means over one micro-batch's tokens or rows on one rank, as TRL
-    // computes them per device, so those two objectives do not add up exactly across ranks (nor do TRL's).
+    // ORPO's NLL and KTO's KL estimate are per device in TRL, so those two are compared with TRL's own two
+    // processes instead (the next test).
     let dir = job(4);
     let training = "max_steps = 4\nlearning_rate = 0.02\nseed = 3";
     let cases: [(&str, &[&str]); 3] = [
@@ -221,6 +221,52 @@ fn dpo_sft_and_reward_on_two_launched_ranks_follow_one_process_with_the_whole_ba
                 assert!((x - y).abs() <= 1e-5, "{trainer}: step {}: {key}: one process {x}, two ranks {y}", a["step"]);
             }
         }
+    }
+}
+
+#[test]
+fn orpo_and_kto_on_two_launched_ranks_log_what_trl_logs_on_two_processes() {
+    // TRL computes ORPO's NLL and KTO's KL estimate per device, so two ranks are compared with TRL's own two
+    // processes (scripts/make_two_rank_fixtures.py), grad_norm included: the gradients average as DDP's do.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(trl_fixtures().join("two_ranks.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let lines = |rows: &Value| -> String { rows.as_array().unwrap().iter().map(|row| format!("{row}\n")).collect() };
+    std::fs::write(dir.path().join("pairs.jsonl"), lines(&fixture["rows"])).unwrap();
+    std::fs::write(dir.path().join("unpaired.jsonl"), lines(&fixture["kto_rows"])).unwrap();
+    let reference = trl_fixtures().join("dpo_reference");
+    let orpo = fixture["orpo"].as_array().unwrap().iter().map(|case| ("orpo", case));
+    let kto = fixture["kto"].as_array().unwrap().iter().map(|case| ("kto", case));
+    for (trainer, case) in orpo.chain(kto) {
+        let name = case["name"].as_str().unwrap();
+        let section = match trainer {
+            "orpo" => format!("[orpo]\nbeta = {}\n", case["beta"]),
+            _ => format!(
+                "[kto]\nloss_type = {}\ndesirable_weight = {}\nundesirable_weight = {}\nref_model = \"{}\"\n",
+                case["loss_type"],
+                case["desirable_weight"],
+                case["undesirable_weight"],
+                reference.display()
+            ),
+        };
+        let training = format!("{STEP_ONE}\ngradient_accumulation_steps = {}", case["accum"]);
+        let path = config(dir.path(), name, &training, &section);
+        let mut text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("batch_size = 4", &format!("batch_size = {}", case["batch"]));
+        if trainer == "kto" {
+            text = text.replace("pairs.jsonl", "unpaired.jsonl");
+        }
+        std::fs::write(&path, text).unwrap();
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", path.to_str().unwrap()];
+        let stdout = ok(&llmtrain(&args));
+        assert!(stdout.contains("ranks: 2"), "{name}: {stdout}");
+        let trl = &case["log"];
+        let mut keys: Vec<&str> = trl.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.retain(|k| !TRAINER_FIGURES.contains(k) || *k == "grad_norm");
+        let compared =
+            assert_matches_trl(&format!("two ranks {name}"), &records(dir.path(), name)[0], trl, Some(&keys));
+        assert!(compared >= 10, "{name}: {compared} figures compared");
     }
 }
 

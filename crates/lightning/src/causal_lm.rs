@@ -123,12 +123,13 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
         let logits = net.logits(hidden);
         let (correct, entropy) = token_statistics(logits.clone(), labels.clone());
         let (loss, _) = causal_lm_loss_parts(logits, labels);
-        // Sums over the scored tokens: the engine divides them by the step's scored tokens (the batch weight).
-        let metrics = vec![
-            (TOKEN_METRICS[0], correct.into_scalar().elem::<f64>()),
-            (TOKEN_METRICS[1], entropy.into_scalar().elem::<f64>()),
+        // Sums over the scored tokens, per scored token of each micro-batch (all ranks), as TRL logs them.
+        let scored = batch.scored_tokens() as f64;
+        let ratios = vec![
+            (TOKEN_METRICS[0], correct.into_scalar().elem::<f64>(), scored),
+            (TOKEN_METRICS[1], entropy.into_scalar().elem::<f64>(), scored),
         ];
-        Ok(StepOutput { loss, metrics, ratios: Vec::new(), deferred })
+        Ok(StepOutput { loss, metrics: Vec::new(), ratios, deferred })
     }
 
     fn metric_names(&self) -> Vec<&'static str> {

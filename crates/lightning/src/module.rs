@@ -8,6 +8,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use llmtrain_accel::{Accelerator, ReduceOp};
 use llmtrain_core::model::DeferredBackward;
 use serde_json::{Map, Value};
 
@@ -172,6 +173,21 @@ pub struct StepContext<'a, A: AutodiffBackend> {
     /// Recompute the decoder's layers in backward instead of keeping their activations (the forward should
     /// return its [`DeferredBackward`]), with the saved inputs in host memory when `offload`.
     pub gradient_checkpointing: Option<Recompute>,
+    pub(crate) accelerator: &'a Accelerator<A>,
+}
+
+impl<A: AutodiffBackend> StepContext<'_, A> {
+    /// `values` summed over the ranks, the same on every rank (TRL's `gather_for_metrics(x).sum()`), for what a
+    /// loss or a figure needs from this micro-batch on every device, such as KTO's KL estimate. A collective:
+    /// every rank calls it equally often in each micro-batch.
+    pub fn sum_over_ranks(&self, values: &[f64]) -> Result<Vec<f64>> {
+        Ok(self.accelerator.reduce_many(values, ReduceOp::Sum)?)
+    }
+
+    /// How many ranks train.
+    pub fn world_size(&self) -> usize {
+        self.accelerator.world_size()
+    }
 }
 
 /// How a checkpointed forward keeps its saved layer inputs.
@@ -187,7 +203,8 @@ pub struct StepOutput<'n, A: AutodiffBackend> {
     /// Named figures summed over the batch; logged divided by the step's total weight, like the loss.
     pub metrics: Vec<(&'static str, f64)>,
     /// Named ratios with a denominator of their own (say, per token where the weight counts pairs): logged as
-    /// the step's sum of numerators over its sum of denominators, over micro-batches and ranks.
+    /// TRL logs its figures, the ranks' summed numerators over their summed denominators per micro-batch, then
+    /// the mean of that over the step's micro-batches (those with a denominator).
     pub ratios: Vec<(&'static str, f64, f64)>,
     /// A checkpointed forward's layers, backpropagated after the loss.
     pub deferred: Option<Box<dyn DeferredBackward<A> + 'n>>,

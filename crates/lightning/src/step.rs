@@ -67,12 +67,13 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     let step_seed = mix_seed(&[options.seed, options.step]);
     let mut local = vec![0.0f64];
     let mut names: Vec<&'static str> = Vec::new();
-    // Ratios: numerator and denominator sums, side by side, reduced with the rest.
+    // Ratios: each micro-batch's numerator and denominator sums side by side, reduced with the rest.
     let mut ratio_names: Vec<&'static str> = Vec::new();
-    let mut ratio_parts: Vec<f64> = Vec::new();
+    let mut ratio_parts: Vec<Vec<f64>> = Vec::with_capacity(micro.len());
     for (index, batch) in micro.iter().enumerate() {
         let seed = mix_seed(&[step_seed, accelerator.rank() as u64, index as u64]);
         set_dropout_seed(seed);
+        accelerator.accumulate();
         let ctx = StepContext {
             device,
             step: options.step,
@@ -80,8 +81,8 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
             rank: accelerator.rank(),
             seed,
             gradient_checkpointing: options.gradient_checkpointing,
+            accelerator: &*accelerator,
         };
-        accelerator.accumulate();
         let output = module.training_step(&net, batch, &ctx)?;
         for (name, value) in &output.metrics {
             match names.iter().position(|n| n == name) {
@@ -92,15 +93,17 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
                 }
             }
         }
+        let mut parts = vec![0.0; 2 * ratio_names.len()];
         for &(name, numerator, denominator) in &output.ratios {
             let i = ratio_names.iter().position(|n| *n == name).unwrap_or_else(|| {
                 ratio_names.push(name);
-                ratio_parts.extend([0.0, 0.0]);
+                parts.extend([0.0, 0.0]);
                 ratio_names.len() - 1
             });
-            ratio_parts[2 * i] += numerator;
-            ratio_parts[2 * i + 1] += denominator;
+            parts[2 * i] += numerator;
+            parts[2 * i + 1] += denominator;
         }
+        ratio_parts.push(parts);
         let loss = output.loss;
         let deferred = output.deferred;
         let value = accelerator.backward_with(|grads, divisor| {
@@ -125,7 +128,12 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     // The stop flags ride on the loss's collective: a signal costs the step no extra all-reduce.
     let signal = interrupt::stop_requested();
     let ratios_at = local.len();
-    local.extend(&ratio_parts);
+    let ratio_width = 2 * ratio_names.len();
+    for mut parts in ratio_parts {
+        parts.resize(ratio_width, 0.0);
+        local.extend(parts);
+    }
+    let ratios_end = local.len();
     local.push(options.tokens);
     local.push(f64::from(u8::from(signal == Some(SIGINT))));
     local.push(f64::from(u8::from(signal.is_some_and(|s| s != SIGINT))));
@@ -137,12 +145,24 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
         (false, false) => None,
     };
     let mut metrics: Vec<(&'static str, f64)> = names.iter().zip(&reduced[1..]).map(|(n, v)| (*n, *v)).collect();
-    let ratios = reduced[ratios_at..ratios_at + ratio_parts.len()].chunks(2);
-    let tokens = reduced[ratios_at + ratio_parts.len()];
-    // An empty denominator (no token of the kind in the whole step) logs 0, as TRL does.
-    metrics.extend(ratio_names.iter().zip(ratios).map(|(n, p)| (*n, if p[1] > 0.0 { p[0] / p[1] } else { 0.0 })));
+    let tokens = reduced[ratios_end];
+    metrics.extend(
+        ratio_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, mean_of_ratios(&reduced[ratios_at..ratios_end], ratio_width, i))),
+    );
     let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
     module.on_before_optimizer_step(options.step, grad_norm)?;
     let net = accelerator.step(net, optimizer, options.lr)?;
     Ok((net, StepStats { loss: reduced[0], metrics, grad_norm, tokens, stop_signal }))
+}
+
+/// Ratio `i` of a step, as TRL and transformers log it: per micro-batch index, the ranks' numerators over their
+/// denominators; then the mean over the micro-batches whose denominator is not empty (0 when none is).
+/// `parts` holds `width` values per micro-batch: each ratio's numerator and denominator side by side.
+fn mean_of_ratios(parts: &[f64], width: usize, i: usize) -> f64 {
+    let per_micro: Vec<f64> =
+        parts.chunks(width.max(1)).filter(|p| p[2 * i + 1] > 0.0).map(|p| p[2 * i] / p[2 * i + 1]).collect();
+    if per_micro.is_empty() { 0.0 } else { per_micro.iter().sum::<f64>() / per_micro.len() as f64 }
 }

@@ -23,8 +23,9 @@ pub struct Scored<A: AutodiffBackend> {
 pub trait Objective<A: AutodiffBackend> {
     type Item: Clone;
 
-    /// The training loss and metrics of one batch under the policy `net`.
-    fn train(&self, net: &LlamaModel<A>, batch: &[Self::Item], device: &A::Device) -> Result<Scored<A>>;
+    /// The training loss and metrics of one batch under the policy `net` (`ctx.device`; `ctx` also reduces
+    /// figures the loss needs over all ranks).
+    fn train(&self, net: &LlamaModel<A>, batch: &[Self::Item], ctx: &StepContext<'_, A>) -> Result<Scored<A>>;
 
     /// The mean loss of one held-out batch.
     fn validate(&self, net: &LlamaModel<A::InnerBackend>, batch: &[Self::Item], device: &A::Device) -> Result<f64>;
@@ -84,7 +85,7 @@ impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_
         batch: &Vec<O::Item>,
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>> {
-        let Scored { loss, metrics, ratios } = self.objective.train(net, batch, ctx.device)?;
+        let Scored { loss, metrics, ratios } = self.objective.train(net, batch, ctx)?;
         // The engine divides by the step's items: a micro-batch contributes its means times its items.
         let n = batch.len() as f64;
         let metrics = metrics.into_iter().map(|(name, value)| (name, value * n)).collect();

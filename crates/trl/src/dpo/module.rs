@@ -5,7 +5,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_lightning::Result;
+use llmtrain_lightning::{Result, StepContext};
 
 use super::batch::{PAIR_TOKEN_METRICS, PairBatch, pair_token_ratios, sequence_logps, sequence_logps_with_stats};
 use super::data::TokenizedPair;
@@ -61,7 +61,8 @@ fn scored<C: Backend>(policy: Tensor<C, 1>, reference: Tensor<C, 1>, batch: &Pai
 impl<A: AutodiffBackend> Objective<A> for Dpo<A::InnerBackend> {
     type Item = TokenizedPair;
 
-    fn train(&self, net: &LlamaModel<A>, batch: &[TokenizedPair], device: &A::Device) -> Result<Scored<A>> {
+    fn train(&self, net: &LlamaModel<A>, batch: &[TokenizedPair], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {
+        let device = ctx.device;
         let pairs = PairBatch::collate(batch, self.pad_id, self.max_length);
         let (policy, stats) = sequence_logps_with_stats(net, &pairs, device);
         let reference = self.reference_logps(|| net.valid(), batch, &pairs, device)?;

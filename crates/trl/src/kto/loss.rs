@@ -37,14 +37,23 @@ pub struct KtoLoss {
 }
 
 impl KtoLoss {
-    /// The KL estimate z: the mean over the KL pairs of policy − reference, clamped at 0 (0 for
-    /// `apo_zero_unpaired`).
-    pub fn kl<B: Backend>(&self, l: &KtoLogps<B>) -> f64 {
-        if self.loss_type == KtoLossType::ApoZeroUnpaired {
+    /// Whether the loss uses the KL estimate (not for `apo_zero_unpaired`).
+    pub fn uses_kl(&self) -> bool {
+        self.loss_type != KtoLossType::ApoZeroUnpaired
+    }
+
+    /// This micro-batch's share of the KL estimate: the mean over its KL pairs of policy − reference (0 when
+    /// the loss does not use it). TRL averages it over the devices, then [`clamps`](Self::kl) it.
+    pub fn kl_mean<B: Backend>(&self, l: &KtoLogps<B>) -> f64 {
+        if !self.uses_kl() {
             return 0.0;
         }
-        let mean = (l.policy_kl.clone() - l.reference_kl.clone()).detach().mean().into_scalar().elem::<f64>();
-        mean.max(0.0)
+        (l.policy_kl.clone() - l.reference_kl.clone()).detach().mean().into_scalar().elem::<f64>()
+    }
+
+    /// The KL estimate z from the devices' mean of [`kl_mean`](Self::kl_mean): at least 0.
+    pub fn kl(mean_over_devices: f64) -> f64 {
+        mean_over_devices.max(0.0)
     }
 
     /// The micro-batch's loss (one element) given the KL estimate `kl`.

@@ -5,7 +5,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_lightning::Result;
+use llmtrain_lightning::{Result, StepContext};
 
 use super::data::KtoItem;
 use super::loss::{KtoLogps, KtoLoss};
@@ -76,21 +76,31 @@ impl<B: Backend> Kto<B> {
 impl<A: AutodiffBackend> Objective<A> for Kto<A::InnerBackend> {
     type Item = KtoItem;
 
-    fn train(&self, net: &LlamaModel<A>, items: &[KtoItem], device: &A::Device) -> Result<Scored<A>> {
+    fn train(&self, net: &LlamaModel<A>, items: &[KtoItem], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {
+        let device = ctx.device;
         let batch = Self::collate(items, self.pad_id, self.max_length);
         let (policy, stats) = sequence_logps_with_stats(net, &batch, device);
         let reference = self.reference_logps(|| net.valid(), items, &batch, device)?;
         let logps = self.logps(policy, Tensor::from_inner(reference), items);
-        let kl = self.loss.kl(&logps);
+        let rewards = self.rewards(&logps);
+        // TRL gathers from every device, per micro-batch, the KL estimates (averaged, then clamped) and the
+        // reward sums and counts its margin compares: one collective.
+        let by_kind = |want: bool| rewards.iter().zip(&logps.desirable).filter(move |(_, y)| **y == want);
+        let sums = |want: bool| [by_kind(want).map(|(r, _)| r).sum::<f64>(), by_kind(want).count() as f64];
+        let local = [[self.loss.kl_mean(&logps)].as_slice(), &sums(true), &sums(false)].concat();
+        let all = ctx.sum_over_ranks(&local)?;
+        let kl = KtoLoss::kl(all[0] / ctx.world_size() as f64);
+        let margin = if all[2] > 0.0 && all[4] > 0.0 { (all[1] / all[2] - all[3] / all[4], 1.0) } else { (0.0, 0.0) };
         let loss = self.loss.loss(&logps, kl);
-        Ok(Scored { loss, metrics: Vec::new(), ratios: self.ratios(&logps, kl, &stats) })
+        Ok(Scored { loss, metrics: Vec::new(), ratios: self.ratios(&logps, &rewards, kl, margin, &stats) })
     }
 
     fn validate(&self, net: &LlamaModel<A::InnerBackend>, items: &[KtoItem], device: &A::Device) -> Result<f64> {
         let batch = Self::collate(items, self.pad_id, self.max_length);
         let reference = self.reference_logps(|| net.clone(), items, &batch, device)?;
         let logps = self.logps(sequence_logps(net, &batch, device), reference, items);
-        let kl = self.loss.kl(&logps);
+        // One rank's held-out batches differ in number from another's, so no collective here: each rank's own.
+        let kl = KtoLoss::kl(self.loss.kl_mean(&logps));
         Ok(self.loss.loss(&logps, kl).into_scalar().elem::<f64>())
     }
 
@@ -100,31 +110,34 @@ impl<A: AutodiffBackend> Objective<A> for Kto<A::InnerBackend> {
 }
 
 impl<B: Backend> Kto<B> {
-    /// KTOTrainer's metrics as (name, numerator, denominator): the KL estimate per micro-batch; rewards and
-    /// log-probs summed over the desirable (`chosen`) and undesirable (`rejected`) rows and divided by their
-    /// counts; the margin per micro-batch holding both; logits' means and entropy per completion token of the
-    /// rows (not of their KL pairs).
-    fn ratios<C: Backend>(&self, l: &KtoLogps<C>, kl: f64, stats: &RowStats) -> Vec<(&'static str, f64, f64)> {
-        let host = |t: Tensor<C, 1>| t.detach().into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default();
+    /// Each row's implicit reward β(log π − log π_ref).
+    fn rewards<C: Backend>(&self, l: &KtoLogps<C>) -> Vec<f64> {
+        host(l.policy.clone() - l.reference.clone()).iter().map(|d| d * self.loss.beta).collect()
+    }
+
+    /// KTOTrainer's metrics as (name, numerator, denominator): the KL estimate and the margin (both over all
+    /// ranks already); rewards and log-probs summed over the desirable (`chosen`) and undesirable (`rejected`)
+    /// rows and divided by their counts; logits' means and entropy per completion token of the rows (not of
+    /// their KL pairs).
+    fn ratios<C: Backend>(
+        &self,
+        l: &KtoLogps<C>,
+        rewards: &[f64],
+        kl: f64,
+        margin: (f64, f64),
+        stats: &RowStats,
+    ) -> Vec<(&'static str, f64, f64)> {
         let policy = host(l.policy.clone());
-        let rewards: Vec<f64> =
-            host(l.policy.clone() - l.reference.clone()).iter().map(|d| d * self.loss.beta).collect();
         let n = l.desirable.len();
         let is = |want: bool| move |row: usize| row < n && l.desirable[row] == want;
         let count = |want: bool| l.desirable.iter().filter(|&&y| y == want).count() as f64;
         let (chosen, rejected) = (count(true), count(false));
-        let mean_of = |values: &[f64], want: bool, count: f64| RowStats::sum(values, is(want)) / count.max(1.0);
-        let margin = if chosen > 0.0 && rejected > 0.0 {
-            (mean_of(&rewards, true, chosen) - mean_of(&rewards, false, rejected), 1.0)
-        } else {
-            (0.0, 0.0)
-        };
         let tokens = |want: bool| RowStats::sum(&stats.tokens, is(want));
         // In METRICS' order.
         let parts = [
             (kl, 1.0),
-            (RowStats::sum(&rewards, is(true)), chosen),
-            (RowStats::sum(&rewards, is(false)), rejected),
+            (RowStats::sum(rewards, is(true)), chosen),
+            (RowStats::sum(rewards, is(false)), rejected),
             (RowStats::sum(&policy, is(true)), chosen),
             (RowStats::sum(&policy, is(false)), rejected),
             margin,
@@ -134,4 +147,9 @@ impl<B: Backend> Kto<B> {
         ];
         METRICS.iter().zip(parts).map(|(&name, (numerator, denominator))| (name, numerator, denominator)).collect()
     }
+}
+
+/// A column's values on the host.
+fn host<C: Backend>(t: Tensor<C, 1>) -> Vec<f64> {
+    t.detach().into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use llmtrain_core::model::LlamaModel;
-use llmtrain_lightning::Result;
+use llmtrain_lightning::{Result, StepContext};
 
 use super::data::OrpoPair;
 use super::loss::{OrpoLogps, OrpoLoss, OrpoMetrics};
@@ -17,12 +17,11 @@ pub struct Orpo {
     pad_id: u32,
 }
 
-/// The logits' sums over the chosen and the rejected half (every position but the last, padding included, as
-/// TRL averages them) and how many values each sum holds.
-struct LogitSums {
+/// The logits' means over the chosen and the rejected half (every position but the last, padding included, as
+/// TRL averages them).
+struct LogitMeans {
     chosen: f64,
     rejected: f64,
-    count: f64,
 }
 
 impl Orpo {
@@ -40,8 +39,8 @@ impl Orpo {
     }
 }
 
-/// The loss inputs of one batch under `model`, and the logits' sums.
-fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> (OrpoLogps<B>, LogitSums) {
+/// The loss inputs of one batch under `model`, and the logits' means.
+fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> (OrpoLogps<B>, LogitMeans) {
     let n = batch.pairs;
     let rows = 2 * n;
     let forward = TokenForward::run(model, batch, true, device);
@@ -53,23 +52,23 @@ fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Dev
     let chosen_real = real.narrow(0, 0, n);
     let nll = (forward.picked.narrow(0, 0, n) * chosen_real.clone()).sum().neg() / chosen_real.sum().clamp_min(1.0);
     let [_, width, vocab] = forward.logits.dims();
-    let half = |start: usize| forward.logits.clone().narrow(0, start, n).sum().into_scalar().elem::<f64>();
-    let logits = LogitSums { chosen: half(0), rejected: half(n), count: (n * width * vocab) as f64 };
+    let count = (n * width * vocab).max(1) as f64;
+    let half = |start: usize| forward.logits.clone().narrow(0, start, n).sum().into_scalar().elem::<f64>() / count;
+    let logits = LogitMeans { chosen: half(0), rejected: half(n) };
     (OrpoLogps { chosen: averaged.clone().narrow(0, 0, n), rejected: averaged.narrow(0, n, n), nll }, logits)
 }
 
 impl<A: AutodiffBackend> Objective<A> for Orpo {
     type Item = OrpoPair;
 
-    fn train(&self, net: &LlamaModel<A>, batch: &[OrpoPair], device: &A::Device) -> Result<Scored<A>> {
+    fn train(&self, net: &LlamaModel<A>, batch: &[OrpoPair], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {
+        let device = ctx.device;
         let (logps, logits) = forward(net, &self.batch(batch), device);
         Ok(Scored {
             loss: self.loss.loss(&logps),
             metrics: self.loss.metrics(&logps).named().to_vec(),
-            ratios: vec![
-                ("logits/chosen", logits.chosen, logits.count),
-                ("logits/rejected", logits.rejected, logits.count),
-            ],
+            // Each device's mean, averaged over devices and micro-batches, as TRL logs them.
+            ratios: vec![("logits/chosen", logits.chosen, 1.0), ("logits/rejected", logits.rejected, 1.0)],
         })
     }
 
