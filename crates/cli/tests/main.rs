@@ -12,5 +12,6 @@ mod inspect;
 mod launch;
 mod lora;
 mod messages;
+mod shipped_configs;
 mod train;
 mod trl;
