@@ -12,12 +12,12 @@ use llmtrain_core::dist::{Communicator, InProcess};
 use llmtrain_core::train::checkpoint::{
     SavePlan, TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint,
 };
-use llmtrain_core::train::param_paths::map_floats;
-use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_grad_norm};
+use llmtrain_core::train::param_paths::{map_floats, map_trainable, visit_trainable};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler};
 
-use crate::buckets::all_reduce_mean;
 use crate::error::{AccelError, Result};
 use crate::launch_config::MixedPrecision;
+use crate::strategy::{DataParallel, HeldBytes, Params, Strategy};
 
 /// How the Accelerator trains: Accelerate's constructor arguments that llmtrain supports.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,12 +70,14 @@ pub enum ReduceOp {
     Mean,
 }
 
-/// One rank's handle on data-parallel training: every rank holds a full replica of the model and optimizer,
-/// reads its own share of the data, and all-reduces gradients on synchronising steps so the replicas stay
-/// identical.
+/// One rank's handle on data-parallel training: every rank reads its own share of the data; its [`Strategy`]
+/// synchronises the gradients and steps the optimizer so that the ranks' models stay identical (plain data
+/// parallelism by default: a full replica of the model and optimizer on every rank, gradients all-reduced on
+/// synchronising steps).
 pub struct Accelerator<A: AutodiffBackend> {
     config: AcceleratorConfig,
     comm: Box<dyn Communicator>,
+    strategy: Box<dyn Strategy<A::InnerBackend>>,
     grads: GradientBuffer<A::InnerBackend>,
     /// Micro-batches seen so far (Accelerate's `GradientState.step`).
     micro_step: usize,
@@ -95,6 +97,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         config.validate()?;
         Ok(Self {
             comm,
+            strategy: Box::new(DataParallel),
             grads: GradientBuffer::default(),
             micro_step: 0,
             sync_gradients: true,
@@ -110,6 +113,18 @@ impl<A: AutodiffBackend> Accelerator<A> {
     pub fn single(config: AcceleratorConfig) -> Result<Self> {
         let comm = InProcess::group(1).pop().ok_or_else(|| AccelError::Config("empty group".into()))?;
         Self::new(config, Box::new(comm))
+    }
+
+    /// Synchronises gradients and steps the optimizer with `strategy` instead of plain data parallelism (say, a
+    /// ZeRO stage of llmtrain-zero).
+    pub fn with_strategy(mut self, strategy: Box<dyn Strategy<A::InnerBackend>>) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The strategy's one-line description, for the run summary.
+    pub fn describe_strategy(&self) -> String {
+        self.strategy.describe()
     }
 
     pub fn config(&self) -> &AcceleratorConfig {
@@ -137,8 +152,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Makes every replica start from rank 0's weights (DDP's broadcast at wrap time): every float parameter of
-    /// any module, trainable or frozen, by path order.
-    pub fn prepare_model<M: AutodiffModule<A>>(&self, model: M) -> Result<M> {
+    /// any module, trainable or frozen, by path order. The strategy learns the trainable parameters here.
+    pub fn prepare_model<M: AutodiffModule<A>>(&mut self, model: M) -> Result<M> {
+        let mut sizes: Vec<(String, usize)> = Vec::new();
+        visit_trainable(&model, |path, value: Tensor<A, 1>, _| sizes.push((path.to_string(), value.dims()[0])));
+        sizes.sort();
+        self.strategy.prepare(&sizes, self.comm.as_ref())?;
         if self.world_size() == 1 {
             return Ok(model);
         }
@@ -192,39 +211,46 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ) -> Result<T> {
         let divisor = self.config.gradient_accumulation_steps as f64 / self.loss_scale().unwrap_or(1.0);
         let out = compute(&mut self.grads, divisor);
-        self.synchronise_if_due()?;
+        self.synchronise()?;
         if self.sync_gradients
             && let Some(scale) = self.loss_scale()
         {
-            self.grads.scale(1.0 / scale);
+            self.strategy.scale_gradients(&mut self.grads, 1.0 / scale);
             self.found_overflow = None;
         }
         Ok(out)
     }
 
-    /// Averages the summed gradients over ranks on a synchronising micro-batch.
-    fn synchronise_if_due(&mut self) -> Result<()> {
-        if self.sync_gradients && self.world_size() > 1 {
-            let started = Instant::now();
-            let bucket_elems = (self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize;
-            all_reduce_mean(&mut self.grads, self.comm.as_ref(), bucket_elems.max(1))?;
+    /// Hands the micro-batch's gradients to the strategy (plain data parallelism averages them over ranks on a
+    /// synchronising micro-batch).
+    fn synchronise(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let bucket_elems = ((self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1);
+        self.strategy.reduce_gradients(&mut self.grads, self.comm.as_ref(), self.sync_gradients, bucket_elems)?;
+        if self.world_size() > 1 {
             self.comm_time += started.elapsed();
         }
         Ok(())
     }
 
-    /// Clips the summed gradients to a global L2 norm (PyTorch's `clip_grad_norm_`) and returns the norm before
-    /// clipping. After synchronisation every rank holds the same gradients, so the norm is global without more
-    /// communication.
+    /// Clips the summed gradients to a global L2 norm (PyTorch's `clip_grad_norm_`: scaled by
+    /// max_norm / (norm + 1e-6) when that is below 1) and returns the norm before clipping, the same on every
+    /// rank (a collective under a strategy whose ranks hold parts of the gradients).
     ///
     /// In fp16 a non-finite norm marks the step as overflowed: nothing is clipped and [`step`](Self::step) skips.
-    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
+    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<f64> {
+        let norm = self.strategy.grad_norm(&self.grads, self.comm.as_ref())?;
         // Clipping an overflowed step's gradients is harmless: `step` drops them.
-        let norm = clip_grad_norm(&mut self.grads, max_norm);
+        if let Some(max_norm) = max_norm {
+            let coef = max_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                self.strategy.scale_gradients(&mut self.grads, coef);
+            }
+        }
         if self.scaler.is_some() {
             self.found_overflow = Some(!norm.is_finite());
         }
-        norm
+        Ok(norm)
     }
 
     /// Applies the optimizer on a synchronising micro-batch (a no-op otherwise, as Accelerate's wrapped
@@ -237,16 +263,31 @@ impl<A: AutodiffBackend> Accelerator<A> {
             return Ok(model);
         }
         self.last_step_skipped = false;
-        if let Some(scaler) = self.scaler.as_mut() {
-            let overflow = self.found_overflow.take().unwrap_or_else(|| !self.grads.global_norm().is_finite());
-            scaler.update(overflow).map_err(|e| AccelError::Config(e.to_string()))?;
+        if self.scaler.is_some() {
+            let overflow = match self.found_overflow.take() {
+                Some(overflow) => overflow,
+                None => !self.strategy.grad_norm(&self.grads, self.comm.as_ref())?.is_finite(),
+            };
+            if let Some(scaler) = self.scaler.as_mut() {
+                scaler.update(overflow).map_err(|e| AccelError::Config(e.to_string()))?;
+            }
             if overflow {
-                self.grads.clear();
+                self.strategy.clear_gradients(&mut self.grads);
                 self.last_step_skipped = true;
                 return Ok(model);
             }
         }
-        Ok(optimizer.step(model, &mut self.grads, lr))
+        let mut params: Params<A::InnerBackend> = Params::new();
+        visit_trainable(&model, |path, value: Tensor<A, 1>, matrix| {
+            params.insert(path.to_string(), (value.inner(), matrix));
+        });
+        let mut updated = self.strategy.step(params, &mut self.grads, optimizer, lr, self.comm.as_ref())?;
+        Ok(map_trainable(model, |path, _, _| updated.remove(path).map(Tensor::from_inner)))
+    }
+
+    /// What the strategy keeps on this rank between steps, when it counts (ZeRO).
+    pub fn held_bytes(&self, optimizer: &AdamW<A::InnerBackend>) -> Option<HeldBytes> {
+        self.strategy.held_bytes(&self.grads, optimizer)
     }
 
     /// Whether the last synchronising step was skipped for an fp16 overflow (Accelerate's
@@ -323,6 +364,9 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
+        // A strategy whose ranks hold parts of the optimizer gathers it whole on rank 0 (every rank takes part).
+        let gathered = self.strategy.gather_optimizer(optimizer, self.comm.as_ref())?;
+        let optimizer = gathered.as_ref().unwrap_or(optimizer);
         let written = if self.is_main_process() {
             Some(save_checkpoint_with(output_dir, optimizer, state, plan, write_files)?)
         } else {
@@ -352,7 +396,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {
             *scaler = saved.clone();
         }
-        let optimizer = load_optimizer(dir, optimizer, device)?;
+        let optimizer = self.strategy.shard_optimizer(load_optimizer(dir, optimizer, device)?, self.comm.as_ref())?;
         Ok((optimizer, state))
     }
 

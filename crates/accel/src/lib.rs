@@ -6,6 +6,8 @@
 //!   `accumulate` / `sync_gradients`, `backward` (bucketed gradient all-reduce on synchronising steps),
 //!   `clip_grad_norm`, `step`, `gather` / `gather_for_metrics` / `reduce`, `wait_for_everyone`,
 //!   `save_state` / `load_state`, `unwrap_model`, `is_main_process` / `print`.
+//! - [`Strategy`]: where a distributed strategy plugs in ([`DataParallel`] by default; llmtrain-zero's ZeRO
+//!   stages through [`Accelerator::with_strategy`]); it owns gradient synchronisation and the optimizer step.
 //! - [`Finetune`]: where a finetuning method such as LoRA plugs in ([`FullFinetune`] trains everything); the
 //!   training loop that drives the Accelerator is llmtrain-lightning's `Trainer`.
 //! - [`run_in_process`]: ranks as threads of this process; [`process_launch_command`]: the `mpirun` / `srun` line.
@@ -31,6 +33,7 @@ mod error;
 mod finetune;
 mod launch;
 pub mod launch_config;
+mod strategy;
 
 pub use accelerator::{Accelerator, AcceleratorConfig, ReduceOp};
 pub use error::{AccelError, Result};
@@ -38,3 +41,4 @@ pub use finetune::{Finetune, FullFinetune};
 pub use launch::{process_launch_command, run_in_process};
 pub use launch_config::ParseChoiceError;
 pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};
+pub use strategy::{DataParallel, HeldBytes, Params, Strategy};

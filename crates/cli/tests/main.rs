@@ -15,3 +15,4 @@ mod messages;
 mod shipped_configs;
 mod train;
 mod trl;
+mod zero;

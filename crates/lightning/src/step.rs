@@ -152,7 +152,7 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
             .enumerate()
             .map(|(i, name)| (*name, mean_of_ratios(&reduced[ratios_at..ratios_end], ratio_width, i))),
     );
-    let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm);
+    let grad_norm = accelerator.clip_grad_norm(options.max_grad_norm)?;
     module.on_before_optimizer_step(options.step, grad_norm)?;
     let net = accelerator.step(net, optimizer, options.lr)?;
     Ok((net, StepStats { loss: reduced[0], metrics, grad_norm, tokens, stop_signal }))

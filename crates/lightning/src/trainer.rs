@@ -129,6 +129,8 @@ pub struct FitSummary {
     pub stopped_early: Option<String>,
     /// A fast dev run: it trained and validated, and wrote nothing.
     pub fast_dev_run: bool,
+    /// Under a strategy that counts them (ZeRO): the model states this rank kept between steps at the end.
+    pub model_states: Option<llmtrain_accel::HeldBytes>,
 }
 
 /// How the ranks of a run train (Lightning's `strategy`; the ZeRO stages come with llmtrain-zero).
@@ -145,8 +147,21 @@ pub enum Strategy {
 }
 
 /// The metrics the Trainer itself logs (a module's own come from [`LightningModule::metric_names`]).
-const TRAINER_METRICS: &[&str] =
-    &["loss", "lr", "grad_norm", "tokens_per_sec", "epoch", "num_tokens", "comm_share", "loss_scale", "skipped_steps"];
+const TRAINER_METRICS: &[&str] = &[
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_sec",
+    "epoch",
+    "num_tokens",
+    "comm_share",
+    "loss_scale",
+    "skipped_steps",
+    "zero/params_bytes",
+    "zero/grads_bytes",
+    "zero/optimizer_bytes",
+    "zero/transient_peak_bytes",
+];
 /// The metrics of a validation.
 const VALIDATION_METRICS: &[&str] = &["eval_loss", "eval_perplexity"];
 
@@ -414,6 +429,13 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     record["loss_scale"] = json!(scale);
                     record["skipped_steps"] = json!(self.accelerator.skipped_steps());
                 }
+                // Rank 0 owns the largest share of a ZeRO partition, so its counts are the largest over ranks.
+                if let Some(held) = self.accelerator.held_bytes(&optimizer) {
+                    record["zero/params_bytes"] = json!(held.params);
+                    record["zero/grads_bytes"] = json!(held.grads);
+                    record["zero/optimizer_bytes"] = json!(held.optimizer);
+                    record["zero/transient_peak_bytes"] = json!(held.transient_peak);
+                }
                 self.log(metrics.as_mut(), record, &mut latest)?;
                 window = Window::new(self.accelerator);
             }
@@ -477,6 +499,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         summary.final_val_loss = last_val;
         summary.skipped_steps = self.accelerator.skipped_steps();
         summary.loss_scale = self.accelerator.loss_scale();
+        summary.model_states = self.accelerator.held_bytes(&optimizer);
         if main && !dry {
             write_dir_atomic(&summary.final_dir, |dir| {
                 module.save_final(&net, dir).map_err(|err| CoreError::Invalid(err.to_string()))

@@ -71,7 +71,7 @@ fn sixteen_bit_compute_keeps_f32_master_weights_and_gradients() {
     let device = Default::default();
     for (precision, dtype) in [(MixedPrecision::Bf16, FloatDType::BF16), (MixedPrecision::Fp16, FloatDType::F16)] {
         let config = AcceleratorConfig { mixed_precision: precision, ..Default::default() };
-        let acc = Accelerator::<A>::single(config).unwrap();
+        let mut acc = Accelerator::<A>::single(config).unwrap();
         // The causal-LM objective computes in the accelerator's precision.
         let compute = Compute { dtype: precision_dtype(acc.config().mixed_precision), ..Compute::default() };
         let module = CausalLm::new(&FullFinetune, compute, device);

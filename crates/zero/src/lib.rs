@@ -1,3 +1,36 @@
-//! llmtrain-zero — DeepSpeed's role: ZeRO stages 1-3 (sharded optimizer state, gradients and parameters), CPU offload, and ds_config.json.
+//! llmtrain-zero — DeepSpeed's role: ZeRO's partitioned training states as a strategy of accel's `Accelerator`
+//! (and so of the one Trainer), configured by a `[zero]` section.
 //!
-//! This crate holds no API yet: its issue has not been worked on. See DESIGN.md for where it sits.
+//! - [`ZeroSection`]: `[zero] stage, reduce_bucket_size, offload_optimizer, offload_param` (DeepSpeed's names).
+//! - [`Zero`]: stages 1 (Adam's moments partitioned: each rank updates its share of the flattened parameters,
+//!   then the shares are all-gathered) and 2 (gradients reduce-scattered after every micro-batch too), over any
+//!   `Communicator` (in-process ranks, MPI, NCCL). Checkpoints hold the whole optimizer state, gathered on
+//!   rank 0, so a run resumes on any number of ranks.
+//! - [`Partition`]: which rank owns which elements.
+//!
+//! Not built yet: stage 3 (partitioned parameters), ZeRO-Offload, `ds_config.json`, per-rank checkpoint shards.
+//!
+//! ```
+//! use burn::backend::Autodiff;
+//! use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
+//! use llmtrain_core::device::CpuBackend;
+//! use llmtrain_zero::{Zero, ZeroStage};
+//!
+//! let described = run_in_process(2, |comm| {
+//!     let rank = comm.rank();
+//!     let zero = Zero::<CpuBackend>::new(ZeroStage::Two, 1 << 20, rank);
+//!     let acc = Accelerator::<Autodiff<CpuBackend>>::new(AcceleratorConfig::default(), comm)?
+//!         .with_strategy(Box::new(zero));
+//!     Ok::<_, llmtrain_accel::AccelError>(acc.describe_strategy())
+//! })
+//! .unwrap();
+//! assert!(described[0].starts_with("ZeRO stage 2"));
+//! ```
+
+mod partition;
+mod section;
+mod strategy;
+
+pub use partition::{Partition, Segment};
+pub use section::{OffloadDevice, ZeroSection, ZeroStage};
+pub use strategy::Zero;

@@ -18,6 +18,7 @@ use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_fastlora::LoraSection;
 use llmtrain_memopt::MemoptSection;
+use llmtrain_zero::{Zero, ZeroSection};
 
 /// The run-config sections the role crates of this build own (each crate parses and checks its own); any other
 /// section is refused when the config loads.
@@ -33,6 +34,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_trl::orpo::OrpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::kto::KtoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::reward::RewardSection as llmtrain_core::config::ConfigSection>::NAME,
+    <ZeroSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -127,9 +129,10 @@ pub fn run_rank<B: Backend>(
         };
         accel_config.validate()?;
         let trl_trainer = llmtrain_trl::trainer_section(&config)?;
-        Ok((config, memopt, lora, accel_config, trl_trainer))
+        let zero = config.section::<ZeroSection>()?.unwrap_or_default();
+        Ok((config, memopt, lora, accel_config, trl_trainer, zero))
     });
-    let (config, memopt, lora, accel_config, trl_trainer) = match prepared {
+    let (config, memopt, lora, accel_config, trl_trainer, zero) = match prepared {
         Ok(prepared) => prepared,
         Err(err) => {
             if world > 1 {
@@ -138,7 +141,11 @@ pub fn run_rank<B: Backend>(
             return Err(err);
         }
     };
+    let rank = comm.rank();
     let mut accelerator = Accelerator::<Autodiff<B>>::new(accel_config, comm)?;
+    if let Some(stage) = zero.zero_stage() {
+        accelerator = accelerator.with_strategy(Box::new(Zero::new(stage, zero.bucket_elems(), rank)));
+    }
     let overrides = TrainOverrides {
         model: args.model.clone(),
         max_steps: args.max_steps,
@@ -193,6 +200,9 @@ pub fn run_rank<B: Backend>(
     if world > 1 {
         println!("ranks: {world}");
     }
+    if zero.zero_stage().is_some() {
+        println!("strategy: {}", accelerator.describe_strategy());
+    }
     match (&lora, config.quantization.nf4()) {
         (Some(lora), Some(double_quant)) => {
             let scales = if double_quant { "double-quantized scales" } else { "f32 scales" };
@@ -217,6 +227,9 @@ pub fn run_rank<B: Backend>(
     if let Some(scale) = fit.loss_scale {
         println!("fp16: {} step(s) skipped for gradient overflow, final loss scale {scale}", fit.skipped_steps);
     }
+    if let Some(held) = fit.model_states {
+        println!("{}", model_states_line(&held, zero.stage, world)?);
+    }
     if !fit.fast_dev_run {
         println!("model: {}", fit.final_dir.display());
     }
@@ -224,6 +237,38 @@ pub fn run_rank<B: Backend>(
 }
 
 /// What a run trained, by objective.
+/// The model states rank 0 kept (the largest share of a ZeRO partition) beside what `estimate-memory` predicts
+/// for the same trainable parameters, stage and ranks (f32 states).
+fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) -> Result<String> {
+    use llmtrain_memopt::estimate::{AttentionImpl, EstimateInput, Method, MixedPrecision, Precision, estimate};
+    let predicted = estimate(&EstimateInput {
+        params: held.params / 4,
+        model: None,
+        method: Method::Full,
+        lora_rank: 0,
+        precision: Precision::Fp32,
+        compute: MixedPrecision::No,
+        attention: AttentionImpl::Eager,
+        zero_stage: stage,
+        gpus: world,
+        batch: None,
+        gradient_checkpointing: false,
+        fused_loss_chunk: None,
+    })?;
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    Ok(format!(
+        "model states on rank 0: params {:.2} MiB, gradients {:.2} MiB, optimizer {:.2} MiB (estimate-memory \
+         --zero-stage {stage} --gpus {world}: {:.2}, {:.2}, {:.2} MiB); largest transient buffer {:.2} MiB",
+        mib(held.params as f64),
+        mib(held.grads as f64),
+        mib(held.optimizer as f64),
+        mib(predicted.weights),
+        mib(predicted.gradients),
+        mib(predicted.optimizer),
+        mib(held.transient_peak as f64),
+    ))
+}
+
 enum Summary {
     CausalLm(llmtrain_lightning::TrainSummary),
     Trl(llmtrain_trl::TrlSummary),

@@ -45,13 +45,7 @@ impl<B: Backend> Default for GradientBuffer<B> {
 impl<B: Backend> GradientBuffer<B> {
     /// Adds the gradients of one backward pass through `module`, by parameter path.
     pub fn accumulate<A: AutodiffBackend<InnerBackend = B>, M: Module<A>>(&mut self, module: &M, grads: &A::Gradients) {
-        visit_gradients::<A, M>(module, grads, |path, grad| {
-            let summed = match self.grads.remove(path) {
-                Some(previous) => previous + grad,
-                None => grad,
-            };
-            self.grads.insert(path.to_string(), summed);
-        });
+        visit_gradients::<A, M>(module, grads, |path, grad| self.add(path, grad));
     }
 
     /// The global L2 norm over every gradient (one host read).
@@ -112,8 +106,28 @@ impl<B: Backend> GradientBuffer<B> {
         }
     }
 
-    fn take(&mut self, name: &str) -> Option<Tensor<B, 1>> {
+    /// The gradient of `name`, if it holds one.
+    pub fn get(&self, name: &str) -> Option<&Tensor<B, 1>> {
+        self.grads.get(name)
+    }
+
+    /// Removes and returns the gradient of `name`.
+    pub fn take(&mut self, name: &str) -> Option<Tensor<B, 1>> {
         self.grads.remove(name)
+    }
+
+    /// Adds a gradient for `name` (to what it already holds).
+    pub fn add(&mut self, name: &str, grad: Tensor<B, 1>) {
+        let summed = match self.grads.remove(name) {
+            Some(previous) => previous + grad,
+            None => grad,
+        };
+        self.grads.insert(name.to_string(), summed);
+    }
+
+    /// Bytes the gradients hold (f32).
+    pub fn bytes(&self) -> u64 {
+        self.grads.values().map(|g| 4 * g.shape().num_elements() as u64).sum()
     }
 }
 
@@ -156,31 +170,62 @@ impl<B: Backend> AdamW<B> {
         grads: &mut GradientBuffer<B>,
         lr: f64,
     ) -> M {
-        self.step += 1;
-        let t = self.step as i32;
-        let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let bias = self.begin_step();
         map_trainable(module, |path, value: Tensor<A, 1>, matrix| {
             let grad = grads.take(path)?;
-            let lr = lr * self.lr_scale.get(path).copied().unwrap_or(1.0);
-            let decay = if matrix { lr * c.weight_decay } else { 0.0 };
-            let n = grad.shape().num_elements();
-            let state = self.moments.remove(path).unwrap_or_else(|| Moments {
-                exp_avg: Tensor::zeros([n], &grad.device()),
-                exp_avg_sq: Tensor::zeros([n], &grad.device()),
-            });
-            let exp_avg = state.exp_avg.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1);
-            let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta2) + grad.powi_scalar(2).mul_scalar(1.0 - c.beta2);
-            let denom = exp_avg_sq.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(c.eps);
-            let update = exp_avg.clone().div(denom).mul_scalar(lr / bias1);
-            self.moments.insert(path.to_string(), Moments { exp_avg, exp_avg_sq });
-            // p ← p·(1 − lr·wd) − update
-            let value = value.inner();
-            let value = if decay != 0.0 { value.mul_scalar(1.0 - decay) } else { value };
-            Some(Tensor::from_inner(value - update))
+            Some(Tensor::from_inner(self.update(path, value.inner(), grad, lr, matrix, bias)))
         })
     }
+
+    /// Starts an update of every parameter (the step count advances): the bias corrections that each
+    /// [`update`](Self::update) of this step takes.
+    pub fn begin_step(&mut self) -> BiasCorrection {
+        self.step += 1;
+        let t = self.step as i32;
+        BiasCorrection { bias1: 1.0 - self.config.beta1.powi(t), bias2_sqrt: (1.0 - self.config.beta2.powi(t)).sqrt() }
+    }
+
+    /// The updated `value` of the parameter at `path` (or of the part of it this rank owns: `value`, `grad` and
+    /// the moments kept under `path` cover the same elements) from its gradient, at learning rate `lr` (times
+    /// the path's multiplier), with weight decay when it is a matrix.
+    pub fn update(
+        &mut self,
+        path: &str,
+        value: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+        lr: f64,
+        matrix: bool,
+        bias: BiasCorrection,
+    ) -> Tensor<B, 1> {
+        let c = self.config;
+        let lr = lr * self.lr_scale.get(path).copied().unwrap_or(1.0);
+        let decay = if matrix { lr * c.weight_decay } else { 0.0 };
+        let n = grad.shape().num_elements();
+        let state = self.moments.remove(path).unwrap_or_else(|| Moments {
+            exp_avg: Tensor::zeros([n], &grad.device()),
+            exp_avg_sq: Tensor::zeros([n], &grad.device()),
+        });
+        let exp_avg = state.exp_avg.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1);
+        let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta2) + grad.powi_scalar(2).mul_scalar(1.0 - c.beta2);
+        let denom = exp_avg_sq.clone().sqrt().div_scalar(bias.bias2_sqrt).add_scalar(c.eps);
+        let update = exp_avg.clone().div(denom).mul_scalar(lr / bias.bias1);
+        self.moments.insert(path.to_string(), Moments { exp_avg, exp_avg_sq });
+        // p ← p·(1 − lr·wd) − update
+        let value = if decay != 0.0 { value.mul_scalar(1.0 - decay) } else { value };
+        value - update
+    }
+
+    /// Bytes the moments hold (two f32 values per element this rank keeps state for).
+    pub fn state_bytes(&self) -> u64 {
+        self.moments.values().map(|m| 8 * m.exp_avg.shape().num_elements() as u64).sum()
+    }
+}
+
+/// One step's Adam bias corrections: 1 − β1ᵗ and √(1 − β2ᵗ).
+#[derive(Debug, Clone, Copy)]
+pub struct BiasCorrection {
+    bias1: f64,
+    bias2_sqrt: f64,
 }
 
 #[cfg(test)]

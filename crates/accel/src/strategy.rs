@@ -1,0 +1,150 @@
+//! Where a distributed strategy plugs into the [`Accelerator`](crate::Accelerator) (as Accelerate takes a
+//! DeepSpeed plugin): what happens to the gradients after each backward, how their norm is taken, how the
+//! optimizer steps, and what of the optimizer a checkpoint holds. [`DataParallel`] is plain data parallelism
+//! (every rank a full replica); llmtrain-zero's ZeRO stages are the others.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use llmtrain_core::dist::Communicator;
+use llmtrain_core::train::{AdamW, GradientBuffer};
+
+use crate::buckets::all_reduce_mean;
+use crate::error::Result;
+
+/// A model's trainable parameters by path: each value flattened, and whether it is a matrix (weight decay
+/// applies to matrices only).
+pub type Params<B> = BTreeMap<String, (Tensor<B, 1>, bool)>;
+
+/// What a strategy keeps between steps on this rank, in bytes (DeepSpeed's model states).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldBytes {
+    /// Trainable parameters kept whole on this rank.
+    pub params: u64,
+    /// Gradients of one step.
+    pub grads: u64,
+    /// Optimizer state (Adam's moments).
+    pub optimizer: u64,
+    /// The largest temporary buffer of a step (a gathered bucket of parameters or gradients).
+    pub transient_peak: u64,
+}
+
+/// How gradients are synchronised and parameters updated across ranks. Every method that takes the
+/// communicator is a collective: all ranks call it in the same order.
+pub trait Strategy<B: Backend>: Send {
+    /// One line for the run summary.
+    fn describe(&self) -> String;
+
+    /// Told the trainable parameters (path and elements, in path order) when the model is prepared, before
+    /// any step or checkpoint load.
+    fn prepare(&mut self, _sizes: &[(String, usize)], _comm: &dyn Communicator) -> Result<()> {
+        Ok(())
+    }
+
+    /// After each micro-batch's backward has added its gradients to `grads` (summed over the step's micro-batches
+    /// so far); `sync` on the step's last micro-batch. `bucket_elems`: values per collective.
+    fn reduce_gradients(
+        &mut self,
+        grads: &mut GradientBuffer<B>,
+        comm: &dyn Communicator,
+        sync: bool,
+        bucket_elems: usize,
+    ) -> Result<()>;
+
+    /// The global L2 norm of the step's synchronised gradients.
+    fn grad_norm(&self, grads: &GradientBuffer<B>, comm: &dyn Communicator) -> Result<f64>;
+
+    /// Multiplies the step's gradients by `factor` (clipping; the fp16 loss scale's undoing).
+    fn scale_gradients(&mut self, grads: &mut GradientBuffer<B>, factor: f64);
+
+    /// Drops the step's gradients (an fp16 step skipped for an overflow).
+    fn clear_gradients(&mut self, grads: &mut GradientBuffer<B>);
+
+    /// One optimizer update at learning rate `lr`: the new values of the trainable parameters (every one in
+    /// `params` that had a gradient), the same on every rank. The step's gradients are consumed.
+    fn step(
+        &mut self,
+        params: Params<B>,
+        grads: &mut GradientBuffer<B>,
+        optimizer: &mut AdamW<B>,
+        lr: f64,
+        comm: &dyn Communicator,
+    ) -> Result<BTreeMap<String, Tensor<B, 1>>>;
+
+    /// The whole optimizer state for a checkpoint, on rank 0, when this rank's `optimizer` holds a part of it
+    /// (`None`: each rank's optimizer is already whole).
+    fn gather_optimizer(&self, optimizer: &AdamW<B>, comm: &dyn Communicator) -> Result<Option<AdamW<B>>>;
+
+    /// This rank's part of a whole optimizer state read from a checkpoint (whatever world size wrote it).
+    fn shard_optimizer(&self, optimizer: AdamW<B>, comm: &dyn Communicator) -> Result<AdamW<B>>;
+
+    /// What this rank keeps between steps; `None` when the strategy does not count (plain data parallelism).
+    fn held_bytes(&self, _grads: &GradientBuffer<B>, _optimizer: &AdamW<B>) -> Option<HeldBytes> {
+        None
+    }
+}
+
+/// Plain data parallelism (PyTorch DDP): gradients averaged over ranks in buckets on the step's last
+/// micro-batch, then every rank applies the same update to its full replica.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataParallel;
+
+impl<B: Backend> Strategy<B> for DataParallel {
+    fn describe(&self) -> String {
+        "data parallel (every rank a full replica)".into()
+    }
+
+    fn reduce_gradients(
+        &mut self,
+        grads: &mut GradientBuffer<B>,
+        comm: &dyn Communicator,
+        sync: bool,
+        bucket_elems: usize,
+    ) -> Result<()> {
+        if sync && comm.world_size() > 1 {
+            all_reduce_mean(grads, comm, bucket_elems)?;
+        }
+        Ok(())
+    }
+
+    fn grad_norm(&self, grads: &GradientBuffer<B>, _comm: &dyn Communicator) -> Result<f64> {
+        // Every rank holds the same reduced gradients: the norm is global without communication.
+        Ok(grads.global_norm())
+    }
+
+    fn scale_gradients(&mut self, grads: &mut GradientBuffer<B>, factor: f64) {
+        grads.scale(factor);
+    }
+
+    fn clear_gradients(&mut self, grads: &mut GradientBuffer<B>) {
+        grads.clear();
+    }
+
+    fn step(
+        &mut self,
+        params: Params<B>,
+        grads: &mut GradientBuffer<B>,
+        optimizer: &mut AdamW<B>,
+        lr: f64,
+        _comm: &dyn Communicator,
+    ) -> Result<BTreeMap<String, Tensor<B, 1>>> {
+        let bias = optimizer.begin_step();
+        let mut updated = BTreeMap::new();
+        for (path, (value, matrix)) in params {
+            if let Some(grad) = grads.take(&path) {
+                let value = optimizer.update(&path, value, grad, lr, matrix, bias);
+                updated.insert(path, value);
+            }
+        }
+        Ok(updated)
+    }
+
+    fn gather_optimizer(&self, _optimizer: &AdamW<B>, _comm: &dyn Communicator) -> Result<Option<AdamW<B>>> {
+        Ok(None)
+    }
+
+    fn shard_optimizer(&self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
+        Ok(optimizer)
+    }
+}

@@ -1,0 +1,100 @@
+//! `[zero]`: DeepSpeed's `zero_optimization` names and defaults.
+
+use llmtrain_core::config::{ConfigSection, InvalidKey};
+use serde::{Deserialize, Serialize};
+
+/// A ZeRO stage this build runs (stage 0 is plain data parallelism: no strategy of this crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroStage {
+    /// Optimizer state partitioned.
+    One,
+    /// Optimizer state and gradients partitioned.
+    Two,
+}
+
+impl ZeroStage {
+    pub fn number(self) -> u8 {
+        match self {
+            ZeroStage::One => 1,
+            ZeroStage::Two => 2,
+        }
+    }
+}
+
+/// Where ZeRO-Offload keeps a state (DeepSpeed's `offload_optimizer.device` / `offload_param.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadDevice {
+    #[default]
+    None,
+    Cpu,
+    Nvme,
+}
+
+/// The `[zero]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZeroSection {
+    /// 0 (plain data parallelism), 1 (optimizer state partitioned) or 2 (and gradients).
+    pub stage: u8,
+    /// Elements per reduce-scatter and all-gather (DeepSpeed's default 5e8).
+    pub reduce_bucket_size: f64,
+    pub offload_optimizer: OffloadDevice,
+    pub offload_param: OffloadDevice,
+}
+
+impl Default for ZeroSection {
+    fn default() -> Self {
+        Self {
+            stage: 0,
+            reduce_bucket_size: 5e8,
+            offload_optimizer: OffloadDevice::None,
+            offload_param: OffloadDevice::None,
+        }
+    }
+}
+
+impl ZeroSection {
+    /// The stage to run, `None` for stage 0.
+    pub fn zero_stage(&self) -> Option<ZeroStage> {
+        match self.stage {
+            1 => Some(ZeroStage::One),
+            2 => Some(ZeroStage::Two),
+            _ => None,
+        }
+    }
+
+    /// Elements per collective window.
+    pub fn bucket_elems(&self) -> usize {
+        self.reduce_bucket_size as usize
+    }
+}
+
+impl ConfigSection for ZeroSection {
+    const NAME: &'static str = "zero";
+
+    fn validate(&self) -> Result<(), InvalidKey> {
+        match self.stage {
+            0..=2 => {}
+            3 => {
+                return Err(InvalidKey::new(
+                    "stage",
+                    "stage 3 (partitioned parameters) is not built yet: use stage 1 or 2",
+                ));
+            }
+            other => return Err(InvalidKey::new("stage", format!("must be 0, 1, 2 or 3, got {other}"))),
+        }
+        if !(self.reduce_bucket_size >= 1.0 && self.reduce_bucket_size.is_finite()) {
+            return Err(InvalidKey::new(
+                "reduce_bucket_size",
+                format!("must be a number of elements ≥ 1, got {}", self.reduce_bucket_size),
+            ));
+        }
+        for (key, device) in [("offload_optimizer", self.offload_optimizer), ("offload_param", self.offload_param)] {
+            if device != OffloadDevice::None {
+                return Err(InvalidKey::new(key, "ZeRO-Offload is not built yet: \"none\" is the only device"));
+            }
+        }
+        Ok(())
+    }
+}

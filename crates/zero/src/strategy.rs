@@ -1,0 +1,325 @@
+//! ZeRO stages 1 and 2 as an accel [`Strategy`]: each rank keeps Adam's moments for its own share of the
+//! flattened parameters ([`Partition`]) and updates only that share; the updated shares are all-gathered so every
+//! rank holds the whole model again. Stage 1 all-reduces the gradients as plain data parallelism does; stage 2
+//! reduce-scatters them after every micro-batch, so a rank keeps only its share's gradients between micro-batches.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use llmtrain_accel::{AccelError, DataParallel, HeldBytes, Params, Strategy};
+use llmtrain_core::dist::Communicator;
+use llmtrain_core::train::{AdamW, GradientBuffer, Moments};
+
+use crate::partition::{Partition, Segment};
+use crate::section::ZeroStage;
+
+type Result<T> = std::result::Result<T, AccelError>;
+
+/// A ZeRO stage (1 or 2) over this rank's communicator.
+pub struct Zero<B: Backend> {
+    stage: ZeroStage,
+    /// Elements per reduce-scatter / all-gather window (DeepSpeed's `reduce_bucket_size`).
+    bucket_elems: usize,
+    rank: usize,
+    layout: Option<Layout>,
+    /// Stage 2: this rank's share of each parameter's gradient, summed over the step's micro-batches.
+    shard_grads: GradientBuffer<B>,
+    /// Stage 2: the parameters that had a gradient in this step.
+    with_grads: BTreeSet<String>,
+    transient_peak: u64,
+}
+
+/// The partition and this rank's segments of it.
+struct Layout {
+    partition: Partition,
+    mine: Vec<(String, Vec<Segment>)>,
+}
+
+impl<B: Backend> Zero<B> {
+    /// Stage `stage` for `rank`, with windows of `bucket_elems` elements.
+    pub fn new(stage: ZeroStage, bucket_elems: usize, rank: usize) -> Self {
+        Self {
+            stage,
+            bucket_elems: bucket_elems.max(1),
+            rank,
+            layout: None,
+            shard_grads: GradientBuffer::default(),
+            with_grads: BTreeSet::new(),
+            transient_peak: 0,
+        }
+    }
+
+    fn layout(&self) -> Result<&Layout> {
+        prepared(&self.layout)
+    }
+
+    /// Stage 2: reduce-scatters the micro-batch's gradients window by window and adds this rank's share
+    /// (averaged over ranks) to `shard_grads`.
+    fn reduce_scatter(&mut self, grads: &mut GradientBuffer<B>, comm: &dyn Communicator) -> Result<()> {
+        let layout = prepared(&self.layout)?;
+        let (partition, world) = (&layout.partition, layout.partition.world());
+        let span = partition.chunk() * world;
+        let device = grads.iter().next().map(|(_, g)| g.device());
+        let Some(device) = device else { return Ok(()) };
+        let mut pieces: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+        let mut peak = 0u64;
+        for window in 0..partition.windows() {
+            let start = window * span;
+            let mut buffer = vec![0.0f32; span];
+            for (path, offset, len) in partition.params() {
+                let (lo, hi) = ((*offset).max(start), (offset + len).min(start + span));
+                if lo >= hi {
+                    continue;
+                }
+                if let Some(grad) = grads.get(path) {
+                    let slice = grad.clone().slice(lo - offset..hi - offset);
+                    buffer[lo - start..hi - start].copy_from_slice(&host(slice)?);
+                }
+            }
+            peak = peak.max(4 * span as u64);
+            let mut mine = comm.reduce_scatter_sum(&buffer)?;
+            mine.iter_mut().for_each(|v| *v /= world as f32);
+            for (path, segments) in &layout.mine {
+                for s in segments.iter().filter(|s| s.window == window) {
+                    pieces.entry(path).or_default().extend(&mine[s.chunk_offset..s.chunk_offset + s.len]);
+                }
+            }
+        }
+        for (path, _) in grads.iter() {
+            self.with_grads.insert(path.to_string());
+        }
+        for (path, values) in pieces {
+            let n = values.len();
+            self.shard_grads.add(path, Tensor::from_data(TensorData::new(values, [n]), &device));
+        }
+        grads.clear();
+        self.transient_peak = self.transient_peak.max(peak);
+        Ok(())
+    }
+
+    /// Every rank's `parts` (this rank's share of each parameter, by path) put together: each whole parameter
+    /// is handed to `emit` once its last window has been gathered, so no more than one window and the
+    /// parameters it completes are held at a time.
+    fn all_gather(
+        &self,
+        parts: &BTreeMap<String, Vec<f32>>,
+        comm: &dyn Communicator,
+        mut emit: impl FnMut(&str, Vec<f32>),
+    ) -> Result<()> {
+        let layout = self.layout()?;
+        let partition = &layout.partition;
+        let (chunk, span) = (partition.chunk(), partition.chunk() * partition.world());
+        let mut chunks = vec![vec![0.0f32; chunk]; partition.windows()];
+        for (path, segments) in &layout.mine {
+            let Some(values) = parts.get(path) else { continue };
+            let mut at = 0;
+            for s in segments {
+                chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&values[at..at + s.len]);
+                at += s.len;
+            }
+        }
+        let mut params = partition.params().iter().peekable();
+        let mut building: Vec<f32> = Vec::new();
+        for (window, chunk_values) in chunks.iter().enumerate() {
+            let gathered = comm.all_gather(chunk_values)?;
+            let start = window * span;
+            // Copy the window into the parameters it covers, emitting those it completes.
+            while let Some((path, offset, len)) = params.peek() {
+                let (lo, hi) = ((*offset).max(start), (offset + len).min(start + span));
+                if lo < hi {
+                    building.extend(&gathered[lo - start..hi - start]);
+                }
+                if offset + len > start + span {
+                    break;
+                }
+                emit(path, std::mem::take(&mut building));
+                params.next();
+            }
+        }
+        Ok(())
+    }
+
+    /// This rank's share of a whole flattened parameter (or moment).
+    fn part_of(whole: Tensor<B, 1>, segments: &[Segment]) -> Tensor<B, 1> {
+        if let [only] = segments
+            && only.param_offset == 0
+            && only.len == whole.shape().num_elements()
+        {
+            return whole;
+        }
+        let slices = segments.iter().map(|s| whole.clone().slice(s.param_offset..s.param_offset + s.len)).collect();
+        Tensor::cat(slices, 0)
+    }
+}
+
+/// The layout, once the model was prepared.
+fn prepared(layout: &Option<Layout>) -> Result<&Layout> {
+    layout
+        .as_ref()
+        .ok_or_else(|| AccelError::Config("ZeRO: the model was not prepared (Accelerator::prepare_model)".into()))
+}
+
+/// A tensor's values on the host.
+fn host<B: Backend>(t: Tensor<B, 1>) -> Result<Vec<f32>> {
+    t.into_data().convert::<f32>().into_vec().map_err(|e| AccelError::Tensor(format!("{e:?}")))
+}
+
+fn device_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+impl<B: Backend> Strategy<B> for Zero<B> {
+    fn describe(&self) -> String {
+        let what = match self.stage {
+            ZeroStage::One => "optimizer state",
+            ZeroStage::Two => "optimizer state and gradients",
+        };
+        format!("ZeRO stage {} ({what} partitioned across ranks)", self.stage.number())
+    }
+
+    fn prepare(&mut self, sizes: &[(String, usize)], comm: &dyn Communicator) -> Result<()> {
+        let partition = Partition::new(sizes, comm.world_size(), self.bucket_elems);
+        let mine = partition.segments(self.rank);
+        self.layout = Some(Layout { partition, mine });
+        Ok(())
+    }
+
+    fn reduce_gradients(
+        &mut self,
+        grads: &mut GradientBuffer<B>,
+        comm: &dyn Communicator,
+        sync: bool,
+        bucket_elems: usize,
+    ) -> Result<()> {
+        match self.stage {
+            ZeroStage::One => DataParallel.reduce_gradients(grads, comm, sync, bucket_elems),
+            ZeroStage::Two => self.reduce_scatter(grads, comm),
+        }
+    }
+
+    fn grad_norm(&self, grads: &GradientBuffer<B>, comm: &dyn Communicator) -> Result<f64> {
+        match self.stage {
+            ZeroStage::One => Ok(grads.global_norm()),
+            ZeroStage::Two => {
+                let mut squares = [self.shard_grads.global_norm().powi(2)];
+                comm.all_reduce_sum_f64(&mut squares)?;
+                Ok(squares[0].sqrt())
+            }
+        }
+    }
+
+    fn scale_gradients(&mut self, grads: &mut GradientBuffer<B>, factor: f64) {
+        grads.scale(factor);
+        self.shard_grads.scale(factor);
+    }
+
+    fn clear_gradients(&mut self, grads: &mut GradientBuffer<B>) {
+        grads.clear();
+        self.shard_grads.clear();
+        self.with_grads.clear();
+    }
+
+    fn step(
+        &mut self,
+        params: Params<B>,
+        grads: &mut GradientBuffer<B>,
+        optimizer: &mut AdamW<B>,
+        lr: f64,
+        comm: &dyn Communicator,
+    ) -> Result<BTreeMap<String, Tensor<B, 1>>> {
+        let bias = optimizer.begin_step();
+        let mut parts: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let layout = prepared(&self.layout)?;
+        for (path, segments) in &layout.mine {
+            let Some((value, matrix)) = params.get(path) else {
+                return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
+            };
+            let value = Self::part_of(value.clone(), segments);
+            let grad = match self.stage {
+                ZeroStage::One => grads.take(path).map(|g| Self::part_of(g, segments)),
+                ZeroStage::Two => self.shard_grads.take(path).filter(|_| self.with_grads.contains(path)),
+            };
+            // A parameter without a gradient this step keeps its value, as under plain data parallelism.
+            let value = match grad {
+                Some(grad) => optimizer.update(path, value, grad, lr, *matrix, bias),
+                None => value,
+            };
+            parts.insert(path.clone(), host(value)?);
+        }
+        grads.clear();
+        self.shard_grads.clear();
+        self.with_grads.clear();
+        let mut updated = BTreeMap::new();
+        self.all_gather(&parts, comm, |path, values| {
+            if let Some((value, _)) = params.get(path) {
+                updated.insert(path.to_string(), device_tensor(values, &value.device()));
+            }
+        })?;
+        Ok(updated)
+    }
+
+    fn gather_optimizer(&self, optimizer: &AdamW<B>, comm: &dyn Communicator) -> Result<Option<AdamW<B>>> {
+        let mut whole = AdamW::new(optimizer.config);
+        whole.step = optimizer.step;
+        whole.lr_scale = optimizer.lr_scale.clone();
+        if optimizer.step == 0 {
+            return Ok(Some(whole));
+        }
+        let device = optimizer.moments.values().next().map(|m| m.exp_avg.device());
+        let Some(device) = device else { return Ok(Some(whole)) };
+        let moment = |pick: fn(&Moments<B>) -> &Tensor<B, 1>| -> Result<BTreeMap<String, Vec<f32>>> {
+            optimizer.moments.iter().map(|(path, m)| Ok((path.clone(), host(pick(m).clone())?))).collect()
+        };
+        let mut exp_avg = BTreeMap::new();
+        self.all_gather(&moment(|m| &m.exp_avg)?, comm, |path, v| {
+            exp_avg.insert(path.to_string(), v);
+        })?;
+        let mut exp_avg_sq = BTreeMap::new();
+        self.all_gather(&moment(|m| &m.exp_avg_sq)?, comm, |path, v| {
+            exp_avg_sq.insert(path.to_string(), v);
+        })?;
+        for (path, first) in exp_avg {
+            let second = exp_avg_sq.remove(&path).unwrap_or_else(|| vec![0.0; first.len()]);
+            let moments =
+                Moments { exp_avg: device_tensor(first, &device), exp_avg_sq: device_tensor(second, &device) };
+            whole.moments.insert(path, moments);
+        }
+        Ok(Some(whole))
+    }
+
+    fn shard_optimizer(&self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
+        let layout = self.layout()?;
+        let mut shard = AdamW::new(optimizer.config);
+        shard.step = optimizer.step;
+        shard.lr_scale = optimizer.lr_scale;
+        let mut moments = optimizer.moments;
+        for (path, segments) in &layout.mine {
+            if let Some(m) = moments.remove(path) {
+                let moments = Moments {
+                    exp_avg: Self::part_of(m.exp_avg, segments),
+                    exp_avg_sq: Self::part_of(m.exp_avg_sq, segments),
+                };
+                shard.moments.insert(path.clone(), moments);
+            }
+        }
+        Ok(shard)
+    }
+
+    fn held_bytes(&self, grads: &GradientBuffer<B>, optimizer: &AdamW<B>) -> Option<HeldBytes> {
+        let layout = self.layout.as_ref()?;
+        let (total, owned) = (layout.partition.total() as u64, layout.partition.owned(self.rank) as u64);
+        // Stage 1 keeps a whole gradient per parameter through the step; stage 2 its share.
+        let grads = match self.stage {
+            ZeroStage::One => (4 * total).max(grads.bytes()),
+            ZeroStage::Two => 4 * owned,
+        };
+        Some(HeldBytes {
+            params: 4 * total,
+            grads,
+            optimizer: optimizer.state_bytes(),
+            transient_peak: self.transient_peak.max(4 * (layout.partition.chunk() * layout.partition.world()) as u64),
+        })
+    }
+}
