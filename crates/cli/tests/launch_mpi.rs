@@ -52,3 +52,9 @@ fn a_missing_mpirun_is_one_clear_error() {
         .unwrap();
     assert_one_line_error(&out, "mpirun not found on PATH");
 }
+
+#[test]
+fn zero_stages_under_mpirun_follow_plain_data_parallelism() {
+    let job = Job::new();
+    launch_common::assert_zero_follows_plain_data_parallelism(&job, 2, &["--launcher", "mpirun"]);
+}

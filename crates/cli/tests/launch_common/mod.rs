@@ -133,3 +133,67 @@ pub fn assert_follows_single_process(job: &Job, world: usize, launch_args: &[&st
         .collect();
     assert!(!checkpoints.is_empty());
 }
+
+/// Runs `name` (accumulation 2, clipping at 0.5, 20 steps) as `world` launched ranks (`launch_args` choose the
+/// launcher) with `zero` appended to its config; returns its stdout.
+pub fn run_zero(job: &Job, world: usize, launch_args: &[&str], name: &str, zero: &str) -> String {
+    let config = job.config(2, name, "gradient_accumulation_steps = 2\nmax_grad_norm = 0.5");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{zero}\n")).unwrap();
+    let world = world.to_string();
+    let mut args = vec!["launch", "--num-processes", &world];
+    args.extend_from_slice(launch_args);
+    args.extend(["--", "train", "--config", config.to_str().unwrap(), "--max-steps", "20"]);
+    ok(&job.run(&args))
+}
+
+/// ZeRO stages 1 and 2 (one collective window, and windows of 1000 elements) on `world` ranks against plain data
+/// parallelism on the same ranks, as DeepSpeed tests itself: the same losses and weights within 1e-5, Adam's
+/// moments in the checkpoint too, and the `zero/*` bytes of rank 0's share.
+pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launch_args: &[&str]) {
+    let plain = format!("plain{world}");
+    run_zero(job, world, launch_args, &plain, "");
+    let (plain_loss, _) = curves(&job.path(&format!("out-{plain}")));
+    assert_eq!(plain_loss.len(), 20);
+    for (stage, bucket) in [(1, 5e8), (2, 5e8), (2, 1000.0)] {
+        let name = format!("zero{stage}-{world}-{bucket}");
+        let zero = format!("[zero]\nstage = {stage}\nreduce_bucket_size = {bucket}");
+        let stdout = run_zero(job, world, launch_args, &name, &zero);
+        assert!(stdout.contains(&format!("strategy: ZeRO stage {stage}")), "{stdout}");
+        let (loss, _) = curves(&job.path(&format!("out-{name}")));
+        let loss_diff = plain_loss.iter().zip(&loss).map(|(a, b)| (a.1 - b.1).abs()).fold(0.0, f64::max);
+        let weight_diff = max_weight_diff(
+            &job.path(&format!("out-{plain}/final/model.safetensors")),
+            &job.path(&format!("out-{name}/final/model.safetensors")),
+        );
+        eprintln!(
+            "zero stage {stage}, {world} ranks, bucket {bucket}: max |Δloss| {loss_diff:.1e}, |Δweight| {weight_diff:.1e}"
+        );
+        assert_eq!(loss.len(), 20, "{name}");
+        assert!(loss_diff <= 1e-5 && weight_diff <= 1e-5, "{name}: |Δloss| {loss_diff}, |Δweight| {weight_diff}");
+        // The checkpoint holds the whole optimizer state, gathered from the ranks' shares.
+        let moments = max_weight_diff(
+            &job.path(&format!("out-{plain}/checkpoint-16/optimizer.safetensors")),
+            &job.path(&format!("out-{name}/checkpoint-16/optimizer.safetensors")),
+        );
+        assert!(moments <= 1e-5, "{name}: Adam's moments differ from plain data parallelism's by {moments}");
+        assert_model_states(&job.path(&format!("out-{name}/metrics.jsonl")), stage, world, bucket);
+    }
+}
+
+/// Each record's `zero/*` bytes are what rank 0 holds: whole parameters; whole gradients (stage 1) or its share
+/// (stage 2); Adam's two moments for its share. With one window its share is ⌈Ψ/N⌉, as the formula says.
+fn assert_model_states(metrics: &std::path::Path, stage: u8, world: usize, bucket: f64) {
+    let text = std::fs::read_to_string(metrics).unwrap();
+    let last: serde_json::Value = text.lines().rfind(|l| l.contains("zero/")).unwrap().parse().unwrap();
+    let bytes = |key: &str| last[key].as_u64().unwrap_or_else(|| panic!("no {key} in {last}"));
+    let params = bytes("zero/params_bytes") / 4;
+    let share = if bucket >= params as f64 { params.div_ceil(world as u64) } else { bytes("zero/optimizer_bytes") / 8 };
+    assert!(
+        share >= params / world as u64 && share <= params / world as u64 + bucket as u64,
+        "share {share} of {params}"
+    );
+    assert_eq!(bytes("zero/optimizer_bytes"), 8 * share);
+    assert_eq!(bytes("zero/grads_bytes"), if stage == 1 { 4 * params } else { 4 * share });
+    assert!(bytes("zero/transient_peak_bytes") > 0);
+}
