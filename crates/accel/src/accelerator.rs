@@ -377,20 +377,26 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Loads the optimizer and trainer state of a checkpoint written by [`save_state`](Self::save_state)
-    /// (the module restores its own files), refusing one written by a different number of ranks (its data
-    /// position counts their batches). An fp16 run continues with the saved loss scale.
+    /// (the module restores its own files; the optimizer state, whole in the checkpoint, is handed to the
+    /// strategy). A checkpoint of another number of ranks is refused unless it read as many rows per micro-batch
+    /// over all ranks as this run reads (`global_batch`): its data position counts those. An fp16 run continues
+    /// with the saved loss scale.
     pub fn load_state(
         &mut self,
         dir: &Path,
         optimizer: AdamWConfig,
         device: &A::Device,
+        global_batch: Option<u64>,
     ) -> Result<(AdamW<A::InnerBackend>, TrainerState)> {
         let state = verify_checkpoint(dir)?;
-        if state.world_size != self.world_size() {
-            return Err(AccelError::WorldSizeMismatch {
-                dir: dir.to_path_buf(),
-                saved: state.world_size,
-                current: self.world_size(),
+        let same_batch = global_batch.is_some() && state.global_batch == global_batch;
+        if state.world_size != self.world_size() && !same_batch {
+            let (dir, saved, current) = (dir.to_path_buf(), state.world_size, self.world_size());
+            return Err(match (state.global_batch, global_batch) {
+                (Some(saved_rows), Some(current_rows)) => {
+                    AccelError::GlobalBatchMismatch { dir, saved, saved_rows, current, current_rows }
+                }
+                _ => AccelError::WorldSizeMismatch { dir, saved, current },
             });
         }
         if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {

@@ -15,6 +15,11 @@ pub enum AccelError {
     Config(String),
     #[error("{dir}: written by a run of {saved} rank(s); this run has {current} (resume with --num-processes {saved})")]
     WorldSizeMismatch { dir: PathBuf, saved: usize, current: usize },
+    #[error(
+        "{dir}: written by a run of {saved} rank(s) reading {saved_rows} rows per micro-batch in all; this run has \
+         {current} reading {current_rows} (resume with --num-processes {saved}, or make batch_size × ranks {saved_rows})"
+    )]
+    GlobalBatchMismatch { dir: PathBuf, saved: usize, saved_rows: u64, current: usize, current_rows: u64 },
     #[error("reading a tensor back: {0}")]
     Tensor(String),
     #[error("{0}")]

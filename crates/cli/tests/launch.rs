@@ -24,7 +24,10 @@ fn resuming_with_another_world_size_is_refused_and_the_checkpoint_kept() {
     ok(&job.run(&["launch", "--num-processes", "2", "--", "train", "--config", config, "--max-steps", "4"]));
     let weights = std::fs::read(job.path("out-resume/checkpoint-4/model.safetensors")).unwrap();
     let out = job.run(&["train", "--config", config, "--resume"]);
-    let line = assert_one_line_error(&out, "written by a run of 2 rank(s); this run has 1");
+    let line = assert_one_line_error(
+        &out,
+        "written by a run of 2 rank(s) reading 4 rows per micro-batch in all; this run has 1 reading 2",
+    );
     assert!(line.contains("checkpoint-4"), "{line}");
     assert_eq!(std::fs::read(job.path("out-resume/checkpoint-4/model.safetensors")).unwrap(), weights);
     // The same world size resumes.

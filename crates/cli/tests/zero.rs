@@ -3,7 +3,7 @@
 //! clipping on, and collectives cut into several windows.
 
 use crate::common::assert_one_line_error;
-use crate::launch_common::{Job, assert_zero_follows_plain_data_parallelism, curves, ok, run_zero};
+use crate::launch_common::{Job, assert_zero_follows_plain_data_parallelism, curves, max_weight_diff, ok, run_zero};
 
 #[test]
 fn stages_one_and_two_follow_plain_data_parallelism_on_two_and_four_ranks() {
@@ -50,4 +50,49 @@ fn a_stage_or_offload_this_build_cannot_run_is_refused_by_key_before_any_step() 
         assert_one_line_error(&out, needle);
         assert!(!job.path("out-bad").exists(), "{zero}: nothing written");
     }
+}
+
+#[test]
+fn a_checkpoint_of_four_ranks_resumes_on_two_and_on_one_with_the_same_rows_per_step() {
+    // DeepSpeed's universal checkpoints: the optimizer state is saved whole, so another number of ranks takes
+    // its own shares of it; the data position holds when batch_size × ranks stays 8.
+    let job = Job::new();
+    let name = "universal";
+    run_zero(&job, 4, &[], name, "[zero]\nstage = 2\nreduce_bucket_size = 1000");
+    let out = job.path(&format!("out-{name}"));
+    let (four, _) = curves(&out);
+    let four_final = out.join("four-final.safetensors");
+    std::fs::copy(out.join("final/model.safetensors"), &four_final).unwrap();
+    let checkpoint = out.join("checkpoint-16");
+    let text = std::fs::read_to_string(job.path(&format!("{name}.toml"))).unwrap();
+    for (world, batch, stage) in [(2, 4, 2), (1, 8, 1)] {
+        let config = job.path(&format!("{name}-{world}.toml"));
+        let zero_stage = format!("stage = {stage}");
+        std::fs::write(
+            &config,
+            text.replace("batch_size = 2", &format!("batch_size = {batch}")).replace("stage = 2", &zero_stage),
+        )
+        .unwrap();
+        let world_text = world.to_string();
+        let args = ["launch", "--num-processes", &world_text, "--", "train", "--config", config.to_str().unwrap()];
+        let resume = ["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()];
+        let resumed = job.run(&[&args[..], &resume[..]].concat());
+        ok(&resumed);
+        assert!(String::from_utf8_lossy(&resumed.stderr).contains("(step 16)"), "{world} ranks resumed at step 16");
+        let (loss, _) = curves(&out);
+        assert_eq!(loss.len(), 20);
+        let loss_diff = four.iter().zip(&loss).map(|(a, b)| (a.1 - b.1).abs()).fold(0.0, f64::max);
+        let weight_diff = max_weight_diff(&four_final, &out.join("final/model.safetensors"));
+        eprintln!("4 ranks -> {world}: steps 17-20 max |Δloss| {loss_diff:.1e}, final |Δweight| {weight_diff:.1e}");
+        assert!(
+            loss_diff <= 1e-5 && weight_diff <= 1e-5,
+            "{world} ranks: |Δloss| {loss_diff}, |Δweight| {weight_diff}"
+        );
+    }
+    // Another number of rows per step is refused, naming what to keep.
+    let config = job.path(&format!("{name}-bad.toml"));
+    std::fs::write(&config, &text).unwrap();
+    let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+    let out = job.run(&[&args[..], &["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()]].concat());
+    assert_one_line_error(&out, "reading 8 rows per micro-batch in all; this run has 2 reading 4");
 }

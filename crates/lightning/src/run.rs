@@ -71,6 +71,7 @@ pub fn trainer_settings(
             .gradient_checkpointing
             .then_some(Recompute { offload: memopt.checkpoint_offload }),
         seed: tr.seed,
+        batch_size: Some(config.data.batch_size),
         resume: overrides.resume.clone(),
         overwrite: overrides.overwrite,
         loggers: logging.loggers.clone(),

@@ -55,6 +55,9 @@ pub struct TrainerSettings {
     pub model_checkpoint: ModelCheckpointSection,
     pub gradient_checkpointing: Option<Recompute>,
     pub seed: u64,
+    /// Rows of one micro-batch on one rank, when known: recorded in checkpoints (times the ranks), so that a run
+    /// with another number of ranks reading as many rows in all can resume from them.
+    pub batch_size: Option<usize>,
     /// Continue from a checkpoint: the newest intact one, the best by the monitored metric, or a directory
     /// (Lightning's `ckpt_path`); none there is an error.
     pub resume: Option<ResumeFrom>,
@@ -95,6 +98,7 @@ impl TrainerSettings {
             model_checkpoint: ModelCheckpointSection::default(),
             gradient_checkpointing: None,
             seed: 0,
+            batch_size: None,
             resume: None,
             overwrite: false,
             loggers: vec![LoggerKind::Jsonl],
@@ -312,7 +316,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let mut resumed_from = None;
         let resumed_dir = self.checkpoint.as_ref().map(|(dir, _)| dir.clone());
         if let Some(dir) = &resumed_dir {
-            let (loaded, state) = self.accelerator.load_state(dir, s.optimizer, device)?;
+            let (loaded, state) = self.accelerator.load_state(dir, s.optimizer, device, self.global_batch())?;
             optimizer = loaded;
             net = module.configure_net(module.load_checkpoint(net, dir)?);
             check_optimizer_names(&optimizer, &paths, dir)?;
@@ -542,6 +546,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             data_position: data.position(),
             seed: self.settings.seed,
             world_size: 1,
+            global_batch: self.global_batch(),
             loss_scaler: None,
             files: Default::default(),
             callbacks: callbacks
@@ -569,6 +574,11 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
     }
 
     /// The user's callbacks, then the checkpointing and the progress bar.
+    /// Rows of one micro-batch over all ranks, when the per-rank batch is known.
+    fn global_batch(&self) -> Option<u64> {
+        self.settings.batch_size.map(|b| (b * self.accelerator.world_size()) as u64)
+    }
+
     fn callbacks(&self) -> impl Iterator<Item = &(dyn Callback + 'static)> + '_ {
         let model_checkpoint: &dyn Callback = &self.model_checkpoint;
         let progress_bar = self.progress_bar.as_ref().map(|bar| bar as &dyn Callback);

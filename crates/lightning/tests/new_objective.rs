@@ -168,6 +168,7 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
             model_checkpoint: ModelCheckpointSection::newest(2, 2),
             gradient_checkpointing: None,
             seed: 3,
+            batch_size: None,
             resume: resume.then_some(ResumeFrom::Last),
             overwrite: false,
             loggers: vec![LoggerKind::Jsonl],

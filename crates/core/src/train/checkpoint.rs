@@ -39,6 +39,10 @@ pub struct TrainerState {
     /// Data-parallel ranks of the run that wrote it: the data position counts batches of this many ranks.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Rows of one micro-batch over all ranks (per-rank batch × ranks), when the run knew it: a run with another
+    /// number of ranks resumes from this checkpoint when it reads as many rows per micro-batch in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<u64>,
     /// fp16 runs: the loss scaler, so a resumed run continues at the same scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::train::LossScaler>,
