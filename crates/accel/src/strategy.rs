@@ -24,8 +24,10 @@ pub struct HeldBytes {
     pub params: u64,
     /// Gradients of one step.
     pub grads: u64,
-    /// Optimizer state (Adam's moments).
+    /// Optimizer state (Adam's moments) on the training device.
     pub optimizer: u64,
+    /// Optimizer state kept in host memory instead (ZeRO-Offload).
+    pub offloaded_optimizer: u64,
     /// The largest temporary buffer of a step (a gathered bucket of parameters or gradients).
     pub transient_peak: u64,
 }
@@ -77,7 +79,7 @@ pub trait Strategy<B: Backend>: Send {
     fn gather_optimizer(&self, optimizer: &AdamW<B>, comm: &dyn Communicator) -> Result<Option<AdamW<B>>>;
 
     /// This rank's part of a whole optimizer state read from a checkpoint (whatever world size wrote it).
-    fn shard_optimizer(&self, optimizer: AdamW<B>, comm: &dyn Communicator) -> Result<AdamW<B>>;
+    fn shard_optimizer(&mut self, optimizer: AdamW<B>, comm: &dyn Communicator) -> Result<AdamW<B>>;
 
     /// What this rank keeps between steps; `None` when the strategy does not count (plain data parallelism).
     fn held_bytes(&self, _grads: &GradientBuffer<B>, _optimizer: &AdamW<B>) -> Option<HeldBytes> {
@@ -144,7 +146,7 @@ impl<B: Backend> Strategy<B> for DataParallel {
         Ok(None)
     }
 
-    fn shard_optimizer(&self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
+    fn shard_optimizer(&mut self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
         Ok(optimizer)
     }
 }

@@ -14,24 +14,32 @@ fn stages_one_and_two_follow_plain_data_parallelism_on_two_and_four_ranks() {
 }
 
 #[test]
-fn a_zero_run_resumed_from_its_checkpoint_ends_bit_identical() {
+fn a_zero_run_resumed_from_its_checkpoint_ends_bit_identical_with_the_optimizer_offloaded_or_not() {
     let job = Job::new();
-    let name = "resume";
-    run_zero(&job, 2, &[], name, "[zero]\nstage = 2\nreduce_bucket_size = 1000");
-    let out = job.path(&format!("out-{name}"));
-    let straight = std::fs::read(out.join("final/model.safetensors")).unwrap();
-    let (straight_loss, _) = curves(&out);
-    let checkpoint = out.join("checkpoint-16");
-    let config = job.path(&format!("{name}.toml"));
-    let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
-    let resume = ["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()];
-    let resumed = job.run(&[&args[..], &resume[..]].concat());
-    let stdout = ok(&resumed);
-    assert!(String::from_utf8_lossy(&resumed.stderr).contains("(step 16)"), "it resumed at step 16");
-    assert!(!stdout.contains("nothing to resume"), "{stdout}");
-    let (resumed_loss, _) = curves(&out);
-    assert_eq!(resumed_loss, straight_loss, "steps 17-20 again, from the gathered and re-partitioned optimizer");
-    assert!(std::fs::read(out.join("final/model.safetensors")).unwrap() == straight, "final weights differ");
+    for (name, offload) in [("resume", "none"), ("resume-offload", "cpu")] {
+        let zero = format!("[zero]\nstage = 2\nreduce_bucket_size = 1000\noffload_optimizer = \"{offload}\"");
+        run_zero(&job, 2, &[], name, &zero);
+        let out = job.path(&format!("out-{name}"));
+        let straight = std::fs::read(out.join("final/model.safetensors")).unwrap();
+        let (straight_loss, _) = curves(&out);
+        let checkpoint = out.join("checkpoint-16");
+        let config = job.path(&format!("{name}.toml"));
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+        let resume = ["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()];
+        let resumed = job.run(&[&args[..], &resume[..]].concat());
+        let stdout = ok(&resumed);
+        assert!(String::from_utf8_lossy(&resumed.stderr).contains("(step 16)"), "{name}: it resumed at step 16");
+        assert!(!stdout.contains("nothing to resume"), "{stdout}");
+        let (resumed_loss, _) = curves(&out);
+        assert_eq!(
+            resumed_loss, straight_loss,
+            "{name}: steps 17-20 again, from the gathered and re-partitioned optimizer"
+        );
+        assert!(
+            std::fs::read(out.join("final/model.safetensors")).unwrap() == straight,
+            "{name}: final weights differ"
+        );
+    }
 }
 
 #[test]
@@ -40,7 +48,8 @@ fn a_stage_or_offload_this_build_cannot_run_is_refused_by_key_before_any_step() 
     for (zero, needle) in [
         ("stage = 5", "key `zero.stage`: must be 0, 1, 2 or 3, got 5"),
         ("stage = 3", "key `zero.stage`: stage 3 (partitioned parameters) is not built yet"),
-        ("stage = 2\noffload_optimizer = \"cpu\"", "key `zero.offload_optimizer`: ZeRO-Offload is not built yet"),
+        ("stage = 0\noffload_optimizer = \"cpu\"", "key `zero.offload_optimizer`: needs stage 1 or 2"),
+        ("stage = 2\noffload_param = \"cpu\"", "key `zero.offload_param`: parameter offload comes with stage 3"),
         ("stage = 1\nreduce_bucket_size = 0", "key `zero.reduce_bucket_size`: must be a number of elements ≥ 1"),
     ] {
         let config = job.config(2, "bad", "");

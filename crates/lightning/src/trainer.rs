@@ -164,6 +164,7 @@ const TRAINER_METRICS: &[&str] = &[
     "zero/params_bytes",
     "zero/grads_bytes",
     "zero/optimizer_bytes",
+    "zero/offloaded_optimizer_bytes",
     "zero/transient_peak_bytes",
 ];
 /// The metrics of a validation.
@@ -438,6 +439,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                     record["zero/params_bytes"] = json!(held.params);
                     record["zero/grads_bytes"] = json!(held.grads);
                     record["zero/optimizer_bytes"] = json!(held.optimizer);
+                    if held.offloaded_optimizer > 0 {
+                        record["zero/offloaded_optimizer_bytes"] = json!(held.offloaded_optimizer);
+                    }
                     record["zero/transient_peak_bytes"] = json!(held.transient_peak);
                 }
                 self.log(metrics.as_mut(), record, &mut latest)?;

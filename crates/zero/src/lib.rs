@@ -4,11 +4,13 @@
 //! - [`ZeroSection`]: `[zero] stage, reduce_bucket_size, offload_optimizer, offload_param` (DeepSpeed's names).
 //! - [`Zero`]: stages 1 (Adam's moments partitioned: each rank updates its share of the flattened parameters,
 //!   then the shares are all-gathered) and 2 (gradients reduce-scattered after every micro-batch too), over any
-//!   `Communicator` (in-process ranks, MPI, NCCL). Checkpoints hold the whole optimizer state, gathered on
-//!   rank 0, so a run resumes on any number of ranks.
+//!   `Communicator` (in-process ranks, MPI, NCCL); [`Zero::with_optimizer_offload`] keeps the share's optimizer
+//!   state in host memory (ZeRO-Offload). Checkpoints hold the whole optimizer state, gathered on rank 0, so a run
+//!   resumes on any number of ranks.
 //! - [`Partition`]: which rank owns which elements.
 //!
-//! Not built yet: stage 3 (partitioned parameters), ZeRO-Offload, `ds_config.json`, per-rank checkpoint shards.
+//! Not built yet: stage 3 (partitioned parameters) and its parameter offload, `ds_config.json`, per-rank
+//! checkpoint shards.
 //!
 //! ```
 //! use burn::backend::Autodiff;

@@ -39,7 +39,9 @@ pub struct ZeroSection {
     pub stage: u8,
     /// Elements per reduce-scatter and all-gather (DeepSpeed's default 5e8).
     pub reduce_bucket_size: f64,
+    /// `"cpu"`: ZeRO-Offload, the share's optimizer state in host memory and its update on the CPU.
     pub offload_optimizer: OffloadDevice,
+    /// Stage 3's parameter offload (not built).
     pub offload_param: OffloadDevice,
 }
 
@@ -90,10 +92,27 @@ impl ConfigSection for ZeroSection {
                 format!("must be a number of elements ≥ 1, got {}", self.reduce_bucket_size),
             ));
         }
-        for (key, device) in [("offload_optimizer", self.offload_optimizer), ("offload_param", self.offload_param)] {
-            if device != OffloadDevice::None {
-                return Err(InvalidKey::new(key, "ZeRO-Offload is not built yet: \"none\" is the only device"));
+        match self.offload_optimizer {
+            OffloadDevice::None => {}
+            OffloadDevice::Cpu if self.stage >= 1 => {}
+            OffloadDevice::Cpu => {
+                return Err(InvalidKey::new(
+                    "offload_optimizer",
+                    "needs stage 1 or 2 (the optimizer state is partitioned)",
+                ));
             }
+            OffloadDevice::Nvme => {
+                return Err(InvalidKey::new(
+                    "offload_optimizer",
+                    "\"nvme\" (ZeRO-Infinity) is not built: \"none\" or \"cpu\"",
+                ));
+            }
+        }
+        if self.offload_param != OffloadDevice::None {
+            return Err(InvalidKey::new(
+                "offload_param",
+                "parameter offload comes with stage 3, which is not built yet",
+            ));
         }
         Ok(())
     }

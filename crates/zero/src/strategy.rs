@@ -2,12 +2,15 @@
 //! flattened parameters ([`Partition`]) and updates only that share; the updated shares are all-gathered so every
 //! rank holds the whole model again. Stage 1 all-reduces the gradients as plain data parallelism does; stage 2
 //! reduce-scatters them after every micro-batch, so a rank keeps only its share's gradients between micro-batches.
+//! With the optimizer offloaded (ZeRO-Offload), the share's moments live in host memory and its update runs on the
+//! CPU backend; the device keeps no optimizer state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_accel::{AccelError, DataParallel, HeldBytes, Params, Strategy};
+use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::train::{AdamW, GradientBuffer, Moments};
 
@@ -28,6 +31,11 @@ pub struct Zero<B: Backend> {
     /// Stage 2: the parameters that had a gradient in this step.
     with_grads: BTreeSet<String>,
     transient_peak: u64,
+    /// ZeRO-Offload: the share's optimizer state, in host memory (the run's optimizer keeps the step count and
+    /// settings only).
+    offloaded: Option<AdamW<CpuBackend>>,
+    /// Where the parameters live (known from the first step), for the moments a checkpoint gathers.
+    device: Option<B::Device>,
 }
 
 /// The partition and this rank's segments of it.
@@ -47,7 +55,15 @@ impl<B: Backend> Zero<B> {
             shard_grads: GradientBuffer::default(),
             with_grads: BTreeSet::new(),
             transient_peak: 0,
+            offloaded: None,
+            device: None,
         }
+    }
+
+    /// Keeps the optimizer state in host memory and runs the update on the CPU (`offload_optimizer = "cpu"`).
+    pub fn with_optimizer_offload(mut self) -> Self {
+        self.offloaded = Some(AdamW::new(Default::default()));
+        self
     }
 
     fn layout(&self) -> Result<&Layout> {
@@ -160,12 +176,24 @@ fn prepared(layout: &Option<Layout>) -> Result<&Layout> {
         .ok_or_else(|| AccelError::Config("ZeRO: the model was not prepared (Accelerator::prepare_model)".into()))
 }
 
+/// Each parameter's moments on the host: (exp_avg, exp_avg_sq) by path.
+type HostMoments = (BTreeMap<String, Vec<f32>>, BTreeMap<String, Vec<f32>>);
+
+fn host_moments<C: Backend>(optimizer: &AdamW<C>) -> Result<HostMoments> {
+    let (mut first, mut second) = (BTreeMap::new(), BTreeMap::new());
+    for (path, m) in &optimizer.moments {
+        first.insert(path.clone(), host(m.exp_avg.clone())?);
+        second.insert(path.clone(), host(m.exp_avg_sq.clone())?);
+    }
+    Ok((first, second))
+}
+
 /// A tensor's values on the host.
-fn host<B: Backend>(t: Tensor<B, 1>) -> Result<Vec<f32>> {
+fn host<C: Backend>(t: Tensor<C, 1>) -> Result<Vec<f32>> {
     t.into_data().convert::<f32>().into_vec().map_err(|e| AccelError::Tensor(format!("{e:?}")))
 }
 
-fn device_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+fn device_tensor<C: Backend>(values: Vec<f32>, device: &C::Device) -> Tensor<C, 1> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
@@ -230,23 +258,33 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         comm: &dyn Communicator,
     ) -> Result<BTreeMap<String, Tensor<B, 1>>> {
         let bias = optimizer.begin_step();
+        if let Some(host_optimizer) = self.offloaded.as_mut() {
+            (host_optimizer.config, host_optimizer.step) = (optimizer.config, optimizer.step);
+            host_optimizer.lr_scale.clone_from(&optimizer.lr_scale);
+        }
         let mut parts: BTreeMap<String, Vec<f32>> = BTreeMap::new();
         let layout = prepared(&self.layout)?;
         for (path, segments) in &layout.mine {
             let Some((value, matrix)) = params.get(path) else {
                 return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
             };
+            self.device.get_or_insert_with(|| value.device());
             let value = Self::part_of(value.clone(), segments);
             let grad = match self.stage {
                 ZeroStage::One => grads.take(path).map(|g| Self::part_of(g, segments)),
                 ZeroStage::Two => self.shard_grads.take(path).filter(|_| self.with_grads.contains(path)),
             };
             // A parameter without a gradient this step keeps its value, as under plain data parallelism.
-            let value = match grad {
-                Some(grad) => optimizer.update(path, value, grad, lr, *matrix, bias),
-                None => value,
+            let value = match (grad, self.offloaded.as_mut()) {
+                (Some(grad), None) => host(optimizer.update(path, value, grad, lr, *matrix, bias))?,
+                (Some(grad), Some(host_optimizer)) => {
+                    let cpu = Default::default();
+                    let (value, grad) = (device_tensor(host(value)?, &cpu), device_tensor(host(grad)?, &cpu));
+                    host(host_optimizer.update(path, value, grad, lr, *matrix, bias))?
+                }
+                (None, _) => host(value)?,
             };
-            parts.insert(path.clone(), host(value)?);
+            parts.insert(path.clone(), value);
         }
         grads.clear();
         self.shard_grads.clear();
@@ -264,44 +302,51 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         let mut whole = AdamW::new(optimizer.config);
         whole.step = optimizer.step;
         whole.lr_scale = optimizer.lr_scale.clone();
-        if optimizer.step == 0 {
-            return Ok(Some(whole));
-        }
-        let device = optimizer.moments.values().next().map(|m| m.exp_avg.device());
-        let Some(device) = device else { return Ok(Some(whole)) };
-        let moment = |pick: fn(&Moments<B>) -> &Tensor<B, 1>| -> Result<BTreeMap<String, Vec<f32>>> {
-            optimizer.moments.iter().map(|(path, m)| Ok((path.clone(), host(pick(m).clone())?))).collect()
+        let Some(device) = self.device.clone().filter(|_| optimizer.step > 0) else { return Ok(Some(whole)) };
+        // This rank's share of each moment, on the host, from wherever it lives.
+        let (exp_avg, exp_avg_sq) = match &self.offloaded {
+            Some(host_optimizer) => host_moments(host_optimizer)?,
+            None => host_moments(optimizer)?,
         };
-        let mut exp_avg = BTreeMap::new();
-        self.all_gather(&moment(|m| &m.exp_avg)?, comm, |path, v| {
-            exp_avg.insert(path.to_string(), v);
+        let mut first = BTreeMap::new();
+        self.all_gather(&exp_avg, comm, |path, v| {
+            first.insert(path.to_string(), v);
         })?;
-        let mut exp_avg_sq = BTreeMap::new();
-        self.all_gather(&moment(|m| &m.exp_avg_sq)?, comm, |path, v| {
-            exp_avg_sq.insert(path.to_string(), v);
+        let mut second = BTreeMap::new();
+        self.all_gather(&exp_avg_sq, comm, |path, v| {
+            second.insert(path.to_string(), v);
         })?;
-        for (path, first) in exp_avg {
-            let second = exp_avg_sq.remove(&path).unwrap_or_else(|| vec![0.0; first.len()]);
+        // A parameter no rank stepped yet gathers zero moments, which Adam reads as fresh ones.
+        for (path, exp_avg) in first {
+            let exp_avg_sq = second.remove(&path).unwrap_or_else(|| vec![0.0; exp_avg.len()]);
             let moments =
-                Moments { exp_avg: device_tensor(first, &device), exp_avg_sq: device_tensor(second, &device) };
+                Moments { exp_avg: device_tensor(exp_avg, &device), exp_avg_sq: device_tensor(exp_avg_sq, &device) };
             whole.moments.insert(path, moments);
         }
         Ok(Some(whole))
     }
 
-    fn shard_optimizer(&self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
-        let layout = self.layout()?;
+    fn shard_optimizer(&mut self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
+        let layout = prepared(&self.layout)?;
         let mut shard = AdamW::new(optimizer.config);
         shard.step = optimizer.step;
         shard.lr_scale = optimizer.lr_scale;
         let mut moments = optimizer.moments;
         for (path, segments) in &layout.mine {
-            if let Some(m) = moments.remove(path) {
-                let moments = Moments {
-                    exp_avg: Self::part_of(m.exp_avg, segments),
-                    exp_avg_sq: Self::part_of(m.exp_avg_sq, segments),
-                };
-                shard.moments.insert(path.clone(), moments);
+            let Some(m) = moments.remove(path) else { continue };
+            let (exp_avg, exp_avg_sq) = (Self::part_of(m.exp_avg, segments), Self::part_of(m.exp_avg_sq, segments));
+            match self.offloaded.as_mut() {
+                Some(host_optimizer) => {
+                    let cpu = Default::default();
+                    let moments = Moments {
+                        exp_avg: device_tensor(host(exp_avg)?, &cpu),
+                        exp_avg_sq: device_tensor(host(exp_avg_sq)?, &cpu),
+                    };
+                    host_optimizer.moments.insert(path.clone(), moments);
+                }
+                None => {
+                    shard.moments.insert(path.clone(), Moments { exp_avg, exp_avg_sq });
+                }
             }
         }
         Ok(shard)
@@ -319,6 +364,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             params: 4 * total,
             grads,
             optimizer: optimizer.state_bytes(),
+            offloaded_optimizer: self.offloaded.as_ref().map_or(0, AdamW::state_bytes),
             transient_peak: self.transient_peak.max(4 * (layout.partition.chunk() * layout.partition.world()) as u64),
         })
     }

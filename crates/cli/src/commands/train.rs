@@ -18,7 +18,7 @@ use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_fastlora::LoraSection;
 use llmtrain_memopt::MemoptSection;
-use llmtrain_zero::{Zero, ZeroSection};
+use llmtrain_zero::{OffloadDevice, Zero, ZeroSection};
 
 /// The run-config sections the role crates of this build own (each crate parses and checks its own); any other
 /// section is refused when the config loads.
@@ -144,7 +144,10 @@ pub fn run_rank<B: Backend>(
     let rank = comm.rank();
     let mut accelerator = Accelerator::<Autodiff<B>>::new(accel_config, comm)?;
     if let Some(stage) = zero.zero_stage() {
-        accelerator = accelerator.with_strategy(Box::new(Zero::new(stage, zero.bucket_elems(), rank)));
+        let strategy = Zero::new(stage, zero.bucket_elems(), rank);
+        let strategy =
+            if zero.offload_optimizer == OffloadDevice::Cpu { strategy.with_optimizer_offload() } else { strategy };
+        accelerator = accelerator.with_strategy(Box::new(strategy));
     }
     let overrides = TrainOverrides {
         model: args.model.clone(),
@@ -258,7 +261,7 @@ fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) 
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     Ok(format!(
         "model states on rank 0: params {:.2} MiB, gradients {:.2} MiB, optimizer {:.2} MiB (estimate-memory \
-         --zero-stage {stage} --gpus {world}: {:.2}, {:.2}, {:.2} MiB); largest transient buffer {:.2} MiB",
+         --zero-stage {stage} --gpus {world}: {:.2}, {:.2}, {:.2} MiB); largest transient buffer {:.2} MiB{}",
         mib(held.params as f64),
         mib(held.grads as f64),
         mib(held.optimizer as f64),
@@ -266,6 +269,10 @@ fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) 
         mib(predicted.gradients),
         mib(predicted.optimizer),
         mib(held.transient_peak as f64),
+        match held.offloaded_optimizer {
+            0 => String::new(),
+            bytes => format!("; optimizer offloaded to host memory: {:.2} MiB", mib(bytes as f64)),
+        },
     ))
 }
 

@@ -155,9 +155,10 @@ pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launc
     run_zero(job, world, launch_args, &plain, "");
     let (plain_loss, _) = curves(&job.path(&format!("out-{plain}")));
     assert_eq!(plain_loss.len(), 20);
-    for (stage, bucket) in [(1, 5e8), (2, 5e8), (2, 1000.0)] {
-        let name = format!("zero{stage}-{world}-{bucket}");
-        let zero = format!("[zero]\nstage = {stage}\nreduce_bucket_size = {bucket}");
+    for (stage, bucket, offload) in [(1, 5e8, false), (2, 5e8, false), (2, 1000.0, false), (2, 1000.0, true)] {
+        let name = format!("zero{stage}-{world}-{bucket}-{offload}");
+        let device = if offload { "cpu" } else { "none" };
+        let zero = format!("[zero]\nstage = {stage}\nreduce_bucket_size = {bucket}\noffload_optimizer = \"{device}\"");
         let stdout = run_zero(job, world, launch_args, &name, &zero);
         assert!(stdout.contains(&format!("strategy: ZeRO stage {stage}")), "{stdout}");
         let (loss, _) = curves(&job.path(&format!("out-{name}")));
@@ -167,7 +168,7 @@ pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launc
             &job.path(&format!("out-{name}/final/model.safetensors")),
         );
         eprintln!(
-            "zero stage {stage}, {world} ranks, bucket {bucket}: max |Δloss| {loss_diff:.1e}, |Δweight| {weight_diff:.1e}"
+            "zero stage {stage}, {world} ranks, bucket {bucket}, offload {offload}: max |Δloss| {loss_diff:.1e}, |Δweight| {weight_diff:.1e}"
         );
         assert_eq!(loss.len(), 20, "{name}");
         assert!(loss_diff <= 1e-5 && weight_diff <= 1e-5, "{name}: |Δloss| {loss_diff}, |Δweight| {weight_diff}");
@@ -177,23 +178,26 @@ pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launc
             &job.path(&format!("out-{name}/checkpoint-16/optimizer.safetensors")),
         );
         assert!(moments <= 1e-5, "{name}: Adam's moments differ from plain data parallelism's by {moments}");
-        assert_model_states(&job.path(&format!("out-{name}/metrics.jsonl")), stage, world, bucket);
+        assert_model_states(&job.path(&format!("out-{name}/metrics.jsonl")), stage, world, bucket, offload);
     }
 }
 
 /// Each record's `zero/*` bytes are what rank 0 holds: whole parameters; whole gradients (stage 1) or its share
 /// (stage 2); Adam's two moments for its share. With one window its share is ⌈Ψ/N⌉, as the formula says.
-fn assert_model_states(metrics: &std::path::Path, stage: u8, world: usize, bucket: f64) {
+fn assert_model_states(metrics: &std::path::Path, stage: u8, world: usize, bucket: f64, offload: bool) {
     let text = std::fs::read_to_string(metrics).unwrap();
     let last: serde_json::Value = text.lines().rfind(|l| l.contains("zero/")).unwrap().parse().unwrap();
     let bytes = |key: &str| last[key].as_u64().unwrap_or_else(|| panic!("no {key} in {last}"));
     let params = bytes("zero/params_bytes") / 4;
-    let share = if bucket >= params as f64 { params.div_ceil(world as u64) } else { bytes("zero/optimizer_bytes") / 8 };
-    assert!(
-        share >= params / world as u64 && share <= params / world as u64 + bucket as u64,
-        "share {share} of {params}"
-    );
-    assert_eq!(bytes("zero/optimizer_bytes"), 8 * share);
+    // Offloaded, the moments are in host memory and the device keeps none.
+    let moments = if offload { "zero/offloaded_optimizer_bytes" } else { "zero/optimizer_bytes" };
+    let share = if bucket >= params as f64 { params.div_ceil(world as u64) } else { bytes(moments) / 8 };
+    let fair = params / world as u64;
+    assert!(share >= fair && share <= fair + bucket as u64, "share {share} of {params}");
+    assert_eq!(bytes(moments), 8 * share);
+    if offload {
+        assert_eq!(bytes("zero/optimizer_bytes"), 0);
+    }
     assert_eq!(bytes("zero/grads_bytes"), if stage == 1 { 4 * params } else { 4 * share });
     assert!(bytes("zero/transient_peak_bytes") > 0);
 }
