@@ -105,3 +105,88 @@ fn a_checkpoint_of_four_ranks_resumes_on_two_and_on_one_with_the_same_rows_per_s
     let out = job.run(&[&args[..], &["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()]].concat());
     assert_one_line_error(&out, "reading 8 rows per micro-batch in all; this run has 2 reading 4");
 }
+
+/// transformers' documented ZeRO-2 config: every value "auto" (the run's own), the optimizer offloaded, and the
+/// overlap and bucket hints DeepSpeed takes.
+const HF_ZERO2: &str = r#"{
+    "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+             "hysteresis": 2, "min_loss_scale": 1},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": true},
+                          "allgather_partitions": true, "allgather_bucket_size": 2e8, "overlap_comm": true,
+                          "reduce_scatter": true, "reduce_bucket_size": 1000, "contiguous_gradients": true},
+    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": 2000,
+    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": false
+}"#;
+
+/// DeepSpeed's own style: numbers, the batch triple given as two of three, Adam (in AdamW mode).
+const DEEPSPEED_ZERO1: &str = r#"{
+    "train_batch_size": 8,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 0.5,
+    "optimizer": {"type": "Adam", "params": {"lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0}},
+    "fp16": {"enabled": false},
+    "zero_optimization": {"stage": 1}
+}"#;
+
+#[test]
+fn ds_config_files_as_deepspeed_and_transformers_document_them_train_as_the_same_zero_section() {
+    let job = Job::new();
+    for (name, ds_config, zero) in [
+        ("hf-zero2", HF_ZERO2, "[zero]\nstage = 2\nreduce_bucket_size = 1000\noffload_optimizer = \"cpu\""),
+        ("ds-zero1", DEEPSPEED_ZERO1, "[zero]\nstage = 1"),
+    ] {
+        let reference = format!("{name}-section");
+        run_zero(&job, 2, &[], &reference, zero);
+        let file = job.path(&format!("{name}.json"));
+        std::fs::write(&file, ds_config).unwrap();
+        // The same run with the JSON instead of [zero] (its batch triple gives batch 2 × accumulation 2 × 2 ranks).
+        let config = job.config(2, name, "gradient_accumulation_steps = 2\nmax_grad_norm = 0.5");
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+        let out = job
+            .run(&[&args[..], &["--max-steps", "20", "--overwrite", "--deepspeed", file.to_str().unwrap()]].concat());
+        assert!(ok(&out).contains("strategy: ZeRO stage"), "{name}");
+        let (expected, _) = curves(&job.path(&format!("out-{reference}")));
+        let (loss, _) = curves(&job.path(&format!("out-{name}")));
+        assert_eq!(loss, expected, "{name}: the ds_config run follows the [zero] run");
+    }
+}
+
+#[test]
+fn a_ds_config_key_that_cannot_be_taken_is_one_line_naming_it() {
+    let job = Job::new();
+    let cases = [
+        (
+            r#"{"zero_optimization": {"stage": 2, "cpu_offload": true}}"#,
+            "key `zero_optimization.cpu_offload`: not supported",
+        ),
+        (r#"{"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2}"#, "key `train_batch_size`: does not divide"),
+        (
+            r#"{"train_batch_size": 16, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2}"#,
+            "key `train_batch_size`: 16 is not micro-batch 2 × accumulation 2 × 1 rank(s) = 4",
+        ),
+        (r#"{"optimizer": {"type": "Lamb"}}"#, "key `optimizer.type`: \"Lamb\""),
+        (
+            r#"{"scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 99}}}"#,
+            "key `scheduler.params.total_num_steps`: 99 differs from the run's max_steps (12)",
+        ),
+        (r#"{"zero_optimization": {"stage": 4}}"#, "key `zero_optimization.stage`: must be 0, 1, 2 or 3"),
+    ];
+    for (i, (json, needle)) in cases.iter().enumerate() {
+        let file = job.path(&format!("bad{i}.json"));
+        std::fs::write(&file, json).unwrap();
+        let config = job.config(2, "bad", "");
+        let out = job.run(&["train", "--config", config.to_str().unwrap(), "--deepspeed", file.to_str().unwrap()]);
+        let line = assert_one_line_error(&out, needle);
+        assert!(line.contains(&format!("bad{i}.json")), "{line}");
+        assert!(!job.path("out-bad").exists(), "{json}: nothing written");
+    }
+    // Both ways of saying ZeRO at once.
+    let file = job.path("ok.json");
+    std::fs::write(&file, r#"{"zero_optimization": {"stage": 1}}"#).unwrap();
+    let config = job.config(2, "both", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[zero]\nstage = 1\n")).unwrap();
+    let out = job.run(&["train", "--config", config.to_str().unwrap(), "--deepspeed", file.to_str().unwrap()]);
+    assert_one_line_error(&out, "both [zero] and a DeepSpeed config");
+}

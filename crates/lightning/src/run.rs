@@ -55,6 +55,7 @@ pub fn trainer_settings(
             peak_lr: tr.learning_rate,
             warmup_steps: tr.warmup_steps,
             total_steps: tr.max_steps,
+            warmup_type: tr.warmup_type,
         },
         gradient_clip_val: (tr.max_grad_norm > 0.0).then_some(tr.max_grad_norm),
         log_every_n_steps: tr.logging_steps,

@@ -12,7 +12,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::checkpoint::ResumeFrom;
-use llmtrain_core::train::{AdamWConfig, Schedule, ScheduleKind};
+use llmtrain_core::train::{AdamWConfig, Schedule};
 use llmtrain_lightning::{
     DataModule, LightningError, LightningModule, LoggerKind, LossParts, ModelCheckpointSection, Result, StepContext,
     StepOutput, Trainer, TrainerSettings,
@@ -160,7 +160,7 @@ fn fit(out: &Path, world: usize, accumulation: usize, max_steps: u64, resume: bo
             num_sanity_val_steps: 0,
             strategy: Default::default(),
             optimizer: AdamWConfig::default(),
-            schedule: Schedule { kind: ScheduleKind::Constant, peak_lr: 2e-2, warmup_steps: 0, total_steps: max_steps },
+            schedule: Schedule::constant(2e-2),
             gradient_clip_val: Some(1.0),
             log_every_n_steps: 1,
             val_check_interval: 0,

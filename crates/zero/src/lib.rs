@@ -7,10 +7,11 @@
 //!   `Communicator` (in-process ranks, MPI, NCCL); [`Zero::with_optimizer_offload`] keeps the share's optimizer
 //!   state in host memory (ZeRO-Offload). Checkpoints hold the whole optimizer state, gathered on rank 0, so a run
 //!   resumes on any number of ranks.
+//! - [`apply_ds_config`]: a DeepSpeed `ds_config.json` taken as is (`[training] deepspeed = "FILE"`): the batch
+//!   triple, precision, optimizer, scheduler and `zero_optimization`, `"auto"` keeping the run's own values.
 //! - [`Partition`]: which rank owns which elements.
 //!
-//! Not built yet: stage 3 (partitioned parameters) and its parameter offload, `ds_config.json`, per-rank
-//! checkpoint shards.
+//! Not built yet: stage 3 (partitioned parameters) and its parameter offload, per-rank checkpoint shards.
 //!
 //! ```
 //! use burn::backend::Autodiff;
@@ -29,10 +30,12 @@
 //! assert!(described[0].starts_with("ZeRO stage 2"));
 //! ```
 
+mod ds_config;
 mod partition;
 mod section;
 mod strategy;
 
+pub use ds_config::{DsConfigError, apply_ds_config};
 pub use partition::{Partition, Segment};
 pub use section::{OffloadDevice, ZeroSection, ZeroStage};
 pub use strategy::Zero;

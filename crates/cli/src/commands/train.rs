@@ -63,6 +63,10 @@ pub struct Args {
     /// --mixed-precision` sets it for every rank).
     #[arg(long)]
     pub mixed_precision: Option<MixedPrecision>,
+    /// A DeepSpeed config (ds_config.json) whose batch, precision, optimizer, scheduler and ZeRO settings the run
+    /// takes; overrides `[training] deepspeed`.
+    #[arg(long, value_name = "FILE")]
+    pub deepspeed: Option<PathBuf>,
 }
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
@@ -118,8 +122,24 @@ pub fn run_rank<B: Backend>(
     comm: Box<dyn Communicator>,
 ) -> Result<Option<Interrupted>> {
     let world = comm.world_size();
-    let prepared = RunConfig::load(&args.config, ROLE_SECTIONS).map_err(anyhow::Error::from).and_then(|config| {
-        let memopt = config.section::<MemoptSection>()?.unwrap_or_default();
+    let prepared = RunConfig::load(&args.config, ROLE_SECTIONS).map_err(anyhow::Error::from).and_then(|mut config| {
+        let mut memopt = config.section::<MemoptSection>()?.unwrap_or_default();
+        let zero_section = config.section::<ZeroSection>()?;
+        // A DeepSpeed config sets the batch, precision, optimizer, scheduler and ZeRO, as it does for DeepSpeed.
+        let zero = match args.deepspeed.clone().or_else(|| config.training.deepspeed.clone()) {
+            Some(path) if zero_section.is_some() => {
+                anyhow::bail!(
+                    "{}: both [zero] and a DeepSpeed config ({}): keep one",
+                    args.config.display(),
+                    path.display()
+                )
+            }
+            Some(path) => {
+                let max_steps = args.max_steps.unwrap_or(config.training.max_steps);
+                llmtrain_zero::apply_ds_config(&path, &mut config, &mut memopt, world, max_steps)?
+            }
+            None => zero_section.unwrap_or_default(),
+        };
         let lora = config.section::<LoraSection>()?;
         let accel_config = AcceleratorConfig {
             gradient_accumulation_steps: config.training.gradient_accumulation_steps,
@@ -129,7 +149,6 @@ pub fn run_rank<B: Backend>(
         };
         accel_config.validate()?;
         let trl_trainer = llmtrain_trl::trainer_section(&config)?;
-        let zero = config.section::<ZeroSection>()?.unwrap_or_default();
         Ok((config, memopt, lora, accel_config, trl_trainer, zero))
     });
     let (config, memopt, lora, accel_config, trl_trainer, zero) = match prepared {

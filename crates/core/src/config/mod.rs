@@ -177,6 +177,9 @@ impl RunConfig {
         if let Some(p) = self.training.accuracy_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.training.deepspeed.as_mut() {
+            fix(p);
+        }
         fix(&mut self.output.dir);
     }
 

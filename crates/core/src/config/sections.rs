@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::LossOn;
 use crate::model::Architecture;
-use crate::train::ScheduleKind;
+use crate::train::{ScheduleKind, WarmupType};
 
 /// How the base model's weights are stored, as transformers' `BitsAndBytesConfig` names it. The compute precision
 /// is `[memopt] mixed_precision` (bitsandbytes' `bnb_4bit_compute_dtype`).
@@ -101,6 +101,8 @@ pub struct TrainingSection {
     pub learning_rate: f64,
     pub lr_schedule: ScheduleKind,
     pub warmup_steps: u64,
+    /// `linear` (transformers) or `log` (DeepSpeed WarmupLR's default).
+    pub warmup_type: WarmupType,
     pub weight_decay: f64,
     pub adam_beta1: f64,
     pub adam_beta2: f64,
@@ -126,6 +128,9 @@ pub struct TrainingSection {
     pub accuracy_file: Option<PathBuf>,
     /// At most this many rows of `accuracy_file`.
     pub accuracy_samples: usize,
+    /// A DeepSpeed config (`ds_config.json`) whose settings the run takes (transformers' `deepspeed` argument):
+    /// read by llmtrain-zero, as `[zero]` and the training settings it names.
+    pub deepspeed: Option<PathBuf>,
 }
 
 impl Default for TrainingSection {
@@ -134,6 +139,7 @@ impl Default for TrainingSection {
             max_steps: 100,
             learning_rate: 3e-4,
             lr_schedule: ScheduleKind::Cosine,
+            warmup_type: WarmupType::Linear,
             warmup_steps: 0,
             weight_decay: 0.0,
             adam_beta1: 0.9,
@@ -151,6 +157,7 @@ impl Default for TrainingSection {
             sample_max_new_tokens: 48,
             accuracy_file: None,
             accuracy_samples: 200,
+            deepspeed: None,
         }
     }
 }

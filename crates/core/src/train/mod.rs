@@ -19,4 +19,4 @@ pub use lm::{batch_loss, batch_tensors, eval_mean, loss_from_hidden, sample_text
 pub use loss_scale::{LossScaleConfig, LossScaler};
 pub use optim::{AdamW, AdamWConfig, BiasCorrection, GradientBuffer, Moments, clip_grad_norm};
 pub use run_dir::{clear_previous_run, earlier_run_contents, set_aside_after};
-pub use schedule::{Schedule, ScheduleKind};
+pub use schedule::{Schedule, ScheduleKind, WarmupType};
