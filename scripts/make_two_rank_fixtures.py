@@ -17,7 +17,6 @@ accumulation the next micro-batches follow the same way. Rank 0 writes the first
 averaged over both processes.
 """
 import json
-import pathlib
 import tempfile
 import warnings
 
@@ -28,13 +27,11 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from trl import KTOConfig, KTOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-FIXTURES = pathlib.Path("crates/trl/tests/fixtures")
-# Eight preference rows; the first four are the DPO fixture's.
-ROWS = [
-    {"prompt": "the cat sat on", "chosen": " the mat", "rejected": " a dog barks loudly"},
-    {"prompt": "one two three", "chosen": " four five", "rejected": " seven"},
-    {"prompt": "red gr", "chosen": "een blue", "rejected": "ey green red"},
-    {"prompt": "a b c d", "chosen": " e f g</s>", "rejected": " z y"},
+# The ORPO/KTO fixtures' script sits beside this one (Python puts a script's directory on its path).
+from make_orpo_kto_fixtures import FIXTURES, ROWS as FIXTURE_ROWS
+
+# Eight preference rows: the DPO fixture's four, then four more.
+ROWS = FIXTURE_ROWS + [
     {"prompt": "up and", "chosen": " down", "rejected": " sideways then back around"},
     {"prompt": "north south", "chosen": " east west", "rejected": " up"},
     {"prompt": "x y", "chosen": " z", "rejected": " a b c"},

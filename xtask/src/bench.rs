@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, run_in_process};
+use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, HeldBytes, run_in_process};
 use llmtrain_core::config::MixedPrecision;
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
@@ -20,10 +20,13 @@ use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
 use llmtrain_lightning::{CausalLm, LightningModule, Recompute, StepOptions, optimizer_step};
-use llmtrain_memopt::estimate::{AttentionImpl, BatchShape, EstimateInput, Method, Precision, count_params, estimate};
+use llmtrain_memopt::estimate::{
+    AttentionImpl, BatchShape, EstimateInput, Method, Precision, count_params, estimate, fp32_model_states,
+};
 use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, TokenizedPair};
 use llmtrain_trl::policy::PolicyModule;
 use llmtrain_trl::reference::Reference;
+use llmtrain_zero::{Zero, ZeroSection, ZeroStage};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -65,6 +68,10 @@ pub struct Case {
     /// tokens with two completions of `seq / 2`; the reference a frozen copy of the weights, or under LoRA the
     /// policy with its adapters disabled.
     pub dpo: bool,
+    /// ZeRO stage of the ranks (llmtrain-zero; 0 is plain data parallelism), and whether the optimizer's share is
+    /// offloaded to host memory.
+    pub zero_stage: u8,
+    pub offload_optimizer: bool,
 }
 
 /// A one-rank f32 case with every memory technique off.
@@ -82,6 +89,8 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         fused_loss: false,
         quantized: false,
         dpo: false,
+        zero_stage: 0,
+        offload_optimizer: false,
     }
 }
 
@@ -127,6 +136,12 @@ pub fn cases() -> Vec<Case> {
         Case { dpo: true, lora_rank: Some(8), ..case("dpo-tiny-lora", full_tiny(), 8, 256) },
         case("full-small", small(), 2, 128),
         Case { lora_rank: Some(8), fused_loss: true, quantized: true, ..case("qlora-small", small(), 2, 128) },
+        // full-small's global batch over 2 ranks with each ZeRO stage: the model states dominate, so what a rank
+        // keeps falls from 16 bytes a parameter (stage 0) to 4 + 4 + 8/2 (stage 1) and 4 + (4 + 8)/2 (stage 2).
+        Case { ranks: 2, ..case("zero-0-2", small(), 2, 128) },
+        Case { ranks: 2, zero_stage: 1, ..case("zero-1-2", small(), 2, 128) },
+        Case { ranks: 2, zero_stage: 2, ..case("zero-2-2", small(), 2, 128) },
+        Case { ranks: 2, zero_stage: 2, offload_optimizer: true, ..case("zero-2-2-offload", small(), 2, 128) },
     ]
 }
 
@@ -148,10 +163,12 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Step times (ms) and the all-reduce time within each step (ms), measured on rank 0.
+/// Step times (ms) and the all-reduce time within each step (ms), measured on rank 0, and under ZeRO the model
+/// states rank 0 kept.
 struct Timings {
     step_ms: Vec<f64>,
     comm_ms: Vec<f64>,
+    held: Option<HeldBytes>,
 }
 
 /// Runs one case in this process (each rank a thread) and prints its JSON result on stdout.
@@ -164,7 +181,7 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
         bail!("case {name}: batch {} does not split over {} ranks", case.batch, case.ranks);
     }
     let ranks = run_in_process(case.ranks, |comm| bench_rank(&case, comm, steps))?;
-    let Timings { step_ms: mut times, comm_ms } = ranks.into_iter().next().context("no rank")?;
+    let Timings { step_ms: mut times, comm_ms, held } = ranks.into_iter().next().context("no rank")?;
     let comm_share = comm_ms.iter().sum::<f64>() / times.iter().sum::<f64>();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -194,6 +211,7 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
     if case.ranks > 1 {
         result["comm_share"] = json!(comm_share);
         result["comm_ms_per_step"] = json!(comm_ms.iter().sum::<f64>() / comm_ms.len() as f64);
+        result["zero"] = model_states(&case, held)?;
     }
     println!("{result}");
     Ok(())
@@ -269,6 +287,15 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let rank = comm.rank();
     let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
     let mut accelerator = Accelerator::<A>::new(config, comm)?;
+    if let Some(stage) = match case.zero_stage {
+        1 => Some(ZeroStage::One),
+        2 => Some(ZeroStage::Two),
+        _ => None,
+    } {
+        let zero = Zero::new(stage, ZeroSection::default().bucket_elems(), rank);
+        let zero = if case.offload_optimizer { zero.with_optimizer_offload() } else { zero };
+        accelerator = accelerator.with_strategy(Box::new(zero));
+    }
     // QLoRA's base is quantized layer by layer as it is drawn: the dense model never exists.
     let mut model = LlamaModel::<A>::init_with(&case.model, &device, case.quantized.then_some(true), 0);
     if let Some(r) = case.lora_rank {
@@ -330,7 +357,7 @@ fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
     steps: usize,
 ) -> Result<Timings> {
     let device = Default::default();
-    let mut timings = Timings { step_ms: Vec::with_capacity(steps), comm_ms: Vec::with_capacity(steps) };
+    let mut timings = Timings { step_ms: Vec::with_capacity(steps), comm_ms: Vec::with_capacity(steps), held: None };
     for step in 0..steps + 2 {
         let start = Instant::now();
         let comm_before = accelerator.communication_time();
@@ -347,6 +374,15 @@ fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);
         }
     }
+    // Plain data parallelism does not count: every rank holds the parameters and a gradient for each whole, and the
+    // optimizer's moments as counted here.
+    let whole = 4 * count_params(&case.model);
+    timings.held = accelerator.held_bytes(optimizer).or(Some(HeldBytes {
+        params: whole,
+        grads: whole,
+        optimizer: optimizer.state_bytes(),
+        ..Default::default()
+    }));
     Ok(timings)
 }
 
@@ -383,7 +419,7 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
         precision: if compute.is_half() { Precision::Mixed } else { Precision::Fp32 },
         compute,
         attention: if case.flash { AttentionImpl::Flash } else { AttentionImpl::Eager },
-        zero_stage: 0,
+        zero_stage: case.zero_stage,
         gpus: case.ranks,
         batch: Some(BatchShape { batch: case.batch / case.ranks, seq: case.seq }),
         gradient_checkpointing: case.checkpointing,
@@ -394,6 +430,26 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
     // DPO's frozen reference is a second f32 copy of the weights (none when it is the policy without adapters).
     let reference = if case.dpo && case.lora_rank.is_none() { count_params(&case.model) as f64 * 4.0 } else { 0.0 };
     Ok((ranks * (peak.total() + reference) - (ranks - 1.0) * peak.baseline) / (1024.0 * 1024.0))
+}
+
+/// What rank 0 kept between steps beside the ZeRO formula's per-rank model states (MiB), for a data-parallel
+/// case: counted from the tensors under ZeRO; under plain data parallelism the optimizer's moments counted and
+/// the whole parameters and gradients by size.
+fn model_states(case: &Case, held: Option<HeldBytes>) -> Result<Value> {
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    let predicted = fp32_model_states(count_params(&case.model), case.zero_stage, case.ranks)?;
+    let h = held.unwrap_or_default();
+    Ok(json!({
+        "stage": case.zero_stage,
+        "offload_optimizer": case.offload_optimizer,
+        "model_states_mb": mib((h.params + h.grads + h.optimizer) as f64),
+        "params_mb": mib(h.params as f64),
+        "grads_mb": mib(h.grads as f64),
+        "optimizer_mb": mib(h.optimizer as f64),
+        "offloaded_optimizer_mb": mib(h.offloaded_optimizer as f64),
+        "transient_peak_mb": mib(h.transient_peak as f64),
+        "predicted_model_states_mb": mib(predicted.model_states()),
+    }))
 }
 
 /// The PyTorch reference on the same shape, when python3 with torch is available.
@@ -438,6 +494,10 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
 pub fn run(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = serde_json::Map::new();
+    let mut states = String::from(
+        "\n| case | ZeRO stage | model states on rank 0, MiB (counted) | formula, MiB | optimizer on the device | \
+         offloaded to the host |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     let mut table = String::from(
         "| case | tokens/s | ms/step (median) | peak RSS MB | predicted MB | comm share | PyTorch tokens/s | ratio |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -483,7 +543,22 @@ pub fn run(args: &Args) -> Result<()> {
             error * 100.0,
             result["comm_share"].as_f64().map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
         ));
+        if let Some(zero) = result.get("zero") {
+            let mb = |key: &str| zero[key].as_f64().unwrap_or(f64::NAN);
+            states.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                case.name,
+                case.zero_stage,
+                mb("model_states_mb"),
+                mb("predicted_model_states_mb"),
+                mb("optimizer_mb"),
+                mb("offloaded_optimizer_mb"),
+            ));
+        }
         report.insert(case.name.to_string(), result);
+    }
+    if states.lines().count() > 3 {
+        table.push_str(&states);
     }
     if args.case.is_empty() || args.case.iter().any(|c| c == NF4_CASE) {
         eprintln!("bench {NF4_CASE} ...");

@@ -73,6 +73,27 @@ fn assert_matches_trl(what: &str, record: &Value, trl: &Value, keys: Option<&[&s
     keys.len()
 }
 
+/// A fixture case's `[kto]` section, against `reference`.
+fn kto_section(case: &Value, reference: &Path) -> String {
+    format!(
+        "[kto]\nloss_type = {}\ndesirable_weight = {}\nundesirable_weight = {}\nref_model = \"{}\"\n",
+        case["loss_type"],
+        case["desirable_weight"],
+        case["undesirable_weight"],
+        reference.display()
+    )
+}
+
+/// [`config`] for one step of a fixture case at its `batch` and `accum`, on `data`, with `section`.
+fn batched_config(dir: &Path, case: &Value, section: &str, data: &str) -> PathBuf {
+    let name = case["name"].as_str().unwrap();
+    let training = format!("{STEP_ONE}\ngradient_accumulation_steps = {}", case["accum"]);
+    let path = config(dir, name, &training, section);
+    let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", data);
+    std::fs::write(&path, text.replace("batch_size = 4", &format!("batch_size = {}", case["batch"]))).unwrap();
+    path
+}
+
 /// One step at a learning rate too small to move a weight.
 const STEP_ONE: &str = "max_steps = 1\nlearning_rate = 1e-30";
 
@@ -241,23 +262,10 @@ fn orpo_and_kto_on_two_launched_ranks_log_what_trl_logs_on_two_processes() {
         let name = case["name"].as_str().unwrap();
         let section = match trainer {
             "orpo" => format!("[orpo]\nbeta = {}\n", case["beta"]),
-            _ => format!(
-                "[kto]\nloss_type = {}\ndesirable_weight = {}\nundesirable_weight = {}\nref_model = \"{}\"\n",
-                case["loss_type"],
-                case["desirable_weight"],
-                case["undesirable_weight"],
-                reference.display()
-            ),
+            _ => kto_section(case, &reference),
         };
-        let training = format!("{STEP_ONE}\ngradient_accumulation_steps = {}", case["accum"]);
-        let path = config(dir.path(), name, &training, &section);
-        let mut text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("batch_size = 4", &format!("batch_size = {}", case["batch"]));
-        if trainer == "kto" {
-            text = text.replace("pairs.jsonl", "unpaired.jsonl");
-        }
-        std::fs::write(&path, text).unwrap();
+        let data = if trainer == "kto" { "unpaired.jsonl" } else { "pairs.jsonl" };
+        let path = batched_config(dir.path(), case, &section, data);
         let args = ["launch", "--num-processes", "2", "--", "train", "--config", path.to_str().unwrap()];
         let stdout = ok(&llmtrain(&args));
         assert!(stdout.contains("ranks: 2"), "{name}: {stdout}");
@@ -295,17 +303,7 @@ fn kto_from_a_config_logs_trls_step_one_loss_and_every_metric_under_accumulation
     let reference = trl_fixtures().join("dpo_reference");
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let kto = format!(
-            "[kto]\nloss_type = {}\ndesirable_weight = {}\nundesirable_weight = {}\nref_model = \"{}\"\n",
-            case["loss_type"],
-            case["desirable_weight"],
-            case["undesirable_weight"],
-            reference.display()
-        );
-        let training = format!("{STEP_ONE}\ngradient_accumulation_steps = {}", case["accum"]);
-        let path = config(dir.path(), name, &training, &kto);
-        let text = std::fs::read_to_string(&path).unwrap().replace("pairs.jsonl", "unpaired.jsonl");
-        std::fs::write(&path, text.replace("batch_size = 4", &format!("batch_size = {}", case["batch"]))).unwrap();
+        let path = batched_config(dir.path(), case, &kto_section(case, &reference), "unpaired.jsonl");
         let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
         assert!(stdout.contains("trainer: [kto]") && stdout.contains("8 training"), "{stdout}");
         let compared = assert_matches_trl(&format!("kto {name}"), &records(dir.path(), name)[0], &case["log"], None);

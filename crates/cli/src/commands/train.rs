@@ -262,21 +262,7 @@ pub fn run_rank<B: Backend>(
 /// The model states rank 0 kept (the largest share of a ZeRO partition) beside what `estimate-memory` predicts
 /// for the same trainable parameters, stage and ranks (f32 states).
 fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) -> Result<String> {
-    use llmtrain_memopt::estimate::{AttentionImpl, EstimateInput, Method, MixedPrecision, Precision, estimate};
-    let predicted = estimate(&EstimateInput {
-        params: held.params / 4,
-        model: None,
-        method: Method::Full,
-        lora_rank: 0,
-        precision: Precision::Fp32,
-        compute: MixedPrecision::No,
-        attention: AttentionImpl::Eager,
-        zero_stage: stage,
-        gpus: world,
-        batch: None,
-        gradient_checkpointing: false,
-        fused_loss_chunk: None,
-    })?;
+    let predicted = llmtrain_memopt::estimate::fp32_model_states(held.params / 4, stage, world)?;
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     Ok(format!(
         "model states on rank 0: params {:.2} MiB, gradients {:.2} MiB, optimizer {:.2} MiB (estimate-memory \

@@ -160,6 +160,25 @@ pub enum EstimateError {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The per-device model states (f32 weights, gradients and Adam's moments, full finetuning) of `params` trained
+/// parameters under ZeRO stage `zero_stage` over `gpus` ranks: what a ZeRO run counts beside the formula.
+pub fn fp32_model_states(params: u64, zero_stage: u8, gpus: usize) -> Result<MemoryEstimate, EstimateError> {
+    estimate(&EstimateInput {
+        params,
+        model: None,
+        method: Method::Full,
+        lora_rank: 0,
+        precision: Precision::Fp32,
+        compute: MixedPrecision::No,
+        attention: AttentionImpl::Eager,
+        zero_stage,
+        gpus,
+        batch: None,
+        gradient_checkpointing: false,
+        fused_loss_chunk: None,
+    })
+}
+
 /// The estimate per device.
 pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> {
     if input.zero_stage > 3 {
