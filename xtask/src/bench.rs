@@ -26,7 +26,7 @@ use llmtrain_memopt::estimate::{
 use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, TokenizedPair};
 use llmtrain_trl::policy::PolicyModule;
 use llmtrain_trl::reference::Reference;
-use llmtrain_zero::{Zero, ZeroSection, ZeroStage};
+use llmtrain_zero::{Zero, ZeroStage};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -292,7 +292,7 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         2 => Some(ZeroStage::Two),
         _ => None,
     } {
-        let zero = Zero::new(stage, ZeroSection::default().bucket_elems(), rank);
+        let zero = Zero::new(stage, ZERO_BUCKET_ELEMS, rank);
         let zero = if case.offload_optimizer { zero.with_optimizer_offload() } else { zero };
         accelerator = accelerator.with_strategy(Box::new(zero));
     }
@@ -385,6 +385,11 @@ fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
     }));
     Ok(timings)
 }
+
+/// ZeRO's collective windows in the bench: 25 MiB of f32, the size of data parallelism's all-reduce buckets
+/// (`bucket_cap_mb`), so both strategies hold transients of one size. (DeepSpeed's default, 5e8 elements, is one
+/// window for this model: every rank would hold a host copy of all its gradients at once.)
+const ZERO_BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
 
 /// The tile of flash attention in the bench (the `[memopt] flash_block` default).
 const FLASH_BLOCK: usize = 128;
