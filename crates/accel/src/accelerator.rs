@@ -9,9 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
 use llmtrain_core::dist::{Communicator, InProcess};
-use llmtrain_core::train::checkpoint::{
-    SavePlan, TrainerState, load_optimizer, save_checkpoint_with, verify_checkpoint,
-};
+use llmtrain_core::train::checkpoint::{SavePlan, TrainerState, save_checkpoint_with, verify_checkpoint};
 use llmtrain_core::train::param_paths::{map_floats, map_trainable, visit_trainable};
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler};
 
@@ -364,11 +362,22 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
-        // A strategy whose ranks hold parts of the optimizer gathers it whole on rank 0 (every rank takes part).
-        let gathered = self.strategy.gather_optimizer(optimizer, self.comm.as_ref())?;
-        let optimizer = gathered.as_ref().unwrap_or(optimizer);
+        // A strategy whose ranks hold parts of the optimizer has each rank write its part; rank 0 moves the parts
+        // into the checkpoint, where the state's digests cover them.
+        let staging = output_dir.join(format!(".optimizer-shards-{}", state.step));
+        let sharded = self.strategy.write_optimizer_shard(optimizer, &staging, self.comm.as_ref())?;
+        if sharded {
+            self.wait_for_everyone()?;
+        }
         let written = if self.is_main_process() {
-            Some(save_checkpoint_with(output_dir, optimizer, state, plan, write_files)?)
+            let whole = (!sharded).then_some(optimizer);
+            Some(save_checkpoint_with(output_dir, whole, state, plan, |dir| {
+                write_files(dir)?;
+                if sharded {
+                    move_files(&staging, dir)?;
+                }
+                Ok(())
+            })?)
         } else {
             None
         };
@@ -402,7 +411,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {
             *scaler = saved.clone();
         }
-        let optimizer = self.strategy.shard_optimizer(load_optimizer(dir, optimizer, device)?, self.comm.as_ref())?;
+        let optimizer = self.strategy.load_optimizer(dir, optimizer, device, self.comm.as_ref())?;
         Ok((optimizer, state))
     }
 
@@ -421,6 +430,17 @@ impl<A: AutodiffBackend> Accelerator<A> {
     pub fn communication_time(&self) -> Duration {
         self.comm_time
     }
+}
+
+/// Moves every file of `from` into `to` (the same file system: renames), then removes `from`.
+fn move_files(from: &Path, to: &Path) -> llmtrain_core::Result<()> {
+    use llmtrain_core::error::CoreError;
+    for entry in std::fs::read_dir(from).map_err(|e| CoreError::io(from, e))? {
+        let path = entry.map_err(|e| CoreError::io(from, e))?.path();
+        let target = to.join(path.file_name().unwrap_or_default());
+        std::fs::rename(&path, &target).map_err(|e| CoreError::io(&path, e))?;
+    }
+    std::fs::remove_dir(from).map_err(|e| CoreError::io(from, e))
 }
 
 /// Rank 0's value of one tensor, on every rank.

@@ -4,11 +4,13 @@
 //! (every rank a full replica); llmtrain-zero's ZeRO stages are the others.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use llmtrain_core::dist::Communicator;
-use llmtrain_core::train::{AdamW, GradientBuffer};
+use llmtrain_core::train::checkpoint::load_optimizer;
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer};
 
 use crate::buckets::all_reduce_mean;
 use crate::error::Result;
@@ -74,12 +76,23 @@ pub trait Strategy<B: Backend>: Send {
         comm: &dyn Communicator,
     ) -> Result<BTreeMap<String, Tensor<B, 1>>>;
 
-    /// The whole optimizer state for a checkpoint, on rank 0, when this rank's `optimizer` holds a part of it
-    /// (`None`: each rank's optimizer is already whole).
-    fn gather_optimizer(&self, optimizer: &AdamW<B>, comm: &dyn Communicator) -> Result<Option<AdamW<B>>>;
+    /// For a checkpoint: writes this rank's part of the optimizer state into the directory `staging` (every rank
+    /// does, before rank 0 moves the files into the checkpoint) and returns `true`; `false` when every rank's
+    /// optimizer is whole, so that rank 0 writes it as one file.
+    fn write_optimizer_shard(&self, _optimizer: &AdamW<B>, _staging: &Path, _comm: &dyn Communicator) -> Result<bool> {
+        Ok(false)
+    }
 
-    /// This rank's part of a whole optimizer state read from a checkpoint (whatever world size wrote it).
-    fn shard_optimizer(&mut self, optimizer: AdamW<B>, comm: &dyn Communicator) -> Result<AdamW<B>>;
+    /// This rank's optimizer from checkpoint `dir` (whatever number of ranks wrote it, as one file or in shards).
+    fn load_optimizer(
+        &mut self,
+        dir: &Path,
+        config: AdamWConfig,
+        device: &B::Device,
+        _comm: &dyn Communicator,
+    ) -> Result<AdamW<B>> {
+        Ok(load_optimizer(dir, config, device)?)
+    }
 
     /// What this rank keeps between steps; `None` when the strategy does not count (plain data parallelism).
     fn held_bytes(&self, _grads: &GradientBuffer<B>, _optimizer: &AdamW<B>) -> Option<HeldBytes> {
@@ -140,13 +153,5 @@ impl<B: Backend> Strategy<B> for DataParallel {
             }
         }
         Ok(updated)
-    }
-
-    fn gather_optimizer(&self, _optimizer: &AdamW<B>, _comm: &dyn Communicator) -> Result<Option<AdamW<B>>> {
-        Ok(None)
-    }
-
-    fn shard_optimizer(&mut self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
-        Ok(optimizer)
     }
 }

@@ -190,3 +190,32 @@ fn a_ds_config_key_that_cannot_be_taken_is_one_line_naming_it() {
     let out = job.run(&["train", "--config", config.to_str().unwrap(), "--deepspeed", file.to_str().unwrap()]);
     assert_one_line_error(&out, "both [zero] and a DeepSpeed config");
 }
+
+#[test]
+fn a_damaged_shard_or_a_zero_checkpoint_resumed_without_zero_is_refused_in_one_line() {
+    let job = Job::new();
+    let name = "shards";
+    run_zero(&job, 2, &[], name, "[zero]\nstage = 1");
+    let checkpoint = job.path(&format!("out-{name}/checkpoint-16"));
+    let shard = checkpoint.join("optimizer-rank-1-of-2.safetensors");
+    let intact = std::fs::read(&shard).unwrap();
+    let resume = |config: &str| {
+        let config = job.path(config);
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+        job.run(&[&args[..], &["--max-steps", "20", "--resume", checkpoint.to_str().unwrap()]].concat())
+    };
+    // One byte of rank 1's share changed: the checkpoint's digests catch it before anything loads.
+    let mut damaged = intact.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x40;
+    std::fs::write(&shard, &damaged).unwrap();
+    let line = assert_one_line_error(&resume(&format!("{name}.toml")), "not an intact checkpoint");
+    assert!(line.contains("optimizer-rank-1-of-2.safetensors"), "{line}");
+    std::fs::write(&shard, &intact).unwrap();
+    // Plain data parallelism has no way to take the shares.
+    let plain = job.config(2, "plain-resume", "gradient_accumulation_steps = 2\nmax_grad_norm = 0.5");
+    let text = std::fs::read_to_string(&plain).unwrap().replace("out-plain-resume", &format!("out-{name}"));
+    std::fs::write(&plain, text).unwrap();
+    assert_one_line_error(&resume("plain-resume.toml"), "the optimizer state is in per-rank ZeRO shards");
+    assert_eq!(std::fs::read(&shard).unwrap(), intact, "the checkpoint is kept");
+}

@@ -49,14 +49,16 @@ impl CoreError {
         CoreError::Io { path: path.to_path_buf(), source }
     }
 
-    pub(crate) fn json(path: &Path, err: &serde_json::Error) -> Self {
+    /// A JSON file that does not parse, with the line and column.
+    pub fn json(path: &Path, err: &serde_json::Error) -> Self {
         // serde_json's message ends with " at line L column C"; keep only the cause.
         let message = err.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message).to_string();
         CoreError::Json { path: path.to_path_buf(), line: err.line(), column: err.column(), message }
     }
 
-    pub(crate) fn key(path: &Path, key: &str, message: impl Into<String>) -> Self {
+    /// A key of a file whose value cannot work.
+    pub fn key(path: &Path, key: &str, message: impl Into<String>) -> Self {
         CoreError::ConfigKey { path: path.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 }

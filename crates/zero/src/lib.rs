@@ -5,13 +5,13 @@
 //! - [`Zero`]: stages 1 (Adam's moments partitioned: each rank updates its share of the flattened parameters,
 //!   then the shares are all-gathered) and 2 (gradients reduce-scattered after every micro-batch too), over any
 //!   `Communicator` (in-process ranks, MPI, NCCL); [`Zero::with_optimizer_offload`] keeps the share's optimizer
-//!   state in host memory (ZeRO-Offload). Checkpoints hold the whole optimizer state, gathered on rank 0, so a run
-//!   resumes on any number of ranks.
+//!   state in host memory (ZeRO-Offload). In a checkpoint each rank writes its share of the optimizer state to a
+//!   file of its own, with the layout beside them, so a run resumes on any number of ranks.
 //! - [`apply_ds_config`]: a DeepSpeed `ds_config.json` taken as is (`[training] deepspeed = "FILE"`): the batch
 //!   triple, precision, optimizer, scheduler and `zero_optimization`, `"auto"` keeping the run's own values.
 //! - [`Partition`]: which rank owns which elements.
 //!
-//! Not built yet: stage 3 (partitioned parameters) and its parameter offload, per-rank checkpoint shards.
+//! Not built yet: stage 3 (partitioned parameters) and its parameter offload.
 //!
 //! ```
 //! use burn::backend::Autodiff;
@@ -33,6 +33,7 @@
 mod ds_config;
 mod partition;
 mod section;
+mod shards;
 mod strategy;
 
 pub use ds_config::{DsConfigError, apply_ds_config};

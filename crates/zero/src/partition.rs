@@ -38,6 +38,13 @@ impl Partition {
         Self { params, total, world, chunk: window.div_ceil(world).max(1) }
     }
 
+    /// The layout a checkpoint recorded: `sizes` over `world` ranks with chunks of `chunk` elements.
+    pub fn with_chunk(sizes: &[(String, usize)], world: usize, chunk: usize) -> Self {
+        let mut partition = Self::new(sizes, world, 1);
+        partition.chunk = chunk.max(1);
+        partition
+    }
+
     /// Elements in all.
     pub fn total(&self) -> usize {
         self.total

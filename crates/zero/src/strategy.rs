@@ -6,16 +6,18 @@
 //! CPU backend; the device keeps no optimizer state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_accel::{AccelError, DataParallel, HeldBytes, Params, Strategy};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
-use llmtrain_core::train::{AdamW, GradientBuffer, Moments};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, Moments};
 
 use crate::partition::{Partition, Segment};
 use crate::section::ZeroStage;
+use crate::shards::{HostMoments, read_shares, saved_layout, write_shard};
 
 type Result<T> = std::result::Result<T, AccelError>;
 
@@ -34,8 +36,6 @@ pub struct Zero<B: Backend> {
     /// ZeRO-Offload: the share's optimizer state, in host memory (the run's optimizer keeps the step count and
     /// settings only).
     offloaded: Option<AdamW<CpuBackend>>,
-    /// Where the parameters live (known from the first step), for the moments a checkpoint gathers.
-    device: Option<B::Device>,
 }
 
 /// The partition and this rank's segments of it.
@@ -56,7 +56,6 @@ impl<B: Backend> Zero<B> {
             with_grads: BTreeSet::new(),
             transient_peak: 0,
             offloaded: None,
-            device: None,
         }
     }
 
@@ -176,16 +175,13 @@ fn prepared(layout: &Option<Layout>) -> Result<&Layout> {
         .ok_or_else(|| AccelError::Config("ZeRO: the model was not prepared (Accelerator::prepare_model)".into()))
 }
 
-/// Each parameter's moments on the host: (exp_avg, exp_avg_sq) by path.
-type HostMoments = (BTreeMap<String, Vec<f32>>, BTreeMap<String, Vec<f32>>);
-
+/// Each parameter's moments (this rank's share) on the host.
 fn host_moments<C: Backend>(optimizer: &AdamW<C>) -> Result<HostMoments> {
-    let (mut first, mut second) = (BTreeMap::new(), BTreeMap::new());
-    for (path, m) in &optimizer.moments {
-        first.insert(path.clone(), host(m.exp_avg.clone())?);
-        second.insert(path.clone(), host(m.exp_avg_sq.clone())?);
-    }
-    Ok((first, second))
+    optimizer
+        .moments
+        .iter()
+        .map(|(path, m)| Ok((path.clone(), (host(m.exp_avg.clone())?, host(m.exp_avg_sq.clone())?))))
+        .collect()
 }
 
 /// A tensor's values on the host.
@@ -268,7 +264,6 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             let Some((value, matrix)) = params.get(path) else {
                 return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
             };
-            self.device.get_or_insert_with(|| value.device());
             let value = Self::part_of(value.clone(), segments);
             let grad = match self.stage {
                 ZeroStage::One => grads.take(path).map(|g| Self::part_of(g, segments)),
@@ -298,58 +293,59 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         Ok(updated)
     }
 
-    fn gather_optimizer(&self, optimizer: &AdamW<B>, comm: &dyn Communicator) -> Result<Option<AdamW<B>>> {
-        let mut whole = AdamW::new(optimizer.config);
-        whole.step = optimizer.step;
-        whole.lr_scale = optimizer.lr_scale.clone();
-        let Some(device) = self.device.clone().filter(|_| optimizer.step > 0) else { return Ok(Some(whole)) };
-        // This rank's share of each moment, on the host, from wherever it lives.
-        let (exp_avg, exp_avg_sq) = match &self.offloaded {
+    fn write_optimizer_shard(&self, optimizer: &AdamW<B>, staging: &Path, _comm: &dyn Communicator) -> Result<bool> {
+        let layout = self.layout()?;
+        // This rank's share, from wherever it lives.
+        let moments = match &self.offloaded {
             Some(host_optimizer) => host_moments(host_optimizer)?,
             None => host_moments(optimizer)?,
         };
-        let mut first = BTreeMap::new();
-        self.all_gather(&exp_avg, comm, |path, v| {
-            first.insert(path.to_string(), v);
-        })?;
-        let mut second = BTreeMap::new();
-        self.all_gather(&exp_avg_sq, comm, |path, v| {
-            second.insert(path.to_string(), v);
-        })?;
-        // A parameter no rank stepped yet gathers zero moments, which Adam reads as fresh ones.
-        for (path, exp_avg) in first {
-            let exp_avg_sq = second.remove(&path).unwrap_or_else(|| vec![0.0; exp_avg.len()]);
-            let moments =
-                Moments { exp_avg: device_tensor(exp_avg, &device), exp_avg_sq: device_tensor(exp_avg_sq, &device) };
-            whole.moments.insert(path, moments);
-        }
-        Ok(Some(whole))
+        write_shard(staging, &layout.partition, self.rank, &moments, optimizer.step, optimizer.config)?;
+        Ok(true)
     }
 
-    fn shard_optimizer(&mut self, optimizer: AdamW<B>, _comm: &dyn Communicator) -> Result<AdamW<B>> {
+    fn load_optimizer(
+        &mut self,
+        dir: &Path,
+        config: AdamWConfig,
+        device: &B::Device,
+        _comm: &dyn Communicator,
+    ) -> Result<AdamW<B>> {
         let layout = prepared(&self.layout)?;
-        let mut shard = AdamW::new(optimizer.config);
-        shard.step = optimizer.step;
-        shard.lr_scale = optimizer.lr_scale;
-        let mut moments = optimizer.moments;
-        for (path, segments) in &layout.mine {
-            let Some(m) = moments.remove(path) else { continue };
-            let (exp_avg, exp_avg_sq) = (Self::part_of(m.exp_avg, segments), Self::part_of(m.exp_avg_sq, segments));
+        let (step, saved) = saved_layout(dir)?;
+        let shares: HostMoments = match saved {
+            Some(saved) => read_shares(dir, &saved, &layout.partition, self.rank)?,
+            // A whole optimizer (plain data parallelism wrote it): this rank's segments of each moment.
+            None => {
+                let whole = llmtrain_core::train::checkpoint::load_optimizer::<B>(dir, config, device)?;
+                let mut shares = HostMoments::new();
+                for (path, segments) in &layout.mine {
+                    if let Some(m) = whole.moments.get(path) {
+                        let part = |t: &Tensor<B, 1>| host(Self::part_of(t.clone(), segments));
+                        shares.insert(path.clone(), (part(&m.exp_avg)?, part(&m.exp_avg_sq)?));
+                    }
+                }
+                shares
+            }
+        };
+        let mut optimizer = AdamW::new(config);
+        optimizer.step = step;
+        for (path, (first, second)) in shares {
             match self.offloaded.as_mut() {
                 Some(host_optimizer) => {
                     let cpu = Default::default();
-                    let moments = Moments {
-                        exp_avg: device_tensor(host(exp_avg)?, &cpu),
-                        exp_avg_sq: device_tensor(host(exp_avg_sq)?, &cpu),
-                    };
-                    host_optimizer.moments.insert(path.clone(), moments);
+                    let moments =
+                        Moments { exp_avg: device_tensor(first, &cpu), exp_avg_sq: device_tensor(second, &cpu) };
+                    host_optimizer.moments.insert(path, moments);
                 }
                 None => {
-                    shard.moments.insert(path.clone(), Moments { exp_avg, exp_avg_sq });
+                    let moments =
+                        Moments { exp_avg: device_tensor(first, device), exp_avg_sq: device_tensor(second, device) };
+                    optimizer.moments.insert(path, moments);
                 }
             }
         }
-        Ok(shard)
+        Ok(optimizer)
     }
 
     fn held_bytes(&self, grads: &GradientBuffer<B>, optimizer: &AdamW<B>) -> Option<HeldBytes> {

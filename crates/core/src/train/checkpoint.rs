@@ -18,6 +18,9 @@ use crate::model::LlamaModel;
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const OPTIMIZER_META_FILE: &str = "optimizer.json";
+/// The key of [`OPTIMIZER_META_FILE`] that says the optimizer state is in per-rank shards (llmtrain-zero's), with
+/// their layout.
+pub const SHARDED_KEY: &str = "zero";
 const PREFIX: &str = "checkpoint-";
 
 /// Size and CRC-32 of one file of a checkpoint.
@@ -146,7 +149,7 @@ pub fn checkpoint_step(name: &str) -> Option<u64> {
 /// file, so a damaged checkpoint is detected on resume. Then removes the checkpoints `plan` does not keep.
 pub fn save_checkpoint_with<I: Backend>(
     output_dir: &Path,
-    optimizer: &AdamW<I>,
+    optimizer: Option<&AdamW<I>>,
     mut state: TrainerState,
     plan: &SavePlan,
     write_files: impl FnOnce(&Path) -> Result<()>,
@@ -154,7 +157,9 @@ pub fn save_checkpoint_with<I: Backend>(
     let target = output_dir.join(format!("{PREFIX}{}{}", state.step, plan.suffix));
     write_dir_atomic(&target, |dir| {
         write_files(dir)?;
-        write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
+        if let Some(optimizer) = optimizer {
+            write_optimizer(optimizer, &dir.join(OPTIMIZER_FILE))?;
+        }
         state.files.clear();
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| CoreError::io(dir, e))?
@@ -257,6 +262,13 @@ pub fn load_optimizer<B: Backend>(dir: &Path, config: AdamWConfig, device: &B::D
     let text = std::fs::read_to_string(&meta_path).map_err(|e| CoreError::io(&meta_path, e))?;
     let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| CoreError::json(&meta_path, &e))?;
     let step = meta["step"].as_u64().ok_or_else(|| CoreError::key(&meta_path, "step", "missing"))?;
+    if meta.get(SHARDED_KEY).is_some() {
+        return Err(CoreError::key(
+            &meta_path,
+            SHARDED_KEY,
+            "the optimizer state is in per-rank ZeRO shards: resume with a [zero] stage (any number of ranks)",
+        ));
+    }
     let files = TensorFiles::open_files(vec![dir.join(OPTIMIZER_FILE)])?;
     let mut exp_avg = BTreeMap::new();
     let mut exp_avg_sq = BTreeMap::new();
