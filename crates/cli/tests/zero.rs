@@ -142,9 +142,13 @@ fn ds_config_files_as_deepspeed_and_transformers_document_them_train_as_the_same
         std::fs::write(&file, ds_config).unwrap();
         // The same run with the JSON instead of [zero] (its batch triple gives batch 2 × accumulation 2 × 2 ranks).
         let config = job.config(2, name, "gradient_accumulation_steps = 2\nmax_grad_norm = 0.5");
-        let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
-        let out = job
-            .run(&[&args[..], &["--max-steps", "20", "--overwrite", "--deepspeed", file.to_str().unwrap()]].concat());
+        // transformers' file through `launch --deepspeed` (Accelerate's way), DeepSpeed's through `train --deepspeed`.
+        let deepspeed = ["--deepspeed", file.to_str().unwrap()];
+        let (launch_flag, train_flag): (&[&str], &[&str]) =
+            if name == "hf-zero2" { (&deepspeed, &[]) } else { (&[], &deepspeed) };
+        let launch = [&["launch", "--num-processes", "2"][..], launch_flag].concat();
+        let train = ["--", "train", "--config", config.to_str().unwrap(), "--max-steps", "20", "--overwrite"];
+        let out = job.run(&[&launch[..], &train[..], train_flag].concat());
         assert!(ok(&out).contains("strategy: ZeRO stage"), "{name}");
         let (expected, _) = curves(&job.path(&format!("out-{reference}")));
         let (loss, _) = curves(&job.path(&format!("out-{name}")));
@@ -218,4 +222,16 @@ fn a_damaged_shard_or_a_zero_checkpoint_resumed_without_zero_is_refused_in_one_l
     std::fs::write(&plain, text).unwrap();
     assert_one_line_error(&resume("plain-resume.toml"), "the optimizer state is in per-rank ZeRO shards");
     assert_eq!(std::fs::read(&shard).unwrap(), intact, "the checkpoint is kept");
+}
+
+#[test]
+fn launch_passes_its_deepspeed_config_to_every_rank_process_unless_the_command_names_one() {
+    let job = Job::new();
+    let config = job.config(2, "dry", "");
+    let config = config.to_str().unwrap();
+    let dry = ["launch", "--launcher", "mpirun", "--num-processes", "2", "--deepspeed", "ds.json", "--dry-run"];
+    let line = ok(&job.run(&[&dry[..], &["--", "train", "--config", config]].concat()));
+    assert!(line.contains("train --config") && line.trim_end().ends_with("--deepspeed ds.json"), "{line}");
+    let own = ok(&job.run(&[&dry[..], &["--", "train", "--config", config, "--deepspeed", "own.json"]].concat()));
+    assert!(own.contains("--deepspeed own.json") && !own.contains("ds.json"), "{own}");
 }

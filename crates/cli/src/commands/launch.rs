@@ -42,6 +42,10 @@ pub struct Args {
     /// no, fp16 or bf16: the precision of the forward and backward passes (the command's own flag wins).
     #[arg(long, value_name = "PRECISION")]
     pub mixed_precision: Option<MixedPrecision>,
+    /// A DeepSpeed config (ds_config.json) for every rank's run, as `train --deepspeed` (the command's own flag
+    /// wins).
+    #[arg(long, value_name = "FILE")]
+    pub deepspeed: Option<PathBuf>,
     /// Print what would run (the exact mpirun / srun line) and exit.
     #[arg(long)]
     pub dry_run: bool,
@@ -88,6 +92,9 @@ pub fn start(args: &Args, device: DeviceKind) -> Result<()> {
             // config's `[memopt] mixed_precision` in charge.
             if train.mixed_precision.is_none() && config.mixed_precision != MixedPrecision::No {
                 train.mixed_precision = Some(config.mixed_precision);
+            }
+            if train.deepspeed.is_none() {
+                train.deepspeed.clone_from(&args.deepspeed);
             }
             if args.dry_run {
                 println!(
@@ -243,6 +250,10 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
     let asks_precision = args.command.iter().any(|a| a == "--mixed-precision" || a.starts_with("--mixed-precision="));
     if config.mixed_precision != MixedPrecision::No && !asks_precision {
         rank_args.extend(["--mixed-precision".into(), config.mixed_precision.to_string()]);
+    }
+    let asks_deepspeed = args.command.iter().any(|a| a == "--deepspeed" || a.starts_with("--deepspeed="));
+    if let Some(file) = args.deepspeed.as_ref().filter(|_| !asks_deepspeed) {
+        rank_args.extend(["--deepspeed".into(), file.display().to_string()]);
     }
     let line = process_launch_command(config, &program, &rank_args)?;
     if args.dry_run {
