@@ -26,7 +26,7 @@ use llmtrain_memopt::estimate::{
 use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, TokenizedPair};
 use llmtrain_trl::policy::PolicyModule;
 use llmtrain_trl::reference::Reference;
-use llmtrain_zero::{Zero, ZeroStage};
+use llmtrain_zero::{OffloadDevice, ZeroSection};
 use serde_json::{Value, json};
 
 use crate::backends::full_tiny;
@@ -287,14 +287,14 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let rank = comm.rank();
     let config = AcceleratorConfig { mixed_precision: case.precision, ..Default::default() };
     let mut accelerator = Accelerator::<A>::new(config, comm)?;
-    if let Some(stage) = match case.zero_stage {
-        1 => Some(ZeroStage::One),
-        2 => Some(ZeroStage::Two),
-        _ => None,
-    } {
-        let zero = Zero::new(stage, ZERO_BUCKET_ELEMS, rank);
-        let zero = if case.offload_optimizer { zero.with_optimizer_offload() } else { zero };
-        accelerator = accelerator.with_strategy(Box::new(zero));
+    let zero = ZeroSection {
+        stage: case.zero_stage,
+        reduce_bucket_size: ZERO_BUCKET_ELEMS as f64,
+        offload_optimizer: if case.offload_optimizer { OffloadDevice::Cpu } else { OffloadDevice::None },
+        ..Default::default()
+    };
+    if let Some(strategy) = zero.strategy() {
+        accelerator = accelerator.with_strategy(Box::new(strategy));
     }
     // QLoRA's base is quantized layer by layer as it is drawn: the dense model never exists.
     let mut model = LlamaModel::<A>::init_with(&case.model, &device, case.quantized.then_some(true), 0);

@@ -9,7 +9,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
 use llmtrain_core::dist::{Communicator, InProcess};
-use llmtrain_core::train::checkpoint::{SavePlan, TrainerState, save_checkpoint_with, verify_checkpoint};
+use llmtrain_core::error::CoreError;
+use llmtrain_core::train::checkpoint::{
+    SHARD_STAGING_PREFIX, SavePlan, TrainerState, save_checkpoint_with, verify_checkpoint,
+};
 use llmtrain_core::train::param_paths::{map_floats, map_trainable, visit_trainable};
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler};
 
@@ -153,9 +156,13 @@ impl<A: AutodiffBackend> Accelerator<A> {
     /// any module, trainable or frozen, by path order. The strategy learns the trainable parameters here.
     pub fn prepare_model<M: AutodiffModule<A>>(&mut self, model: M) -> Result<M> {
         let mut sizes: Vec<(String, usize)> = Vec::new();
-        visit_trainable(&model, |path, value: Tensor<A, 1>, _| sizes.push((path.to_string(), value.dims()[0])));
+        let mut device = None;
+        visit_trainable(&model, |path, value: Tensor<A, 1>, _| {
+            device.get_or_insert_with(|| value.device());
+            sizes.push((path.to_string(), value.dims()[0]));
+        });
         sizes.sort();
-        self.strategy.prepare(&sizes, self.comm.as_ref())?;
+        self.strategy.prepare(&sizes, &device.unwrap_or_default(), self.comm.as_ref())?;
         if self.world_size() == 1 {
             return Ok(model);
         }
@@ -226,7 +233,9 @@ impl<A: AutodiffBackend> Accelerator<A> {
         let bucket_elems = ((self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1);
         self.strategy.reduce_gradients(&mut self.grads, self.comm.as_ref(), self.sync_gradients, bucket_elems)?;
         if self.world_size() > 1 {
+            // The strategy's collectives, with the host copies around them (as the bucketed all-reduce's).
             self.comm_time += started.elapsed();
+            self.strategy.take_communication_time();
         }
         Ok(())
     }
@@ -280,6 +289,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
             params.insert(path.to_string(), (value.inner(), matrix));
         });
         let mut updated = self.strategy.step(params, &mut self.grads, optimizer, lr, self.comm.as_ref())?;
+        self.comm_time += self.strategy.take_communication_time();
         Ok(map_trainable(model, |path, _, _| updated.remove(path).map(Tensor::from_inner)))
     }
 
@@ -362,19 +372,25 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ) -> Result<Option<PathBuf>> {
         state.world_size = self.world_size();
         state.loss_scaler = self.scaler.clone();
-        // A strategy whose ranks hold parts of the optimizer has each rank write its part; rank 0 moves the parts
-        // into the checkpoint, where the state's digests cover them.
-        let staging = output_dir.join(format!(".optimizer-shards-{}", state.step));
-        let sharded = self.strategy.write_optimizer_shard(optimizer, &staging, self.comm.as_ref())?;
-        if sharded {
+        // A strategy whose ranks hold parts of the optimizer has each rank write its part into a staging directory
+        // (emptied first: a save that did not finish may have left one); rank 0 moves the parts into the
+        // checkpoint, where the state's digests cover them.
+        let staging = output_dir.join(format!("{SHARD_STAGING_PREFIX}{}", state.step));
+        let parts = self.strategy.optimizer_files(self.world_size());
+        if !parts.is_empty() {
+            if self.is_main_process() && staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(|e| CoreError::io(&staging, e))?;
+            }
+            self.wait_for_everyone()?;
+            self.strategy.write_optimizer_shard(optimizer, &staging, self.comm.as_ref())?;
             self.wait_for_everyone()?;
         }
         let written = if self.is_main_process() {
-            let whole = (!sharded).then_some(optimizer);
+            let whole = parts.is_empty().then_some(optimizer);
             Some(save_checkpoint_with(output_dir, whole, state, plan, |dir| {
                 write_files(dir)?;
-                if sharded {
-                    move_files(&staging, dir)?;
+                if !parts.is_empty() {
+                    move_parts(&staging, &parts, dir)?;
                 }
                 Ok(())
             })?)
@@ -432,15 +448,22 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 }
 
-/// Moves every file of `from` into `to` (the same file system: renames), then removes `from`.
-fn move_files(from: &Path, to: &Path) -> llmtrain_core::Result<()> {
-    use llmtrain_core::error::CoreError;
-    for entry in std::fs::read_dir(from).map_err(|e| CoreError::io(from, e))? {
-        let path = entry.map_err(|e| CoreError::io(from, e))?.path();
-        let target = to.join(path.file_name().unwrap_or_default());
-        std::fs::rename(&path, &target).map_err(|e| CoreError::io(&path, e))?;
+/// Moves the optimizer `parts` the ranks wrote into `staging` into the checkpoint directory `to`, then removes
+/// `staging`. A part not there means a rank wrote elsewhere: its own machine's disk.
+fn move_parts(staging: &Path, parts: &[String], to: &Path) -> llmtrain_core::Result<()> {
+    for name in parts {
+        let from = staging.join(name);
+        if !from.is_file() {
+            return Err(CoreError::key(
+                staging,
+                name,
+                "this part of the optimizer state was not written here: every rank must write checkpoints to one \
+                 shared file system (the output directory at the same path on every machine)",
+            ));
+        }
+        std::fs::rename(&from, to.join(name)).map_err(|e| CoreError::io(&from, e))?;
     }
-    std::fs::remove_dir(from).map_err(|e| CoreError::io(from, e))
+    std::fs::remove_dir_all(staging).map_err(|e| CoreError::io(staging, e))
 }
 
 /// Rank 0's value of one tensor, on every rank.

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -40,10 +41,16 @@ pub trait Strategy<B: Backend>: Send {
     /// One line for the run summary.
     fn describe(&self) -> String;
 
-    /// Told the trainable parameters (path and elements, in path order) when the model is prepared, before
-    /// any step or checkpoint load.
-    fn prepare(&mut self, _sizes: &[(String, usize)], _comm: &dyn Communicator) -> Result<()> {
+    /// Told the trainable parameters (path and elements, in path order) and their device when the model is
+    /// prepared, before any step or checkpoint load.
+    fn prepare(&mut self, _sizes: &[(String, usize)], _device: &B::Device, _comm: &dyn Communicator) -> Result<()> {
         Ok(())
+    }
+
+    /// Time spent in the strategy's own collectives (those of [`step`](Self::step), say) since last asked; the
+    /// Accelerator times [`reduce_gradients`](Self::reduce_gradients) itself.
+    fn take_communication_time(&mut self) -> Duration {
+        Duration::ZERO
     }
 
     /// After each micro-batch's backward has added its gradients to `grads` (summed over the step's micro-batches
@@ -76,11 +83,16 @@ pub trait Strategy<B: Backend>: Send {
         comm: &dyn Communicator,
     ) -> Result<BTreeMap<String, Tensor<B, 1>>>;
 
+    /// The files a checkpoint of `world` ranks holds the optimizer state in, when the ranks write their parts
+    /// themselves; none (the default) when every rank's optimizer is whole, so that rank 0 writes it as one file.
+    fn optimizer_files(&self, _world: usize) -> Vec<String> {
+        Vec::new()
+    }
+
     /// For a checkpoint: writes this rank's part of the optimizer state into the directory `staging` (every rank
-    /// does, before rank 0 moves the files into the checkpoint) and returns `true`; `false` when every rank's
-    /// optimizer is whole, so that rank 0 writes it as one file.
-    fn write_optimizer_shard(&self, _optimizer: &AdamW<B>, _staging: &Path, _comm: &dyn Communicator) -> Result<bool> {
-        Ok(false)
+    /// does, before rank 0 moves [`optimizer_files`](Self::optimizer_files) into the checkpoint).
+    fn write_optimizer_shard(&self, _optimizer: &AdamW<B>, _staging: &Path, _comm: &dyn Communicator) -> Result<()> {
+        Ok(())
     }
 
     /// This rank's optimizer from checkpoint `dir` (whatever number of ranks wrote it, as one file or in shards).

@@ -175,6 +175,10 @@ fn a_ds_config_key_that_cannot_be_taken_is_one_line_naming_it() {
             "key `scheduler.params.total_num_steps`: 99 differs from the run's max_steps (12)",
         ),
         (r#"{"zero_optimization": {"stage": 4}}"#, "key `zero_optimization.stage`: must be 0, 1, 2 or 3"),
+        (r#"{"zero_optimization": {"stage": -1}}"#, "key `zero_optimization.stage`: must be a whole number ≥ 0"),
+        (r#"{"fp16": {"enabled": true}, "bf16": {"enabled": true}}"#, "key `bf16.enabled`: true, and so is fp16"),
+        (r#"{"optimizer": {"type": "AdamW", "params": {"lr": 0}}}"#, "key `optimizer.params.lr`: must be a positive"),
+        (r#"{"optimizer": {"type": "AdamW", "params": {"betas": [0.9, 1.5]}}}"#, "key `optimizer.params.betas`"),
     ];
     for (i, (json, needle)) in cases.iter().enumerate() {
         let file = job.path(&format!("bad{i}.json"));

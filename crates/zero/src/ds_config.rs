@@ -84,7 +84,12 @@ pub fn apply_ds_config(
         match (micro, accumulation) {
             (Some(m), None) => accumulation = Some(reader.quotient(per_step(m), "gradient_accumulation_steps")?),
             (None, Some(a)) => micro = Some(reader.quotient(per_step(a), "train_micro_batch_size_per_gpu")?),
-            _ => {}
+            // DeepSpeed: no accumulation, each rank's micro-batch a share of the total.
+            (None, None) => {
+                accumulation = Some(1);
+                micro = Some(reader.quotient(per_step(1), "train_micro_batch_size_per_gpu")?);
+            }
+            (Some(_), Some(_)) => {}
         }
         let m = micro.unwrap_or(config.data.batch_size as u64);
         let a = accumulation.unwrap_or(config.training.gradient_accumulation_steps as u64);
@@ -104,7 +109,7 @@ pub fn apply_ds_config(
     if let Some(a) = accumulation {
         config.training.gradient_accumulation_steps = a as usize;
     }
-    if let Some(clip) = reader.number(top, "gradient_clipping")? {
+    if let Some(clip) = reader.within(top, "", "gradient_clipping", (0.0, f64::MAX), "≥ 0")? {
         config.training.max_grad_norm = clip;
     }
 
@@ -164,15 +169,38 @@ impl Reader<'_> {
         }
     }
 
-    fn number(&self, object: &Map<String, Value>, key: &str) -> Result<Option<f64>, DsConfigError> {
-        self.number_at(object, "", key)
+    /// A whole number of at least `min`, `None` when absent or `"auto"`.
+    fn whole_at(
+        &self,
+        object: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        min: u64,
+    ) -> Result<Option<u64>, DsConfigError> {
+        match self.number_at(object, prefix, key)? {
+            Some(n) if n >= min as f64 && n.fract() == 0.0 && n < u32::MAX as f64 => Ok(Some(n as u64)),
+            Some(n) => Err(self.err(&Self::full(prefix, key), format!("must be a whole number ≥ {min}, got {n}"))),
+            None => Ok(None),
+        }
     }
 
     /// A positive whole number, `None` when absent or `"auto"`.
     fn count(&self, object: &Map<String, Value>, key: &str) -> Result<Option<u64>, DsConfigError> {
-        match self.number(object, key)? {
-            Some(n) if n >= 1.0 && n.fract() == 0.0 => Ok(Some(n as u64)),
-            Some(n) => Err(self.err(key, format!("must be a whole number ≥ 1, got {n}"))),
+        self.whole_at(object, "", key, 1)
+    }
+
+    /// A number in `range`, `None` when absent or `"auto"`.
+    fn within(
+        &self,
+        object: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        range: (f64, f64),
+        what: &str,
+    ) -> Result<Option<f64>, DsConfigError> {
+        match self.number_at(object, prefix, key)? {
+            Some(v) if v >= range.0 && v <= range.1 => Ok(Some(v)),
+            Some(v) => Err(self.err(&Self::full(prefix, key), format!("must be {what}, got {v}"))),
             None => Ok(None),
         }
     }
@@ -198,6 +226,10 @@ impl Reader<'_> {
     }
 
     fn precision(&self, top: &Map<String, Value>, memopt: &mut MemoptSection) -> Result<(), DsConfigError> {
+        let on = |name: &str| top.get(name).and_then(|s| s.get("enabled")) == Some(&Value::Bool(true));
+        if on("fp16") && on("bf16") {
+            return Err(self.err("bf16.enabled", "true, and so is fp16.enabled: enable one of them"));
+        }
         for (name, kind) in [("fp16", MixedPrecision::Fp16), ("bf16", MixedPrecision::Bf16)] {
             let Some(section) = top.get(name) else { continue };
             let section = self.object(section, name)?;
@@ -218,19 +250,19 @@ impl Reader<'_> {
                 _ => {}
             }
             if name == "fp16" {
-                if let Some(v) = self.number_at(section, name, "loss_scale")? {
+                if let Some(v) = self.within(section, name, "loss_scale", (0.0, f64::MAX), "≥ 0 (0: dynamic)")? {
                     memopt.loss_scale = v;
                 }
-                if let Some(v) = self.number_at(section, name, "initial_scale_power")? {
+                if let Some(v) = self.whole_at(section, name, "initial_scale_power", 0)? {
                     memopt.initial_scale_power = v as u32;
                 }
-                if let Some(v) = self.number_at(section, name, "loss_scale_window")? {
-                    memopt.loss_scale_window = v as u64;
+                if let Some(v) = self.whole_at(section, name, "loss_scale_window", 1)? {
+                    memopt.loss_scale_window = v;
                 }
-                if let Some(v) = self.number_at(section, name, "hysteresis")? {
+                if let Some(v) = self.whole_at(section, name, "hysteresis", 1)? {
                     memopt.hysteresis = v as u32;
                 }
-                if let Some(v) = self.number_at(section, name, "min_loss_scale")? {
+                if let Some(v) = self.within(section, name, "min_loss_scale", (f64::MIN_POSITIVE, f64::MAX), "> 0")? {
                     memopt.min_loss_scale = v;
                 }
             }
@@ -257,23 +289,27 @@ impl Reader<'_> {
             );
         }
         let t = &mut config.training;
-        if let Some(lr) = self.number_at(params, "optimizer.params", "lr")? {
+        let p = "optimizer.params";
+        let positive = (f64::MIN_POSITIVE, f64::MAX);
+        if let Some(lr) = self.within(params, p, "lr", positive, "a positive number")? {
             t.learning_rate = lr;
         }
-        if let Some(eps) = self.number_at(params, "optimizer.params", "eps")? {
+        if let Some(eps) = self.within(params, p, "eps", positive, "a positive number")? {
             t.adam_epsilon = eps;
         }
-        if let Some(wd) = self.number_at(params, "optimizer.params", "weight_decay")? {
+        if let Some(wd) = self.within(params, p, "weight_decay", (0.0, f64::MAX), "≥ 0")? {
             t.weight_decay = wd;
         }
+        let beta = |v: &Value| v.as_f64().filter(|b| (0.0..1.0).contains(b));
         match params.get("betas") {
             None => {}
             Some(Value::String(s)) if s == "auto" => {}
-            Some(Value::Array(b)) if b.len() == 2 && b.iter().all(Value::is_number) => {
-                (t.adam_beta1, t.adam_beta2) = (b[0].as_f64().unwrap_or(0.9), b[1].as_f64().unwrap_or(0.999));
+            Some(Value::Array(b)) if b.len() == 2 && b.iter().all(|v| beta(v).is_some()) => {
+                (t.adam_beta1, t.adam_beta2) = (beta(&b[0]).unwrap_or(0.9), beta(&b[1]).unwrap_or(0.999));
             }
             Some(v) => {
-                return Err(self.err("optimizer.params.betas", format!("must be [beta1, beta2] or \"auto\", got {v}")));
+                let message = format!("must be [beta1, beta2] in [0, 1) or \"auto\", got {v}");
+                return Err(self.err("optimizer.params.betas", message));
             }
         }
         Ok(())
@@ -303,17 +339,19 @@ impl Reader<'_> {
             taken.push("total_num_steps");
         }
         self.known(params, p, &taken)?;
-        if let Some(min) = self.number_at(params, p, "warmup_min_lr")?
+        if let Some(min) = self.within(params, p, "warmup_min_lr", (0.0, f64::MAX), "≥ 0")?
             && min != 0.0
         {
             return Err(self.err("scheduler.params.warmup_min_lr", format!("{min}: warmup starts from 0 in llmtrain")));
         }
         let t = &mut config.training;
-        if let Some(max) = self.number_at(params, p, "warmup_max_lr")? {
+        if let Some(max) =
+            self.within(params, p, "warmup_max_lr", (f64::MIN_POSITIVE, f64::MAX), "a positive number")?
+        {
             t.learning_rate = max;
         }
-        if let Some(steps) = self.number_at(params, p, "warmup_num_steps")? {
-            t.warmup_steps = steps as u64;
+        if let Some(steps) = self.whole_at(params, p, "warmup_num_steps", 0)? {
+            t.warmup_steps = steps;
         }
         // DeepSpeed's WarmupLR rises logarithmically unless told "linear".
         t.warmup_type = match params.get("warmup_type").and_then(Value::as_str) {
@@ -324,8 +362,8 @@ impl Reader<'_> {
             }
         };
         t.lr_schedule = if decay { ScheduleKind::Linear } else { ScheduleKind::Constant };
-        if let Some(total) = self.number_at(params, p, "total_num_steps")?
-            && total as u64 != max_steps
+        if let Some(total) = self.whole_at(params, p, "total_num_steps", 1)?
+            && total != max_steps
         {
             return Err(self.err(
                 "scheduler.params.total_num_steps",
@@ -351,8 +389,8 @@ impl Reader<'_> {
         taken.extend(stage3);
         self.known(object, p, &taken)?;
         let mut section = ZeroSection::default();
-        if let Some(stage) = self.number_at(object, p, "stage")? {
-            section.stage = stage as u8;
+        if let Some(stage) = self.whole_at(object, p, "stage", 0)? {
+            section.stage = u8::try_from(stage).unwrap_or(u8::MAX);
         }
         if let Some(size) = self.number_at(object, p, "reduce_bucket_size")? {
             section.reduce_bucket_size = size;

@@ -20,8 +20,7 @@
 //! use llmtrain_zero::{Zero, ZeroStage};
 //!
 //! let described = run_in_process(2, |comm| {
-//!     let rank = comm.rank();
-//!     let zero = Zero::<CpuBackend>::new(ZeroStage::Two, 1 << 20, rank);
+//!     let zero = Zero::<CpuBackend>::new(ZeroStage::Two, 1 << 20);
 //!     let acc = Accelerator::<Autodiff<CpuBackend>>::new(AcceleratorConfig::default(), comm)?
 //!         .with_strategy(Box::new(zero));
 //!     Ok::<_, llmtrain_accel::AccelError>(acc.describe_strategy())

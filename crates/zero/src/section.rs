@@ -3,6 +3,8 @@
 use llmtrain_core::config::{ConfigSection, InvalidKey};
 use serde::{Deserialize, Serialize};
 
+use crate::strategy::Zero;
+
 /// A ZeRO stage this build runs (stage 0 is plain data parallelism: no strategy of this crate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroStage {
@@ -69,6 +71,12 @@ impl ZeroSection {
     /// Elements per collective window.
     pub fn bucket_elems(&self) -> usize {
         self.reduce_bucket_size as usize
+    }
+
+    /// The strategy this section asks for (`None` for stage 0: plain data parallelism).
+    pub fn strategy<B: burn::tensor::backend::Backend>(&self) -> Option<Zero<B>> {
+        let zero = Zero::new(self.zero_stage()?, self.bucket_elems());
+        Some(if self.offload_optimizer == OffloadDevice::Cpu { zero.with_optimizer_offload() } else { zero })
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -17,7 +18,8 @@ use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, Moments};
 
 use crate::partition::{Partition, Segment};
 use crate::section::ZeroStage;
-use crate::shards::{HostMoments, read_shares, saved_layout, write_shard};
+use crate::shards::{HostMoments, read_shares, saved_layout, shard_file, write_shard};
+use llmtrain_core::train::checkpoint::OPTIMIZER_META_FILE;
 
 type Result<T> = std::result::Result<T, AccelError>;
 
@@ -27,34 +29,38 @@ pub struct Zero<B: Backend> {
     /// Elements per reduce-scatter / all-gather window (DeepSpeed's `reduce_bucket_size`).
     bucket_elems: usize,
     rank: usize,
-    layout: Option<Layout>,
+    layout: Option<Layout<B>>,
     /// Stage 2: this rank's share of each parameter's gradient, summed over the step's micro-batches.
     shard_grads: GradientBuffer<B>,
     /// Stage 2: the parameters that had a gradient in this step.
     with_grads: BTreeSet<String>,
     transient_peak: u64,
+    /// Time in this strategy's own collectives since the Accelerator last asked.
+    comm_time: Duration,
     /// ZeRO-Offload: the share's optimizer state, in host memory (the run's optimizer keeps the step count and
     /// settings only).
     offloaded: Option<AdamW<CpuBackend>>,
 }
 
-/// The partition and this rank's segments of it.
-struct Layout {
+/// The partition, this rank's segments of it, and the device the parameters live on.
+struct Layout<B: Backend> {
     partition: Partition,
     mine: Vec<(String, Vec<Segment>)>,
+    device: B::Device,
 }
 
 impl<B: Backend> Zero<B> {
-    /// Stage `stage` for `rank`, with windows of `bucket_elems` elements.
-    pub fn new(stage: ZeroStage, bucket_elems: usize, rank: usize) -> Self {
+    /// Stage `stage`, with windows of `bucket_elems` elements.
+    pub fn new(stage: ZeroStage, bucket_elems: usize) -> Self {
         Self {
             stage,
             bucket_elems: bucket_elems.max(1),
-            rank,
+            rank: 0,
             layout: None,
             shard_grads: GradientBuffer::default(),
             with_grads: BTreeSet::new(),
             transient_peak: 0,
+            comm_time: Duration::ZERO,
             offloaded: None,
         }
     }
@@ -65,7 +71,7 @@ impl<B: Backend> Zero<B> {
         self
     }
 
-    fn layout(&self) -> Result<&Layout> {
+    fn layout(&self) -> Result<&Layout<B>> {
         prepared(&self.layout)
     }
 
@@ -75,25 +81,28 @@ impl<B: Backend> Zero<B> {
         let layout = prepared(&self.layout)?;
         let (partition, world) = (&layout.partition, layout.partition.world());
         let span = partition.chunk() * world;
-        let device = grads.iter().next().map(|(_, g)| g.device());
-        let Some(device) = device else { return Ok(()) };
+        let device = &layout.device;
         let mut pieces: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
-        let mut peak = 0u64;
+        // Every rank runs every window, whatever gradients it holds (a missing one counts as zeros).
         for window in 0..partition.windows() {
             let start = window * span;
-            let mut buffer = vec![0.0f32; span];
-            for (path, offset, len) in partition.params() {
-                let (lo, hi) = ((*offset).max(start), (offset + len).min(start + span));
-                if lo >= hi {
-                    continue;
-                }
-                if let Some(grad) = grads.get(path) {
-                    let slice = grad.clone().slice(lo - offset..hi - offset);
-                    buffer[lo - start..hi - start].copy_from_slice(&host(slice)?);
-                }
-            }
-            peak = peak.max(4 * span as u64);
+            let covered: Vec<Tensor<B, 1>> = partition
+                .params()
+                .iter()
+                .filter_map(|(path, offset, len)| {
+                    let (lo, hi) = ((*offset).max(start), (offset + len).min(start + span));
+                    (lo < hi).then(|| match grads.get(path) {
+                        Some(grad) => grad.clone().slice(lo - offset..hi - offset),
+                        None => Tensor::zeros([hi - lo], device),
+                    })
+                })
+                .collect();
+            // One read of the window from the device, padded to the collective's length.
+            let mut buffer = if covered.is_empty() { Vec::new() } else { host(Tensor::cat(covered, 0))? };
+            buffer.resize(span, 0.0);
+            let started = Instant::now();
             let mut mine = comm.reduce_scatter_sum(&buffer)?;
+            self.comm_time += started.elapsed();
             mine.iter_mut().for_each(|v| *v /= world as f32);
             for (path, segments) in &layout.mine {
                 for s in segments.iter().filter(|s| s.window == window) {
@@ -105,12 +114,19 @@ impl<B: Backend> Zero<B> {
             self.with_grads.insert(path.to_string());
         }
         for (path, values) in pieces {
-            let n = values.len();
-            self.shard_grads.add(path, Tensor::from_data(TensorData::new(values, [n]), &device));
+            self.shard_grads.add(path, device_tensor(values, device));
         }
         grads.clear();
-        self.transient_peak = self.transient_peak.max(peak);
+        self.transient_peak = self.transient_peak.max(4 * span as u64);
         Ok(())
+    }
+
+    /// The parameters some rank had a gradient for in this step (a collective): every rank updates the same ones.
+    fn stepped_params(&self, local: impl Fn(&str) -> bool, comm: &dyn Communicator) -> Result<BTreeSet<String>> {
+        let params = prepared(&self.layout)?.partition.params();
+        let mut present: Vec<f64> = params.iter().map(|(path, _, _)| f64::from(u8::from(local(path)))).collect();
+        comm.all_reduce_sum_f64(&mut present)?;
+        Ok(params.iter().zip(present).filter(|(_, n)| *n > 0.0).map(|((path, _, _), _)| path.clone()).collect())
     }
 
     /// Every rank's `parts` (this rank's share of each parameter, by path) put together: each whole parameter
@@ -169,7 +185,7 @@ impl<B: Backend> Zero<B> {
 }
 
 /// The layout, once the model was prepared.
-fn prepared(layout: &Option<Layout>) -> Result<&Layout> {
+fn prepared<B: Backend>(layout: &Option<Layout<B>>) -> Result<&Layout<B>> {
     layout
         .as_ref()
         .ok_or_else(|| AccelError::Config("ZeRO: the model was not prepared (Accelerator::prepare_model)".into()))
@@ -203,10 +219,11 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         format!("ZeRO stage {} ({what} partitioned across ranks)", self.stage.number())
     }
 
-    fn prepare(&mut self, sizes: &[(String, usize)], comm: &dyn Communicator) -> Result<()> {
+    fn prepare(&mut self, sizes: &[(String, usize)], device: &B::Device, comm: &dyn Communicator) -> Result<()> {
         let partition = Partition::new(sizes, comm.world_size(), self.bucket_elems);
+        self.rank = comm.rank();
         let mine = partition.segments(self.rank);
-        self.layout = Some(Layout { partition, mine });
+        self.layout = Some(Layout { partition, mine, device: device.clone() });
         Ok(())
     }
 
@@ -259,6 +276,10 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             host_optimizer.lr_scale.clone_from(&optimizer.lr_scale);
         }
         let mut parts: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let stepped = match self.stage {
+            ZeroStage::One => self.stepped_params(|path| grads.get(path).is_some(), comm)?,
+            ZeroStage::Two => self.stepped_params(|path| self.with_grads.contains(path), comm)?,
+        };
         let layout = prepared(&self.layout)?;
         for (path, segments) in &layout.mine {
             let Some((value, matrix)) = params.get(path) else {
@@ -267,8 +288,10 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             let value = Self::part_of(value.clone(), segments);
             let grad = match self.stage {
                 ZeroStage::One => grads.take(path).map(|g| Self::part_of(g, segments)),
-                ZeroStage::Two => self.shard_grads.take(path).filter(|_| self.with_grads.contains(path)),
+                ZeroStage::Two => self.shard_grads.take(path),
             };
+            // A gradient no rank had (stage 1 holds whole reduced gradients, so each rank has one or none alike).
+            let grad = grad.filter(|_| stepped.contains(path));
             // A parameter without a gradient this step keeps its value, as under plain data parallelism.
             let value = match (grad, self.offloaded.as_mut()) {
                 (Some(grad), None) => host(optimizer.update(path, value, grad, lr, *matrix, bias))?,
@@ -285,23 +308,28 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         self.shard_grads.clear();
         self.with_grads.clear();
         let mut updated = BTreeMap::new();
+        let started = Instant::now();
         self.all_gather(&parts, comm, |path, values| {
             if let Some((value, _)) = params.get(path) {
                 updated.insert(path.to_string(), device_tensor(values, &value.device()));
             }
         })?;
+        self.comm_time += started.elapsed();
         Ok(updated)
     }
 
-    fn write_optimizer_shard(&self, optimizer: &AdamW<B>, staging: &Path, _comm: &dyn Communicator) -> Result<bool> {
+    fn optimizer_files(&self, world: usize) -> Vec<String> {
+        std::iter::once(OPTIMIZER_META_FILE.to_string()).chain((0..world).map(|r| shard_file(r, world))).collect()
+    }
+
+    fn write_optimizer_shard(&self, optimizer: &AdamW<B>, staging: &Path, _comm: &dyn Communicator) -> Result<()> {
         let layout = self.layout()?;
         // This rank's share, from wherever it lives.
         let moments = match &self.offloaded {
             Some(host_optimizer) => host_moments(host_optimizer)?,
             None => host_moments(optimizer)?,
         };
-        write_shard(staging, &layout.partition, self.rank, &moments, optimizer.step, optimizer.config)?;
-        Ok(true)
+        write_shard(staging, &layout.partition, self.rank, &moments, optimizer.step, optimizer.config)
     }
 
     fn load_optimizer(
@@ -346,6 +374,10 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             }
         }
         Ok(optimizer)
+    }
+
+    fn take_communication_time(&mut self) -> Duration {
+        std::mem::take(&mut self.comm_time)
     }
 
     fn held_bytes(&self, grads: &GradientBuffer<B>, optimizer: &AdamW<B>) -> Option<HeldBytes> {

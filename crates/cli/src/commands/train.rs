@@ -18,7 +18,7 @@ use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_fastlora::LoraSection;
 use llmtrain_memopt::MemoptSection;
-use llmtrain_zero::{OffloadDevice, Zero, ZeroSection};
+use llmtrain_zero::ZeroSection;
 
 /// The run-config sections the role crates of this build own (each crate parses and checks its own); any other
 /// section is refused when the config loads.
@@ -160,12 +160,8 @@ pub fn run_rank<B: Backend>(
             return Err(err);
         }
     };
-    let rank = comm.rank();
     let mut accelerator = Accelerator::<Autodiff<B>>::new(accel_config, comm)?;
-    if let Some(stage) = zero.zero_stage() {
-        let strategy = Zero::new(stage, zero.bucket_elems(), rank);
-        let strategy =
-            if zero.offload_optimizer == OffloadDevice::Cpu { strategy.with_optimizer_offload() } else { strategy };
+    if let Some(strategy) = zero.strategy() {
         accelerator = accelerator.with_strategy(Box::new(strategy));
     }
     let overrides = TrainOverrides {

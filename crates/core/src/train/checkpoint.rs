@@ -18,6 +18,9 @@ use crate::model::LlamaModel;
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const OPTIMIZER_META_FILE: &str = "optimizer.json";
+/// Where the ranks write their parts of a checkpoint's optimizer state (`<prefix><step>` in the output directory)
+/// before rank 0 moves them into the checkpoint.
+pub const SHARD_STAGING_PREFIX: &str = ".optimizer-shards-";
 /// The key of [`OPTIMIZER_META_FILE`] that says the optimizer state is in per-rank shards (llmtrain-zero's), with
 /// their layout.
 pub const SHARDED_KEY: &str = "zero";

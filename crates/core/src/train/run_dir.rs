@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::list_checkpoints;
+use super::checkpoint::{SHARD_STAGING_PREFIX, list_checkpoints};
 use crate::error::{CoreError, Result};
 
 /// What an earlier run left in `out`, by name: its checkpoints and whichever of `outputs` (the names of
@@ -30,6 +30,16 @@ pub fn earlier_run_contents(out: &Path, outputs: &[&str]) -> Result<Vec<String>>
 pub fn clear_previous_run(out: &Path, outputs: &[&str]) -> Result<()> {
     for (_, dir) in list_checkpoints(out)? {
         std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+    }
+    // Optimizer parts a save that did not finish left behind.
+    if out.is_dir() {
+        for entry in std::fs::read_dir(out).map_err(|e| CoreError::io(out, e))? {
+            let path = entry.map_err(|e| CoreError::io(out, e))?.path();
+            let staged = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(SHARD_STAGING_PREFIX));
+            if staged && path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(|e| CoreError::io(&path, e))?;
+            }
+        }
     }
     for name in outputs {
         let stale = out.join(name);
