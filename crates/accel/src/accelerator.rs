@@ -14,7 +14,7 @@ use llmtrain_core::train::checkpoint::{
     SHARD_STAGING_PREFIX, SavePlan, TrainerState, save_checkpoint_with, verify_checkpoint,
 };
 use llmtrain_core::train::param_paths::{map_floats, map_trainable, visit_trainable};
-use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler};
+use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_coefficient};
 
 use crate::error::{AccelError, Result};
 use crate::launch_config::MixedPrecision;
@@ -83,7 +83,8 @@ pub struct Accelerator<A: AutodiffBackend> {
     /// Micro-batches seen so far (Accelerate's `GradientState.step`).
     micro_step: usize,
     sync_gradients: bool,
-    /// Time spent in gradient all-reduces, for the share of step time that communication costs.
+    /// Time spent communicating gradients and parameters (the strategy's collectives), for the share of step
+    /// time that communication costs.
     comm_time: Duration,
     /// fp16 runs: scales the loss before backward and skips steps whose gradients overflow.
     scaler: Option<LossScaler>,
@@ -201,8 +202,8 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Backward of `loss` divided by the accumulation steps (and multiplied by the loss scale in fp16); its
-    /// gradients are added to this rank's sum, and on a synchronising micro-batch averaged over ranks (bucketed
-    /// all-reduce) and unscaled.
+    /// gradients are added to this rank's sum and handed to the strategy (plain data parallelism averages them
+    /// over ranks on a synchronising micro-batch: a bucketed all-reduce), then unscaled.
     pub fn backward<M: Module<A>>(&mut self, model: &M, loss: Tensor<A, 1>) -> Result<()> {
         self.backward_with(|grads, divisor| grads.accumulate(model, &loss.div_scalar(divisor).backward()))
     }
@@ -248,11 +249,8 @@ impl<A: AutodiffBackend> Accelerator<A> {
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<f64> {
         let norm = self.strategy.grad_norm(&self.grads, self.comm.as_ref())?;
         // Clipping an overflowed step's gradients is harmless: `step` drops them.
-        if let Some(max_norm) = max_norm {
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                self.strategy.scale_gradients(&mut self.grads, coef);
-            }
+        if let Some(coef) = clip_coefficient(norm, max_norm) {
+            self.strategy.scale_gradients(&mut self.grads, coef);
         }
         if self.scaler.is_some() {
             self.found_overflow = Some(!norm.is_finite());
@@ -358,10 +356,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
         Ok(self.comm.barrier()?)
     }
 
-    /// Saves the training state as `output_dir/checkpoint-<step>/` (named and pruned as `plan` says): `write_files` writes the trained module's
-    /// files (a model, an adapter, a tokenizer), then the optimizer and the trainer state with this run's world
-    /// size. Written by rank 0, atomically, then every rank waits for it. All ranks hold identical replicas, and
-    /// the data position is common to them, so one copy is every rank's state.
+    /// Saves the training state as `output_dir/checkpoint-<step>/` (named and pruned as `plan` says): `write_files`
+    /// writes the trained module's files (a model, an adapter, a tokenizer), then the optimizer and the trainer
+    /// state with this run's world size and rows per micro-batch. Written by rank 0, atomically, then every rank
+    /// waits for it: the ranks' models and data position are the same, so one copy is every rank's. The optimizer
+    /// is rank 0's whole one, or, under a strategy whose ranks hold parts of it, each rank's part (written by the
+    /// ranks into a staging directory that rank 0 moves into the checkpoint).
     pub fn save_state(
         &self,
         output_dir: &Path,
@@ -402,8 +402,8 @@ impl<A: AutodiffBackend> Accelerator<A> {
     }
 
     /// Loads the optimizer and trainer state of a checkpoint written by [`save_state`](Self::save_state)
-    /// (the module restores its own files; the optimizer state, whole in the checkpoint, is handed to the
-    /// strategy). A checkpoint of another number of ranks is refused unless it read as many rows per micro-batch
+    /// (the module restores its own files; the strategy reads its optimizer, whole or in parts, from the
+    /// checkpoint's files). A checkpoint of another number of ranks is refused unless it read as many rows per micro-batch
     /// over all ranks as this run reads (`global_batch`): its data position counts those. An fp16 run continues
     /// with the saved loss scale.
     pub fn load_state(
@@ -442,7 +442,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         self.comm.abort(reason);
     }
 
-    /// Wall time spent in gradient all-reduces so far.
+    /// Wall time spent communicating gradients and parameters so far.
     pub fn communication_time(&self) -> Duration {
         self.comm_time
     }

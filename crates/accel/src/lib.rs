@@ -3,7 +3,7 @@
 //! config behind `llmtrain launch` and `llmtrain config`.
 //!
 //! - [`Accelerator`]: `prepare_model` (rank 0's weights everywhere), `prepare_data` (this rank's shard),
-//!   `accumulate` / `sync_gradients`, `backward` (bucketed gradient all-reduce on synchronising steps),
+//!   `accumulate` / `sync_gradients`, `backward` (the strategy's gradient synchronisation),
 //!   `clip_grad_norm`, `step`, `gather` / `gather_for_metrics` / `reduce`, `wait_for_everyone`,
 //!   `save_state` / `load_state`, `unwrap_model`, `is_main_process` / `print`.
 //! - [`Strategy`]: where a distributed strategy plugs in ([`DataParallel`] by default; llmtrain-zero's ZeRO

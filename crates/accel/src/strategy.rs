@@ -156,14 +156,6 @@ impl<B: Backend> Strategy<B> for DataParallel {
         lr: f64,
         _comm: &dyn Communicator,
     ) -> Result<BTreeMap<String, Tensor<B, 1>>> {
-        let bias = optimizer.begin_step();
-        let mut updated = BTreeMap::new();
-        for (path, (value, matrix)) in params {
-            if let Some(grad) = grads.take(&path) {
-                let value = optimizer.update(&path, value, grad, lr, matrix, bias);
-                updated.insert(path, value);
-            }
-        }
-        Ok(updated)
+        Ok(optimizer.step_params(params, grads, lr))
     }
 }

@@ -31,10 +31,7 @@ fn a_zero_run_resumed_from_its_checkpoint_ends_bit_identical_with_the_optimizer_
         assert!(String::from_utf8_lossy(&resumed.stderr).contains("(step 16)"), "{name}: it resumed at step 16");
         assert!(!stdout.contains("nothing to resume"), "{stdout}");
         let (resumed_loss, _) = curves(&out);
-        assert_eq!(
-            resumed_loss, straight_loss,
-            "{name}: steps 17-20 again, from the gathered and re-partitioned optimizer"
-        );
+        assert_eq!(resumed_loss, straight_loss, "{name}: steps 17-20 again, from each rank's share of the optimizer");
         assert!(
             std::fs::read(out.join("final/model.safetensors")).unwrap() == straight,
             "{name}: final weights differ"
@@ -63,8 +60,8 @@ fn a_stage_or_offload_this_build_cannot_run_is_refused_by_key_before_any_step() 
 
 #[test]
 fn a_checkpoint_of_four_ranks_resumes_on_two_and_on_one_with_the_same_rows_per_step() {
-    // DeepSpeed's universal checkpoints: the optimizer state is saved whole, so another number of ranks takes
-    // its own shares of it; the data position holds when batch_size × ranks stays 8.
+    // DeepSpeed's universal checkpoints: each rank's share is saved with the layout, so another number of ranks
+    // takes its own shares from the files that hold them; the data position holds when batch_size × ranks stays 8.
     let job = Job::new();
     let name = "universal";
     run_zero(&job, 4, &[], name, "[zero]\nstage = 2\nreduce_bucket_size = 1000");

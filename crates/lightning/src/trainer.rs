@@ -577,12 +577,12 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         }
     }
 
-    /// The user's callbacks, then the checkpointing and the progress bar.
     /// Rows of one micro-batch over all ranks, when the per-rank batch is known.
     fn global_batch(&self) -> Option<u64> {
         self.settings.batch_size.map(|b| (b * self.accelerator.world_size()) as u64)
     }
 
+    /// The user's callbacks, then the checkpointing and the progress bar.
     fn callbacks(&self) -> impl Iterator<Item = &(dyn Callback + 'static)> + '_ {
         let model_checkpoint: &dyn Callback = &self.model_checkpoint;
         let progress_bar = self.progress_bar.as_ref().map(|bar| bar as &dyn Callback);

@@ -247,12 +247,14 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
             rank_args.push(word.clone());
         }
     }
-    let asks_precision = args.command.iter().any(|a| a == "--mixed-precision" || a.starts_with("--mixed-precision="));
-    if config.mixed_precision != MixedPrecision::No && !asks_precision {
+    // Whether the rank command gives `flag` itself (`--flag X` or `--flag=X`): then the launch's value yields.
+    let asks = |flag: &str| args.command.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if config.mixed_precision != MixedPrecision::No && !asks("--mixed-precision") {
         rank_args.extend(["--mixed-precision".into(), config.mixed_precision.to_string()]);
     }
-    let asks_deepspeed = args.command.iter().any(|a| a == "--deepspeed" || a.starts_with("--deepspeed="));
-    if let Some(file) = args.deepspeed.as_ref().filter(|_| !asks_deepspeed) {
+    if let Some(file) = args.deepspeed.as_ref().filter(|_| !asks("--deepspeed")) {
+        // Absolute, so that a rank started in another directory (srun, a remote machine) finds it.
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
         rank_args.extend(["--deepspeed".into(), file.display().to_string()]);
     }
     let line = process_launch_command(config, &program, &rank_args)?;

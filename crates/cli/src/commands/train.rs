@@ -254,7 +254,6 @@ pub fn run_rank<B: Backend>(
     Ok(None)
 }
 
-/// What a run trained, by objective.
 /// The model states rank 0 kept (the largest share of a ZeRO partition) beside what `estimate-memory` predicts
 /// for the same trainable parameters, stage and ranks (f32 states).
 fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) -> Result<String> {
@@ -277,6 +276,7 @@ fn model_states_line(held: &llmtrain_accel::HeldBytes, stage: u8, world: usize) 
     ))
 }
 
+/// What a run trained, by objective.
 enum Summary {
     CausalLm(llmtrain_lightning::TrainSummary),
     Trl(llmtrain_trl::TrlSummary),

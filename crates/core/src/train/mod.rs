@@ -17,6 +17,6 @@ pub use crate::data::IGNORE_INDEX;
 pub use crate::model::loss::{causal_lm_loss, causal_lm_loss_parts, token_statistics};
 pub use lm::{batch_loss, batch_tensors, eval_mean, loss_from_hidden, sample_text, unigram_entropy};
 pub use loss_scale::{LossScaleConfig, LossScaler};
-pub use optim::{AdamW, AdamWConfig, BiasCorrection, GradientBuffer, Moments, clip_grad_norm};
+pub use optim::{AdamW, AdamWConfig, BiasCorrection, GradientBuffer, Moments, clip_coefficient, clip_grad_norm};
 pub use run_dir::{clear_previous_run, earlier_run_contents, set_aside_after};
 pub use schedule::{Schedule, ScheduleKind, WarmupType};

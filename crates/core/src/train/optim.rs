@@ -8,7 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::param_paths::{map_trainable, visit_gradients};
+use super::param_paths::{map_trainable, visit_gradients, visit_trainable};
 
 /// AdamW hyper-parameters (torch.optim.AdamW's defaults, except the learning rate which the schedule gives).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -131,17 +131,21 @@ impl<B: Backend> GradientBuffer<B> {
     }
 }
 
-/// Clips like `torch.nn.utils.clip_grad_norm_`: scales by max_norm / (norm + 1e-6) when that is below 1.
-/// Returns the norm before clipping.
+/// Clips like `torch.nn.utils.clip_grad_norm_`: scales by [`clip_coefficient`] when there is one. Returns the
+/// norm before clipping.
 pub fn clip_grad_norm<B: Backend>(grads: &mut GradientBuffer<B>, max_norm: Option<f64>) -> f64 {
     let norm = grads.global_norm();
-    if let Some(max_norm) = max_norm {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            grads.scale(coef);
-        }
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        grads.scale(coef);
     }
     norm
+}
+
+/// PyTorch's `clip_grad_norm_` factor for gradients of global norm `norm`: max_norm / (norm + 1e-6), when that is
+/// below 1 (`None`: leave them).
+pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> Option<f64> {
+    let coef = max_norm? / (norm + 1e-6);
+    (coef < 1.0).then_some(coef)
 }
 
 /// AdamW (decoupled weight decay) with the exact arithmetic of `torch.optim.AdamW` (single-tensor path):
@@ -170,11 +174,31 @@ impl<B: Backend> AdamW<B> {
         grads: &mut GradientBuffer<B>,
         lr: f64,
     ) -> M {
+        let mut params = BTreeMap::new();
+        visit_trainable(&module, |path, value: Tensor<A, 1>, matrix| {
+            params.insert(path.to_string(), (value.inner(), matrix));
+        });
+        let mut updated = self.step_params(params, grads, lr);
+        map_trainable(module, |path, _, _| updated.remove(path).map(Tensor::from_inner))
+    }
+
+    /// One update of `params` (each flattened, by path, with whether it is a matrix) from `grads` (consumed):
+    /// the new values of those that had a gradient.
+    pub fn step_params(
+        &mut self,
+        params: BTreeMap<String, (Tensor<B, 1>, bool)>,
+        grads: &mut GradientBuffer<B>,
+        lr: f64,
+    ) -> BTreeMap<String, Tensor<B, 1>> {
         let bias = self.begin_step();
-        map_trainable(module, |path, value: Tensor<A, 1>, matrix| {
-            let grad = grads.take(path)?;
-            Some(Tensor::from_inner(self.update(path, value.inner(), grad, lr, matrix, bias)))
-        })
+        let mut updated = BTreeMap::new();
+        for (path, (value, matrix)) in params {
+            if let Some(grad) = grads.take(&path) {
+                let value = self.update(&path, value, grad, lr, matrix, bias);
+                updated.insert(path, value);
+            }
+        }
+        updated
     }
 
     /// Starts an update of every parameter (the step count advances): the bias corrections that each
