@@ -129,27 +129,17 @@ impl<B: Backend> Zero<B> {
         Ok(params.iter().zip(present).filter(|(_, n)| *n > 0.0).map(|((path, _, _), _)| path.clone()).collect())
     }
 
-    /// Every rank's `parts` (this rank's share of each parameter, by path) put together: each whole parameter
-    /// is handed to `emit` once its last window has been gathered, so no more than one window and the
-    /// parameters it completes are held at a time.
+    /// Every rank's `chunks` (this rank's chunk of each window) put together: each whole parameter is handed to
+    /// `emit` once its last window has been gathered, so no more than one window and the parameters it completes
+    /// are held at a time besides the chunks.
     fn all_gather(
         &self,
-        parts: &BTreeMap<String, Vec<f32>>,
+        chunks: &[Vec<f32>],
         comm: &dyn Communicator,
         mut emit: impl FnMut(&str, Vec<f32>),
     ) -> Result<()> {
-        let layout = self.layout()?;
-        let partition = &layout.partition;
-        let (chunk, span) = (partition.chunk(), partition.chunk() * partition.world());
-        let mut chunks = vec![vec![0.0f32; chunk]; partition.windows()];
-        for (path, segments) in &layout.mine {
-            let Some(values) = parts.get(path) else { continue };
-            let mut at = 0;
-            for s in segments {
-                chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&values[at..at + s.len]);
-                at += s.len;
-            }
-        }
+        let partition = &self.layout()?.partition;
+        let span = partition.chunk() * partition.world();
         let mut params = partition.params().iter().peekable();
         let mut building: Vec<f32> = Vec::new();
         for (window, chunk_values) in chunks.iter().enumerate() {
@@ -275,12 +265,13 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             (host_optimizer.config, host_optimizer.step) = (optimizer.config, optimizer.step);
             host_optimizer.lr_scale.clone_from(&optimizer.lr_scale);
         }
-        let mut parts: BTreeMap<String, Vec<f32>> = BTreeMap::new();
         let stepped = match self.stage {
             ZeroStage::One => self.stepped_params(|path| grads.get(path).is_some(), comm)?,
             ZeroStage::Two => self.stepped_params(|path| self.with_grads.contains(path), comm)?,
         };
         let layout = prepared(&self.layout)?;
+        // This rank's updated share, written straight into its chunk of each window.
+        let mut chunks = vec![vec![0.0f32; layout.partition.chunk()]; layout.partition.windows()];
         for (path, segments) in &layout.mine {
             let Some((value, matrix)) = params.get(path) else {
                 return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
@@ -302,14 +293,18 @@ impl<B: Backend> Strategy<B> for Zero<B> {
                 }
                 (None, _) => host(value)?,
             };
-            parts.insert(path.clone(), value);
+            let mut at = 0;
+            for s in segments {
+                chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&value[at..at + s.len]);
+                at += s.len;
+            }
         }
         grads.clear();
         self.shard_grads.clear();
         self.with_grads.clear();
         let mut updated = BTreeMap::new();
         let started = Instant::now();
-        self.all_gather(&parts, comm, |path, values| {
+        self.all_gather(&chunks, comm, |path, values| {
             if let Some((value, _)) = params.get(path) {
                 updated.insert(path.to_string(), device_tensor(values, &value.device()));
             }
