@@ -56,5 +56,7 @@ fn a_missing_mpirun_is_one_clear_error() {
 #[test]
 fn zero_stages_under_mpirun_follow_plain_data_parallelism() {
     let job = Job::new();
-    launch_common::assert_zero_follows_plain_data_parallelism(&job, 2, &["--launcher", "mpirun"]);
+    for world in [2, 4] {
+        launch_common::assert_zero_follows_plain_data_parallelism(&job, world, &["--launcher", "mpirun"]);
+    }
 }

@@ -111,11 +111,7 @@ impl DpoMetrics {
             self.logps_chosen,
             self.logps_rejected,
         ];
-        let mut named = [("", 0.0); 6];
-        for (slot, (name, value)) in named.iter_mut().zip(Self::NAMES.into_iter().zip(values)) {
-            *slot = (name, value);
-        }
-        named
+        std::array::from_fn(|i| (Self::NAMES[i], values[i]))
     }
 }
 
