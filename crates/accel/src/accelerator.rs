@@ -1,24 +1,28 @@
 //! The [`Accelerator`]: one object that makes a training loop data parallel, with Accelerate's method names.
 //! With a world of one rank every collective is skipped, so single-process training is the same code.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::DataOptions;
-use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::dist::{Communicator, InProcess, SharedComm};
 use llmtrain_core::error::CoreError;
+use llmtrain_core::hf::HostTensor;
+use llmtrain_core::model::LayerSource;
 use llmtrain_core::train::checkpoint::{
     SHARD_STAGING_PREFIX, SavePlan, TrainerState, save_checkpoint_with, verify_checkpoint,
 };
-use llmtrain_core::train::param_paths::{map_floats, map_trainable, visit_trainable};
+use llmtrain_core::train::param_paths::{fill_params, map_floats, map_trainable, release_params, visit_trainable};
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, LossScaleConfig, LossScaler, clip_coefficient};
 
 use crate::error::{AccelError, Result};
 use crate::launch_config::MixedPrecision;
-use crate::strategy::{DataParallel, HeldBytes, Params, Strategy};
+use crate::strategy::{DataParallel, Gather, HeldBytes, Params, Strategy};
 
 /// How the Accelerator trains: Accelerate's constructor arguments that llmtrain supports.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +81,8 @@ pub enum ReduceOp {
 /// synchronising steps).
 pub struct Accelerator<A: AutodiffBackend> {
     config: AcceleratorConfig,
-    comm: Box<dyn Communicator>,
+    /// Shared with a layer source a model's forward calls (ZeRO stage 3).
+    comm: SharedComm,
     strategy: Box<dyn Strategy<A::InnerBackend>>,
     grads: GradientBuffer<A::InnerBackend>,
     /// Micro-batches seen so far (Accelerate's `GradientState.step`).
@@ -98,7 +103,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
     pub fn new(config: AcceleratorConfig, comm: Box<dyn Communicator>) -> Result<Self> {
         config.validate()?;
         Ok(Self {
-            comm,
+            comm: SharedComm::new(comm),
             strategy: Box::new(DataParallel),
             grads: GradientBuffer::default(),
             micro_step: 0,
@@ -163,7 +168,13 @@ impl<A: AutodiffBackend> Accelerator<A> {
             sizes.push((path.to_string(), value.dims()[0]));
         });
         sizes.sort();
-        self.strategy.prepare(&sizes, &device.unwrap_or_default(), self.comm.as_ref())?;
+        self.strategy.prepare(&sizes, &device.unwrap_or_default(), &self.comm)?;
+        let model = self.broadcast_model(model)?;
+        self.shard_model(model)
+    }
+
+    /// Rank 0's float parameters on every rank.
+    fn broadcast_model<M: AutodiffModule<A>>(&self, model: M) -> Result<M> {
         if self.world_size() == 1 {
             return Ok(model);
         }
@@ -172,7 +183,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
             if failed.is_some() {
                 return value;
             }
-            match broadcast(self.comm.as_ref(), value.clone().inner()) {
+            match broadcast(&self.comm, value.clone().inner()) {
                 Ok(inner) => Tensor::from_inner(inner),
                 Err(err) => {
                     failed = Some(err);
@@ -181,6 +192,56 @@ impl<A: AutodiffBackend> Accelerator<A> {
             }
         });
         failed.map_or(Ok(model), Err)
+    }
+
+    /// Under a strategy that keeps the parameters in shares (ZeRO stage 3): this rank keeps its shares of the
+    /// model's trainable parameters (whole here, as prepared or as a checkpoint loaded them), and the returned
+    /// model holds them released. Any other strategy returns the model as it is.
+    pub fn shard_model<M: AutodiffModule<A>>(&mut self, model: M) -> Result<M> {
+        if !self.strategy.releases_params() {
+            return Ok(model);
+        }
+        let mut whole = BTreeMap::new();
+        let mut failed = None;
+        visit_trainable(&model, |path, value: Tensor<A, 1>, _| {
+            match value.inner().into_data().convert::<f32>().into_vec() {
+                Ok(values) => {
+                    whole.insert(path.to_string(), HostTensor { shape: Vec::new(), values });
+                }
+                Err(e) => failed = Some(AccelError::Tensor(format!("{path}: {e:?}"))),
+            }
+        });
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        let (model, shapes) = release_params(model, |_| true);
+        for (path, shape) in shapes {
+            if let Some(tensor) = whole.get_mut(&path) {
+                tensor.shape = shape;
+            }
+        }
+        self.strategy.keep_shares(whole)?;
+        Ok(model)
+    }
+
+    /// `model` with the released parameters `scope` asks for put back whole (a collective; the model as it is
+    /// under any strategy that releases none).
+    pub fn gather_model<M: Module<A>>(&self, model: M, scope: Gather) -> Result<M> {
+        if !self.strategy.releases_params() {
+            return Ok(model);
+        }
+        let mut values = self.strategy.gather(scope, &self.comm)?;
+        Ok(fill_params(model, &mut values))
+    }
+
+    /// Where a model's layer walk gets its released layers from (ZeRO stage 3; `None` otherwise).
+    pub fn layer_source(&self) -> Option<Arc<dyn LayerSource>> {
+        self.strategy.layer_source(self.comm.clone())
+    }
+
+    /// Whether the strategy keeps the trainable parameters in shares between uses (ZeRO stage 3).
+    pub fn releases_params(&self) -> bool {
+        self.strategy.releases_params()
     }
 
     /// The data options for this rank's shard: each rank takes its `batch_size` rows of every global batch.
@@ -232,7 +293,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
     fn synchronise(&mut self) -> Result<()> {
         let started = Instant::now();
         let bucket_elems = ((self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1);
-        self.strategy.reduce_gradients(&mut self.grads, self.comm.as_ref(), self.sync_gradients, bucket_elems)?;
+        self.strategy.reduce_gradients(&mut self.grads, &self.comm, self.sync_gradients, bucket_elems)?;
         if self.world_size() > 1 {
             // The strategy's collectives, with the host copies around them (as the bucketed all-reduce's).
             self.comm_time += started.elapsed();
@@ -247,7 +308,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
     ///
     /// In fp16 a non-finite norm marks the step as overflowed: nothing is clipped and [`step`](Self::step) skips.
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<f64> {
-        let norm = self.strategy.grad_norm(&self.grads, self.comm.as_ref())?;
+        let norm = self.strategy.grad_norm(&self.grads, &self.comm)?;
         // Clipping an overflowed step's gradients is harmless: `step` drops them.
         if let Some(coef) = clip_coefficient(norm, max_norm) {
             self.strategy.scale_gradients(&mut self.grads, coef);
@@ -271,7 +332,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
         if self.scaler.is_some() {
             let overflow = match self.found_overflow.take() {
                 Some(overflow) => overflow,
-                None => !self.strategy.grad_norm(&self.grads, self.comm.as_ref())?.is_finite(),
+                None => !self.strategy.grad_norm(&self.grads, &self.comm)?.is_finite(),
             };
             if let Some(scaler) = self.scaler.as_mut() {
                 scaler.update(overflow).map_err(|e| AccelError::Config(e.to_string()))?;
@@ -286,8 +347,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
         visit_trainable(&model, |path, value: Tensor<A, 1>, matrix| {
             params.insert(path.to_string(), (value.inner(), matrix));
         });
-        let mut updated = self.strategy.step(params, &mut self.grads, optimizer, lr, self.comm.as_ref())?;
+        let mut updated = self.strategy.step(params, &mut self.grads, optimizer, lr, &self.comm)?;
         self.comm_time += self.strategy.take_communication_time();
+        if self.strategy.releases_params() {
+            // The updated shares stay with the strategy; what the step had gathered is released again.
+            return Ok(release_params(model, |_| true).0);
+        }
         Ok(map_trainable(model, |path, _, _| updated.remove(path).map(Tensor::from_inner)))
     }
 
@@ -382,7 +447,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
                 std::fs::remove_dir_all(&staging).map_err(|e| CoreError::io(&staging, e))?;
             }
             self.wait_for_everyone()?;
-            self.strategy.write_optimizer_shard(optimizer, &staging, self.comm.as_ref())?;
+            self.strategy.write_optimizer_shard(optimizer, &staging, &self.comm)?;
             self.wait_for_everyone()?;
         }
         let written = if self.is_main_process() {
@@ -427,14 +492,14 @@ impl<A: AutodiffBackend> Accelerator<A> {
         if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), state.loss_scaler.as_ref()) {
             *scaler = saved.clone();
         }
-        let optimizer = self.strategy.load_optimizer(dir, optimizer, device, self.comm.as_ref())?;
+        let optimizer = self.strategy.load_optimizer(dir, optimizer, device, &self.comm)?;
         Ok((optimizer, state))
     }
 
-    /// The bare model for inference and saving (burn needs no wrapper for data parallelism, so this only drops
-    /// the autodiff graph).
-    pub fn unwrap_model<M: AutodiffModule<A>>(&self, model: &M) -> M::InnerModule {
-        model.valid()
+    /// The bare model for inference and saving: without the autodiff graph, and whole (under ZeRO stage 3 the
+    /// released parameters are gathered: a collective).
+    pub fn unwrap_model<M: AutodiffModule<A>>(&self, model: &M) -> Result<M::InnerModule> {
+        Ok(self.gather_model(model.clone(), Gather::All)?.valid())
     }
 
     /// Tells the other ranks this one failed, so none waits forever.

@@ -41,4 +41,4 @@ pub use finetune::{Finetune, FullFinetune};
 pub use launch::{process_launch_command, run_in_process};
 pub use launch_config::ParseChoiceError;
 pub use launch_config::{DistributedType, LaunchConfig, LaunchConfigError, Launcher, MixedPrecision};
-pub use strategy::{DataParallel, HeldBytes, Params, Strategy};
+pub use strategy::{DataParallel, Gather, HeldBytes, Params, Strategy};

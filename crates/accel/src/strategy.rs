@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use llmtrain_core::dist::Communicator;
+use llmtrain_core::dist::{Communicator, SharedComm};
+use llmtrain_core::hf::HostTensor;
+use llmtrain_core::model::LayerSource;
 use llmtrain_core::train::checkpoint::load_optimizer;
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer};
 
@@ -33,6 +36,16 @@ pub struct HeldBytes {
     pub offloaded_optimizer: u64,
     /// The largest temporary buffer of a step (a gathered bucket of parameters or gradients).
     pub transient_peak: u64,
+}
+
+/// Which of the parameters a strategy keeps in shares (ZeRO stage 3) are asked for whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// Those a training step needs whole throughout (outside the decoder layers, which the model's layer walk
+    /// gathers one at a time).
+    Step,
+    /// Every one (validation, checkpoints, the final model).
+    All,
 }
 
 /// How gradients are synchronised and parameters updated across ranks. Every method that takes the
@@ -104,6 +117,28 @@ pub trait Strategy<B: Backend>: Send {
         _comm: &dyn Communicator,
     ) -> Result<AdamW<B>> {
         Ok(load_optimizer(dir, config, device)?)
+    }
+
+    /// Whether the trainable parameters live in shares between uses (ZeRO stage 3): the model then holds them
+    /// released, and [`gather`](Self::gather) puts them together.
+    fn releases_params(&self) -> bool {
+        false
+    }
+
+    /// Takes this rank's shares of the trainable parameters from their whole values (by path, each with its
+    /// shape), before the model releases them: when the model is prepared and after a checkpoint is loaded.
+    fn keep_shares(&mut self, _whole: BTreeMap<String, HostTensor>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The released parameters `scope` asks for, whole, by path (a collective).
+    fn gather(&self, _scope: Gather, _comm: &dyn Communicator) -> Result<BTreeMap<String, HostTensor>> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Where a model's layer walk gets its released layers and sends their gradients, over `comm`.
+    fn layer_source(&self, _comm: SharedComm) -> Option<Arc<dyn LayerSource>> {
+        None
     }
 
     /// What this rank keeps between steps; `None` when the strategy does not count (plain data parallelism).

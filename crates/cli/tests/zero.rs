@@ -1,4 +1,4 @@
-//! `[zero]`: ZeRO stages 1 and 2 on launched ranks against plain data parallelism on the same ranks (DeepSpeed's
+//! `[zero]`: ZeRO stages 1, 2 and 3 on launched ranks against plain data parallelism on the same ranks (DeepSpeed's
 //! own test: the same model, data and steps must give the same losses and weights), with accumulation and
 //! clipping on, and collectives cut into several windows.
 
@@ -6,7 +6,7 @@ use crate::common::assert_one_line_error;
 use crate::launch_common::{Job, assert_zero_follows_plain_data_parallelism, curves, max_weight_diff, ok, run_zero};
 
 #[test]
-fn stages_one_and_two_follow_plain_data_parallelism_on_two_and_four_ranks() {
+fn stages_one_two_and_three_follow_plain_data_parallelism_on_two_and_four_ranks() {
     let job = Job::new();
     for world in [2, 4] {
         assert_zero_follows_plain_data_parallelism(&job, world, &[]);
@@ -16,8 +16,8 @@ fn stages_one_and_two_follow_plain_data_parallelism_on_two_and_four_ranks() {
 #[test]
 fn a_zero_run_resumed_from_its_checkpoint_ends_bit_identical_with_the_optimizer_offloaded_or_not() {
     let job = Job::new();
-    for (name, offload) in [("resume", "none"), ("resume-offload", "cpu")] {
-        let zero = format!("[zero]\nstage = 2\nreduce_bucket_size = 1000\noffload_optimizer = \"{offload}\"");
+    for (name, stage, offload) in [("resume", 2, "none"), ("resume-offload", 2, "cpu"), ("resume-stage3", 3, "none")] {
+        let zero = format!("[zero]\nstage = {stage}\nreduce_bucket_size = 1000\noffload_optimizer = \"{offload}\"");
         run_zero(&job, 2, &[], name, &zero);
         let out = job.path(&format!("out-{name}"));
         let straight = std::fs::read(out.join("final/model.safetensors")).unwrap();
@@ -44,9 +44,8 @@ fn a_stage_or_offload_this_build_cannot_run_is_refused_by_key_before_any_step() 
     let job = Job::new();
     for (zero, needle) in [
         ("stage = 5", "key `zero.stage`: must be 0, 1, 2 or 3, got 5"),
-        ("stage = 3", "key `zero.stage`: stage 3 (partitioned parameters) is not built yet"),
-        ("stage = 0\noffload_optimizer = \"cpu\"", "key `zero.offload_optimizer`: needs stage 1 or 2"),
-        ("stage = 2\noffload_param = \"cpu\"", "key `zero.offload_param`: parameter offload comes with stage 3"),
+        ("stage = 0\noffload_optimizer = \"cpu\"", "key `zero.offload_optimizer`: needs stage 1, 2 or 3"),
+        ("stage = 3\noffload_param = \"cpu\"", "key `zero.offload_param`: parameter offload (ZeRO-Infinity's"),
         ("stage = 1\nreduce_bucket_size = 0", "key `zero.reduce_bucket_size`: must be a number of elements ≥ 1"),
     ] {
         let config = job.config(2, "bad", "");
@@ -64,19 +63,20 @@ fn a_checkpoint_of_four_ranks_resumes_on_two_and_on_one_with_the_same_rows_per_s
     // takes its own shares from the files that hold them; the data position holds when batch_size × ranks stays 8.
     let job = Job::new();
     let name = "universal";
-    run_zero(&job, 4, &[], name, "[zero]\nstage = 2\nreduce_bucket_size = 1000");
+    // Saved by stage 3 (a window per layer) on 4 ranks; resumed by stage 3 on 2 and by stage 1 (one window) on 1.
+    run_zero(&job, 4, &[], name, "[zero]\nstage = 3");
     let out = job.path(&format!("out-{name}"));
     let (four, _) = curves(&out);
     let four_final = out.join("four-final.safetensors");
     std::fs::copy(out.join("final/model.safetensors"), &four_final).unwrap();
     let checkpoint = out.join("checkpoint-16");
     let text = std::fs::read_to_string(job.path(&format!("{name}.toml"))).unwrap();
-    for (world, batch, stage) in [(2, 4, 2), (1, 8, 1)] {
+    for (world, batch, stage) in [(2, 4, 3), (1, 8, 1)] {
         let config = job.path(&format!("{name}-{world}.toml"));
         let zero_stage = format!("stage = {stage}");
         std::fs::write(
             &config,
-            text.replace("batch_size = 2", &format!("batch_size = {batch}")).replace("stage = 2", &zero_stage),
+            text.replace("batch_size = 2", &format!("batch_size = {batch}")).replace("stage = 3", &zero_stage),
         )
         .unwrap();
         let world_text = world.to_string();
@@ -116,6 +116,24 @@ const HF_ZERO2: &str = r#"{
     "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": false
 }"#;
 
+/// transformers' documented ZeRO-3 config ("auto" throughout, stage 3's tuning keys), with the parameters kept
+/// on the device (`offload_param` is not built).
+const HF_ZERO3: &str = r#"{
+    "bf16": {"enabled": "auto"},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+    "zero_optimization": {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": true},
+        "offload_param": {"device": "none", "pin_memory": true},
+        "overlap_comm": true, "contiguous_gradients": true, "sub_group_size": 1e9,
+        "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 1e9,
+        "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": true
+    },
+    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": 2000,
+    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": false
+}"#;
+
 /// DeepSpeed's own style: numbers, the batch triple given as two of three, Adam (in AdamW mode).
 const DEEPSPEED_ZERO1: &str = r#"{
     "train_batch_size": 8,
@@ -127,11 +145,27 @@ const DEEPSPEED_ZERO1: &str = r#"{
 }"#;
 
 #[test]
+fn stage_three_with_an_adapter_or_a_preference_objective_is_refused_in_one_line_before_anything_is_written() {
+    // An adapter's frozen base is not partitioned, nor are the preference objectives' forwards (yet).
+    let job = Job::new();
+    for (section, what) in [("[lora]\nr = 4", "not [lora]"), ("[dpo]\nbeta = 0.1", "not [dpo]")] {
+        let config = job.config(2, "unsharded", "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}\n{section}\n\n[zero]\nstage = 3\n")).unwrap();
+        let out = job.run(&["train", "--config", config.to_str().unwrap()]);
+        let line = assert_one_line_error(&out, "key `zero.stage`: ZeRO stage 3 trains the causal-LM objectives");
+        assert!(line.contains(what), "{line}");
+        assert!(!job.path("out-unsharded").exists(), "{section}: nothing written");
+    }
+}
+
+#[test]
 fn ds_config_files_as_deepspeed_and_transformers_document_them_train_as_the_same_zero_section() {
     let job = Job::new();
     for (name, ds_config, zero) in [
         ("hf-zero2", HF_ZERO2, "[zero]\nstage = 2\nreduce_bucket_size = 1000\noffload_optimizer = \"cpu\""),
         ("ds-zero1", DEEPSPEED_ZERO1, "[zero]\nstage = 1"),
+        ("hf-zero3", HF_ZERO3, "[zero]\nstage = 3\noffload_optimizer = \"cpu\""),
     ] {
         let reference = format!("{name}-section");
         run_zero(&job, 2, &[], &reference, zero);

@@ -109,12 +109,18 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>> {
         let (tokens, labels, positions) = batch_tensors::<A>(batch, ctx.device);
-        let (hidden, deferred) = match ctx.gradient_checkpointing {
-            Some(Recompute { offload }) => {
+        let (hidden, deferred) = match (ctx.layer_source(), ctx.gradient_checkpointing) {
+            // ZeRO stage 3: the layers are gathered one at a time, for the forward and again for the recompute.
+            (Some(source), checkpointing) => {
+                let offload = checkpointing.is_some_and(|c| c.offload);
+                let (hidden, layers) = net.hidden_states_sharded(tokens, positions.as_ref(), offload, source)?;
+                (hidden, Some(Box::new(layers) as _))
+            }
+            (None, Some(Recompute { offload })) => {
                 let (hidden, layers) = net.hidden_states_recomputed(tokens, positions.as_ref(), offload);
                 (hidden, Some(Box::new(layers) as _))
             }
-            None => (net.hidden_states(tokens, positions.as_ref()), None),
+            (None, None) => (net.hidden_states(tokens, positions.as_ref()), None),
         };
         if !self.token_metrics || net.compute.loss_chunk.is_some() {
             let (loss, _) = loss_from_hidden(net, hidden, batch, labels);
@@ -144,6 +150,11 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
     ) -> Result<LossParts> {
         let (sum, count) = batch_loss(net, batch, device);
         Ok(LossParts { sum: sum.into_scalar().elem::<f64>(), weight: count.into_scalar().elem::<f64>() })
+    }
+
+    fn walks_sharded_layers(&self) -> bool {
+        // An adapter's frozen base is not the strategy's to shard.
+        !self.method.saves_adapter_only()
     }
 
     fn configure_net(&self, mut net: LlamaModel<A>) -> LlamaModel<A> {

@@ -43,6 +43,13 @@ pub trait LightningModule<A: AutodiffBackend> {
     /// The summed loss and weight of one validation batch (no autodiff).
     fn validation_step(&self, net: &InnerNet<A, Self>, batch: &Self::Batch, device: &A::Device) -> Result<LossParts>;
 
+    /// Whether [`training_step`](Self::training_step) runs the decoder through
+    /// [`StepContext::layer_source`] when there is one, so that the network can train with its parameters
+    /// released between uses (ZeRO stage 3). Those that don't are refused under stage 3.
+    fn walks_sharded_layers(&self) -> bool {
+        false
+    }
+
     /// Settings of the network that are not parameters (compute type, kernels), applied after it is built,
     /// broadcast or restored from a checkpoint.
     fn configure_net(&self, net: Self::Net) -> Self::Net {
@@ -187,6 +194,13 @@ impl<A: AutodiffBackend> StepContext<'_, A> {
     /// How many ranks train.
     pub fn world_size(&self) -> usize {
         self.accelerator.world_size()
+    }
+
+    /// Under ZeRO stage 3, where the network's released decoder layers are gathered from, one at a time, by the
+    /// forward ([`LlamaModel::hidden_states_sharded`](llmtrain_core::model::LlamaModel::hidden_states_sharded)).
+    /// `None` when the network holds its parameters whole.
+    pub fn layer_source(&self) -> Option<std::sync::Arc<dyn llmtrain_core::model::LayerSource>> {
+        self.accelerator.layer_source()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use llmtrain_accel::{AccelError, Accelerator, ReduceOp};
+use llmtrain_accel::{AccelError, Accelerator, Gather, ReduceOp};
 use llmtrain_core::interrupt::{self, SIGINT, SIGTERM};
 use llmtrain_core::model::lora::{mix_seed, set_dropout_seed};
 use llmtrain_core::train::AdamW;
@@ -59,6 +59,9 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     options: &StepOptions,
     device: &A::Device,
 ) -> Result<(M::Net, StepStats)> {
+    // Under ZeRO stage 3 the parameters outside the decoder layers are gathered for the step (its update releases
+    // them); the layers are gathered one at a time by the forward.
+    let net = accelerator.gather_model(net, Gather::Step)?;
     let local_weight: f64 = micro.iter().map(|b| module.batch_weight(b)).sum();
     let weight = accelerator.reduce(local_weight, ReduceOp::Sum)?.max(1.0);
     let undo_averaging = (accelerator.world_size() * accelerator.config().gradient_accumulation_steps) as f64;
@@ -111,10 +114,10 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
             let step_grads = loss.mul_scalar(scale / divisor).backward();
             grads.accumulate(&net, &step_grads);
             if let Some(deferred) = deferred {
-                deferred.backward(&step_grads, &mut |more| grads.accumulate(&net, more));
+                deferred.backward(&step_grads, &mut |more| grads.accumulate(&net, more))?;
             }
-            value
-        })?;
+            Ok::<_, llmtrain_core::CoreError>(value)
+        })??;
         local[0] += value / weight;
     }
     if !accelerator.sync_gradients() {

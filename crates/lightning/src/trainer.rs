@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use llmtrain_accel::{Accelerator, ReduceOp};
+use llmtrain_accel::{Accelerator, Gather, ReduceOp};
 use llmtrain_core::CoreError;
 use llmtrain_core::fsutil::write_dir_atomic;
 use llmtrain_core::interrupt::GracefulStop;
@@ -311,6 +311,13 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         let main = self.accelerator.is_main_process();
         // Every rank has read what it builds from (which may sit in the output directory) before rank 0 clears it.
         self.accelerator.wait_for_everyone()?;
+        if self.accelerator.releases_params() && !module.walks_sharded_layers() {
+            return Err(LightningError::Invalid(
+                "ZeRO stage 3 trains the causal-LM objectives (pretrain, sft) with full finetuning for now: use \
+                 stage 1 or 2 for this objective or method"
+                    .into(),
+            ));
+        }
         let mut net = module.configure_net(self.accelerator.prepare_model(net)?);
         let mut optimizer = AdamW::<A::InnerBackend>::new(s.optimizer);
         let paths = trainable_paths(&net);
@@ -319,7 +326,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if let Some(dir) = &resumed_dir {
             let (loaded, state) = self.accelerator.load_state(dir, s.optimizer, device, self.global_batch())?;
             optimizer = loaded;
-            net = module.configure_net(module.load_checkpoint(net, dir)?);
+            let loaded = module.load_checkpoint(self.accelerator.gather_model(net, Gather::All)?, dir)?;
+            net = module.configure_net(self.accelerator.shard_model(loaded)?);
             check_optimizer_names(&optimizer, &paths, dir)?;
             data.seek(&state.data_position)?;
             module.on_load_checkpoint(&state.module)?;
@@ -368,11 +376,15 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
         let mut latest = Map::new();
         let mut stopped_early: Option<String> = None;
-        if main && resumed_from.is_none() {
-            summary.start_metrics = module.on_fit_start(&net.valid())?;
-            if !summary.start_metrics.is_empty() {
-                self.log(metrics.as_mut(), with_step(step, &summary.start_metrics), &mut latest)?;
+        if resumed_from.is_none() {
+            // Gathered on every rank (a collective under ZeRO stage 3), used by rank 0.
+            let whole = self.accelerator.unwrap_model(&net)?;
+            if main {
+                summary.start_metrics = module.on_fit_start(&whole)?;
             }
+        }
+        if main && !summary.start_metrics.is_empty() {
+            self.log(metrics.as_mut(), with_step(step, &summary.start_metrics), &mut latest)?;
         }
 
         if s.num_sanity_val_steps > 0 && data.has_validation() {
@@ -477,7 +489,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 summary.steps = step;
                 summary.interrupted_by = Some(signal);
                 summary.elapsed_secs = self.started.elapsed().as_secs_f64();
-                return Ok((summary, net));
+                return Ok((summary, self.accelerator.gather_model(net, Gather::All)?));
             }
         }
         // A run a callback stopped (or max_epochs ended right after a validation) has just validated at this step.
@@ -488,6 +500,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             last_val = Some(val_loss);
         }
         self.end_callbacks()?;
+        // The trained network whole, on every rank (gathered under ZeRO stage 3), for the end figures, `final/`
+        // and the caller.
+        let net = self.accelerator.gather_model(net, Gather::All)?;
         if main {
             summary.end_metrics = module.on_fit_end(&net.valid())?;
             if !summary.end_metrics.is_empty() {
@@ -563,6 +578,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         };
         let mut failed = None;
         let out = &self.settings.default_root_dir;
+        // Whole on every rank (a collective under ZeRO stage 3) before rank 0 writes it.
+        let net = &self.accelerator.gather_model(net.clone(), Gather::All)?;
         let written = self.accelerator.save_state(out, optimizer, state, &plan, |dir| {
             module.save_checkpoint(net, dir).map_err(|err| {
                 let message = err.to_string();
@@ -710,7 +727,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         M: LightningModule<A>,
         D: DataModule<M::Net, Batch = M::Batch>,
     {
-        let inner = self.accelerator.unwrap_model(net);
+        let inner = self.accelerator.unwrap_model(net)?;
         let mut total = LossParts::default();
         data.validation_pass(limit.max(1), &mut |batch| {
             let parts = module.validation_step(&inner, batch, device)?;

@@ -28,7 +28,7 @@ fn backward_by_layers(
     let loss = sum.clone().into_scalar().elem::<f64>();
     let step = sum.mul_scalar(scale).backward();
     grads.accumulate(model, &step);
-    Box::new(layers).backward(&step, &mut |more| grads.accumulate(model, more));
+    Box::new(layers).backward(&step, &mut |more| grads.accumulate(model, more)).unwrap();
     loss
 }
 

@@ -8,7 +8,10 @@
 //! effect, since they tune how DeepSpeed overlaps or prints and not what is computed: `overlap_comm`,
 //! `contiguous_gradients`, `allgather_partitions`, `reduce_scatter`, `allgather_bucket_size` (the all-gathers use
 //! `reduce_bucket_size`'s windows), `round_robin_gradients`, `pin_memory`, `steps_per_print`,
-//! `wall_clock_breakdown`, `zero_allow_untested_optimizer`.
+//! `wall_clock_breakdown`, `zero_allow_untested_optimizer`, and stage 3's `stage3_prefetch_bucket_size`,
+//! `stage3_param_persistence_threshold`, `stage3_max_live_parameters`, `stage3_max_reuse_distance`,
+//! `stage3_gather_16bit_weights_on_model_save` and `sub_group_size` (llmtrain gathers each layer when its turn
+//! comes, keeps at most one live and always writes the whole model).
 
 use std::path::{Path, PathBuf};
 
@@ -376,7 +379,9 @@ impl Reader<'_> {
     fn zero(&self, zero: &Value) -> Result<ZeroSection, DsConfigError> {
         let p = "zero_optimization";
         let object = self.object(zero, p)?;
-        // Stage 3's settings (DeepSpeed ignores them below stage 3, as here; stage 3 itself is refused below).
+        // Stage 3's tuning (DeepSpeed ignores it below stage 3). Accepted without effect at stage 3 too: every
+        // layer is gathered when its turn comes and released after it (no prefetch, no persistent small parameters,
+        // at most one layer live), the step updates whole shares, and checkpoints always hold the whole model.
         let stage3 = [
             "stage3_prefetch_bucket_size",
             "stage3_param_persistence_threshold",

@@ -11,7 +11,11 @@
 //!   triple, precision, optimizer, scheduler and `zero_optimization`, `"auto"` keeping the run's own values.
 //! - [`Partition`]: which rank owns which elements.
 //!
-//! Not built yet: stage 3 (partitioned parameters) and its parameter offload.
+//! - stage 3 ([`ZeroStage::Three`]): the parameters live in shares too; the model's forward gathers one decoder
+//!   layer at a time (and again for its recompute in backward) through the [`LayerSource`](llmtrain_core::model::LayerSource)
+//!   the strategy hands it, and each layer's gradients are reduce-scattered as soon as its backward made them.
+//!
+//! Not built yet: stage 3's parameter offload (`offload_param`).
 //!
 //! ```
 //! use burn::backend::Autodiff;
@@ -33,6 +37,7 @@ mod ds_config;
 mod partition;
 mod section;
 mod shards;
+mod stage3;
 mod strategy;
 
 pub use ds_config::{DsConfigError, apply_ds_config};

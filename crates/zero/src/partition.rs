@@ -1,6 +1,9 @@
-//! Which rank owns which elements of the trainable parameters, as DeepSpeed's stages 1 and 2 flatten them: the
-//! parameters laid end to end in path order, cut into windows of `world × chunk` elements (a collective's bucket),
-//! rank r owning chunk r of every window. With one window, rank r owns one contiguous r-th of the model.
+//! Which rank owns which elements of the trainable parameters, as DeepSpeed flattens them: the parameters laid
+//! end to end in path order and cut into windows (a collective's bucket), each window split into `world` equal
+//! chunks (the last padded), rank r owning chunk r of every window. Stages 1 and 2 cut uniform windows of about
+//! `reduce_bucket_size` elements (with one window, rank r owns one contiguous r-th of the model); stage 3 cuts one
+//! window per gather unit (a decoder layer, or a run of the parameters outside the layers), so that a layer is
+//! put together by one all-gather of its window.
 
 /// One piece of a parameter that a rank owns: `len` elements from `param_offset` within the parameter, at
 /// `chunk_offset` within the rank's chunk of window `window`.
@@ -12,6 +15,21 @@ pub struct Segment {
     pub chunk_offset: usize,
 }
 
+/// A window of the flat parameters: `start..end`, split into chunks of `chunk` elements (one per rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub end: usize,
+    pub chunk: usize,
+}
+
+impl Window {
+    /// Elements of the window's collective (chunks of every rank, padding included).
+    pub fn span(&self, world: usize) -> usize {
+        self.chunk * world
+    }
+}
+
 /// The flat layout of the trainable parameters over the ranks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
@@ -19,30 +37,63 @@ pub struct Partition {
     params: Vec<(String, usize, usize)>,
     total: usize,
     world: usize,
-    /// Elements each rank owns of one window.
-    chunk: usize,
+    windows: Vec<Window>,
+    /// Whether the windows are uniform (stages 1 and 2: a checkpoint records the chunk alone).
+    uniform: bool,
 }
 
 impl Partition {
-    /// The layout of parameters of `sizes` (path, elements; in path order) over `world` ranks, with windows of
-    /// about `bucket_elems` elements.
+    /// The layout of parameters of `sizes` (path, elements; in path order) over `world` ranks, with uniform
+    /// windows of about `bucket_elems` elements.
     pub fn new(sizes: &[(String, usize)], world: usize, bucket_elems: usize) -> Self {
-        let world = world.max(1);
-        let mut params = Vec::with_capacity(sizes.len());
-        let mut total = 0;
-        for (path, len) in sizes {
-            params.push((path.clone(), total, *len));
-            total += len;
-        }
+        let (params, total) = lay_out(sizes);
         let window = bucket_elems.clamp(1, total.max(1));
-        Self { params, total, world, chunk: window.div_ceil(world).max(1) }
+        Self::uniform(params, total, world, window.div_ceil(world.max(1)))
     }
 
-    /// The layout a checkpoint recorded: `sizes` over `world` ranks with chunks of `chunk` elements.
+    /// The uniform layout a checkpoint recorded: `sizes` over `world` ranks with chunks of `chunk` elements.
     pub fn with_chunk(sizes: &[(String, usize)], world: usize, chunk: usize) -> Self {
-        let mut partition = Self::new(sizes, world, 1);
-        partition.chunk = chunk.max(1);
-        partition
+        let (params, total) = lay_out(sizes);
+        Self::uniform(params, total, world, chunk)
+    }
+
+    fn uniform(params: Vec<(String, usize, usize)>, total: usize, world: usize, chunk: usize) -> Self {
+        let (world, chunk) = (world.max(1), chunk.max(1));
+        let span = chunk * world;
+        let windows = (0..total.div_ceil(span).max(1))
+            .map(|w| Window { start: w * span, end: ((w + 1) * span).min(total), chunk })
+            .collect();
+        Self { params, total, world, windows, uniform: true }
+    }
+
+    /// One window per run of consecutive parameters with the same `unit` (stage 3's gather units: say, the
+    /// decoder layer a parameter belongs to, `None` outside the layers).
+    pub fn by_unit<U: PartialEq>(sizes: &[(String, usize)], world: usize, unit: impl Fn(&str) -> U) -> Self {
+        let (params, total) = lay_out(sizes);
+        let world = world.max(1);
+        let mut windows: Vec<Window> = Vec::new();
+        let mut current: Option<U> = None;
+        for (path, offset, len) in &params {
+            let key = unit(path);
+            match windows.last_mut() {
+                Some(window) if current.as_ref() == Some(&key) => window.end = offset + len,
+                _ => windows.push(Window { start: *offset, end: offset + len, chunk: 0 }),
+            }
+            current = Some(key);
+        }
+        for window in &mut windows {
+            window.chunk = (window.end - window.start).div_ceil(world).max(1);
+        }
+        if windows.is_empty() {
+            windows.push(Window { start: 0, end: 0, chunk: 1 });
+        }
+        Self { params, total, world, windows, uniform: false }
+    }
+
+    /// A layout a checkpoint recorded window by window.
+    pub fn with_windows(sizes: &[(String, usize)], world: usize, windows: Vec<Window>) -> Self {
+        let (params, total) = lay_out(sizes);
+        Self { params, total, world: world.max(1), windows, uniform: false }
     }
 
     /// Elements in all.
@@ -54,14 +105,29 @@ impl Partition {
         self.world
     }
 
-    /// Elements per rank per window (the chunk of a collective; the last window's is padded to it).
-    pub fn chunk(&self) -> usize {
-        self.chunk
+    /// The uniform windows' chunk (`None` when each window has its own).
+    pub fn uniform_chunk(&self) -> Option<usize> {
+        self.uniform.then(|| self.windows[0].chunk)
     }
 
     /// Windows the flat parameters span.
     pub fn windows(&self) -> usize {
-        self.total.div_ceil(self.chunk * self.world).max(1)
+        self.windows.len()
+    }
+
+    /// Window `w`.
+    pub fn window(&self, w: usize) -> Window {
+        self.windows[w]
+    }
+
+    /// Every window, in flat order.
+    pub fn all_windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// The largest collective of a window, in elements.
+    pub fn largest_span(&self) -> usize {
+        self.windows.iter().map(|w| w.span(self.world)).max().unwrap_or(0)
     }
 
     /// The parameters, as (path, flat offset, elements).
@@ -74,10 +140,11 @@ impl Partition {
         (0..self.windows()).map(|w| self.range(rank, w).len()).sum()
     }
 
-    /// The flat range `rank` owns in window `window` (empty past the end).
+    /// The flat range `rank` owns in window `window` (empty past its end).
     pub fn range(&self, rank: usize, window: usize) -> std::ops::Range<usize> {
-        let start = (window * self.world + rank) * self.chunk;
-        start.min(self.total)..(start + self.chunk).min(self.total)
+        let w = self.windows[window];
+        let start = w.start + rank * w.chunk;
+        start.min(w.end)..(start + w.chunk).min(w.end)
     }
 
     /// What `rank` owns of each parameter, by path, with the segments in flat order (a parameter spanning
@@ -87,9 +154,10 @@ impl Partition {
         for (path, offset, len) in &self.params {
             let (start, end) = (*offset, offset + len);
             let mut segments = Vec::new();
-            let first = start / (self.chunk * self.world);
-            let last = end.div_ceil(self.chunk * self.world);
-            for window in first..last {
+            for (window, w) in self.windows.iter().enumerate() {
+                if w.end <= start || w.start >= end {
+                    continue;
+                }
                 let range = self.range(rank, window);
                 let (lo, hi) = (range.start.max(start), range.end.min(end));
                 if lo < hi {
@@ -103,6 +171,17 @@ impl Partition {
         }
         out
     }
+}
+
+/// The parameters laid end to end: (path, flat offset, elements) and the total.
+fn lay_out(sizes: &[(String, usize)]) -> (Vec<(String, usize, usize)>, usize) {
+    let mut params = Vec::with_capacity(sizes.len());
+    let mut total = 0;
+    for (path, len) in sizes {
+        params.push((path.clone(), total, *len));
+        total += len;
+    }
+    (params, total)
 }
 
 #[cfg(test)]
@@ -121,7 +200,7 @@ mod tests {
             for (path, segments) in p.segments(rank) {
                 let (_, offset, _) = p.params().iter().find(|(name, _, _)| *name == path).unwrap();
                 for s in segments {
-                    assert!(s.chunk_offset + s.len <= p.chunk());
+                    assert!(s.chunk_offset + s.len <= p.window(s.window).chunk);
                     let flat = offset + s.param_offset;
                     assert_eq!(flat, p.range(rank, s.window).start + s.chunk_offset);
                     for slot in &mut owner[flat..flat + s.len] {
@@ -139,7 +218,7 @@ mod tests {
     #[test]
     fn one_window_gives_each_rank_a_contiguous_share() {
         let p = Partition::new(&sizes(&[5, 3, 8]), 2, usize::MAX);
-        assert_eq!((p.total(), p.chunk(), p.windows()), (16, 8, 1));
+        assert_eq!((p.total(), p.uniform_chunk(), p.windows()), (16, Some(8), 1));
         assert_covers_once(&p);
         let rank1 = p.segments(1);
         assert_eq!(rank1.len(), 1, "rank 1 owns the last parameter only: {rank1:?}");
@@ -153,6 +232,22 @@ mod tests {
             [(vec![7usize, 1, 13, 4], 3, 6), (vec![1], 4, 100), (vec![10, 10], 4, 3), (vec![3, 5, 2, 9, 1], 2, 4)]
         {
             assert_covers_once(&Partition::new(&sizes(&lens), world, bucket));
+        }
+    }
+
+    #[test]
+    fn unit_windows_follow_the_units_and_cover_every_element_once() {
+        let names = ["embed", "layers.0.a", "layers.0.b", "layers.1.a", "norm", "zhead"];
+        let sizes: Vec<(String, usize)> =
+            names.iter().zip([6usize, 5, 4, 7, 3, 6]).map(|(p, n)| (p.to_string(), n)).collect();
+        let layer =
+            |path: &str| path.strip_prefix("layers.").and_then(|rest| rest.split('.').next()).map(str::to_owned);
+        for world in [1, 2, 3, 4] {
+            let p = Partition::by_unit(&sizes, world, layer);
+            assert_covers_once(&p);
+            let bounds: Vec<(usize, usize)> = p.all_windows().iter().map(|w| (w.start, w.end)).collect();
+            assert_eq!(bounds, vec![(0, 6), (6, 15), (15, 22), (22, 31)], "world {world}");
+            assert_eq!(p.uniform_chunk(), None);
         }
     }
 }

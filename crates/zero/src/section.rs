@@ -12,6 +12,8 @@ pub enum ZeroStage {
     One,
     /// Optimizer state and gradients partitioned.
     Two,
+    /// Optimizer state, gradients and parameters partitioned.
+    Three,
 }
 
 impl ZeroStage {
@@ -19,6 +21,7 @@ impl ZeroStage {
         match self {
             ZeroStage::One => 1,
             ZeroStage::Two => 2,
+            ZeroStage::Three => 3,
         }
     }
 }
@@ -37,13 +40,13 @@ pub enum OffloadDevice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZeroSection {
-    /// 0 (plain data parallelism), 1 (optimizer state partitioned) or 2 (and gradients).
+    /// 0 (plain data parallelism), 1 (optimizer state partitioned), 2 (and gradients) or 3 (and parameters).
     pub stage: u8,
     /// Elements per reduce-scatter and all-gather (DeepSpeed's default 5e8).
     pub reduce_bucket_size: f64,
     /// `"cpu"`: ZeRO-Offload, the share's optimizer state in host memory and its update on the CPU.
     pub offload_optimizer: OffloadDevice,
-    /// Stage 3's parameter offload (not built).
+    /// Stage 3's parameter offload (not built yet).
     pub offload_param: OffloadDevice,
 }
 
@@ -64,6 +67,7 @@ impl ZeroSection {
         match self.stage {
             1 => Some(ZeroStage::One),
             2 => Some(ZeroStage::Two),
+            3 => Some(ZeroStage::Three),
             _ => None,
         }
     }
@@ -85,13 +89,7 @@ impl ConfigSection for ZeroSection {
 
     fn validate(&self) -> Result<(), InvalidKey> {
         match self.stage {
-            0..=2 => {}
-            3 => {
-                return Err(InvalidKey::new(
-                    "stage",
-                    "stage 3 (partitioned parameters) is not built yet: use stage 1 or 2",
-                ));
-            }
+            0..=3 => {}
             other => return Err(InvalidKey::new("stage", format!("must be 0, 1, 2 or 3, got {other}"))),
         }
         if !(self.reduce_bucket_size >= 1.0 && self.reduce_bucket_size.is_finite()) {
@@ -106,7 +104,7 @@ impl ConfigSection for ZeroSection {
             OffloadDevice::Cpu => {
                 return Err(InvalidKey::new(
                     "offload_optimizer",
-                    "needs stage 1 or 2 (the optimizer state is partitioned)",
+                    "needs stage 1, 2 or 3 (the optimizer state is partitioned)",
                 ));
             }
             OffloadDevice::Nvme => {
@@ -119,7 +117,7 @@ impl ConfigSection for ZeroSection {
         if self.offload_param != OffloadDevice::None {
             return Err(InvalidKey::new(
                 "offload_param",
-                "parameter offload comes with stage 3, which is not built yet",
+                "parameter offload (ZeRO-Infinity's offload_param) is not built yet: \"none\"",
             ));
         }
         Ok(())

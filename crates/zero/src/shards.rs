@@ -13,7 +13,7 @@ use llmtrain_core::train::AdamWConfig;
 use llmtrain_core::train::checkpoint::{OPTIMIZER_META_FILE, SHARDED_KEY};
 use serde_json::{Value, json};
 
-use crate::partition::Partition;
+use crate::partition::{Partition, Window};
 
 type Result<T> = std::result::Result<T, AccelError>;
 
@@ -47,7 +47,19 @@ pub fn write_shard(
     write_safetensors_file(&dir.join(shard_file(rank, partition.world())), &refs, StorageDtype::F32)?;
     if rank == 0 {
         let params: Vec<Value> = partition.params().iter().map(|(path, _, len)| json!([path, len])).collect();
-        let layout = json!({"world": partition.world(), "chunk": partition.chunk(), "params": params});
+        // Uniform windows are told by their chunk; stage 3's, one per gather unit, window by window.
+        let cut = match partition.uniform_chunk() {
+            Some(chunk) => json!({"chunk": chunk}),
+            None => {
+                let windows: Vec<Value> =
+                    partition.all_windows().iter().map(|w| json!([w.start, w.end, w.chunk])).collect();
+                json!({"windows": windows})
+            }
+        };
+        let mut layout = json!({"world": partition.world(), "params": params});
+        if let (Some(layout), Some(cut)) = (layout.as_object_mut(), cut.as_object()) {
+            layout.extend(cut.clone());
+        }
         let meta = json!({"step": step, "config": config, SHARDED_KEY: layout});
         let path = dir.join(OPTIMIZER_META_FILE);
         write_atomic(&path, meta.to_string().as_bytes())?;
@@ -64,13 +76,27 @@ pub fn saved_layout(dir: &Path) -> Result<(u64, Option<Partition>)> {
     let step = meta["step"].as_u64().ok_or_else(|| bad("step"))?;
     let Some(layout) = meta.get(SHARDED_KEY) else { return Ok((step, None)) };
     let world = layout["world"].as_u64().ok_or_else(|| bad("zero.world"))? as usize;
-    let chunk = layout["chunk"].as_u64().ok_or_else(|| bad("zero.chunk"))? as usize;
     let params = layout["params"].as_array().ok_or_else(|| bad("zero.params"))?;
     let sizes = params
         .iter()
         .map(|p| Some((p[0].as_str()?.to_string(), p[1].as_u64()? as usize)))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| bad("zero.params"))?;
+    if let Some(windows) = layout.get("windows") {
+        let windows = windows
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .map(|w| {
+                        let [start, end, chunk] = [0, 1, 2].map(|i| w[i].as_u64().map(|v| v as usize));
+                        Some(Window { start: start?, end: end?, chunk: chunk? })
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| bad("zero.windows"))?;
+        return Ok((step, Some(Partition::with_windows(&sizes, world, windows))));
+    }
+    let chunk = layout["chunk"].as_u64().ok_or_else(|| bad("zero.chunk"))? as usize;
     Ok((step, Some(Partition::with_chunk(&sizes, world, chunk))))
 }
 
@@ -162,16 +188,24 @@ mod tests {
     fn shares_written_by_one_number_of_ranks_are_read_back_by_any_other() {
         let sizes: Vec<(String, usize)> = [("a", 7), ("b", 13), ("c", 5), ("d", 1)].map(|(p, n)| (p.into(), n)).into();
         let moments = whole(&sizes);
-        for (saved_world, saved_bucket) in [(4, 6), (4, usize::MAX), (3, 4), (1, usize::MAX)] {
+        // Stage 3's layout: a window per unit (here a and b one unit, c and d others).
+        let unit = |path: &str| if path == "b" { "a".to_string() } else { path.to_string() };
+        let layouts = [(4, 6), (4, usize::MAX), (3, 4), (1, usize::MAX)]
+            .map(|(world, bucket)| Partition::new(&sizes, world, bucket))
+            .into_iter()
+            .chain([4, 3].map(|world| Partition::by_unit(&sizes, world, unit)));
+        for saved in layouts {
+            let saved_world = saved.world();
             let dir = tempfile::tempdir().unwrap();
-            let saved = Partition::new(&sizes, saved_world, saved_bucket);
             for rank in 0..saved_world {
                 write_shard(dir.path(), &saved, rank, &cut(&moments, &saved, rank), 5, AdamWConfig::default()).unwrap();
             }
             let (step, layout) = saved_layout(dir.path()).unwrap();
             assert_eq!((step, layout.as_ref()), (5, Some(&saved)), "the layout is recorded");
-            for (world, bucket) in [(1, usize::MAX), (2, 5), (5, 3), (4, 6)] {
-                let now = Partition::new(&sizes, world, bucket);
+            let uniform =
+                [(1, usize::MAX), (2, 5), (5, 3), (4, 6)].map(|(world, bucket)| Partition::new(&sizes, world, bucket));
+            for now in uniform.into_iter().chain([2, 5].map(|world| Partition::by_unit(&sizes, world, unit))) {
+                let world = now.world();
                 for rank in 0..world {
                     let read = read_shares(dir.path(), &saved, &now, rank).unwrap();
                     assert_eq!(read, cut(&moments, &now, rank), "{saved_world} ranks -> {world}, rank {rank}");

@@ -7,18 +7,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use llmtrain_accel::{AccelError, DataParallel, HeldBytes, Params, Strategy};
+use llmtrain_accel::{AccelError, DataParallel, Gather, HeldBytes, Params, Strategy};
 use llmtrain_core::device::CpuBackend;
-use llmtrain_core::dist::Communicator;
+use llmtrain_core::dist::{Communicator, SharedComm};
+use llmtrain_core::hf::HostTensor;
+use llmtrain_core::model::LayerSource;
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, Moments};
 
 use crate::partition::{Partition, Segment};
 use crate::section::ZeroStage;
 use crate::shards::{HostMoments, read_shares, saved_layout, shard_file, write_shard};
+use crate::stage3::{Shards, SharedShards, ZeroLayers, decoder_layer, lock};
 use llmtrain_core::train::checkpoint::OPTIMIZER_META_FILE;
 
 type Result<T> = std::result::Result<T, AccelError>;
@@ -40,6 +44,8 @@ pub struct Zero<B: Backend> {
     /// ZeRO-Offload: the share's optimizer state, in host memory (the run's optimizer keeps the step count and
     /// settings only).
     offloaded: Option<AdamW<CpuBackend>>,
+    /// Stage 3: this rank's shares of the parameters and gradients, shared with the model's layer source.
+    stage3: Option<SharedShards>,
 }
 
 /// The partition, this rank's segments of it, and the device the parameters live on.
@@ -62,6 +68,7 @@ impl<B: Backend> Zero<B> {
             transient_peak: 0,
             comm_time: Duration::ZERO,
             offloaded: None,
+            stage3: None,
         }
     }
 
@@ -80,12 +87,11 @@ impl<B: Backend> Zero<B> {
     fn reduce_scatter(&mut self, grads: &mut GradientBuffer<B>, comm: &dyn Communicator) -> Result<()> {
         let layout = prepared(&self.layout)?;
         let (partition, world) = (&layout.partition, layout.partition.world());
-        let span = partition.chunk() * world;
         let device = &layout.device;
         let mut pieces: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
         // Every rank runs every window, whatever gradients it holds (a missing one counts as zeros).
         for window in 0..partition.windows() {
-            let start = window * span;
+            let (start, span) = (partition.window(window).start, partition.window(window).span(world));
             let covered: Vec<Tensor<B, 1>> = partition
                 .params()
                 .iter()
@@ -117,7 +123,7 @@ impl<B: Backend> Zero<B> {
             self.shard_grads.add(path, device_tensor(values, device));
         }
         grads.clear();
-        self.transient_peak = self.transient_peak.max(4 * span as u64);
+        self.transient_peak = self.transient_peak.max(4 * partition.largest_span() as u64);
         Ok(())
     }
 
@@ -139,12 +145,11 @@ impl<B: Backend> Zero<B> {
         mut emit: impl FnMut(&str, Vec<f32>),
     ) -> Result<()> {
         let partition = &self.layout()?.partition;
-        let span = partition.chunk() * partition.world();
         let mut params = partition.params().iter().peekable();
         let mut building: Vec<f32> = Vec::new();
         for (window, chunk_values) in chunks.iter().enumerate() {
             let gathered = comm.all_gather(chunk_values)?;
-            let start = window * span;
+            let (start, span) = (partition.window(window).start, partition.window(window).span(partition.world()));
             // Copy the window into the parameters it covers, emitting those it completes.
             while let Some((path, offset, len)) = params.peek() {
                 let (lo, hi) = ((*offset).max(start), (offset + len).min(start + span));
@@ -200,18 +205,117 @@ fn device_tensor<C: Backend>(values: Vec<f32>, device: &C::Device) -> Tensor<C, 
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
+/// One AdamW update of a share (host values), on the training device or, offloaded, on the CPU.
+#[allow(clippy::too_many_arguments)]
+fn update_share<B: Backend>(
+    offloaded: Option<&mut AdamW<CpuBackend>>,
+    optimizer: &mut AdamW<B>,
+    device: &B::Device,
+    path: &str,
+    (value, grad): (Vec<f32>, Vec<f32>),
+    lr: f64,
+    matrix: bool,
+    bias: llmtrain_core::train::BiasCorrection,
+) -> Result<Vec<f32>> {
+    match offloaded {
+        None => {
+            host(optimizer.update(path, device_tensor(value, device), device_tensor(grad, device), lr, matrix, bias))
+        }
+        Some(host_optimizer) => {
+            let cpu = Default::default();
+            host(host_optimizer.update(path, device_tensor(value, &cpu), device_tensor(grad, &cpu), lr, matrix, bias))
+        }
+    }
+}
+
+impl<B: Backend> Zero<B> {
+    fn shards(&self) -> Result<&SharedShards> {
+        self.stage3.as_ref().ok_or_else(|| {
+            AccelError::Config("ZeRO stage 3: the model was not prepared (Accelerator::prepare_model)".into())
+        })
+    }
+
+    /// Stage 3, after each micro-batch: the gradients of the parameters outside the layers (the layers' went out
+    /// during backward) reduce-scattered into this rank's shares, window by window.
+    fn reduce_outside(&mut self, grads: &mut GradientBuffer<B>, comm: &dyn Communicator) -> Result<()> {
+        let mut whole = BTreeMap::new();
+        for (path, grad) in grads.iter() {
+            whole.insert(path.to_string(), host(grad.clone())?);
+        }
+        grads.clear();
+        let mut shards = lock(self.shards()?);
+        for window in shards.outside_windows() {
+            shards.reduce_window(window, &whole, comm)?;
+        }
+        Ok(())
+    }
+
+    /// Stage 3's update: each share stepped from its gradient share in place; the parameters stay in shares (the
+    /// next forward gathers them), so nothing is all-gathered.
+    fn step_shares(
+        &mut self,
+        params: &Params<B>,
+        optimizer: &mut AdamW<B>,
+        lr: f64,
+        bias: llmtrain_core::train::BiasCorrection,
+        comm: &dyn Communicator,
+    ) -> Result<()> {
+        let shared = self.shards()?.clone();
+        let local: BTreeSet<String> = lock(&shared).with_grads.clone();
+        let stepped = self.stepped_params(|path| local.contains(path), comm)?;
+        let layout = prepared(&self.layout)?;
+        let mut shards = lock(&shared);
+        for (path, segments) in &layout.mine {
+            let Some((_, matrix)) = params.get(path) else {
+                return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
+            };
+            // A parameter no rank had a gradient for keeps its value, as under plain data parallelism.
+            if !stepped.contains(path) {
+                continue;
+            }
+            let take = |chunks: &[Vec<f32>]| -> Vec<f32> {
+                segments
+                    .iter()
+                    .flat_map(|s| chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].iter().copied())
+                    .collect()
+            };
+            let share = (take(&shards.params), take(&shards.grads));
+            let value =
+                update_share(self.offloaded.as_mut(), optimizer, &layout.device, path, share, lr, *matrix, bias)?;
+            let mut at = 0;
+            for s in segments {
+                shards.params[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&value[at..at + s.len]);
+                at += s.len;
+            }
+        }
+        shards.end_step();
+        Ok(())
+    }
+}
+
 impl<B: Backend> Strategy<B> for Zero<B> {
     fn describe(&self) -> String {
         let what = match self.stage {
             ZeroStage::One => "optimizer state",
             ZeroStage::Two => "optimizer state and gradients",
+            ZeroStage::Three => {
+                "optimizer state, gradients and parameters; each decoder layer gathered for its forward and its \
+                 recompute"
+            }
         };
         format!("ZeRO stage {} ({what} partitioned across ranks)", self.stage.number())
     }
 
     fn prepare(&mut self, sizes: &[(String, usize)], device: &B::Device, comm: &dyn Communicator) -> Result<()> {
-        let partition = Partition::new(sizes, comm.world_size(), self.bucket_elems);
+        let partition = match self.stage {
+            // A window per decoder layer (and per run of the parameters outside them): one all-gather a layer.
+            ZeroStage::Three => Partition::by_unit(sizes, comm.world_size(), decoder_layer),
+            ZeroStage::One | ZeroStage::Two => Partition::new(sizes, comm.world_size(), self.bucket_elems),
+        };
         self.rank = comm.rank();
+        if self.stage == ZeroStage::Three {
+            self.stage3 = Some(Arc::new(Mutex::new(Shards::new(partition.clone(), self.rank))));
+        }
         let mine = partition.segments(self.rank);
         self.layout = Some(Layout { partition, mine, device: device.clone() });
         Ok(())
@@ -227,6 +331,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         match self.stage {
             ZeroStage::One => DataParallel.reduce_gradients(grads, comm, sync, bucket_elems),
             ZeroStage::Two => self.reduce_scatter(grads, comm),
+            ZeroStage::Three => self.reduce_outside(grads, comm),
         }
     }
 
@@ -238,18 +343,31 @@ impl<B: Backend> Strategy<B> for Zero<B> {
                 comm.all_reduce_sum_f64(&mut squares)?;
                 Ok(squares[0].sqrt())
             }
+            ZeroStage::Three => {
+                let shards = lock(self.shards()?);
+                let local: f64 = shards.grads.iter().flatten().map(|g| f64::from(*g) * f64::from(*g)).sum();
+                let mut squares = [local];
+                comm.all_reduce_sum_f64(&mut squares)?;
+                Ok(squares[0].sqrt())
+            }
         }
     }
 
     fn scale_gradients(&mut self, grads: &mut GradientBuffer<B>, factor: f64) {
         grads.scale(factor);
         self.shard_grads.scale(factor);
+        if let Some(shared) = &self.stage3 {
+            lock(shared).grads.iter_mut().flatten().for_each(|g| *g = (f64::from(*g) * factor) as f32);
+        }
     }
 
     fn clear_gradients(&mut self, grads: &mut GradientBuffer<B>) {
         grads.clear();
         self.shard_grads.clear();
         self.with_grads.clear();
+        if let Some(shared) = &self.stage3 {
+            lock(shared).end_step();
+        }
     }
 
     fn step(
@@ -265,13 +383,18 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             (host_optimizer.config, host_optimizer.step) = (optimizer.config, optimizer.step);
             host_optimizer.lr_scale.clone_from(&optimizer.lr_scale);
         }
+        if self.stage == ZeroStage::Three {
+            grads.clear();
+            self.step_shares(&params, optimizer, lr, bias, comm)?;
+            return Ok(BTreeMap::new());
+        }
         let stepped = match self.stage {
             ZeroStage::One => self.stepped_params(|path| grads.get(path).is_some(), comm)?,
-            ZeroStage::Two => self.stepped_params(|path| self.with_grads.contains(path), comm)?,
+            _ => self.stepped_params(|path| self.with_grads.contains(path), comm)?,
         };
         let layout = prepared(&self.layout)?;
         // This rank's updated share, written straight into its chunk of each window.
-        let mut chunks = vec![vec![0.0f32; layout.partition.chunk()]; layout.partition.windows()];
+        let mut chunks: Vec<Vec<f32>> = layout.partition.all_windows().iter().map(|w| vec![0.0f32; w.chunk]).collect();
         for (path, segments) in &layout.mine {
             let Some((value, matrix)) = params.get(path) else {
                 return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
@@ -279,7 +402,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             let value = Self::part_of(value.clone(), segments);
             let grad = match self.stage {
                 ZeroStage::One => grads.take(path).map(|g| Self::part_of(g, segments)),
-                ZeroStage::Two => self.shard_grads.take(path),
+                _ => self.shard_grads.take(path),
             };
             // A gradient no rank had (stage 1 holds whole reduced gradients, so each rank has one or none alike).
             let grad = grad.filter(|_| stepped.contains(path));
@@ -287,9 +410,8 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             let value = match (grad, self.offloaded.as_mut()) {
                 (Some(grad), None) => host(optimizer.update(path, value, grad, lr, *matrix, bias))?,
                 (Some(grad), Some(host_optimizer)) => {
-                    let cpu = Default::default();
-                    let (value, grad) = (device_tensor(host(value)?, &cpu), device_tensor(host(grad)?, &cpu));
-                    host(host_optimizer.update(path, value, grad, lr, *matrix, bias))?
+                    let share = (host(value)?, host(grad)?);
+                    update_share(Some(host_optimizer), optimizer, &layout.device, path, share, lr, *matrix, bias)?
                 }
                 (None, _) => host(value)?,
             };
@@ -372,23 +494,55 @@ impl<B: Backend> Strategy<B> for Zero<B> {
     }
 
     fn take_communication_time(&mut self) -> Duration {
-        std::mem::take(&mut self.comm_time)
+        let layers = self.stage3.as_ref().map_or(Duration::ZERO, |shared| std::mem::take(&mut lock(shared).comm_time));
+        std::mem::take(&mut self.comm_time) + layers
+    }
+
+    fn releases_params(&self) -> bool {
+        self.stage == ZeroStage::Three
+    }
+
+    fn keep_shares(&mut self, whole: BTreeMap<String, HostTensor>) -> Result<()> {
+        lock(self.shards()?).keep(whole)
+    }
+
+    fn gather(&self, scope: Gather, comm: &dyn Communicator) -> Result<BTreeMap<String, HostTensor>> {
+        let mut shards = lock(self.shards()?);
+        match scope {
+            Gather::Step => shards.gather_outside(comm),
+            Gather::All => shards.gather_all(comm),
+        }
+    }
+
+    fn layer_source(&self, comm: SharedComm) -> Option<Arc<dyn LayerSource>> {
+        let shards = self.stage3.clone()?;
+        Some(Arc::new(ZeroLayers { shards, comm }))
     }
 
     fn held_bytes(&self, grads: &GradientBuffer<B>, optimizer: &AdamW<B>) -> Option<HeldBytes> {
         let layout = self.layout.as_ref()?;
         let (total, owned) = (layout.partition.total() as u64, layout.partition.owned(self.rank) as u64);
-        // Stage 1 keeps a whole gradient per parameter through the step; stage 2 its share.
+        // Stage 1 keeps a whole gradient per parameter through the step; stages 2 and 3 their shares.
         let grads = match self.stage {
             ZeroStage::One => (4 * total).max(grads.bytes()),
-            ZeroStage::Two => 4 * owned,
+            ZeroStage::Two | ZeroStage::Three => 4 * owned,
         };
+        if let Some(shared) = &self.stage3 {
+            let shards = lock(shared);
+            return Some(HeldBytes {
+                params: 4 * shards.owned() as u64,
+                grads,
+                optimizer: optimizer.state_bytes(),
+                offloaded_optimizer: self.offloaded.as_ref().map_or(0, AdamW::state_bytes),
+                transient_peak: 4 * shards.peak_elems as u64,
+            });
+        }
         Some(HeldBytes {
             params: 4 * total,
             grads,
             optimizer: optimizer.state_bytes(),
             offloaded_optimizer: self.offloaded.as_ref().map_or(0, AdamW::state_bytes),
-            transient_peak: self.transient_peak.max(4 * (layout.partition.chunk() * layout.partition.world()) as u64),
+            transient_peak: self.transient_peak.max(4 * layout.partition.largest_span() as u64),
         })
     }
 }

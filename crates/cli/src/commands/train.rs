@@ -149,6 +149,20 @@ pub fn run_rank<B: Backend>(
         };
         accel_config.validate()?;
         let trl_trainer = llmtrain_trl::trainer_section(&config)?;
+        // Stage 3 partitions what full finetuning trains through the causal-LM forward; an adapter's frozen base
+        // and the preference and reward objectives' forwards are not partitioned yet.
+        let not_sharded = match (lora.is_some(), trl_trainer) {
+            (true, _) => Some("[lora] (an adapter's frozen base)".to_string()),
+            (false, Some(trainer)) if trainer != "sft" => Some(format!("[{trainer}]")),
+            _ => None,
+        };
+        if let (Some(what), 3) = (not_sharded, zero.stage) {
+            anyhow::bail!(
+                "{}: key `zero.stage`: ZeRO stage 3 trains the causal-LM objectives (pretrain, sft) with full \
+                 finetuning for now, not {what}: use stage 1 or 2",
+                args.config.display()
+            );
+        }
         Ok((config, memopt, lora, accel_config, trl_trainer, zero))
     });
     let (config, memopt, lora, accel_config, trl_trainer, zero) = match prepared {

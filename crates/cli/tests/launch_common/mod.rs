@@ -155,7 +155,9 @@ pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launc
     run_zero(job, world, launch_args, &plain, "");
     let (plain_loss, _) = curves(&job.path(&format!("out-{plain}")));
     assert_eq!(plain_loss.len(), 20);
-    for (stage, bucket, offload) in [(1, 5e8, false), (2, 5e8, false), (2, 1000.0, false), (2, 1000.0, true)] {
+    let cases =
+        [(1, 5e8, false), (2, 5e8, false), (2, 1000.0, false), (2, 1000.0, true), (3, 5e8, false), (3, 5e8, true)];
+    for (stage, bucket, offload) in cases {
         let name = format!("zero{stage}-{world}-{bucket}-{offload}");
         let device = if offload { "cpu" } else { "none" };
         let zero = format!("[zero]\nstage = {stage}\nreduce_bucket_size = {bucket}\noffload_optimizer = \"{device}\"");
@@ -179,24 +181,46 @@ pub fn assert_zero_follows_plain_data_parallelism(job: &Job, world: usize, launc
         let shards: Vec<_> =
             (0..world).map(|r| checkpoint.join(format!("optimizer-rank-{r}-of-{world}.safetensors"))).collect();
         assert!(shards.iter().all(|p| p.is_file()), "{name}: one optimizer file per rank");
-        if bucket >= 1e8 {
+        // Stage 3 cuts a window per layer, so its shares laid end to end are not in path order.
+        if bucket >= 1e8 && stage < 3 {
             let whole = job.path(&format!("out-{plain}/checkpoint-16/optimizer.safetensors"));
             let moments = max_concatenated_diff(&whole, &shards);
             assert!(moments <= 1e-5, "{name}: Adam's moments differ from plain data parallelism's by {moments}");
         }
-        assert_model_states(&job.path(&format!("out-{name}/metrics.jsonl")), stage, world, bucket, offload);
+        let elements = model_elements(&job.path(&format!("out-{plain}/final/model.safetensors")));
+        let metrics = job.path(&format!("out-{name}/metrics.jsonl"));
+        assert_model_states(&metrics, stage, world, bucket, offload, elements);
     }
 }
 
-/// Each record's `zero/*` bytes are what rank 0 holds: whole parameters; whole gradients (stage 1) or its share
-/// (stage 2); Adam's two moments for its share. With one window its share is ⌈Ψ/N⌉, as the formula says.
-fn assert_model_states(metrics: &std::path::Path, stage: u8, world: usize, bucket: f64, offload: bool) {
+/// Each record's `zero/*` bytes are what rank 0 holds: whole parameters (stages 1 and 2) or its share (stage 3);
+/// whole gradients (stage 1) or its share (stages 2 and 3); Adam's two moments for its share. With one window its
+/// share is ⌈Ψ/N⌉, as the formula says; stage 3's windows (one per layer) each split N ways.
+fn assert_model_states(metrics: &Path, stage: u8, world: usize, bucket: f64, offload: bool, elements: u64) {
     let text = std::fs::read_to_string(metrics).unwrap();
     let last: serde_json::Value = text.lines().rfind(|l| l.contains("zero/")).unwrap().parse().unwrap();
     let bytes = |key: &str| last[key].as_u64().unwrap_or_else(|| panic!("no {key} in {last}"));
-    let params = bytes("zero/params_bytes") / 4;
-    // Offloaded, the moments are in host memory and the device keeps none.
     let moments = if offload { "zero/offloaded_optimizer_bytes" } else { "zero/optimizer_bytes" };
+    if stage == 3 {
+        let share = bytes("zero/params_bytes") / 4;
+        // Rank 0's share of each window is the first ⌈window/N⌉ elements: at most one more per window than a fair
+        // share (a dozen windows in this model).
+        let fair = elements / world as u64;
+        assert!(share >= fair && share <= fair + 16, "stage 3 share {share} of {elements}");
+        assert_eq!(bytes("zero/grads_bytes"), 4 * share);
+        assert_eq!(bytes(moments), 8 * share);
+        if offload {
+            assert_eq!(bytes("zero/optimizer_bytes"), 0);
+        }
+        // A gathered layer and the parameters outside the layers (gathered for the step, with their gradients until
+        // they are reduce-scattered): less than the whole parameters and gradients plain data parallelism holds (in
+        // this tiny model the embeddings and head are more than half of it).
+        let transient = bytes("zero/transient_peak_bytes");
+        assert!(transient > 0 && transient < 8 * elements, "transient {transient} of {} whole", 8 * elements);
+        return;
+    }
+    let params = bytes("zero/params_bytes") / 4;
+    assert_eq!(params, elements);
     let share = if bucket >= params as f64 { params.div_ceil(world as u64) } else { bytes(moments) / 8 };
     let fair = params / world as u64;
     assert!(share >= fair && share <= fair + bucket as u64, "share {share} of {params}");
@@ -206,6 +230,13 @@ fn assert_model_states(metrics: &std::path::Path, stage: u8, world: usize, bucke
     }
     assert_eq!(bytes("zero/grads_bytes"), if stage == 1 { 4 * params } else { 4 * share });
     assert!(bytes("zero/transient_peak_bytes") > 0);
+}
+
+/// Elements of the tensors of a safetensors file.
+fn model_elements(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()
 }
 
 /// Largest |Δ| between the f32 tensors of `whole` and, for each name, that name's tensors in `parts` laid end to

@@ -109,3 +109,49 @@ pub trait Communicator: Send {
         Ok(())
     }
 }
+
+/// One rank's communicator shared by several owners (the Accelerator, and ZeRO stage 3's layer source that a
+/// model's forward calls): each collective takes a lock, so only one runs at a time, in the order the owners call.
+#[derive(Clone)]
+pub struct SharedComm(std::sync::Arc<std::sync::Mutex<Box<dyn Communicator>>>);
+
+impl SharedComm {
+    pub fn new(comm: Box<dyn Communicator>) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(comm)))
+    }
+
+    /// The communicator, even after a panic elsewhere left the lock poisoned (its state is the library's).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Communicator>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Communicator for SharedComm {
+    fn rank(&self) -> usize {
+        self.lock().rank()
+    }
+    fn world_size(&self) -> usize {
+        self.lock().world_size()
+    }
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
+        self.lock().all_reduce_sum(data)
+    }
+    fn reduce_scatter_sum(&self, data: &[f32]) -> Result<Vec<f32>, DistError> {
+        self.lock().reduce_scatter_sum(data)
+    }
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, DistError> {
+        self.lock().all_gather(data)
+    }
+    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<(), DistError> {
+        self.lock().broadcast(data, root)
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        self.lock().barrier()
+    }
+    fn abort(&self, reason: &str) {
+        self.lock().abort(reason)
+    }
+    fn all_reduce_sum_f64(&self, data: &mut [f64]) -> Result<(), DistError> {
+        self.lock().all_reduce_sum_f64(data)
+    }
+}

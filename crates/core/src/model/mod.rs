@@ -19,6 +19,7 @@ mod packing;
 mod params;
 pub mod recompute;
 pub mod rope;
+pub mod sharded;
 
 pub use cache::KvCache;
 pub use classifier::SequenceClassifier;
@@ -31,6 +32,7 @@ pub use packing::PositionIds;
 pub use params::{ParamMut, ParamRef};
 pub use recompute::{DeferredBackward, LayerRecompute};
 pub use rope::Rotary;
+pub use sharded::LayerSource;
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;

@@ -10,18 +10,32 @@
 //! pass of compute. Gradients equal plain backpropagation's up to float rounding (each layer's vector-Jacobian
 //! product is the same computation). With `offload` the saved inputs live in host memory until their layer's
 //! turn, as PyTorch's CPU-offloaded checkpointing does.
+//!
+//! [`LlamaModel::hidden_states_sharded`] is the same walk for a model whose layer parameters are released
+//! (ZeRO stage 3): each layer is gathered whole from a [`LayerSource`] for its forward and again for its
+//! recompute, and its gradients go back to the source as soon as its backward has made them, so no more than
+//! one layer is ever whole.
+
+use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::sharded::{LayerSource, reduce_layer, whole_layer};
 use super::{LlamaModel, PositionIds};
+use crate::error::CoreError;
 
 /// The part of a backward pass a checkpointed forward deferred.
 pub trait DeferredBackward<A: AutodiffBackend> {
     /// Continues the backward pass whose gradients are `grads` (of a loss computed from the checkpointed
-    /// forward's output) through the recomputed part, handing each new piece of gradients to `accumulate`.
-    fn backward(self: Box<Self>, grads: &A::Gradients, accumulate: &mut dyn FnMut(&A::Gradients));
+    /// forward's output) through the recomputed part, handing each new piece of gradients to `accumulate`. Fails
+    /// only when a collective does (ZeRO stage 3's layer source).
+    fn backward(
+        self: Box<Self>,
+        grads: &A::Gradients,
+        accumulate: &mut dyn FnMut(&A::Gradients),
+    ) -> Result<(), CoreError>;
 }
 
 /// The decoder layers of one checkpointed forward, waiting for their backward.
@@ -32,6 +46,8 @@ pub struct LayerRecompute<'a, A: AutodiffBackend> {
     inputs: Vec<Saved<A::InnerBackend>>,
     tokens: Tensor<A, 2, Int>,
     positions: Option<PositionIds>,
+    /// Where released layers are gathered from and their gradients go (ZeRO stage 3).
+    source: Option<Arc<dyn LayerSource>>,
 }
 
 impl<A: AutodiffBackend> LlamaModel<A> {
@@ -44,6 +60,32 @@ impl<A: AutodiffBackend> LlamaModel<A> {
         positions: Option<&PositionIds>,
         offload: bool,
     ) -> (Tensor<A, 3>, LayerRecompute<'_, A>) {
+        match self.recomputed_forward(tokens, positions, offload, None) {
+            Ok(out) => out,
+            Err(_) => unreachable!("without a layer source the forward runs no collective"),
+        }
+    }
+
+    /// [`hidden_states_recomputed`](Self::hidden_states_recomputed) for a model whose decoder layers' parameters
+    /// are released (ZeRO stage 3): each layer is gathered from `source` for its forward and its recompute, and
+    /// its gradients are handed to `source` instead of the returned recompute's `accumulate`.
+    pub fn hidden_states_sharded(
+        &self,
+        tokens: Tensor<A, 2, Int>,
+        positions: Option<&PositionIds>,
+        offload: bool,
+        source: Arc<dyn LayerSource>,
+    ) -> Result<(Tensor<A, 3>, LayerRecompute<'_, A>), CoreError> {
+        self.recomputed_forward(tokens, positions, offload, Some(source))
+    }
+
+    fn recomputed_forward(
+        &self,
+        tokens: Tensor<A, 2, Int>,
+        positions: Option<&PositionIds>,
+        offload: bool,
+        source: Option<Arc<dyn LayerSource>>,
+    ) -> Result<(Tensor<A, 3>, LayerRecompute<'_, A>), CoreError> {
         let [rows, seq] = tokens.dims();
         let device = tokens.device();
         // Forward without a graph, keeping each layer's input.
@@ -52,32 +94,48 @@ impl<A: AutodiffBackend> LlamaModel<A> {
         let inner_ctx = inner_inputs.context();
         let mut inputs = Vec::with_capacity(inner.layers.len());
         let mut x = inner.embed(tokens.clone().inner());
-        for layer in &inner.layers {
+        for (index, layer) in inner.layers.iter().enumerate() {
             inputs.push(Saved::keep(x.clone(), offload));
-            x = layer.forward(x, &inner_ctx, None).0;
+            x = match source.as_deref() {
+                None => layer.forward(x, &inner_ctx, None).0,
+                // Whole for its forward only: dropped before the next layer is gathered.
+                Some(source) => whole_layer(layer, index, Some(source))?.forward(x, &inner_ctx, None).0,
+            };
         }
         let top = Tensor::<A, 3>::from_inner(x).require_grad();
         let hidden = self.norm.forward_fused(top.clone(), self.compute.fused_kernels);
-        let recompute = LayerRecompute { model: self, top, inputs, tokens, positions: positions.cloned() };
-        (hidden, recompute)
+        let recompute = LayerRecompute { model: self, top, inputs, tokens, positions: positions.cloned(), source };
+        Ok((hidden, recompute))
     }
 }
 
 impl<A: AutodiffBackend> DeferredBackward<A> for LayerRecompute<'_, A> {
-    fn backward(self: Box<Self>, grads: &A::Gradients, accumulate: &mut dyn FnMut(&A::Gradients)) {
+    fn backward(
+        self: Box<Self>,
+        grads: &A::Gradients,
+        accumulate: &mut dyn FnMut(&A::Gradients),
+    ) -> Result<(), CoreError> {
         let model = self.model;
+        let source = self.source.as_deref();
         let [rows, seq] = self.tokens.dims();
         let device = self.tokens.device();
         let mut upstream = self.top.grad(grads);
         // The layers from the last to the first, one graph at a time.
         let layer_inputs = model.layer_inputs(rows, seq, self.positions.as_ref(), &device);
         let ctx = layer_inputs.context();
-        for (layer, input) in model.layers.iter().zip(self.inputs).rev() {
-            let Some(grad_out) = upstream else { return };
+        for (index, (layer, input)) in model.layers.iter().zip(self.inputs).enumerate().rev() {
+            let Some(grad_out) = upstream else { return Ok(()) };
             let x = Tensor::<A, 3>::from_inner(input.restore(&device)).require_grad();
-            let out = layer.forward(x.clone(), &ctx, None).0;
+            let whole = match source {
+                Some(source) => Some(whole_layer(layer, index, Some(source))?),
+                None => None,
+            };
+            let out = whole.as_ref().unwrap_or(layer).forward(x.clone(), &ctx, None).0;
             let step = (out * Tensor::from_inner(grad_out)).sum().backward();
-            accumulate(&step);
+            match (source, &whole) {
+                (Some(source), Some(whole)) => reduce_layer(whole, index, &step, source)?,
+                _ => accumulate(&step),
+            }
             upstream = x.grad(&step);
         }
         // The embedding.
@@ -85,6 +143,7 @@ impl<A: AutodiffBackend> DeferredBackward<A> for LayerRecompute<'_, A> {
             let step = (model.embed(self.tokens) * Tensor::from_inner(grad_out)).sum().backward();
             accumulate(&step);
         }
+        Ok(())
     }
 }
 

@@ -3,9 +3,13 @@
 //! as burn's visitors report it, so they work on whatever module an objective trains — a causal LM, a model with a
 //! value head, two models side by side — without a list of its parameters.
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Shape, Tensor, TensorData};
+
+use crate::hf::HostTensor;
 
 /// The path of the parameter being visited, kept from burn's enter/exit calls.
 #[derive(Default)]
@@ -120,6 +124,71 @@ pub fn map_trainable<B: Backend, M: Module<B>>(
         }
     }
     module.map(&mut Mapper { stack: PathStack::default(), update })
+}
+
+/// Replaces each float parameter that `values` names (by path, taken out of it) with a tensor of that shape and
+/// those values on the parameter's device, keeping its id and its need for gradients (ZeRO stage 3 filling a
+/// released parameter with its gathered value).
+pub fn fill_params<B: Backend, M: Module<B>>(module: M, values: &mut BTreeMap<String, HostTensor>) -> M {
+    struct Mapper<'v> {
+        stack: PathStack,
+        values: &'v mut BTreeMap<String, HostTensor>,
+    }
+    impl<B: Backend> ModuleMapper<B> for Mapper<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let Some(host) = self.values.remove(&self.stack.path()) else { return param };
+            let value = param.val();
+            let n = host.values.len();
+            let filled = Tensor::<B, 1>::from_data(TensorData::new(host.values, [n]), &value.device())
+                .reshape(Shape::from(host.shape));
+            Param::initialized(param.id, if value.is_require_grad() { filled.require_grad() } else { filled })
+        }
+    }
+    module.map(&mut Mapper { stack: PathStack::default(), values })
+}
+
+/// Replaces each trainable parameter for which `release(path)` holds with an empty tensor (no element, the same
+/// rank), keeping its id and its need for gradients: ZeRO stage 3's parameters between their uses. Returns the
+/// module and each released parameter's shape, by path.
+pub fn release_params<B: Backend, M: Module<B>>(
+    module: M,
+    release: impl Fn(&str) -> bool,
+) -> (M, BTreeMap<String, Vec<usize>>) {
+    struct Mapper<F> {
+        stack: PathStack,
+        release: F,
+        shapes: BTreeMap<String, Vec<usize>>,
+    }
+    impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Mapper<F> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let value = param.val();
+            let path = self.stack.path();
+            if !value.is_require_grad() || !(self.release)(&path) {
+                return param;
+            }
+            let dims = value.dims();
+            if dims.iter().product::<usize>() > 0 {
+                self.shapes.insert(path, dims.to_vec());
+            }
+            let empty = Tensor::<B, D>::zeros(Shape::new([0; D]), &value.device());
+            Param::initialized(param.id, empty.require_grad())
+        }
+    }
+    let mut mapper = Mapper { stack: PathStack::default(), release, shapes: BTreeMap::new() };
+    let module = module.map(&mut mapper);
+    (module, mapper.shapes)
 }
 
 /// Replaces every float parameter of `module` (trainable or frozen) with `replace(value)`, keeping its id and
