@@ -41,6 +41,9 @@ enum Command {
     EstimateMemory(commands::estimate_memory::Args),
     /// Write a launch config, asking what `accelerate config` asks.
     Config(commands::config::Args),
+    /// Write a training checkpoint's model (a ZeRO run's, gathered from every rank's share) as a plain HF
+    /// checkpoint directory (DeepSpeed's zero_to_fp32).
+    ZeroToHf(commands::zero_to_hf::Args),
     /// Tokenizer tools.
     #[command(subcommand)]
     Tokenizer(commands::tokenizer::Command),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Score(args) => backend::dispatch!(cli.device, score, &args),
         Command::Convert(args) => backend::dispatch!(cli.device, convert, &args),
         Command::Merge(args) => backend::dispatch!(cli.device, merge, &args),
+        Command::ZeroToHf(args) => backend::dispatch!(cli.device, zero_to_hf, &args),
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
         Command::Launch(args) => commands::launch::start(&args, cli.device),
         Command::EstimateMemory(args) => commands::estimate_memory::run(&args),

@@ -2,6 +2,8 @@
 //! own test: the same model, data and steps must give the same losses and weights), with accumulation and
 //! clipping on, and collectives cut into several windows.
 
+use std::path::Path;
+
 use crate::common::assert_one_line_error;
 use crate::launch_common::{Job, assert_zero_follows_plain_data_parallelism, curves, max_weight_diff, ok, run_zero};
 
@@ -269,4 +271,32 @@ fn launch_passes_its_deepspeed_config_to_every_rank_process_unless_the_command_n
     assert!(line.contains("train --config") && line.trim_end().ends_with("--deepspeed ds.json"), "{line}");
     let own = ok(&job.run(&[&dry[..], &["--", "train", "--config", config, "--deepspeed", "own.json"]].concat()));
     assert!(own.contains("--deepspeed own.json") && !own.contains("ds.json"), "{own}");
+}
+
+#[test]
+fn zero_to_hf_writes_a_stage_three_checkpoints_model_as_an_hf_directory_and_refuses_a_damaged_one() {
+    let job = Job::new();
+    let name = "to-hf";
+    run_zero(&job, 2, &[], name, "[zero]\nstage = 3");
+    let out = job.path(&format!("out-{name}"));
+    let checkpoint = out.join("checkpoint-16");
+    let hf = job.path("hf");
+    let args = |target: &Path| {
+        ["zero-to-hf", checkpoint.to_str().unwrap(), "--out", target.to_str().unwrap()].map(str::to_string)
+    };
+    let stdout = ok(&job.run(&args(&hf).iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(stdout.contains("the model of step 16"), "{stdout}");
+    // The model alone, as transformers reads it: weights, config and tokenizer; no optimizer or trainer state.
+    assert!(hf.join("config.json").is_file() && hf.join("tokenizer.json").is_file());
+    assert!(!hf.join("trainer_state.json").exists() && !hf.join("optimizer.json").exists());
+    let diff = max_weight_diff(&checkpoint.join("model.safetensors"), &hf.join("model.safetensors"));
+    assert_eq!(diff, 0.0, "the checkpoint's weights, f32 as zero_to_fp32 writes them");
+    // A share cut short: refused in one line naming it, nothing written.
+    let shard = checkpoint.join("optimizer-rank-1-of-2.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let other = job.path("hf-damaged");
+    let line = assert_one_line_error(&job.run(&args(&other).iter().map(String::as_str).collect::<Vec<_>>()), "crc");
+    assert!(line.contains("optimizer-rank-1-of-2.safetensors"), "{line}");
+    assert!(!other.exists(), "nothing written");
 }

@@ -10,3 +10,4 @@ pub mod merge;
 pub mod score;
 pub mod tokenizer;
 pub mod train;
+pub mod zero_to_hf;
