@@ -139,11 +139,12 @@ pub fn cases() -> Vec<Case> {
         // full-small's global batch over 2 ranks with each ZeRO stage: the model states dominate, so what a rank
         // keeps falls from 16 bytes a parameter (stage 0) to 4 + 4 + 8/2 (stage 1), 4 + (4 + 8)/2 (stage 2) and
         // 16/2 (stage 3, which gathers each decoder layer for its forward and again for its recompute: it runs
-        // with gradient checkpointing, as its estimate does).
+        // with gradient checkpointing, as its estimate does; zero-0-2-ckpt is its baseline with the same activations).
         Case { ranks: 2, ..case("zero-0-2", small(), 2, 128) },
         Case { ranks: 2, zero_stage: 1, ..case("zero-1-2", small(), 2, 128) },
         Case { ranks: 2, zero_stage: 2, ..case("zero-2-2", small(), 2, 128) },
         Case { ranks: 2, zero_stage: 2, offload_optimizer: true, ..case("zero-2-2-offload", small(), 2, 128) },
+        Case { ranks: 2, checkpointing: true, ..case("zero-0-2-ckpt", small(), 2, 128) },
         Case { ranks: 2, zero_stage: 3, checkpointing: true, ..case("zero-3-2", small(), 2, 128) },
     ]
 }

@@ -291,6 +291,8 @@ impl<A: AutodiffBackend> Accelerator<A> {
     /// Hands the micro-batch's gradients to the strategy (plain data parallelism averages them over ranks on a
     /// synchronising micro-batch).
     fn synchronise(&mut self) -> Result<()> {
+        // The strategy's own collectives since last asked (ZeRO stage 3's gathers in the forward and backward).
+        self.comm_time += self.strategy.take_communication_time();
         let started = Instant::now();
         let bucket_elems = ((self.config.bucket_cap_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1);
         self.strategy.reduce_gradients(&mut self.grads, &self.comm, self.sync_gradients, bucket_elems)?;
@@ -340,7 +342,7 @@ impl<A: AutodiffBackend> Accelerator<A> {
             if overflow {
                 self.strategy.clear_gradients(&mut self.grads);
                 self.last_step_skipped = true;
-                return Ok(model);
+                return Ok(self.release(model));
             }
         }
         let mut params: Params<A::InnerBackend> = Params::new();
@@ -350,10 +352,16 @@ impl<A: AutodiffBackend> Accelerator<A> {
         let mut updated = self.strategy.step(params, &mut self.grads, optimizer, lr, &self.comm)?;
         self.comm_time += self.strategy.take_communication_time();
         if self.strategy.releases_params() {
-            // The updated shares stay with the strategy; what the step had gathered is released again.
-            return Ok(release_params(model, |_| true).0);
+            // The updated shares stay with the strategy.
+            return Ok(self.release(model));
         }
         Ok(map_trainable(model, |path, _, _| updated.remove(path).map(Tensor::from_inner)))
+    }
+
+    /// Under a strategy that keeps the parameters in shares: the model with what a step had gathered released
+    /// again (the model as it is otherwise).
+    fn release<M: Module<A>>(&self, model: M) -> M {
+        if self.strategy.releases_params() { release_params(model, |_| true).0 } else { model }
     }
 
     /// What the strategy keeps on this rank between steps, when it counts (ZeRO).

@@ -41,8 +41,8 @@ enum Command {
     EstimateMemory(commands::estimate_memory::Args),
     /// Write a launch config, asking what `accelerate config` asks.
     Config(commands::config::Args),
-    /// Write a training checkpoint's model (a ZeRO run's, gathered from every rank's share) as a plain HF
-    /// checkpoint directory (DeepSpeed's zero_to_fp32).
+    /// Write a training checkpoint's model (a ZeRO run's holds it whole, gathered from the ranks' shares when it was
+    /// written) alone as a plain HF checkpoint directory, after checking its digests (DeepSpeed's zero_to_fp32).
     ZeroToHf(commands::zero_to_hf::Args),
     /// Tokenizer tools.
     #[command(subcommand)]

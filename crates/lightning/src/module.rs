@@ -79,7 +79,9 @@ pub trait LightningModule<A: AutodiffBackend> {
         save_net(net, dir)
     }
 
-    /// Restores what [`save_checkpoint`](Self::save_checkpoint) wrote, onto the network the run built.
+    /// Restores what [`save_checkpoint`](Self::save_checkpoint) wrote, onto the network the run built (under ZeRO
+    /// stage 3, with its parameters released: a module that [`walks_sharded_layers`](Self::walks_sharded_layers)
+    /// loads them whole from `dir`).
     fn load_checkpoint(&self, net: Self::Net, dir: &Path) -> Result<Self::Net> {
         load_net(net, dir)
     }

@@ -326,8 +326,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         if let Some(dir) = &resumed_dir {
             let (loaded, state) = self.accelerator.load_state(dir, s.optimizer, device, self.global_batch())?;
             optimizer = loaded;
-            let loaded = module.load_checkpoint(self.accelerator.gather_model(net, Gather::All)?, dir)?;
-            net = module.configure_net(self.accelerator.shard_model(loaded)?);
+            // Under ZeRO stage 3 the loaded weights are whole for the moment: each rank takes its shares of them.
+            net = module.configure_net(self.accelerator.shard_model(module.load_checkpoint(net, dir)?)?);
             check_optimizer_names(&optimizer, &paths, dir)?;
             data.seek(&state.data_position)?;
             module.on_load_checkpoint(&state.module)?;
@@ -482,7 +482,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             let signal = stats.stop_signal.filter(|_| step < s.max_steps);
             if (saved || signal.is_some()) && !dry {
                 let at = Snapshot { step, stopped_early: &stopped_early, interrupted: signal.is_some() };
-                self.save(module, &net, &optimizer, data, at)?;
+                // Whole on every rank (a collective under ZeRO stage 3) before rank 0 writes it.
+                let whole = self.accelerator.gather_model(net.clone(), Gather::All)?;
+                self.save(module, &whole, &optimizer, data, at)?;
             }
             if let Some(signal) = signal {
                 self.end_callbacks()?;
@@ -544,8 +546,8 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok((summary, net))
     }
 
-    /// Writes the checkpoint of `at.step` (rank 0), named and pruned as the [`ModelCheckpoint`] says, with every
-    /// callback's state.
+    /// Writes the checkpoint of `at.step` (rank 0) of `net`, whole (the caller gathers it on every rank under ZeRO
+    /// stage 3), named and pruned as the [`ModelCheckpoint`] says, with every callback's state.
     fn save<M, D>(
         &mut self,
         module: &M,
@@ -578,8 +580,6 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         };
         let mut failed = None;
         let out = &self.settings.default_root_dir;
-        // Whole on every rank (a collective under ZeRO stage 3) before rank 0 writes it.
-        let net = &self.accelerator.gather_model(net.clone(), Gather::All)?;
         let written = self.accelerator.save_state(out, optimizer, state, &plan, |dir| {
             module.save_checkpoint(net, dir).map_err(|err| {
                 let message = err.to_string();

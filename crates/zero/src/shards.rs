@@ -94,6 +94,18 @@ pub fn saved_layout(dir: &Path) -> Result<(u64, Option<Partition>)> {
                     .collect::<Option<Vec<_>>>()
             })
             .ok_or_else(|| bad("zero.windows"))?;
+        // Contiguous from the first element to the last, each window's chunks covering it.
+        let total: usize = sizes.iter().map(|(_, n)| n).sum();
+        let mut next = 0;
+        for w in &windows {
+            if w.start != next || w.end < w.start || w.chunk * world < w.end - w.start {
+                return Err(bad("zero.windows"));
+            }
+            next = w.end;
+        }
+        if next != total || world == 0 {
+            return Err(bad("zero.windows"));
+        }
         return Ok((step, Some(Partition::with_windows(&sizes, world, windows))));
     }
     let chunk = layout["chunk"].as_u64().ok_or_else(|| bad("zero.chunk"))? as usize;

@@ -49,8 +49,13 @@ pub struct Shards {
 /// [`Shards`] behind a lock.
 pub type SharedShards = Arc<Mutex<Shards>>;
 
-pub fn lock(shards: &SharedShards) -> MutexGuard<'_, Shards> {
-    shards.lock().unwrap_or_else(PoisonError::into_inner)
+/// The shares. Lock order: this lock, then the communicator's (a collective runs with the shares locked; nothing
+/// takes this lock while holding the communicator's).
+pub fn lock(shards: &SharedShards) -> Result<MutexGuard<'_, Shards>> {
+    // A panic in the middle of an update leaves the shares half-written: no rank may train on.
+    shards.lock().map_err(|_: PoisonError<_>| {
+        AccelError::Config("ZeRO stage 3: a panic left this rank's shares half-updated".into())
+    })
 }
 
 impl Shards {
@@ -86,6 +91,14 @@ impl Shards {
             let value = whole.get(&path).ok_or_else(|| {
                 AccelError::Config(format!("ZeRO stage 3: the model has no trainable parameter {path}"))
             })?;
+            let expected = self.partition.params().iter().find(|(p, _, _)| *p == path).map_or(0, |(_, _, n)| *n);
+            if value.values.len() != expected || value.shape.iter().product::<usize>() != expected {
+                return Err(AccelError::Tensor(format!(
+                    "ZeRO stage 3: {path} has {} values of shape {:?}, the layout {expected}",
+                    value.values.len(),
+                    value.shape
+                )));
+            }
             for s in segments {
                 self.params[s.window][s.chunk_offset..s.chunk_offset + s.len]
                     .copy_from_slice(&value.values[s.param_offset..s.param_offset + s.len]);
@@ -118,7 +131,9 @@ impl Shards {
             if *offset < w.start || *offset >= w.end {
                 continue;
             }
-            let shape = self.shapes.get(path).cloned().unwrap_or_else(|| vec![*len]);
+            let shape = self.shapes.get(path).cloned().ok_or_else(|| {
+                AccelError::Config(format!("ZeRO stage 3: {path} was gathered before its shares were taken"))
+            })?;
             let values = gathered[offset - start..offset - start + len].to_vec();
             out.insert(path.strip_prefix(strip).unwrap_or(path).to_string(), HostTensor { shape, values });
         }
@@ -136,13 +151,22 @@ impl Shards {
         Ok(out)
     }
 
-    /// Every parameter whole.
+    /// Every parameter whole (for a checkpoint or a validation: counted in the transient peak).
     pub fn gather_all(&mut self, comm: &dyn Communicator) -> Result<BTreeMap<String, HostTensor>> {
         let mut out = BTreeMap::new();
         for window in 0..self.partition.windows() {
             out.extend(self.gather_window(window, "", comm)?);
         }
+        self.peak_elems = self.peak_elems.max(self.partition.total());
         Ok(out)
+    }
+
+    /// The window of decoder layer `layer`.
+    fn layer_window(&self, layer: usize) -> std::result::Result<usize, CoreError> {
+        self.layer_windows
+            .get(&layer)
+            .copied()
+            .ok_or_else(|| CoreError::Invalid(format!("ZeRO stage 3: no parameters of decoder layer {layer}")))
     }
 
     /// Adds the gradients `grads` (whole, by path) of window `window` to this rank's chunk: one reduce-scatter,
@@ -212,11 +236,8 @@ fn core_error(err: AccelError) -> CoreError {
 
 impl LayerSource for ZeroLayers {
     fn gather(&self, layer: usize) -> std::result::Result<BTreeMap<String, HostTensor>, CoreError> {
-        let mut shards = lock(&self.shards);
-        let window = *shards
-            .layer_windows
-            .get(&layer)
-            .ok_or_else(|| CoreError::Invalid(format!("ZeRO stage 3: no parameters of decoder layer {layer}")))?;
+        let mut shards = lock(&self.shards).map_err(core_error)?;
+        let window = shards.layer_window(layer)?;
         let whole = shards.gather_window(window, &format!("layers.{layer}."), &self.comm).map_err(core_error)?;
         let elems = whole.values().map(|t| t.values.len()).sum();
         shards.note_live(elems);
@@ -224,11 +245,8 @@ impl LayerSource for ZeroLayers {
     }
 
     fn reduce(&self, layer: usize, grads: BTreeMap<String, Vec<f32>>) -> std::result::Result<(), CoreError> {
-        let mut shards = lock(&self.shards);
-        let window = *shards
-            .layer_windows
-            .get(&layer)
-            .ok_or_else(|| CoreError::Invalid(format!("ZeRO stage 3: no parameters of decoder layer {layer}")))?;
+        let mut shards = lock(&self.shards).map_err(core_error)?;
+        let window = shards.layer_window(layer)?;
         let named = grads.into_iter().map(|(path, values)| (format!("layers.{layer}.{path}"), values)).collect();
         shards.reduce_window(window, &named, &self.comm).map_err(core_error)?;
         // The layer is still whole while its gradients go out.

@@ -1,6 +1,6 @@
-//! ZeRO stages 1 and 2 as an accel [`Strategy`]: each rank keeps Adam's moments for its own share of the
-//! flattened parameters ([`Partition`]) and updates only that share; the updated shares are all-gathered so every
-//! rank holds the whole model again. Stage 1 all-reduces the gradients as plain data parallelism does; stage 2
+//! ZeRO stages 1, 2 and 3 as an accel [`Strategy`]: each rank keeps Adam's moments for its own share of the
+//! flattened parameters ([`Partition`]) and updates only that share; under stages 1 and 2 the updated shares are
+//! all-gathered so every rank holds the whole model again. Stage 1 all-reduces the gradients as plain data parallelism does; stage 2
 //! reduce-scatters them after every micro-batch, so a rank keeps only its share's gradients between micro-batches.
 //! With the optimizer offloaded (ZeRO-Offload), the share's moments live in host memory and its update runs on the
 //! CPU backend; the device keeps no optimizer state.
@@ -27,7 +27,7 @@ use llmtrain_core::train::checkpoint::OPTIMIZER_META_FILE;
 
 type Result<T> = std::result::Result<T, AccelError>;
 
-/// A ZeRO stage (1 or 2) over this rank's communicator.
+/// A ZeRO stage (1, 2 or 3) over this rank's communicator.
 pub struct Zero<B: Backend> {
     stage: ZeroStage,
     /// Elements per reduce-scatter / all-gather window (DeepSpeed's `reduce_bucket_size`).
@@ -240,10 +240,18 @@ impl<B: Backend> Zero<B> {
     fn reduce_outside(&mut self, grads: &mut GradientBuffer<B>, comm: &dyn Communicator) -> Result<()> {
         let mut whole = BTreeMap::new();
         for (path, grad) in grads.iter() {
+            // A layer's gradients go to the layer source as its backward makes them; one here was made by a forward
+            // that did not walk the layers through it, and would be lost.
+            if decoder_layer(path).is_some() {
+                return Err(AccelError::Config(format!(
+                    "ZeRO stage 3: {path} got a gradient outside the layer walk (the objective's forward must gather \
+                     the layers through StepContext::layer_source)"
+                )));
+            }
             whole.insert(path.to_string(), host(grad.clone())?);
         }
         grads.clear();
-        let mut shards = lock(self.shards()?);
+        let mut shards = lock(self.shards()?)?;
         for window in shards.outside_windows() {
             shards.reduce_window(window, &whole, comm)?;
         }
@@ -261,10 +269,10 @@ impl<B: Backend> Zero<B> {
         comm: &dyn Communicator,
     ) -> Result<()> {
         let shared = self.shards()?.clone();
-        let local: BTreeSet<String> = lock(&shared).with_grads.clone();
+        let local: BTreeSet<String> = lock(&shared)?.with_grads.clone();
         let stepped = self.stepped_params(|path| local.contains(path), comm)?;
         let layout = prepared(&self.layout)?;
-        let mut shards = lock(&shared);
+        let mut shards = lock(&shared)?;
         for (path, segments) in &layout.mine {
             let Some((_, matrix)) = params.get(path) else {
                 return Err(AccelError::Config(format!("ZeRO: {path} is not among the model's trainable parameters")));
@@ -344,7 +352,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
                 Ok(squares[0].sqrt())
             }
             ZeroStage::Three => {
-                let shards = lock(self.shards()?);
+                let shards = lock(self.shards()?)?;
                 let local: f64 = shards.grads.iter().flatten().map(|g| f64::from(*g) * f64::from(*g)).sum();
                 let mut squares = [local];
                 comm.all_reduce_sum_f64(&mut squares)?;
@@ -356,8 +364,8 @@ impl<B: Backend> Strategy<B> for Zero<B> {
     fn scale_gradients(&mut self, grads: &mut GradientBuffer<B>, factor: f64) {
         grads.scale(factor);
         self.shard_grads.scale(factor);
-        if let Some(shared) = &self.stage3 {
-            lock(shared).grads.iter_mut().flatten().for_each(|g| *g = (f64::from(*g) * factor) as f32);
+        if let Some(Ok(mut shards)) = self.stage3.as_ref().map(lock) {
+            shards.grads.iter_mut().flatten().for_each(|g| *g = (f64::from(*g) * factor) as f32);
         }
     }
 
@@ -365,8 +373,8 @@ impl<B: Backend> Strategy<B> for Zero<B> {
         grads.clear();
         self.shard_grads.clear();
         self.with_grads.clear();
-        if let Some(shared) = &self.stage3 {
-            lock(shared).end_step();
+        if let Some(Ok(mut shards)) = self.stage3.as_ref().map(lock) {
+            shards.end_step();
         }
     }
 
@@ -494,7 +502,10 @@ impl<B: Backend> Strategy<B> for Zero<B> {
     }
 
     fn take_communication_time(&mut self) -> Duration {
-        let layers = self.stage3.as_ref().map_or(Duration::ZERO, |shared| std::mem::take(&mut lock(shared).comm_time));
+        let layers = match self.stage3.as_ref().map(lock) {
+            Some(Ok(mut shards)) => std::mem::take(&mut shards.comm_time),
+            _ => Duration::ZERO,
+        };
         std::mem::take(&mut self.comm_time) + layers
     }
 
@@ -503,11 +514,11 @@ impl<B: Backend> Strategy<B> for Zero<B> {
     }
 
     fn keep_shares(&mut self, whole: BTreeMap<String, HostTensor>) -> Result<()> {
-        lock(self.shards()?).keep(whole)
+        lock(self.shards()?)?.keep(whole)
     }
 
     fn gather(&self, scope: Gather, comm: &dyn Communicator) -> Result<BTreeMap<String, HostTensor>> {
-        let mut shards = lock(self.shards()?);
+        let mut shards = lock(self.shards()?)?;
         match scope {
             Gather::Step => shards.gather_outside(comm),
             Gather::All => shards.gather_all(comm),
@@ -528,7 +539,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
             ZeroStage::Two | ZeroStage::Three => 4 * owned,
         };
         if let Some(shared) = &self.stage3 {
-            let shards = lock(shared);
+            let shards = lock(shared).ok()?;
             return Some(HeldBytes {
                 params: 4 * shards.owned() as u64,
                 grads,

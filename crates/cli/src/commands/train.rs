@@ -126,7 +126,8 @@ pub fn run_rank<B: Backend>(
         let mut memopt = config.section::<MemoptSection>()?.unwrap_or_default();
         let zero_section = config.section::<ZeroSection>()?;
         // A DeepSpeed config sets the batch, precision, optimizer, scheduler and ZeRO, as it does for DeepSpeed.
-        let zero = match args.deepspeed.clone().or_else(|| config.training.deepspeed.clone()) {
+        let ds_config = args.deepspeed.clone().or_else(|| config.training.deepspeed.clone());
+        let zero = match ds_config.clone() {
             Some(path) if zero_section.is_some() => {
                 anyhow::bail!(
                     "{}: both [zero] and a DeepSpeed config ({}): keep one",
@@ -157,10 +158,15 @@ pub fn run_rank<B: Backend>(
             _ => None,
         };
         if let (Some(what), 3) = (not_sharded, zero.stage) {
+            // Named where the stage was set: the DeepSpeed config's key, or the run config's.
+            let (file, key) = match &ds_config {
+                Some(path) => (path.clone(), "zero_optimization.stage"),
+                None => (args.config.clone(), "zero.stage"),
+            };
             anyhow::bail!(
-                "{}: key `zero.stage`: ZeRO stage 3 trains the causal-LM objectives (pretrain, sft) with full \
-                 finetuning for now, not {what}: use stage 1 or 2",
-                args.config.display()
+                "{}: key `{key}`: ZeRO stage 3 trains the causal-LM objectives (pretrain, sft) with full finetuning \
+                 for now, not {what}: use stage 1 or 2",
+                file.display()
             );
         }
         Ok((config, memopt, lora, accel_config, trl_trainer, zero))

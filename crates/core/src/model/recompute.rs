@@ -124,8 +124,14 @@ impl<A: AutodiffBackend> DeferredBackward<A> for LayerRecompute<'_, A> {
         let layer_inputs = model.layer_inputs(rows, seq, self.positions.as_ref(), &device);
         let ctx = layer_inputs.context();
         for (index, (layer, input)) in model.layers.iter().zip(self.inputs).enumerate().rev() {
-            let Some(grad_out) = upstream else { return Ok(()) };
-            let x = Tensor::<A, 3>::from_inner(input.restore(&device)).require_grad();
+            let input = input.restore(&device);
+            let grad_out = match (upstream, source) {
+                (Some(grad_out), _) => grad_out,
+                // Every rank runs every layer's collectives, even one whose loss did not reach the layers.
+                (None, Some(_)) => input.zeros_like(),
+                (None, None) => return Ok(()),
+            };
+            let x = Tensor::<A, 3>::from_inner(input).require_grad();
             let whole = match source {
                 Some(source) => Some(whole_layer(layer, index, Some(source))?),
                 None => None,

@@ -10,7 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use super::DecoderLayer;
 use crate::error::CoreError;
 use crate::hf::HostTensor;
-use crate::train::param_paths::{fill_params, visit_gradients};
+use crate::train::param_paths::{fill_params, visit_floats, visit_gradients};
 
 /// Where a model with released layer parameters gets each layer whole, and where its gradients go. Both are
 /// collectives: every rank calls them for the same layers in the same order.
@@ -28,10 +28,19 @@ pub(crate) fn whole_layer<B: Backend>(
     index: usize,
     source: Option<&dyn LayerSource>,
 ) -> Result<DecoderLayer<B>, CoreError> {
-    match source {
-        None => Ok(layer.clone()),
-        Some(source) => Ok(fill_params(layer.clone(), &mut source.gather(index)?)),
+    let Some(source) = source else { return Ok(layer.clone()) };
+    let mut values = source.gather(index)?;
+    let whole = fill_params(layer.clone(), &mut values);
+    // Every gathered tensor has its parameter, and no parameter of the layer is left released.
+    if let Some(stray) = values.keys().next() {
+        return Err(CoreError::Invalid(format!("decoder layer {index}: gathered `{stray}`, which it does not have")));
     }
+    let mut empty = 0;
+    visit_floats(&whole, |value| empty += usize::from(value.shape().num_elements() == 0));
+    if empty > 0 {
+        return Err(CoreError::Invalid(format!("decoder layer {index}: {empty} parameter(s) not gathered")));
+    }
+    Ok(whole)
 }
 
 /// Hands the gradients `grads` holds for `layer`'s parameters to `source`.
