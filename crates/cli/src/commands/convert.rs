@@ -11,17 +11,35 @@ use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
 const COMPANION_FILES: [&str; 4] =
     ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
 
+/// `--out DIR [--overwrite]`: the HF checkpoint directory a command writes.
 #[derive(clap::Args)]
-pub struct Args {
-    /// The HF checkpoint directory to read.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// The directory to write (replaced atomically; must be new, empty or a checkpoint unless --overwrite).
+pub struct OutDir {
+    /// The checkpoint directory to write (replaced atomically; must be new, empty or a checkpoint unless
+    /// --overwrite).
     #[arg(long)]
     pub out: PathBuf,
     /// Replace --out even if it holds other files than a model checkpoint's, or is an input directory.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+impl OutDir {
+    /// Before any (possibly long) load: refuses a directory that cannot be replaced, or that is one of `inputs`
+    /// (flag, path).
+    pub fn check(&self, inputs: &[(&str, &std::path::Path)]) -> Result<()> {
+        check_replaceable_dir(&self.out, "--out", OutputKind::Model, self.overwrite)?;
+        refuse_output_is_input(&self.out, "--out", inputs, self.overwrite)?;
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The HF checkpoint directory to read.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub output: OutDir,
     /// float32, bfloat16 or float16 (default: the dtype config.json names).
     #[arg(long)]
     pub dtype: Option<String>,
@@ -63,12 +81,10 @@ pub fn parse_dtype(flag: Option<&str>) -> Result<Option<StorageDtype>> {
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let dtype = parse_dtype(args.dtype.as_deref())?;
     let options = SaveOptions { dtype, max_shard_bytes: parse_size(&args.max_shard_size)? };
-    // Before the (possibly long) load: a directory that cannot be replaced is refused at once.
-    check_replaceable_dir(&args.out, "--out", OutputKind::Model, args.overwrite)?;
-    refuse_output_is_input(&args.out, "--out", &[("--model", &args.model)], args.overwrite)?;
+    args.output.check(&[("--model", &args.model)])?;
     let (model, config) = hf::load_model::<B>(&args.model, device)?;
-    write_checkpoint(&model, &config, &args.model, &args.out, &options)?;
-    println!("wrote {}", args.out.display());
+    write_checkpoint(&model, &config, &args.model, &args.output.out, &options)?;
+    println!("wrote {}", args.output.out.display());
     Ok(())
 }
 

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use llmtrain_core::fsutil::{OutputKind, check_replaceable_dir, refuse_output_is_input};
 use llmtrain_core::hf::{self, SaveOptions, StorageDtype};
 use llmtrain_core::train::checkpoint::verify_checkpoint;
 
@@ -16,13 +15,8 @@ use llmtrain_core::train::checkpoint::verify_checkpoint;
 pub struct Args {
     /// A training checkpoint directory (`checkpoint-<step>`).
     pub checkpoint: PathBuf,
-    /// The HF checkpoint directory to write (replaced atomically; must be new, empty or a checkpoint unless
-    /// --overwrite).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace --out even if it holds other files than a model checkpoint's, or is the checkpoint itself.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub output: super::convert::OutDir,
     /// float32 (the default, as zero_to_fp32 writes), bfloat16 or float16.
     #[arg(long)]
     pub dtype: Option<String>,
@@ -30,13 +24,17 @@ pub struct Args {
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let dtype = super::convert::parse_dtype(args.dtype.as_deref())?.or(Some(StorageDtype::F32));
-    check_replaceable_dir(&args.out, "--out", OutputKind::Model, args.overwrite)?;
-    refuse_output_is_input(&args.out, "--out", &[("CHECKPOINT", &args.checkpoint)], args.overwrite)?;
+    args.output.check(&[("CHECKPOINT", &args.checkpoint)])?;
     // A damaged or incomplete checkpoint (a rank's share missing, a weight file cut short) is refused first.
     let state = verify_checkpoint(&args.checkpoint)?;
     let (model, config) = hf::load_model::<B>(&args.checkpoint, device)?;
     let options = SaveOptions { dtype, ..SaveOptions::default() };
-    super::convert::write_checkpoint(&model, &config, &args.checkpoint, &args.out, &options)?;
-    println!("wrote {} (the model of step {}, from {})", args.out.display(), state.step, args.checkpoint.display());
+    super::convert::write_checkpoint(&model, &config, &args.checkpoint, &args.output.out, &options)?;
+    println!(
+        "wrote {} (the model of step {}, from {})",
+        args.output.out.display(),
+        state.step,
+        args.checkpoint.display()
+    );
     Ok(())
 }
