@@ -239,6 +239,26 @@ impl<A: AutodiffBackend> Accelerator<A> {
         self.strategy.layer_source(self.comm.clone())
     }
 
+    /// Where rank 0 gets the released layers while it writes a model inside [`on_main_with_layers`]
+    /// (Self::on_main_with_layers) (ZeRO stage 3; `None` otherwise).
+    pub fn driven_layer_source(&self) -> Option<Arc<dyn LayerSource>> {
+        self.strategy.driven_layer_source(self.comm.clone())
+    }
+
+    /// Runs `write` on rank 0 (returning what it returns) while the other ranks take part in the layer gathers
+    /// its [`driven_layer_source`](Self::driven_layer_source) asks for; without released parameters the other
+    /// ranks just return `None`. A collective.
+    pub fn on_main_with_layers<T>(&self, write: impl FnOnce() -> T) -> Result<Option<T>> {
+        if !self.is_main_process() {
+            self.strategy.serve_layers(&self.comm)?;
+            return Ok(None);
+        }
+        let written = write();
+        // Whatever `write` did, the serving ranks are released.
+        self.strategy.end_serving(&self.comm)?;
+        Ok(Some(written))
+    }
+
     /// Whether the strategy keeps the trainable parameters in shares between uses (ZeRO stage 3).
     pub fn releases_params(&self) -> bool {
         self.strategy.releases_params()
@@ -458,18 +478,19 @@ impl<A: AutodiffBackend> Accelerator<A> {
             self.strategy.write_optimizer_shard(optimizer, &staging, &self.comm)?;
             self.wait_for_everyone()?;
         }
-        let written = if self.is_main_process() {
-            let whole = parts.is_empty().then_some(optimizer);
-            Some(save_checkpoint_with(output_dir, whole, state, plan, |dir| {
-                write_files(dir)?;
-                if !parts.is_empty() {
-                    move_parts(&staging, &parts, dir)?;
-                }
-                Ok(())
-            })?)
-        } else {
-            None
-        };
+        // Rank 0 writes; under ZeRO stage 3 the others serve the layer gathers of its model files meanwhile.
+        let whole = parts.is_empty().then_some(optimizer);
+        let written = self
+            .on_main_with_layers(|| {
+                save_checkpoint_with(output_dir, whole, state, plan, |dir| {
+                    write_files(dir)?;
+                    if !parts.is_empty() {
+                        move_parts(&staging, &parts, dir)?;
+                    }
+                    Ok(())
+                })
+            })?
+            .transpose()?;
         self.wait_for_everyone()?;
         Ok(written)
     }

@@ -141,6 +141,23 @@ pub trait Strategy<B: Backend>: Send {
         None
     }
 
+    /// For rank 0 alone (writing a checkpoint or `final/`): a layer source whose every gather first tells the
+    /// other ranks, which [`serve_layers`](Self::serve_layers) meanwhile, which layer to gather.
+    fn driven_layer_source(&self, _comm: SharedComm) -> Option<Arc<dyn LayerSource>> {
+        None
+    }
+
+    /// On every rank but 0: takes part in each gather rank 0's driven source asks for, until rank 0 calls
+    /// [`end_serving`](Self::end_serving).
+    fn serve_layers(&self, _comm: &dyn Communicator) -> Result<()> {
+        Ok(())
+    }
+
+    /// On rank 0: tells the serving ranks that no more gathers follow.
+    fn end_serving(&self, _comm: &dyn Communicator) -> Result<()> {
+        Ok(())
+    }
+
     /// What this rank keeps between steps; `None` when the strategy does not count (plain data parallelism).
     fn held_bytes(&self, _grads: &GradientBuffer<B>, _optimizer: &AdamW<B>) -> Option<HeldBytes> {
         None

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use crate::common::assert_one_line_error;
-use crate::launch_common::{Job, assert_zero_follows_plain_data_parallelism, curves, max_weight_diff, ok, run_zero};
+use crate::launch_common::{
+    Job, assert_zero_follows_plain_data_parallelism, curves, max_weight_diff, model_elements, ok, run_zero,
+};
 
 #[test]
 fn stages_one_two_and_three_follow_plain_data_parallelism_on_two_and_four_ranks() {
@@ -322,4 +324,36 @@ fn a_stage_three_fp16_run_skips_the_overflowing_steps_plain_data_parallelism_ski
     let diff = plain_loss.iter().zip(&loss).map(|(a, b)| (a.1 - b.1).abs()).fold(0.0, f64::max);
     eprintln!("fp16 with skipped steps, stage 3 vs plain on 2 ranks: max |Δloss| {diff:.1e}");
     assert!(diff <= 1e-3, "|Δloss| {diff}");
+}
+
+#[test]
+fn stage_three_writes_checkpoints_and_final_gathering_one_layer_at_a_time() {
+    // Without validation (which gathers the whole model on every rank), nothing in a stage 3 run holds the whole
+    // model at once: rank 0 gathers each layer while it writes it, the other ranks serving.
+    let job = Job::new();
+    let mut runs = Vec::new();
+    for (name, zero) in [("stream-plain", ""), ("stream-zero3", "[zero]\nstage = 3")] {
+        let config = job.config(2, name, "gradient_accumulation_steps = 2\nmax_grad_norm = 0.5");
+        // Layers that outweigh the embeddings and head (in the tests' usual shape these are more than half).
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("eval_fraction = 0.1", "eval_fraction = 0.0")
+            .replace("intermediate_size = 64\nnum_hidden_layers = 2", "intermediate_size = 256\nnum_hidden_layers = 4");
+        std::fs::write(&config, format!("{text}\n{zero}\n")).unwrap();
+        let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+        ok(&job.run(&[&args[..], &["--max-steps", "20"]].concat()));
+        runs.push(job.path(&format!("out-{name}")));
+    }
+    let model = |run: &Path, dir: &str| run.join(dir).join("model.safetensors");
+    for dir in ["checkpoint-16", "final"] {
+        let diff = max_weight_diff(&model(&runs[0], dir), &model(&runs[1], dir));
+        eprintln!("stage 3 {dir} written layer by layer vs plain data parallelism's: max |Δweight| {diff:.1e}");
+        assert!(diff <= 1e-5, "{dir}: |Δweight| {diff}");
+    }
+    let metrics = std::fs::read_to_string(runs[1].join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = metrics.lines().rfind(|l| l.contains("zero/")).unwrap().parse().unwrap();
+    let transient = last["zero/transient_peak_bytes"].as_u64().unwrap();
+    let whole = 4 * model_elements(&model(&runs[0], "final"));
+    eprintln!("stage 3 without validation: held at most {transient} bytes at once, the whole model {whole}");
+    assert!(transient < whole, "the largest held at once ({transient} bytes) is less than the whole model ({whole})");
 }

@@ -3,6 +3,7 @@
 //! the [`Trainer`]. [`train`] builds both from a run config and reports what a user reads at the end.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
@@ -11,11 +12,11 @@ use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, Split};
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
-use llmtrain_core::model::{Compute, LlamaModel};
+use llmtrain_core::model::{Compute, LayerSource, LlamaModel};
 use llmtrain_core::setup::{TrainOverrides, data_options};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_core::train::accuracy::{Accuracy, AccuracyExample, accuracy_examples, completion_accuracy};
-use llmtrain_core::train::checkpoint::save_model_state;
+use llmtrain_core::train::checkpoint::save_model_state_gathering;
 use llmtrain_core::train::{
     batch_loss, batch_tensors, causal_lm_loss_parts, loss_from_hidden, sample_text, token_statistics, unigram_entropy,
 };
@@ -37,6 +38,8 @@ pub struct CausalLm<'a, A: AutodiffBackend> {
     accuracy: Option<Vec<AccuracyExample>>,
     token_metrics: bool,
     device: A::Device,
+    /// Under ZeRO stage 3, on rank 0: where the saved network's released layers are gathered from.
+    layers_from: Option<Arc<dyn LayerSource>>,
 }
 
 /// TRL's SFT metrics, logged with [`CausalLm::with_token_metrics`]: the share of scored tokens the top logit
@@ -52,7 +55,7 @@ struct ModelFiles {
 impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
     /// The objective, computing as `compute` says (activation type, attention kernel, fused loss).
     pub fn new(method: &'a dyn Finetune<A>, compute: Compute, device: A::Device) -> Self {
-        Self { method, compute, files: None, accuracy: None, token_metrics: false, device }
+        Self { method, compute, files: None, accuracy: None, token_metrics: false, device, layers_from: None }
     }
 
     /// Checkpoints and `final/` hold the model (or the method's adapter) as an HF directory described by
@@ -152,6 +155,10 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
         Ok(LossParts { sum: sum.into_scalar().elem::<f64>(), weight: count.into_scalar().elem::<f64>() })
     }
 
+    fn gather_layers_from(&mut self, layers: Option<Arc<dyn LayerSource>>) {
+        self.layers_from = layers;
+    }
+
     fn walks_sharded_layers(&self) -> bool {
         // An adapter's frozen base is not the strategy's to shard.
         !self.method.saves_adapter_only()
@@ -169,7 +176,7 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
     fn save_checkpoint(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
         let files = self.files()?;
         if !self.method.saves_adapter_only() {
-            save_model_state(net, &files.hf_config, dir)?;
+            save_model_state_gathering(net, self.layers_from.as_deref(), &files.hf_config, dir)?;
         }
         files.tokenizer.save(dir)?;
         self.method.save(net, dir).map_err(LightningError::Invalid)
@@ -188,10 +195,15 @@ impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
     fn save_final(&self, net: &LlamaModel<A>, dir: &Path) -> Result<()> {
         let files = self.files()?;
         if !self.method.saves_adapter_only() {
-            hf::save_model(&net.valid(), &files.hf_config, dir, &SaveOptions::default())?;
+            let layers = self.layers_from.as_deref();
+            hf::save_model_gathering(&net.valid(), layers, &files.hf_config, dir, &SaveOptions::default())?;
         }
         self.method.save(net, dir).map_err(LightningError::Invalid)?;
         Ok(files.tokenizer.save(dir)?)
+    }
+
+    fn has_fit_figures(&self) -> bool {
+        self.accuracy.is_some()
     }
 
     fn on_fit_start(&self, net: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {

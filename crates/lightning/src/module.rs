@@ -50,6 +50,12 @@ pub trait LightningModule<A: AutodiffBackend> {
         false
     }
 
+    /// Under ZeRO stage 3, on rank 0: where [`save_checkpoint`](Self::save_checkpoint) and
+    /// [`save_final`](Self::save_final) get the decoder layers, which the network they are handed holds released
+    /// (one gathered at a time while the other ranks serve). Only a module that
+    /// [`walks_sharded_layers`](Self::walks_sharded_layers) is handed one.
+    fn gather_layers_from(&mut self, _layers: Option<std::sync::Arc<dyn llmtrain_core::model::LayerSource>>) {}
+
     /// Settings of the network that are not parameters (compute type, kernels), applied after it is built,
     /// broadcast or restored from a checkpoint.
     fn configure_net(&self, net: Self::Net) -> Self::Net {
@@ -89,6 +95,12 @@ pub trait LightningModule<A: AutodiffBackend> {
     /// Writes the trained result into `final/` (rank 0); by default as a checkpoint holds it.
     fn save_final(&self, net: &Self::Net, dir: &Path) -> Result<()> {
         save_net(net, dir)
+    }
+
+    /// Whether [`on_fit_start`](Self::on_fit_start) and [`on_fit_end`](Self::on_fit_end) compute anything: under
+    /// ZeRO stage 3 the whole network is gathered for them, so a module that logs no such figures says so.
+    fn has_fit_figures(&self) -> bool {
+        true
     }
 
     /// Figures to log before the first step of a fresh run (rank 0), such as a held-out accuracy.

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Gather, ReduceOp};
 use llmtrain_core::CoreError;
@@ -319,6 +318,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             ));
         }
         let mut net = module.configure_net(self.accelerator.prepare_model(net)?);
+        if main {
+            // Under ZeRO stage 3 rank 0 writes checkpoints and `final/` gathering one layer at a time.
+            module.gather_layers_from(self.accelerator.driven_layer_source());
+        }
         let mut optimizer = AdamW::<A::InnerBackend>::new(s.optimizer);
         let paths = trainable_paths(&net);
         let mut resumed_from = None;
@@ -376,7 +379,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
         let mut latest = Map::new();
         let mut stopped_early: Option<String> = None;
-        if resumed_from.is_none() {
+        if resumed_from.is_none() && module.has_fit_figures() {
             // Gathered on every rank (a collective under ZeRO stage 3), used by rank 0.
             let whole = self.accelerator.unwrap_model(&net)?;
             if main {
@@ -482,9 +485,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             let signal = stats.stop_signal.filter(|_| step < s.max_steps);
             if (saved || signal.is_some()) && !dry {
                 let at = Snapshot { step, stopped_early: &stopped_early, interrupted: signal.is_some() };
-                // Whole on every rank (a collective under ZeRO stage 3) before rank 0 writes it.
-                let whole = self.accelerator.gather_model(net.clone(), Gather::All)?;
-                self.save(module, &whole, &optimizer, data, at)?;
+                // Under ZeRO stage 3: the parameters outside the layers whole on every rank (a collective); rank 0
+                // gathers the layers one at a time as it writes them.
+                let saved = self.accelerator.gather_model(net.clone(), Gather::Step)?;
+                self.save(module, &saved, &optimizer, data, at)?;
             }
             if let Some(signal) = signal {
                 self.end_callbacks()?;
@@ -502,20 +506,24 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             last_val = Some(val_loss);
         }
         self.end_callbacks()?;
-        // The trained network whole, on every rank (gathered under ZeRO stage 3), for the end figures, `final/`
-        // and the caller.
-        let net = self.accelerator.gather_model(net, Gather::All)?;
-        if main {
-            summary.end_metrics = module.on_fit_end(&net.valid())?;
-            if !summary.end_metrics.is_empty() {
-                self.log(metrics.as_mut(), with_step(step, &summary.end_metrics), &mut latest)?;
+        // The trained network whole, on every rank (gathered under ZeRO stage 3), for the end figures.
+        if module.has_fit_figures() {
+            let whole = self.accelerator.unwrap_model(&net)?;
+            if main {
+                summary.end_metrics = module.on_fit_end(&whole)?;
             }
+        }
+        if main && !summary.end_metrics.is_empty() {
+            self.log(metrics.as_mut(), with_step(step, &summary.end_metrics), &mut latest)?;
         }
         // A run the data ended (max_epochs) is finished too: a resume has nothing left to do.
         let stopped_early = stopped_early.or(epochs_done);
         summary.fast_dev_run = dry;
         // The last checkpoint and `final/` both hold the end state.
         let at = Snapshot { step, stopped_early: &stopped_early, interrupted: false };
+        // Under ZeRO stage 3, as for every checkpoint: the parameters outside the layers whole, the layers gathered
+        // one at a time as rank 0 writes them.
+        let net = self.accelerator.gather_model(net, Gather::Step)?;
         if !dry {
             self.save(module, &net, &optimizer, data, at)?;
         }
@@ -525,25 +533,31 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         summary.skipped_steps = self.accelerator.skipped_steps();
         summary.loss_scale = self.accelerator.loss_scale();
         summary.model_states = self.accelerator.held_bytes(&optimizer);
-        if main && !dry {
-            write_dir_atomic(&summary.final_dir, |dir| {
-                module.save_final(&net, dir).map_err(|err| CoreError::Invalid(err.to_string()))
+        if !dry {
+            let written = self.accelerator.on_main_with_layers(|| {
+                write_dir_atomic(&summary.final_dir, |dir| {
+                    module.save_final(&net, dir).map_err(|err| CoreError::Invalid(err.to_string()))
+                })
             })?;
-            if let Some(metrics) = &metrics {
-                let records = metrics.read_all()?;
-                // A figure is a convenience: failing to draw it does not fail a finished run.
-                if let Err(err) = write_loss_curve(&records, &out.join(LOSS_CURVE_FILE)) {
-                    tracing::warn!("{err}");
-                }
-                let rates: Vec<f64> = records.iter().filter_map(|r| r["tokens_per_sec"].as_f64()).collect();
-                summary.tokens_per_sec =
-                    if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
+            written.transpose()?;
+        }
+        if main
+            && !dry
+            && let Some(metrics) = &metrics
+        {
+            let records = metrics.read_all()?;
+            // A figure is a convenience: failing to draw it does not fail a finished run.
+            if let Err(err) = write_loss_curve(&records, &out.join(LOSS_CURVE_FILE)) {
+                tracing::warn!("{err}");
             }
+            let rates: Vec<f64> = records.iter().filter_map(|r| r["tokens_per_sec"].as_f64()).collect();
+            summary.tokens_per_sec =
+                if rates.is_empty() { 0.0 } else { rates.iter().sum::<f64>() / rates.len() as f64 };
         }
         // No rank reports success before the final model is in place.
         self.accelerator.wait_for_everyone()?;
         summary.elapsed_secs = self.started.elapsed().as_secs_f64();
-        Ok((summary, net))
+        Ok((summary, self.accelerator.gather_model(net, Gather::All)?))
     }
 
     /// Writes the checkpoint of `at.step` (rank 0) of `net`, whole (the caller gathers it on every rank under ZeRO

@@ -221,10 +221,42 @@ impl Shards {
 }
 
 /// The model's [`LayerSource`] under stage 3: a layer's window all-gathered for its forward or its recompute,
-/// its gradients reduce-scattered into this rank's shares.
+/// its gradients reduce-scattered into this rank's shares. `driven`: rank 0 alone gathers (writing a model), so
+/// each gather first broadcasts the window to the ranks in [`Shards::serve`].
 pub struct ZeroLayers {
     pub shards: SharedShards,
     pub comm: SharedComm,
+    pub driven: bool,
+}
+
+/// What [`ZeroLayers`] broadcasts when rank 0 has no more gathers to ask for.
+const NO_MORE_GATHERS: f32 = -1.0;
+
+impl Shards {
+    /// On a rank other than 0: takes part in the gathers rank 0's driven source asks for, window by window, until
+    /// it says no more follow ([`end_serving`]).
+    pub fn serve(&mut self, comm: &dyn Communicator) -> Result<()> {
+        loop {
+            let mut asked = [0.0f32];
+            comm.broadcast(&mut asked, 0)?;
+            if asked[0] < 0.0 {
+                return Ok(());
+            }
+            let window = asked[0] as usize;
+            if window >= self.params.len() {
+                return Err(AccelError::Config(format!("ZeRO stage 3: rank 0 asked for window {window}")));
+            }
+            let started = Instant::now();
+            comm.all_gather(&self.params[window])?;
+            self.comm_time += started.elapsed();
+        }
+    }
+}
+
+/// On rank 0: tells the ranks in [`Shards::serve`] that no more gathers follow.
+pub fn end_serving(comm: &dyn Communicator) -> Result<()> {
+    comm.broadcast(&mut [NO_MORE_GATHERS], 0)?;
+    Ok(())
 }
 
 fn core_error(err: AccelError) -> CoreError {
@@ -238,6 +270,9 @@ impl LayerSource for ZeroLayers {
     fn gather(&self, layer: usize) -> std::result::Result<BTreeMap<String, HostTensor>, CoreError> {
         let mut shards = lock(&self.shards).map_err(core_error)?;
         let window = shards.layer_window(layer)?;
+        if self.driven {
+            self.comm.broadcast(&mut [window as f32], 0).map_err(|e| core_error(e.into()))?;
+        }
         let whole = shards.gather_window(window, &format!("layers.{layer}."), &self.comm).map_err(core_error)?;
         let elems = whole.values().map(|t| t.values.len()).sum();
         shards.note_live(elems);

@@ -22,7 +22,7 @@ use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, Moments};
 use crate::partition::{Partition, Segment};
 use crate::section::ZeroStage;
 use crate::shards::{HostMoments, read_shares, saved_layout, shard_file, write_shard};
-use crate::stage3::{Shards, SharedShards, ZeroLayers, decoder_layer, lock};
+use crate::stage3::{Shards, SharedShards, ZeroLayers, decoder_layer, end_serving, lock};
 use llmtrain_core::train::checkpoint::OPTIMIZER_META_FILE;
 
 type Result<T> = std::result::Result<T, AccelError>;
@@ -527,7 +527,26 @@ impl<B: Backend> Strategy<B> for Zero<B> {
 
     fn layer_source(&self, comm: SharedComm) -> Option<Arc<dyn LayerSource>> {
         let shards = self.stage3.clone()?;
-        Some(Arc::new(ZeroLayers { shards, comm }))
+        Some(Arc::new(ZeroLayers { shards, comm, driven: false }))
+    }
+
+    fn driven_layer_source(&self, comm: SharedComm) -> Option<Arc<dyn LayerSource>> {
+        let shards = self.stage3.clone()?;
+        Some(Arc::new(ZeroLayers { shards, comm, driven: true }))
+    }
+
+    fn serve_layers(&self, comm: &dyn Communicator) -> Result<()> {
+        match &self.stage3 {
+            Some(shared) => lock(shared)?.serve(comm),
+            None => Ok(()),
+        }
+    }
+
+    fn end_serving(&self, comm: &dyn Communicator) -> Result<()> {
+        match &self.stage3 {
+            Some(_) => end_serving(comm),
+            None => Ok(()),
+        }
     }
 
     fn held_bytes(&self, grads: &GradientBuffer<B>, optimizer: &AdamW<B>) -> Option<HeldBytes> {

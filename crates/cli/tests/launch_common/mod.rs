@@ -252,7 +252,7 @@ fn final_logits(job: &Job, run: &str) -> Vec<f32> {
 }
 
 /// Elements of the tensors of a safetensors file.
-fn model_elements(path: &Path) -> u64 {
+pub fn model_elements(path: &Path) -> u64 {
     let bytes = std::fs::read(path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     file.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()

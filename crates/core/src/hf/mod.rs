@@ -19,8 +19,10 @@ use serde_json::json;
 
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
+use crate::model::sharded::whole_layer;
 use crate::model::{
-    Attention, DecoderLayer, Linear, LinearWeight, LlamaModel, Mlp, ModelConfig, Nf4Weight, ParamRef, RmsNorm, Rotary,
+    Attention, DecoderLayer, LayerSource, Linear, LinearWeight, LlamaModel, Mlp, ModelConfig, Nf4Weight, ParamRef,
+    RmsNorm, Rotary,
 };
 
 /// transformers' default shard limit for `save_pretrained` ("5GB").
@@ -275,15 +277,40 @@ where
 
 /// The model's tensors under their HF names, copied to the host as f32.
 pub fn model_tensors<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, HostTensor)> {
+    host_tensors(model.named_params())
+}
+
+/// [`model_tensors`] of a model whose decoder layers' parameters are released (ZeRO stage 3): each layer is
+/// gathered from `layers`, copied to host memory and dropped before the next, so the device never holds more than
+/// one whole layer (the parameters outside the layers are the model's own).
+pub fn model_tensors_gathering<B: Backend>(
+    model: &LlamaModel<B>,
+    layers: &dyn LayerSource,
+) -> Result<Vec<(String, HostTensor)>> {
+    let outside = |name: &String| !name.starts_with("model.layers.");
+    let mut named = model.named_params();
+    let tail = named.iter().position(|(name, _)| outside(name) && name != "model.embed_tokens.weight");
+    let after: Vec<_> = named.split_off(tail.unwrap_or(named.len()));
+    named.retain(|(name, _)| outside(name));
+    let mut out = host_tensors(named);
+    for (index, layer) in model.layers.iter().enumerate() {
+        let whole = whole_layer(layer, index, Some(layers))?;
+        out.extend(host_tensors(whole.named_params(index)));
+    }
+    out.extend(host_tensors(after));
+    Ok(out)
+}
+
+/// Each parameter's values on the host; adapters are not part of the base checkpoint (llmtrain-fastlora writes
+/// them in PEFT's format).
+fn host_tensors<B: Backend>(named: Vec<(String, ParamRef<'_, B>)>) -> Vec<(String, HostTensor)> {
     fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
         let shape = t.dims().to_vec();
         let values = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
         HostTensor { shape, values }
     }
-    model
-        .named_params()
+    named
         .into_iter()
-        // Adapters are not part of the base checkpoint (llmtrain-fastlora writes them in PEFT's format).
         .filter(|(name, _)| !is_adapter_tensor(name))
         .map(|(name, param)| match param {
             ParamRef::Vector(p) => (name, host(p.val())),
@@ -305,6 +332,18 @@ pub fn save_model<B: Backend>(
     dir: &Path,
     options: &SaveOptions,
 ) -> Result<()> {
+    save_model_gathering(model, None, config, dir, options)
+}
+
+/// [`save_model`], with the decoder layers gathered one at a time from `layers` when the model holds them released
+/// ([`model_tensors_gathering`]).
+pub fn save_model_gathering<B: Backend>(
+    model: &LlamaModel<B>,
+    layers: Option<&dyn LayerSource>,
+    config: &HfConfig,
+    dir: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
     if model.is_quantized() {
         return Err(CoreError::Invalid(format!(
             "{}: a model with 4-bit weights is not written as a checkpoint (save its adapter, or merge the adapter \
@@ -317,7 +356,11 @@ pub fn save_model<B: Backend>(
         options.dtype.or_else(|| config.dtype.as_deref().and_then(StorageDtype::parse)).unwrap_or(StorageDtype::F32);
     let mut config = config.clone();
     config.model = model.config.clone();
-    write_tensors(dir, &model_tensors(model), dtype, options.max_shard_bytes)?;
+    let tensors = match layers {
+        Some(layers) => model_tensors_gathering(model, layers)?,
+        None => model_tensors(model),
+    };
+    write_tensors(dir, &tensors, dtype, options.max_shard_bytes)?;
     write_json(&dir.join("generation_config.json"), &generation_config(&config.model))?;
     write_json(&dir.join("config.json"), &config.to_json(dtype.torch_name()))
 }

@@ -13,7 +13,7 @@ use super::optim::{AdamW, AdamWConfig, Moments};
 use crate::error::{CoreError, Result};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::hf::{self, HfConfig, HostTensor, SaveOptions, StorageDtype, TensorFiles};
-use crate::model::LlamaModel;
+use crate::model::{LayerSource, LlamaModel};
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -79,8 +79,19 @@ fn digest(path: &Path) -> Result<FileDigest> {
 
 /// A model's weights as a checkpoint holds them: an HF directory in f32, so a resumed run continues bit for bit.
 pub fn save_model_state<B: Backend>(model: &LlamaModel<B>, hf_config: &HfConfig, dir: &Path) -> Result<()> {
+    save_model_state_gathering(model, None, hf_config, dir)
+}
+
+/// [`save_model_state`] of a model whose decoder layers are released (ZeRO stage 3): gathered one at a time from
+/// `layers` ([`hf::save_model_gathering`]).
+pub fn save_model_state_gathering<B: Backend>(
+    model: &LlamaModel<B>,
+    layers: Option<&dyn LayerSource>,
+    hf_config: &HfConfig,
+    dir: &Path,
+) -> Result<()> {
     let f32_weights = SaveOptions { dtype: Some(StorageDtype::F32), ..Default::default() };
-    hf::save_model(model, hf_config, dir, &f32_weights)
+    hf::save_model_gathering(model, layers, hf_config, dir, &f32_weights)
 }
 
 /// How a checkpoint is named and which checkpoints stay once it is written.
