@@ -49,7 +49,8 @@ fn a_stage_or_offload_this_build_cannot_run_is_refused_by_key_before_any_step() 
     for (zero, needle) in [
         ("stage = 5", "key `zero.stage`: must be 0, 1, 2 or 3, got 5"),
         ("stage = 0\noffload_optimizer = \"cpu\"", "key `zero.offload_optimizer`: needs stage 1, 2 or 3"),
-        ("stage = 3\noffload_param = \"cpu\"", "key `zero.offload_param`: parameter offload (ZeRO-Infinity's"),
+        ("stage = 2\noffload_param = \"cpu\"", "key `zero.offload_param`: needs stage 3"),
+        ("stage = 3\noffload_param = \"nvme\"", "key `zero.offload_param`: \"nvme\" (ZeRO-Infinity) is not built"),
         ("stage = 1\nreduce_bucket_size = 0", "key `zero.reduce_bucket_size`: must be a number of elements ≥ 1"),
     ] {
         let config = job.config(2, "bad", "");
@@ -120,15 +121,15 @@ const HF_ZERO2: &str = r#"{
     "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": false
 }"#;
 
-/// transformers' documented ZeRO-3 config ("auto" throughout, stage 3's tuning keys), with the parameters kept
-/// on the device (`offload_param` is not built).
+/// transformers' documented ZeRO-3 config ("auto" throughout, stage 3's tuning keys, the optimizer and the
+/// parameters offloaded to the CPU).
 const HF_ZERO3: &str = r#"{
     "bf16": {"enabled": "auto"},
     "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
     "zero_optimization": {
         "stage": 3,
         "offload_optimizer": {"device": "cpu", "pin_memory": true},
-        "offload_param": {"device": "none", "pin_memory": true},
+        "offload_param": {"device": "cpu", "pin_memory": true},
         "overlap_comm": true, "contiguous_gradients": true, "sub_group_size": 1e9,
         "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
         "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 1e9,
@@ -170,7 +171,7 @@ fn ds_config_files_as_deepspeed_and_transformers_document_them_train_as_the_same
     for (name, ds_config, zero) in [
         ("hf-zero2", HF_ZERO2, "[zero]\nstage = 2\nreduce_bucket_size = 1000\noffload_optimizer = \"cpu\""),
         ("ds-zero1", DEEPSPEED_ZERO1, "[zero]\nstage = 1"),
-        ("hf-zero3", HF_ZERO3, "[zero]\nstage = 3\noffload_optimizer = \"cpu\""),
+        ("hf-zero3", HF_ZERO3, "[zero]\nstage = 3\noffload_optimizer = \"cpu\"\noffload_param = \"cpu\""),
     ] {
         let reference = format!("{name}-section");
         run_zero(&job, 2, &[], &reference, zero);

@@ -46,7 +46,8 @@ pub struct ZeroSection {
     pub reduce_bucket_size: f64,
     /// `"cpu"`: ZeRO-Offload, the share's optimizer state in host memory and its update on the CPU.
     pub offload_optimizer: OffloadDevice,
-    /// Stage 3's parameter offload (not built yet).
+    /// Stage 3's parameter offload: `"cpu"` keeps the shares of the parameters in host memory, which is where this
+    /// build's stage 3 always keeps them (its collectives work on host buffers), so `"none"` and `"cpu"` run alike.
     pub offload_param: OffloadDevice,
 }
 
@@ -114,11 +115,18 @@ impl ConfigSection for ZeroSection {
                 ));
             }
         }
-        if self.offload_param != OffloadDevice::None {
-            return Err(InvalidKey::new(
-                "offload_param",
-                "parameter offload (ZeRO-Infinity's offload_param) is not built yet: \"none\"",
-            ));
+        match self.offload_param {
+            OffloadDevice::None => {}
+            OffloadDevice::Cpu if self.stage == 3 => {}
+            OffloadDevice::Cpu => {
+                return Err(InvalidKey::new("offload_param", "needs stage 3 (the parameters are partitioned)"));
+            }
+            OffloadDevice::Nvme => {
+                return Err(InvalidKey::new(
+                    "offload_param",
+                    "\"nvme\" (ZeRO-Infinity) is not built: \"none\" or \"cpu\"",
+                ));
+            }
         }
         Ok(())
     }
