@@ -329,8 +329,9 @@ fn a_stage_three_fp16_run_skips_the_overflowing_steps_plain_data_parallelism_ski
 
 #[test]
 fn stage_three_writes_checkpoints_and_final_gathering_one_layer_at_a_time() {
-    // Without validation (which gathers the whole model on every rank), nothing in a stage 3 run holds the whole
-    // model at once: rank 0 gathers each layer while it writes it, the other ranks serving.
+    // Without validation (which gathers the whole model on every rank), no rank's device holds the whole model
+    // at once while a stage 3 run trains and writes: rank 0 gathers each layer while it writes it, the other
+    // ranks serving.
     let job = Job::new();
     let mut runs = Vec::new();
     for (name, zero) in [("stream-plain", ""), ("stream-zero3", "[zero]\nstage = 3")] {
@@ -357,4 +358,19 @@ fn stage_three_writes_checkpoints_and_final_gathering_one_layer_at_a_time() {
     let whole = 4 * model_elements(&model(&runs[0], "final"));
     eprintln!("stage 3 without validation: held at most {transient} bytes at once, the whole model {whole}");
     assert!(transient < whole, "the largest held at once ({transient} bytes) is less than the whole model ({whole})");
+}
+
+#[test]
+fn a_stage_three_run_with_a_held_out_accuracy_gathers_the_model_on_every_rank_for_it() {
+    // Only rank 0 reads the accuracy examples; every rank must still take part in gathering the model for them.
+    let job = Job::new();
+    let file = crate::common::root().join("data/sft/test.jsonl");
+    let accuracy = format!("accuracy_file = {:?}\naccuracy_samples = 4", file.to_str().unwrap());
+    let config = job.config(2, "accuracy", &accuracy);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[zero]\nstage = 3\n")).unwrap();
+    let args = ["launch", "--num-processes", "2", "--", "train", "--config", config.to_str().unwrap()];
+    ok(&job.run(&args));
+    let metrics = std::fs::read_to_string(job.path("out-accuracy/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"accuracy_total\":4")).count(), 2, "{metrics}");
 }

@@ -44,8 +44,10 @@ pub trait LightningModule<A: AutodiffBackend> {
     fn validation_step(&self, net: &InnerNet<A, Self>, batch: &Self::Batch, device: &A::Device) -> Result<LossParts>;
 
     /// Whether [`training_step`](Self::training_step) runs the decoder through
-    /// [`StepContext::layer_source`] when there is one, so that the network can train with its parameters
-    /// released between uses (ZeRO stage 3). Those that don't are refused under stage 3.
+    /// [`StepContext::layer_source`] when there is one, and [`save_checkpoint`](Self::save_checkpoint) and
+    /// [`save_final`](Self::save_final) write the layers through the source
+    /// [`gather_layers_from`](Self::gather_layers_from) hands them, so that the network can train with its
+    /// parameters released between uses (ZeRO stage 3). Those that don't are refused under stage 3.
     fn walks_sharded_layers(&self) -> bool {
         false
     }
@@ -97,8 +99,9 @@ pub trait LightningModule<A: AutodiffBackend> {
         save_net(net, dir)
     }
 
-    /// Whether [`on_fit_start`](Self::on_fit_start) and [`on_fit_end`](Self::on_fit_end) compute anything: under
-    /// ZeRO stage 3 the whole network is gathered for them, so a module that logs no such figures says so.
+    /// Whether [`on_fit_start`](Self::on_fit_start) and [`on_fit_end`](Self::on_fit_end) compute anything on rank 0
+    /// (the Trainer asks every rank and gathers the network for them if any says yes): under ZeRO stage 3 the whole
+    /// network is gathered for them, so a module that logs no such figures says so.
     fn has_fit_figures(&self) -> bool {
         true
     }

@@ -379,7 +379,10 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         // The latest value of every metric logged (what callbacks see), and why a callback stopped the run.
         let mut latest = Map::new();
         let mut stopped_early: Option<String> = None;
-        if resumed_from.is_none() && module.has_fit_figures() {
+        // Whether the module logs start and end figures, agreed by the ranks (a module may know only on rank 0):
+        // under ZeRO stage 3 every rank takes part in gathering the network for them.
+        let fit_figures = self.accelerator.reduce(f64::from(u8::from(module.has_fit_figures())), ReduceOp::Sum)? > 0.0;
+        if resumed_from.is_none() && fit_figures {
             // Gathered on every rank (a collective under ZeRO stage 3), used by rank 0.
             let whole = self.accelerator.unwrap_model(&net)?;
             if main {
@@ -507,7 +510,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         }
         self.end_callbacks()?;
         // The trained network whole, on every rank (gathered under ZeRO stage 3), for the end figures.
-        if module.has_fit_figures() {
+        if fit_figures {
             let whole = self.accelerator.unwrap_model(&net)?;
             if main {
                 summary.end_metrics = module.on_fit_end(&whole)?;
@@ -560,8 +563,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
         Ok((summary, self.accelerator.gather_model(net, Gather::All)?))
     }
 
-    /// Writes the checkpoint of `at.step` (rank 0) of `net`, whole (the caller gathers it on every rank under ZeRO
-    /// stage 3), named and pruned as the [`ModelCheckpoint`] says, with every callback's state.
+    /// Writes the checkpoint of `at.step` (rank 0) of `net` (under ZeRO stage 3 with the parameters outside the
+    /// layers gathered and the layers released: rank 0's module gathers them one at a time while the others serve),
+    /// named and pruned as the [`ModelCheckpoint`] says, with every callback's state.
     fn save<M, D>(
         &mut self,
         module: &M,

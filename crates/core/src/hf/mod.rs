@@ -282,7 +282,8 @@ pub fn model_tensors<B: Backend>(model: &LlamaModel<B>) -> Vec<(String, HostTens
 
 /// [`model_tensors`] of a model whose decoder layers' parameters are released (ZeRO stage 3): each layer is
 /// gathered from `layers`, copied to host memory and dropped before the next, so the device never holds more than
-/// one whole layer (the parameters outside the layers are the model's own).
+/// one whole layer (the parameters outside the layers are the model's own); the file is put together in host
+/// memory, as DeepSpeed consolidates a ZeRO-3 model on rank 0's CPU.
 pub fn model_tensors_gathering<B: Backend>(
     model: &LlamaModel<B>,
     layers: &dyn LayerSource,
@@ -360,6 +361,13 @@ pub fn save_model_gathering<B: Backend>(
         Some(layers) => model_tensors_gathering(model, layers)?,
         None => model_tensors(model),
     };
+    // A released parameter (ZeRO stage 3) saved without its layer source would write a model of empty tensors.
+    if let Some((name, _)) = tensors.iter().find(|(_, t)| t.values.is_empty()) {
+        return Err(CoreError::Invalid(format!(
+            "{}: tensor `{name}` has no values (its parameters are released: write the model gathering its layers)",
+            dir.display()
+        )));
+    }
     write_tensors(dir, &tensors, dtype, options.max_shard_bytes)?;
     write_json(&dir.join("generation_config.json"), &generation_config(&config.model))?;
     write_json(&dir.join("config.json"), &config.to_json(dtype.torch_name()))
