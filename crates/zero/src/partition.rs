@@ -15,6 +15,21 @@ pub struct Segment {
     pub chunk_offset: usize,
 }
 
+/// A parameter's share laid out as its segments say, read from per-window chunks (`chunks[w]` is this rank's
+/// chunk of window `w`).
+pub fn read_share(chunks: &[Vec<f32>], segments: &[Segment]) -> Vec<f32> {
+    segments.iter().flat_map(|s| chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].iter().copied()).collect()
+}
+
+/// Writes a parameter's share (`values`, in its segments' order) into per-window chunks: [`read_share`]'s inverse.
+pub fn write_share(chunks: &mut [Vec<f32>], segments: &[Segment], values: &[f32]) {
+    let mut at = 0;
+    for s in segments {
+        chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&values[at..at + s.len]);
+        at += s.len;
+    }
+}
+
 /// A window of the flat parameters: `start..end`, split into chunks of `chunk` elements (one per rank).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

@@ -19,7 +19,7 @@ use llmtrain_core::hf::HostTensor;
 use llmtrain_core::model::LayerSource;
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, Moments};
 
-use crate::partition::{Partition, Segment};
+use crate::partition::{Partition, Segment, read_share, write_share};
 use crate::section::ZeroStage;
 use crate::shards::{HostMoments, read_shares, saved_layout, shard_file, write_shard};
 use crate::stage3::{Shards, SharedShards, ZeroLayers, decoder_layer, end_serving, lock};
@@ -281,20 +281,10 @@ impl<B: Backend> Zero<B> {
             if !stepped.contains(path) {
                 continue;
             }
-            let take = |chunks: &[Vec<f32>]| -> Vec<f32> {
-                segments
-                    .iter()
-                    .flat_map(|s| chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].iter().copied())
-                    .collect()
-            };
-            let share = (take(&shards.params), take(&shards.grads));
+            let share = (read_share(&shards.params, segments), read_share(&shards.grads, segments));
             let value =
                 update_share(self.offloaded.as_mut(), optimizer, &layout.device, path, share, lr, *matrix, bias)?;
-            let mut at = 0;
-            for s in segments {
-                shards.params[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&value[at..at + s.len]);
-                at += s.len;
-            }
+            write_share(&mut shards.params, segments, &value);
         }
         shards.end_step();
         Ok(())
@@ -423,11 +413,7 @@ impl<B: Backend> Strategy<B> for Zero<B> {
                 }
                 (None, _) => host(value)?,
             };
-            let mut at = 0;
-            for s in segments {
-                chunks[s.window][s.chunk_offset..s.chunk_offset + s.len].copy_from_slice(&value[at..at + s.len]);
-                at += s.len;
-            }
+            write_share(&mut chunks, segments, &value);
         }
         grads.clear();
         self.shard_grads.clear();
