@@ -12,6 +12,7 @@ mod inspect;
 mod launch;
 mod lora;
 mod messages;
+mod online;
 mod shipped_configs;
 mod train;
 mod trl;

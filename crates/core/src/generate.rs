@@ -99,20 +99,56 @@ pub fn generate<B: Backend>(
     config: &SamplingConfig,
     device: &B::Device,
 ) -> Vec<u32> {
-    let mut sampler = Sampler::new(config.clone());
-    let mut cache = model.new_cache();
-    let mut out = Vec::with_capacity(config.max_new_tokens);
-    if prompt.is_empty() || config.max_new_tokens == 0 {
+    generate_batch(model, &[prompt], config, &[config.seed], 0, device).pop().unwrap_or_default()
+}
+
+/// Samples up to `max_new_tokens` after each of `prompts`, all in one batch: the prompts are left-padded (with
+/// `pad_id`, never attended to) and decoded together through the KV cache. Row `i` draws from its own sampler
+/// seeded with `seeds[i]`, so what a row gets does not depend on which rows share its batch. A row stops after
+/// a stop token (which it keeps); the batch stops when every row has. Returns each row's new tokens.
+pub fn generate_batch<B: Backend>(
+    model: &LlamaModel<B>,
+    prompts: &[&[u32]],
+    config: &SamplingConfig,
+    seeds: &[u64],
+    pad_id: u32,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    let batch = prompts.len();
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(config.max_new_tokens); batch];
+    if batch == 0 || config.max_new_tokens == 0 || prompts.iter().any(|p| p.is_empty()) {
         return out;
     }
-    let mut logits = model.forward_cached(tokens_tensor::<B>(prompt, 1, device), &mut cache);
-    for _ in 0..config.max_new_tokens {
-        let token = sampler.pick(&last_row(logits));
-        out.push(token);
-        if config.stop_tokens.contains(&token) || out.len() == config.max_new_tokens {
+    let mut samplers: Vec<Sampler> = (0..batch)
+        .map(|i| Sampler::new(SamplingConfig { seed: seeds.get(i).copied().unwrap_or(config.seed), ..config.clone() }))
+        .collect();
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let left_pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut padded = Vec::with_capacity(batch * longest);
+    for (prompt, &pad) in prompts.iter().zip(&left_pad) {
+        padded.extend(std::iter::repeat_n(pad_id, pad).chain(prompt.iter().copied()));
+    }
+    let mut cache = model.new_cache();
+    let mut logits = model.forward_cached_padded(tokens_tensor::<B>(&padded, batch, device), &mut cache, &left_pad);
+    let mut done = vec![false; batch];
+    let mut next = vec![pad_id; batch];
+    for round in 0..config.max_new_tokens {
+        let rows = host_rows(logits);
+        let vocab = rows.len() / batch;
+        for (i, sampler) in samplers.iter_mut().enumerate() {
+            if done[i] {
+                next[i] = pad_id;
+                continue;
+            }
+            let token = sampler.pick(&rows[i * vocab..(i + 1) * vocab]);
+            out[i].push(token);
+            next[i] = token;
+            done[i] = config.stop_tokens.contains(&token);
+        }
+        if done.iter().all(|&d| d) || round + 1 == config.max_new_tokens {
             break;
         }
-        logits = model.forward_cached(tokens_tensor::<B>(&[token], 1, device), &mut cache);
+        logits = model.forward_cached_padded(tokens_tensor::<B>(&next, batch, device), &mut cache, &left_pad);
     }
     out
 }
@@ -141,8 +177,12 @@ pub fn generate_uncached<B: Backend>(
 /// The logits of the last position of the first row, on the host.
 fn last_row<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
     let [_, seq, vocab] = logits.dims();
-    let row: Tensor<B, 1> = logits.slice([0..1, seq - 1..seq, 0..vocab]).reshape([vocab]);
-    let data: TensorData = row.into_data();
+    host_rows(logits.slice([0..1, seq - 1..seq, 0..vocab]).reshape([1, vocab]))
+}
+
+/// `[rows, vocab]` logits on the host, row-major, in f32.
+fn host_rows<B: Backend>(logits: Tensor<B, 2>) -> Vec<f32> {
+    let data: TensorData = logits.into_data();
     data.convert::<f32>().into_vec::<f32>().expect("f32 after convert")
 }
 

@@ -203,7 +203,13 @@ fn cases() -> Vec<(&'static str, Vec<Col>, Vec<Row>)> {
         (
             "prompt_only",
             vec![Col::Chat("prompt", vec![vec![USER]; 3]), source()],
-            vec![Row::PromptOnly { prompt: chat(&[USER]) }; 3],
+            ["web", "", "books"]
+                .iter()
+                .map(|source| {
+                    let extra = (!source.is_empty()).then(|| ("source".to_string(), serde_json::json!(source)));
+                    Row::PromptOnly { prompt: chat(&[USER]), extra: extra.into_iter().collect() }
+                })
+                .collect(),
         ),
         (
             "unpaired_preference",

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use llmtrain_core::device::CpuBackend as B;
-use llmtrain_core::generate::{SamplingConfig, generate, generate_uncached};
+use llmtrain_core::generate::{SamplingConfig, generate, generate_batch, generate_uncached};
 use llmtrain_core::hf::{self, SaveOptions, StorageDtype, TensorFiles};
 use llmtrain_core::model::{LlamaModel, PositionIds, tokens_tensor};
 
@@ -145,6 +145,33 @@ fn cached_greedy_decoding_equals_recomputing() {
         assert_eq!(cached.len(), 12);
         let sampled = SamplingConfig { temperature: 0.8, top_k: 20, top_p: 0.9, seed: 3, ..config };
         assert_eq!(generate(&model, &prompt, &sampled, &device), generate_uncached(&model, &prompt, &sampled, &device));
+    }
+}
+
+#[test]
+fn left_padded_batches_generate_what_each_prompt_generates_alone() {
+    let device = Default::default();
+    // The Mistral fixture's sliding window binds within these lengths: the padded mask must keep it.
+    for name in FIXTURES {
+        let (model, _) = hf::load_model::<B>(&fixture(name), &device).unwrap();
+        let prompts: [&[u32]; 3] = [&[1, 17, 42, 99, 5, 8], &[1, 7], &[3, 64, 12]];
+        for config in [
+            SamplingConfig { max_new_tokens: 10, ..Default::default() },
+            SamplingConfig { max_new_tokens: 10, temperature: 0.9, top_k: 30, top_p: 0.95, ..Default::default() },
+        ] {
+            let seeds = [11, 12, 13];
+            let batched = generate_batch(&model, &prompts, &config, &seeds, 0, &device);
+            for (i, prompt) in prompts.iter().enumerate() {
+                let alone = generate(&model, prompt, &SamplingConfig { seed: seeds[i], ..config.clone() }, &device);
+                assert_eq!(batched[i], alone, "{name}, row {i}, {config:?}");
+            }
+            // A row that stops early keeps its stop token and nothing after it; the others go on.
+            let stop = batched[1][2];
+            let stopping = SamplingConfig { stop_tokens: vec![stop], ..config.clone() };
+            let rows = generate_batch(&model, &prompts, &stopping, &seeds, 0, &device);
+            let upto = batched[1].iter().position(|&t| t == stop).unwrap();
+            assert_eq!(rows[1], batched[1][..=upto].to_vec(), "{name}");
+        }
     }
 }
 

@@ -40,6 +40,16 @@ pub trait LightningModule<A: AutodiffBackend> {
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>>;
 
+    /// Before a step's micro-batches run, on every rank, with the network as the step starts: a module that makes
+    /// its own training data makes it here (an online RL objective samples its rollouts from the policy, scores
+    /// them and computes their advantages over the whole step on every rank) and fills it into this rank's
+    /// `micro` batches; their [`batch_weight`](Self::batch_weight)s are read after. `ctx.seed` is the step's
+    /// seed, the same on every rank, and [`StepContext::sum_over_ranks`] is a collective every rank calls equally
+    /// often. By default the batches run as drawn.
+    fn prepare_step(&mut self, _net: &Self::Net, _micro: &mut [Self::Batch], _ctx: &StepContext<'_, A>) -> Result<()> {
+        Ok(())
+    }
+
     /// The summed loss and weight of one validation batch (no autodiff).
     fn validation_step(&self, net: &InnerNet<A, Self>, batch: &Self::Batch, device: &A::Device) -> Result<LossParts>;
 

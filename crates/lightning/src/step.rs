@@ -55,19 +55,30 @@ pub fn optimizer_step<A: AutodiffBackend, M: LightningModule<A>>(
     module: &mut M,
     net: M::Net,
     optimizer: &mut AdamW<A::InnerBackend>,
-    micro: &[M::Batch],
+    micro: &mut [M::Batch],
     options: &StepOptions,
     device: &A::Device,
 ) -> Result<(M::Net, StepStats)> {
     // Under ZeRO stage 3 the parameters outside the decoder layers are gathered for the step (its update releases
     // them); the layers are gathered one at a time by the forward.
     let net = accelerator.gather_model(net, Gather::Step)?;
+    let step_seed = mix_seed(&[options.seed, options.step]);
+    let prepare = StepContext {
+        device,
+        step: options.step,
+        micro_batch: 0,
+        rank: accelerator.rank(),
+        seed: step_seed,
+        gradient_checkpointing: options.gradient_checkpointing,
+        accelerator: &*accelerator,
+    };
+    module.prepare_step(&net, micro, &prepare)?;
+    let micro = &*micro;
     let local_weight: f64 = micro.iter().map(|b| module.batch_weight(b)).sum();
     let weight = accelerator.reduce(local_weight, ReduceOp::Sum)?.max(1.0);
     let undo_averaging = (accelerator.world_size() * accelerator.config().gradient_accumulation_steps) as f64;
     // Applied to each micro-batch's summed loss; backward divides by the accumulation steps on top.
     let scale = undo_averaging / weight;
-    let step_seed = mix_seed(&[options.seed, options.step]);
     let mut local = vec![0.0f64];
     let mut names: Vec<&'static str> = Vec::new();
     // Ratios: each micro-batch's numerator and denominator sums side by side, reduced with the rest.

@@ -427,7 +427,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
                 tokens: micro.iter().map(|b| data.batch_tokens(b)).sum::<usize>() as f64,
             };
             let stats;
-            (net, stats) = optimizer_step(self.accelerator, module, net, &mut optimizer, &micro, &options, device)?;
+            (net, stats) = optimizer_step(self.accelerator, module, net, &mut optimizer, &mut micro, &options, device)?;
             window.tokens += stats.tokens as usize;
             self.num_tokens += stats.tokens as u64;
             step += 1;

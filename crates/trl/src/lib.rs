@@ -41,6 +41,7 @@
 pub mod dpo;
 mod error;
 pub mod kto;
+pub mod online;
 pub mod orpo;
 pub mod policy;
 pub mod reference;

@@ -11,8 +11,8 @@ use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{CausalLm, LightningModule, LossParts, Result, StepContext, StepOutput};
 use serde_json::{Map, Value};
 
-/// One batch's loss (the batch mean, with gradients), metrics (batch means) and ratios (numerator and
-/// denominator sums, for figures averaged over something other than items, e.g. tokens).
+/// One batch's loss (the mean over the batch's [`Objective::batch_weight`], with gradients), metrics (means
+/// likewise) and ratios (numerator and denominator sums, for figures averaged over something else, e.g. tokens).
 pub struct Scored<A: AutodiffBackend> {
     pub loss: Tensor<A, 1>,
     pub metrics: Vec<(&'static str, f64)>,
@@ -32,6 +32,22 @@ pub trait Objective<A: AutodiffBackend> {
 
     /// The names [`Objective::train`] logs (metrics and ratios).
     fn metric_names(&self) -> Vec<&'static str>;
+
+    /// A batch's share of the step's normaliser: by default its items (the loss is a mean over items).
+    fn batch_weight(&self, batch: &[Self::Item]) -> f64 {
+        batch.len() as f64
+    }
+
+    /// Before a step runs, with the policy as it stands: an objective that makes its own items (rollouts)
+    /// completes this rank's micro-batches here (see [`LightningModule::prepare_step`]). Nothing by default.
+    fn prepare_step(
+        &mut self,
+        _net: &LlamaModel<A>,
+        _micro: &mut [Vec<Self::Item>],
+        _ctx: &StepContext<'_, A>,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Figures over held-out items, reported before the first step and after the last (say, how often the
     /// policy prefers the chosen completion); none by default.
@@ -76,7 +92,16 @@ impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_
     type Batch = Vec<O::Item>;
 
     fn batch_weight(&self, batch: &Vec<O::Item>) -> f64 {
-        batch.len() as f64
+        self.objective.batch_weight(batch)
+    }
+
+    fn prepare_step(
+        &mut self,
+        net: &LlamaModel<A>,
+        micro: &mut [Vec<O::Item>],
+        ctx: &StepContext<'_, A>,
+    ) -> Result<()> {
+        self.objective.prepare_step(net, micro, ctx)
     }
 
     fn training_step<'n>(
@@ -86,8 +111,8 @@ impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_
         ctx: &StepContext<'_, A>,
     ) -> Result<StepOutput<'n, A>> {
         let Scored { loss, metrics, ratios } = self.objective.train(net, batch, ctx)?;
-        // The engine divides by the step's items: a micro-batch contributes its means times its items.
-        let n = batch.len() as f64;
+        // The engine divides by the step's weight: a micro-batch contributes its means times its weight.
+        let n = self.objective.batch_weight(batch);
         let metrics = metrics.into_iter().map(|(name, value)| (name, value * n)).collect();
         Ok(StepOutput { loss: loss * n, metrics, ratios, deferred: None })
     }

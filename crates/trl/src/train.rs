@@ -3,6 +3,7 @@
 //! the finetuning method, data parallelism) is built by llmtrain-lightning's [`run`] as for causal-LM training.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -19,6 +20,8 @@ use llmtrain_memopt::MemoptSection;
 use crate::dpo::{Dpo, DpoSection, PairBatch, TokenizedPair, pair_from_row};
 use crate::error::{Result, TrlError};
 use crate::kto::{Kto, KtoItem, KtoLoss, KtoLossType, KtoSection, assign_kl_completions, kto_item_from_row};
+use crate::online::rollout::{Prompt, Slot, prompt_from_row};
+use crate::online::{GrpoSection, Online, OnlineSection, RlooSection};
 use crate::orpo::{Orpo, OrpoLoss, OrpoPair, OrpoSection, orpo_pair_from_row};
 use crate::policy::{Objective, PolicyModule};
 use crate::reference::{self, Reference, without_adapters};
@@ -27,8 +30,15 @@ use crate::rows::{Converted, SplitItems, read_items};
 use crate::sft::SftSection;
 
 /// The run-config sections that select one of this crate's trainers.
-pub const TRAINER_SECTIONS: &[&str] =
-    &[SftSection::NAME, DpoSection::NAME, OrpoSection::NAME, KtoSection::NAME, RewardSection::NAME];
+pub const TRAINER_SECTIONS: &[&str] = &[
+    SftSection::NAME,
+    DpoSection::NAME,
+    OrpoSection::NAME,
+    KtoSection::NAME,
+    RewardSection::NAME,
+    GrpoSection::NAME,
+    RlooSection::NAME,
+];
 
 /// The trainer section `config` selects, if any; two of them are refused.
 pub fn trainer_section(config: &RunConfig) -> Result<Option<&'static str>> {
@@ -76,6 +86,8 @@ pub fn train<A: AutodiffBackend>(
         Some(OrpoSection::NAME) => run.fit(accelerator, orpo),
         Some(KtoSection::NAME) => run.fit(accelerator, kto),
         Some(RewardSection::NAME) => run.fit_reward(accelerator),
+        Some(GrpoSection::NAME) => run.fit(accelerator, |s: GrpoSection, setup| online(s.0, GrpoSection::NAME, setup)),
+        Some(RlooSection::NAME) => run.fit(accelerator, |s: RlooSection, setup| online(s.0, RlooSection::NAME, setup)),
         // `[sft]` is the causal-LM job: crate::sft::train runs it.
         other => Err(TrlError::Invalid(format!("no preference trainer section to run (found {other:?})"))),
     }
@@ -97,6 +109,9 @@ struct Setup<'s, A: AutodiffBackend> {
     model: &'s LlamaModel<A>,
     compute: Compute,
     pad_id: u32,
+    /// Ranks and gradient accumulation steps: a step draws `batch_size` items per micro-batch from each.
+    world: usize,
+    accumulation: usize,
     device: &'s A::Device,
 }
 
@@ -159,6 +174,9 @@ struct Built<O, T> {
     reference: String,
     /// Whether to reshuffle the items every epoch (`[data] shuffle`; KTO keeps its order).
     shuffle: bool,
+    /// Whether the held-out items also make a validation loss (the online trainers only score them at the
+    /// start and end of fit).
+    validation: bool,
 }
 
 /// A Trainer ready for a section's objective, with what building it needs.
@@ -177,6 +195,7 @@ struct Fitting<T> {
     /// The longest sequence fed to the model, for the throughput monitor's FLOPs.
     max_length: usize,
     summary: TrlSummary,
+    validation: bool,
 }
 
 impl<A: AutodiffBackend> Run<'_, A> {
@@ -218,7 +237,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
         T: Clone,
     {
         let (trainer, logging) = started;
-        let Fitting { items, item_tokens, shuffle, max_length, summary } = fitting;
+        let Fitting { items, item_tokens, shuffle, max_length, summary, validation } = fitting;
         let config = &self.config;
         let (rank, world) = (trainer.accelerator().rank(), trainer.accelerator().world_size());
         let callbacks = run::callbacks(config, logging, model, max_length, world)?;
@@ -230,7 +249,8 @@ impl<A: AutodiffBackend> Run<'_, A> {
             dropped_rows: items.dropped,
             ..summary
         };
-        let mut data = Datasets::new(items.train, items.eval, config.data.batch_size)?;
+        let val = if validation { items.eval } else { Vec::new() };
+        let mut data = Datasets::new(items.train, val, config.data.batch_size)?;
         if shuffle {
             data = data.shuffled(config.training.seed);
         }
@@ -263,16 +283,19 @@ impl<A: AutodiffBackend> Run<'_, A> {
             model: &model,
             compute,
             pad_id: pad_id(&tokenizer)?,
+            world: trainer.accelerator().world_size(),
+            accumulation: trainer.accelerator().config().gradient_accumulation_steps,
             device: self.device,
         };
-        let Built { objective, items, item_tokens, max_length, reference, shuffle } = build(section, &setup)?;
+        let Built { objective, items, item_tokens, max_length, reference, shuffle, validation } =
+            build(section, &setup)?;
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
         // Rank 0 reports the held-out figures.
         let held_out = if trainer.accelerator().is_main_process() { items.eval.clone() } else { Vec::new() };
         let mut module = PolicyModule::new(objective, files).with_held_out(held_out);
         let summary = TrlSummary { trainer: S::NAME, reference, ..Default::default() };
         let model_config = model.config.clone();
-        let fitting = Fitting { items, item_tokens, shuffle, max_length, summary };
+        let fitting = Fitting { items, item_tokens, shuffle, max_length, summary, validation };
         self.fit_items((trainer, &logging), &mut module, model, &model_config, fitting)
     }
 
@@ -322,7 +345,14 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let mut module = RewardModule::new(loss, pad_id, compute, hf_config, tokenizer.clone()).with_held_out(held_out);
         let summary = TrlSummary { trainer: RewardSection::NAME, reference: origin, ..Default::default() };
         let model_config = net.model.config.clone();
-        let fitting = Fitting { items, item_tokens: RewardPair::tokens, shuffle: data.shuffle, max_length, summary };
+        let fitting = Fitting {
+            items,
+            item_tokens: RewardPair::tokens,
+            shuffle: data.shuffle,
+            max_length,
+            summary,
+            validation: true,
+        };
         self.fit_items((trainer, &logging), &mut module, net, &model_config, fitting)
     }
 }
@@ -348,6 +378,7 @@ fn dpo<A: AutodiffBackend>(
         max_length: section.max_length,
         reference: described,
         shuffle: setup.config.data.shuffle,
+        validation: true,
     })
 }
 
@@ -361,6 +392,7 @@ fn orpo<A: AutodiffBackend>(section: OrpoSection, setup: &Setup<'_, A>) -> Resul
         max_length: section.max_length,
         reference: "none (ORPO)".into(),
         shuffle: setup.config.data.shuffle,
+        validation: true,
     })
 }
 
@@ -397,7 +429,115 @@ fn kto<A: AutodiffBackend>(section: KtoSection, setup: &Setup<'_, A>) -> Result<
         max_length: section.max_length,
         reference: described,
         shuffle: false,
+        validation: true,
     })
+}
+
+/// `[grpo]` / `[rloo]` (`name`): the prompts, each drawn `num_generations` times per step in consecutive slots (a
+/// group; TRL's `RepeatSampler`), every step's slots repeated `num_iterations` times; the reference when `beta`
+/// is not 0; the reward model when one is named.
+fn online<A: AutodiffBackend>(
+    section: OnlineSection,
+    name: &'static str,
+    setup: &Setup<'_, A>,
+) -> Result<Built<Online<A::InnerBackend>, Slot>> {
+    let config = setup.config;
+    let path = config.path().display();
+    let settings =
+        section.settings(name).map_err(|e| TrlError::Invalid(format!("{path}: [{name}] {}: {}", e.key, e.message)))?;
+    let group = settings.num_generations;
+    let batch = config.data.batch_size;
+    let completions = batch * setup.accumulation * setup.world;
+    if !completions.is_multiple_of(group) {
+        return Err(TrlError::Invalid(format!(
+            "{path}: [{name}] num_generations = {group} does not divide the {completions} completions of a step \
+             (data.batch_size {batch} × gradient_accumulation_steps {} × {} rank(s)): every prompt's group must fit in one step",
+            setup.accumulation, setup.world
+        )));
+    }
+    let prompts_per_step = completions / group;
+    let items = setup.items(|row| prompt_from_row(setup.tokenizer, row))?;
+    let mut prompts: Vec<Arc<Prompt>> = items.train.into_iter().map(Arc::new).collect();
+    if config.data.shuffle {
+        use rand::seq::SliceRandom;
+        prompts.shuffle(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(config.training.seed));
+    }
+    let whole = prompts.len() / prompts_per_step * prompts_per_step;
+    if whole == 0 {
+        return Err(TrlError::Invalid(format!(
+            "{path}: {} training prompt(s), but a step samples {prompts_per_step} prompt(s) × {group} completions: give more prompts or a smaller batch",
+            prompts.len()
+        )));
+    }
+    // Whole steps only, so that epochs begin on a step and every group stays within one step.
+    prompts.truncate(whole);
+    let mut train = Vec::with_capacity(whole * group * settings.num_iterations);
+    for (step, chunk) in prompts.chunks(prompts_per_step).enumerate() {
+        for _ in 0..settings.num_iterations {
+            for (k, prompt) in chunk.iter().enumerate() {
+                let id = (step * prompts_per_step + k) as u64;
+                train.extend((0..group).map(|_| Slot { prompt: prompt.clone(), group: id, rollout: None }));
+            }
+        }
+    }
+    let eval = items
+        .eval
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Slot { prompt: Arc::new(p), group: i as u64, rollout: None })
+        .collect();
+    let (reference, described) = if settings.beta != 0.0 {
+        let (reference, described) = setup.reference(settings.ref_model.as_deref())?;
+        (Some(reference), described)
+    } else {
+        (None, "none (beta = 0)".to_string())
+    };
+    let reward_model = match &settings.rewards.reward_model {
+        Some(dir) => Some(load_reward_model(setup, &config.resolve_path(dir))?),
+        None => None,
+    };
+    let max_length = 2 * settings.max_completion_length;
+    let objective = Online::new(settings, setup.tokenizer.clone(), setup.pad_id, reference, reward_model);
+    Ok(Built {
+        objective,
+        items: SplitItems { train, eval, skipped: items.skipped, dropped: items.dropped },
+        item_tokens: Slot::tokens,
+        max_length,
+        reference: described,
+        shuffle: false,
+        validation: false,
+    })
+}
+
+/// A reward model for the online trainers: a one-label sequence classifier that reads the policy's tokens.
+fn load_reward_model<A: AutodiffBackend>(
+    setup: &Setup<'_, A>,
+    dir: &Path,
+) -> Result<SequenceClassifier<A::InnerBackend>> {
+    let (mut model, score, _) = hf::load_sequence_classifier::<A::InnerBackend>(dir, setup.device)?;
+    let config = dir.join("config.json");
+    if model.config.vocab_size != setup.model.config.vocab_size {
+        return Err(TrlError::Invalid(format!(
+            "{}: vocab_size {} but the policy's is {}: the reward model must read the policy's tokens",
+            config.display(),
+            model.config.vocab_size,
+            setup.model.config.vocab_size
+        )));
+    }
+    if dir.join("tokenizer.json").is_file() {
+        let theirs = TextTokenizer::load(dir)?;
+        let probe = "The quick brown fox: 1 + 2 = 3.\n";
+        if theirs.vocab_size() != setup.tokenizer.vocab_size()
+            || theirs.encode(probe)? != setup.tokenizer.encode(probe)?
+        {
+            return Err(TrlError::Invalid(format!(
+                "{}: another tokenizer than the policy's (it splits text differently): the reward model must read the policy's tokens",
+                dir.join("tokenizer.json").display()
+            )));
+        }
+    }
+    model.compute = setup.compute;
+    Ok(SequenceClassifier { model, score: burn::module::Param::from_tensor(score) })
 }
 
 /// The id sequences are padded with: the tokenizer's pad token, else its EOS (padding is never scored).

@@ -34,6 +34,8 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_trl::orpo::OrpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::kto::KtoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::reward::RewardSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::online::GrpoSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::online::RlooSection as llmtrain_core::config::ConfigSection>::NAME,
     <ZeroSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 

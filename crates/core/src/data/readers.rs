@@ -189,7 +189,8 @@ fn parse_json_line(bytes: &[u8]) -> RecordResult {
     })
 }
 
-/// A row iterator over only the columns that decide TRL's formats, so wide files (images, metadata) stay cheap.
+/// A row iterator over the columns that decide TRL's formats and the other scalar columns (a prompt-only row's
+/// answer, which reward functions read), leaving out nested ones, so wide files (images) stay cheap.
 fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
     let bad = |e: parquet::errors::ParquetError| {
         CoreError::Invalid(format!(
@@ -203,10 +204,10 @@ fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
     let fields: Vec<_> = schema
         .get_fields()
         .iter()
-        .filter(|f| FORMAT_KEYS.contains(&f.name()) || EXTRA_KEYS.contains(&f.name()))
+        .filter(|f| FORMAT_KEYS.contains(&f.name()) || EXTRA_KEYS.contains(&f.name()) || f.is_primitive())
         .cloned()
         .collect();
-    if fields.iter().all(|f| EXTRA_KEYS.contains(&f.name())) {
+    if !fields.iter().any(|f| FORMAT_KEYS.contains(&f.name())) {
         let names: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
         return Err(CoreError::Invalid(format!(
             "{}: no column of TRL's formats ({}) among the columns [{}]",

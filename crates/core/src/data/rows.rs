@@ -34,8 +34,9 @@ pub enum Row {
     /// prefix (characters for strings, leading messages for conversations), as TRL's `extract_prompt` finds it.
     /// An optional numeric `margin` column is kept (RewardTrainer subtracts it from the reward difference).
     Preference { prompt: Content, chosen: Content, rejected: Content, margin: Option<f64> },
-    /// `{"prompt"}` alone: online methods such as GRPO.
-    PromptOnly { prompt: Content },
+    /// `{"prompt"}` alone: online methods such as GRPO. The row's other columns are kept (`extra`): reward
+    /// functions read them, such as the expected answer.
+    PromptOnly { prompt: Content, extra: serde_json::Map<String, Value> },
     /// `{"prompt", "completion", "label": bool}`: KTO.
     UnpairedPreference { prompt: Content, completion: Content, label: bool },
 }
@@ -114,7 +115,12 @@ impl Row {
             return Ok(Row::PromptCompletion { prompt, completion });
         }
         if has("prompt") {
-            return Ok(Row::PromptOnly { prompt: content(obj, "prompt")? });
+            let extra = obj
+                .iter()
+                .filter(|(key, v)| *key != "prompt" && !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return Ok(Row::PromptOnly { prompt: content(obj, "prompt")?, extra });
         }
         if let Some(key) = FORMAT_KEYS.iter().find(|k| obj.contains_key(**k)) {
             return Err(format!("field `{key}`: is null, and no other field gives the row a format"));

@@ -277,13 +277,42 @@ impl<B: Backend> LlamaModel<B> {
     /// Incremental forward for generation: runs `tokens` `[batch, new]` after what `cache` already holds and
     /// appends their keys and values to it. Returns logits for the new tokens only.
     pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        let [_, seq] = tokens.dims();
+        let hidden = self.decode_cached(tokens, cache, &[]);
+        self.logits(hidden)
+    }
+
+    /// [`LlamaModel::forward_cached`] for left-padded rows: row `b`'s first `left_pad[b]` positions (counted from
+    /// the start of the cache) are padding that no position of the row attends to. Returns the logits of the
+    /// last new position only, `[batch, vocab]`: all a sampler needs. Positions count from the start of the
+    /// padded row; rotary embeddings depend only on distances, so a padded row decodes as it would alone.
+    pub fn forward_cached_padded(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        left_pad: &[usize],
+    ) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
+        let hidden = self.decode_cached(tokens, cache, left_pad);
+        let last = hidden.slice([0..batch, seq - 1..seq]);
+        let logits = self.logits(last);
+        let vocab = logits.dims()[2];
+        logits.reshape([batch, vocab])
+    }
+
+    /// The final hidden states (normed) of `tokens` run after `cache`, which takes their keys and values.
+    fn decode_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>, left_pad: &[usize]) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
         let device = tokens.device();
         let past = cache.len();
         let ids: Vec<u32> = (past as u32..(past + seq) as u32).collect();
         let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
         let (cos, sin) = (compute::to_dtype(cos, self.compute.dtype), compute::to_dtype(sin, self.compute.dtype));
-        let mask = packing::window_mask::<B>(seq, past + seq, self.config.sliding_window, &device);
+        let window = self.config.sliding_window;
+        let mask = if left_pad.iter().any(|&p| p > 0) {
+            Some(packing::padded_cache_mask::<B>(left_pad, batch, seq, past, window, &device))
+        } else {
+            packing::window_mask::<B>(seq, past + seq, window, &device)
+        };
         let ctx = AttentionContext {
             cos: &cos,
             sin: &sin,
@@ -298,7 +327,7 @@ impl<B: Backend> LlamaModel<B> {
             x = out;
         }
         cache.advance(seq);
-        self.logits(self.norm.forward(x))
+        self.norm.forward(x)
     }
 
     /// An empty cache sized for this model.

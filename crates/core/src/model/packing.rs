@@ -70,6 +70,33 @@ pub(crate) fn window_mask<B: Backend>(
     Some(Tensor::from_data(TensorData::new(blocked, [1, 1, q_len, k_len]), device))
 }
 
+/// The mask of `seq` new positions after `past` cached ones for left-padded rows, `[batch, 1, seq, past + seq]`:
+/// causal (and windowed), and no position sees row `b`'s first `left_pad[b]` positions, except that a padding
+/// position sees itself, so that no softmax row is empty (an empty one would turn its output into NaN, which
+/// masked weights of 0 would still carry into later positions).
+pub(crate) fn padded_cache_mask<B: Backend>(
+    left_pad: &[usize],
+    batch: usize,
+    seq: usize,
+    past: usize,
+    window: Option<usize>,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let k_len = past + seq;
+    let mut blocked = Vec::with_capacity(batch * seq * k_len);
+    for b in 0..batch {
+        let pad = left_pad.get(b).copied().unwrap_or(0);
+        for i in 0..seq {
+            let q = past + i;
+            for j in 0..k_len {
+                let future = j > q || window.is_some_and(|w| q >= j + w);
+                blocked.push(future || (j < pad && j != q));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(blocked, [batch, 1, seq, k_len]), device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ pub fn train_step(
     let mut module = CausalLm::new(&FullFinetune, model.compute, device);
     // burn modules are values: the step takes the model and hands back the updated one.
     let (updated, stats) =
-        optimizer_step(accelerator, &mut module, model.clone(), optimizer, micro, &options, &device)?;
+        optimizer_step(accelerator, &mut module, model.clone(), optimizer, &mut micro.to_vec(), &options, &device)?;
     *model = updated;
     Ok(stats)
 }

@@ -1,0 +1,379 @@
+//! GRPO and RLOO as an [`Objective`]: before each step the policy samples a rollout into every slot of the step
+//! ([`Objective::prepare_step`]), the rewards are gathered over all ranks so each group's advantages see the whole
+//! group, and every micro-batch then trains on its rollouts with the clipped-ratio loss.
+
+use std::sync::Arc;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::generate::{SamplingConfig, generate_batch};
+use llmtrain_core::model::lora::mix_seed;
+use llmtrain_core::model::{LlamaModel, SequenceClassifier};
+use llmtrain_core::tokenizer::TextTokenizer;
+use llmtrain_lightning::{LightningError, Result, StepContext};
+use serde_json::{Map, Value, json};
+
+use super::advantages::{Advantages, grpo_advantages, mean, rloo_advantages, std};
+use super::loss::{OnlineLoss, RolloutLogps};
+use super::rollout::{Rollout, Slot, completion_logps, completion_mask, host_rows, padded_rows};
+use super::section::{Algorithm, OnlineSettings};
+use crate::policy::{Objective, Scored};
+use crate::reference::{Reference, without_adapters};
+
+/// An online trainer: its settings, what scores completions, and the step's figures.
+pub struct Online<B: Backend> {
+    settings: OnlineSettings,
+    loss: OnlineLoss,
+    tokenizer: TextTokenizer,
+    stop_tokens: Vec<u32>,
+    pad_id: u32,
+    /// For the KL term (`beta > 0`).
+    reference: Option<Reference<B>>,
+    reward_model: Option<SequenceClassifier<B>>,
+    /// What the last sampling step measured over all ranks (logged by rank 0's first micro-batch).
+    step_figures: Vec<(&'static str, f64)>,
+    /// The micro-batches of the last sampling step, reused for `num_iterations` steps.
+    sampled: Vec<Vec<Slot>>,
+}
+
+impl<B: Backend> Online<B> {
+    pub fn new(
+        settings: OnlineSettings,
+        tokenizer: TextTokenizer,
+        pad_id: u32,
+        reference: Option<Reference<B>>,
+        reward_model: Option<SequenceClassifier<B>>,
+    ) -> Self {
+        let loss = match settings.algorithm {
+            Algorithm::Grpo { loss_type, .. } => OnlineLoss::Grpo {
+                loss_type,
+                epsilon_low: settings.epsilon_low,
+                epsilon_high: settings.epsilon_high,
+                beta: settings.beta,
+                max_completion_length: settings.max_completion_length,
+            },
+            Algorithm::Rloo { .. } => {
+                OnlineLoss::Rloo { epsilon_low: settings.epsilon_low, epsilon_high: settings.epsilon_high }
+            }
+        };
+        let stop_tokens = tokenizer.eos_token_id().into_iter().collect();
+        Self {
+            settings,
+            loss,
+            tokenizer,
+            stop_tokens,
+            pad_id,
+            reference,
+            reward_model,
+            step_figures: Vec::new(),
+            sampled: Vec::new(),
+        }
+    }
+
+    /// Whether the loss needs the log-probs of sampling time: RLOO always, GRPO when a batch is reused.
+    fn needs_old_logps(&self) -> bool {
+        matches!(self.settings.algorithm, Algorithm::Rloo { .. }) || self.settings.num_iterations > 1
+    }
+
+    /// Every reward of each completion (functions, then the model), in the spec's order.
+    fn rewards(&self, slots: &[&Slot], completions: &[Vec<u32>], device: &B::Device) -> Result<Vec<Vec<f64>>> {
+        let spec = &self.settings.rewards;
+        let mut rewards: Vec<Vec<f64>> = Vec::with_capacity(slots.len());
+        for (slot, completion) in slots.iter().zip(completions) {
+            let text = self.tokenizer.decode(completion, true).map_err(|e| LightningError::Invalid(e.to_string()))?;
+            rewards
+                .push(spec.functions.iter().map(|f| f.score(&text, completion.len(), &slot.prompt.columns)).collect());
+        }
+        if let Some(model) = &self.reward_model {
+            let sequences: Vec<Vec<u32>> =
+                slots.iter().zip(completions).map(|(s, c)| [s.prompt.ids.as_slice(), c].concat()).collect();
+            let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+            let scores = model.score_sequences(&refs, self.pad_id, device).into_data().convert::<f64>();
+            for (row, score) in rewards.iter_mut().zip(scores.as_slice::<f64>().unwrap_or_default()) {
+                row.push(*score);
+            }
+        }
+        Ok(rewards)
+    }
+
+    /// The per-token log-probs `model` gives each completion, one micro-batch's worth at a time.
+    fn logps_of(
+        &self,
+        model: &LlamaModel<B>,
+        slots: &[&Slot],
+        completions: &[Vec<u32>],
+        chunk: usize,
+        device: &B::Device,
+    ) -> Vec<Vec<f32>> {
+        let mut out = Vec::with_capacity(slots.len());
+        for (slots, completions) in slots.chunks(chunk.max(1)).zip(completions.chunks(chunk.max(1))) {
+            let rows: Vec<(&[u32], &[u32])> =
+                slots.iter().zip(completions).map(|(s, c)| (s.prompt.ids.as_slice(), c.as_slice())).collect();
+            let lengths: Vec<usize> = completions.iter().map(Vec::len).collect();
+            let forward = completion_logps(model, &rows, self.settings.temperature, self.pad_id, device);
+            out.extend(host_rows(forward.logps, &lengths));
+        }
+        out
+    }
+
+    /// The reference network for the KL term, if the loss uses one.
+    fn reference_model(&self, policy: &LlamaModel<B>) -> Option<LlamaModel<B>> {
+        match self.reference.as_ref()? {
+            Reference::Model(model) => Some((**model).clone()),
+            Reference::PolicyWithoutAdapters => Some(without_adapters(policy.clone())),
+            Reference::Precomputed => None,
+        }
+    }
+}
+
+/// One completion's entry in the step's table gathered over the ranks: its group, weighted reward, length,
+/// whether it ran out of tokens, its KL to the reference summed over tokens (RLOO's penalty), then each reward.
+const FIXED_COLUMNS: usize = 5;
+
+impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
+    type Item = Slot;
+
+    fn batch_weight(&self, batch: &[Slot]) -> f64 {
+        batch.iter().map(|slot| self.loss.row_weight(slot.rollout.as_ref().map_or(0, |r| r.counted))).sum()
+    }
+
+    fn prepare_step(&mut self, net: &LlamaModel<A>, micro: &mut [Vec<Slot>], ctx: &StepContext<'_, A>) -> Result<()> {
+        let groups = |batches: &[Vec<Slot>]| -> Vec<u64> { batches.iter().flatten().map(|s| s.group).collect() };
+        if !ctx.step.is_multiple_of(self.settings.num_iterations as u64) && groups(&self.sampled) == groups(micro) {
+            // `num_iterations`: the data repeats this step's slots; train on the same rollouts again.
+            micro.clone_from_slice(&self.sampled);
+            return Ok(());
+        }
+        let device = ctx.device;
+        let policy = net.valid();
+        let slots: Vec<&Slot> = micro.iter().flatten().collect();
+        let local = slots.len();
+        let (rank, world) = (ctx.rank, ctx.world_size());
+        // Each row samples from its own seed: its draw does not depend on which rows share its batch.
+        let seeds: Vec<u64> = (0..local).map(|i| mix_seed(&[ctx.seed, (rank * local + i) as u64])).collect();
+        let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
+        let sampling: SamplingConfig = self.settings.sampling(self.stop_tokens.clone());
+        let completions = generate_batch(&policy, &prompts, &sampling, &seeds, self.pad_id, device);
+        let truncated: Vec<bool> =
+            completions.iter().map(|c| !c.last().is_some_and(|t| self.stop_tokens.contains(t))).collect();
+        let rewards = self.rewards(&slots, &completions, device)?;
+        let chunk = micro.first().map_or(1, Vec::len);
+        let old = self.needs_old_logps().then(|| self.logps_of(&policy, &slots, &completions, chunk, device));
+        let reference = (self.settings.beta != 0.0).then(|| self.reference_model(&policy)).flatten();
+        let reference = reference.map(|model| self.logps_of(&model, &slots, &completions, chunk, device));
+        let counted: Vec<usize> = completions
+            .iter()
+            .zip(&truncated)
+            .map(|(c, &t)| if t && self.settings.mask_truncated_completions { 0 } else { c.len() })
+            .collect();
+
+        // The step's table over all ranks: every rank fills its own block and the sum assembles it.
+        let names = self.settings.rewards.names();
+        let width = FIXED_COLUMNS + names.len();
+        let sizes = ctx.sum_over_ranks(&[local as f64, (local * local) as f64])?;
+        if sizes[0] * sizes[0] != sizes[1] * world as f64 {
+            return Err(LightningError::Invalid(format!(
+                "the ranks drew different numbers of completions this step (this rank {local}, all {})",
+                sizes[0]
+            )));
+        }
+        let mut table = vec![0.0; world * local * width];
+        for i in 0..local {
+            let row = &mut table[(rank * local + i) * width..(rank * local + i + 1) * width];
+            let kl = match (&old, &reference) {
+                (Some(old), Some(reference)) => {
+                    old[i].iter().zip(&reference[i]).take(counted[i]).map(|(o, r)| f64::from(o - r)).sum()
+                }
+                _ => 0.0,
+            };
+            row[..FIXED_COLUMNS].copy_from_slice(&[
+                slots[i].group as f64,
+                self.settings.rewards.combine(&rewards[i]),
+                completions[i].len() as f64,
+                f64::from(u8::from(truncated[i])),
+                kl,
+            ]);
+            row[FIXED_COLUMNS..].copy_from_slice(&rewards[i]);
+        }
+        let table = ctx.sum_over_ranks(&table)?;
+        let rows: Vec<&[f64]> = table.chunks(width).collect();
+        let group_of: Vec<usize> = rows.iter().map(|r| r[0] as usize).collect();
+        let combined: Vec<f64> = rows.iter().map(|r| r[1]).collect();
+        let advantages = match self.settings.algorithm {
+            Algorithm::Grpo { scale_rewards, .. } => grpo_advantages(&combined, &group_of, scale_rewards),
+            Algorithm::Rloo { normalize_advantages, reward_clip_range } => {
+                let penalised: Vec<f64> = rows
+                    .iter()
+                    .map(|r| {
+                        let reward = reward_clip_range.map_or(r[1], |[low, high]| r[1].clamp(low, high));
+                        reward - self.settings.beta * r[4]
+                    })
+                    .collect();
+                rloo_advantages(&penalised, &group_of, normalize_advantages)
+            }
+        };
+        self.step_figures = step_figures(&rows, &names, &advantages);
+        if matches!(self.settings.algorithm, Algorithm::Rloo { .. }) && reference.is_some() {
+            // RLOO logs its reward penalty's KL per token: Σ (old − ref) over the counted tokens.
+            let tokens = ctx.sum_over_ranks(&[counted.iter().sum::<usize>() as f64])?[0];
+            let kl: f64 = rows.iter().map(|r| r[4]).sum();
+            self.step_figures.push(("kl", kl / tokens.max(1.0)));
+        }
+
+        let mut next = 0;
+        for batch in micro.iter_mut() {
+            for slot in batch.iter_mut() {
+                let i = next;
+                next += 1;
+                slot.rollout = Some(Arc::new(Rollout {
+                    completion: completions[i].clone(),
+                    counted: counted[i],
+                    advantage: advantages.values[rank * local + i] as f32,
+                    old_logps: old.as_ref().map(|o| o[i].clone()),
+                    ref_logps: reference.as_ref().map(|r| r[i].clone()),
+                }));
+            }
+        }
+        if self.settings.num_iterations > 1 {
+            self.sampled = micro.to_vec();
+        }
+        Ok(())
+    }
+
+    fn train(&self, net: &LlamaModel<A>, batch: &[Slot], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {
+        let device = ctx.device;
+        let rollouts: Vec<&Rollout> =
+            batch.iter().map(|slot| slot.rollout.as_deref()).collect::<Option<_>>().ok_or_else(|| {
+                LightningError::Invalid("a completion slot reached training without its rollout".into())
+            })?;
+        let rows: Vec<(&[u32], &[u32])> =
+            batch.iter().zip(&rollouts).map(|(s, r)| (s.prompt.ids.as_slice(), r.completion.as_slice())).collect();
+        let forward = completion_logps(net, &rows, self.settings.temperature, self.pad_id, device);
+        let width = forward.width;
+        let mask = completion_mask::<A>(rollouts.iter().map(|r| r.counted), width, device);
+        let column = |pick: fn(&Rollout) -> Option<&Vec<f32>>| -> Option<Tensor<A, 2>> {
+            let rows: Option<Vec<&[f32]>> = rollouts.iter().map(|r| pick(r).map(Vec::as_slice)).collect();
+            rows.map(|rows| padded_rows::<A>(&rows, width, device))
+        };
+        let advantages: Vec<f32> = rollouts.iter().map(|r| r.advantage).collect();
+        let sums = self.loss.sums(RolloutLogps {
+            logps: forward.logps,
+            mask: mask.clone(),
+            old: column(|r| r.old_logps.as_ref()),
+            reference: column(|r| r.ref_logps.as_ref()),
+            advantages: Tensor::from_data(advantages.as_slice(), device),
+        });
+        let tokens = mask.clone().sum().into_scalar().elem::<f64>();
+        let entropy = (forward.entropy * mask).sum().into_scalar().elem::<f64>();
+        let mut ratios = vec![
+            ("entropy", entropy, tokens),
+            ("clip_ratio/low_mean", sums.clipped_low, sums.clip_count),
+            ("clip_ratio/high_mean", sums.clipped_high, sums.clip_count),
+            ("clip_ratio/region_mean", sums.clipped_region, sums.clip_count),
+        ];
+        if let Some(kl) = sums.kl {
+            ratios.push(("kl", kl, tokens));
+        }
+        // The step's figures are the same on every rank: one micro-batch reports them.
+        if ctx.rank == 0 && ctx.micro_batch == 0 {
+            ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value, 1.0)));
+        }
+        let weight = Objective::<A>::batch_weight(self, batch).max(f64::MIN_POSITIVE);
+        Ok(Scored { loss: sums.loss.div_scalar(weight), metrics: Vec::new(), ratios })
+    }
+
+    fn validate(&self, _net: &LlamaModel<A::InnerBackend>, _batch: &[Slot], _device: &A::Device) -> Result<f64> {
+        Err(LightningError::Invalid(
+            "the online trainers have no validation loss: their held-out prompts are scored at the start and end of fit".into(),
+        ))
+    }
+
+    fn metric_names(&self) -> Vec<&'static str> {
+        let mut names = vec![
+            "entropy",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "clip_ratio/region_mean",
+            "kl",
+            "reward",
+            "reward_std",
+            "frac_reward_zero_std",
+            "completions/mean_length",
+            "completions/min_length",
+            "completions/max_length",
+            "completions/clipped_ratio",
+            "completions/mean_terminated_length",
+        ];
+        for name in self.settings.rewards.names() {
+            names.extend([reward_metric(name, false), reward_metric(name, true)]);
+        }
+        names
+    }
+
+    /// Greedy completions of the held-out prompts, scored: the mean weighted reward and each reward's mean
+    /// (`held_out/exact_match` is the accuracy on a task with answers).
+    fn held_out(
+        &self,
+        net: &LlamaModel<A::InnerBackend>,
+        items: &[Slot],
+        device: &A::Device,
+    ) -> Result<Map<String, Value>> {
+        let greedy = SamplingConfig { temperature: 0.0, ..self.settings.sampling(self.stop_tokens.clone()) };
+        let (mut total, mut per_reward) = (0.0, vec![0.0; self.settings.rewards.names().len()]);
+        for chunk in items.chunks(16) {
+            let slots: Vec<&Slot> = chunk.iter().collect();
+            let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
+            let completions = generate_batch(net, &prompts, &greedy, &vec![0; prompts.len()], self.pad_id, device);
+            for rewards in self.rewards(&slots, &completions, device)? {
+                total += self.settings.rewards.combine(&rewards);
+                per_reward.iter_mut().zip(&rewards).for_each(|(sum, r)| *sum += r);
+            }
+        }
+        let n = items.len().max(1) as f64;
+        let mut figures = Map::new();
+        figures.insert("held_out/reward".into(), json!(total / n));
+        for (name, sum) in self.settings.rewards.names().iter().zip(per_reward) {
+            figures.insert(format!("held_out/{name}"), json!(sum / n));
+        }
+        figures.insert("held_out_prompts".into(), json!(items.len()));
+        Ok(figures)
+    }
+}
+
+/// TRL's figures of a sampling step, from the table of every rank's completions.
+fn step_figures(rows: &[&[f64]], names: &[&'static str], advantages: &Advantages) -> Vec<(&'static str, f64)> {
+    let column = |k: usize| -> Vec<f64> { rows.iter().map(|r| r[k]).collect() };
+    let lengths = column(2);
+    let terminated: Vec<f64> = rows.iter().filter(|r| r[3] == 0.0).map(|r| r[2]).collect();
+    let mut figures = vec![
+        ("reward", mean(&column(1))),
+        ("reward_std", std(&column(1))),
+        ("frac_reward_zero_std", advantages.frac_zero_std()),
+        ("completions/mean_length", mean(&lengths)),
+        ("completions/min_length", lengths.iter().copied().fold(f64::INFINITY, f64::min)),
+        ("completions/max_length", lengths.iter().copied().fold(0.0, f64::max)),
+        ("completions/clipped_ratio", mean(&column(3))),
+        ("completions/mean_terminated_length", if terminated.is_empty() { 0.0 } else { mean(&terminated) }),
+    ];
+    for (k, &name) in names.iter().enumerate() {
+        let values = column(FIXED_COLUMNS + k);
+        figures.push((reward_metric(name, false), mean(&values)));
+        figures.push((reward_metric(name, true), std(&values)));
+    }
+    figures
+}
+
+/// `rewards/NAME/mean` or `rewards/NAME/std`, for the names a reward can have.
+fn reward_metric(name: &str, std: bool) -> &'static str {
+    match (name, std) {
+        ("exact_match", false) => "rewards/exact_match/mean",
+        ("exact_match", true) => "rewards/exact_match/std",
+        ("format", false) => "rewards/format/mean",
+        ("format", true) => "rewards/format/std",
+        ("soft_overlong_punishment", false) => "rewards/soft_overlong_punishment/mean",
+        ("soft_overlong_punishment", true) => "rewards/soft_overlong_punishment/std",
+        (_, false) => "rewards/reward_model/mean",
+        (_, true) => "rewards/reward_model/std",
+    }
+}
