@@ -3,5 +3,6 @@
 mod common;
 mod dpo;
 mod kto;
+mod online;
 mod orpo;
 mod reward;

@@ -34,8 +34,19 @@ impl std::str::FromStr for GrpoLossType {
 /// Which loss, with its coefficients.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OnlineLoss {
-    Grpo { loss_type: GrpoLossType, epsilon_low: f64, epsilon_high: f64, beta: f64, max_completion_length: usize },
-    Rloo { epsilon_low: f64, epsilon_high: f64 },
+    Grpo {
+        loss_type: GrpoLossType,
+        epsilon_low: f64,
+        epsilon_high: f64,
+        beta: f64,
+        /// Multiply the KL term by the ratio (TRL's `use_bias_correction_kl`, on by default).
+        bias_correction_kl: bool,
+        max_completion_length: usize,
+    },
+    Rloo {
+        epsilon_low: f64,
+        epsilon_high: f64,
+    },
 }
 
 /// One micro-batch as the loss sees it, `[rows, T]` with `T` its longest completion: the policy's log-prob of
@@ -75,8 +86,8 @@ impl OnlineLoss {
     /// The summed loss of one micro-batch.
     pub fn sums<B: Backend>(&self, batch: RolloutLogps<B>) -> LossSums<B> {
         match *self {
-            Self::Grpo { loss_type, epsilon_low, epsilon_high, beta, .. } => {
-                grpo(batch, loss_type, epsilon_low, epsilon_high, beta)
+            Self::Grpo { loss_type, epsilon_low, epsilon_high, beta, bias_correction_kl, .. } => {
+                grpo(batch, loss_type, (epsilon_low, epsilon_high), beta, bias_correction_kl)
             }
             Self::Rloo { epsilon_low, epsilon_high } => rloo(batch, epsilon_low, epsilon_high),
         }
@@ -86,20 +97,22 @@ impl OnlineLoss {
 fn grpo<B: Backend>(
     batch: RolloutLogps<B>,
     loss_type: GrpoLossType,
-    epsilon_low: f64,
-    epsilon_high: f64,
+    (epsilon_low, epsilon_high): (f64, f64),
     beta: f64,
+    bias_correction_kl: bool,
 ) -> LossSums<B> {
     let RolloutLogps { logps, mask, old, reference, advantages } = batch;
     let [rows, _] = logps.dims();
     let old = old.unwrap_or_else(|| logps.clone().detach());
     let ratio = (logps.clone() - old).exp();
     let advantages = advantages.reshape([rows, 1]);
-    let (per_token, clipped) = clipped_objective(ratio, advantages, epsilon_low, epsilon_high, &mask);
+    let (per_token, clipped) = clipped_objective(ratio.clone(), advantages, epsilon_low, epsilon_high, &mask);
     let (per_token, kl) = match reference {
         Some(reference) if beta != 0.0 => {
             let diff = reference - logps;
             let kl = diff.clone().exp() - diff - 1.0;
+            // The ratio (with its gradient) makes the KL gradient the unbiased reverse-KL one.
+            let kl = if bias_correction_kl { kl * ratio } else { kl };
             let kl_sum = scalar((kl.clone().detach() * mask.clone()).sum());
             (per_token + kl * beta, Some(kl_sum))
         }

@@ -51,6 +51,7 @@ impl<B: Backend> Online<B> {
                 epsilon_low: settings.epsilon_low,
                 epsilon_high: settings.epsilon_high,
                 beta: settings.beta,
+                bias_correction_kl: settings.use_bias_correction_kl,
                 max_completion_length: settings.max_completion_length,
             },
             Algorithm::Rloo { .. } => {

@@ -28,6 +28,8 @@ pub struct OnlineSection {
     pub top_k: Option<usize>,
     /// The KL coefficient (GRPO 0.0: no reference; RLOO 0.05).
     pub beta: Option<f64>,
+    /// GRPO: multiply the KL term by the importance ratio (true, TRL's default).
+    pub use_bias_correction_kl: Option<bool>,
     /// The lower clipping bound of the ratio, and the upper one unless `epsilon_high` is set (0.2).
     pub epsilon: Option<f64>,
     pub epsilon_high: Option<f64>,
@@ -78,6 +80,7 @@ pub struct OnlineSettings {
     pub top_p: f64,
     pub top_k: usize,
     pub beta: f64,
+    pub use_bias_correction_kl: bool,
     pub epsilon_low: f64,
     pub epsilon_high: f64,
     pub num_iterations: usize,
@@ -124,6 +127,7 @@ impl OnlineSection {
         } else {
             only("loss_type", self.loss_type.is_some(), "grpo")?;
             only("scale_rewards", self.scale_rewards.is_some(), "grpo")?;
+            only("use_bias_correction_kl", self.use_bias_correction_kl.is_some(), "grpo")?;
             if let Some([low, high]) = self.reward_clip_range
                 && low >= high
             {
@@ -186,6 +190,7 @@ impl OnlineSection {
             top_p,
             top_k: self.top_k.unwrap_or(0),
             beta,
+            use_bias_correction_kl: self.use_bias_correction_kl.unwrap_or(true),
             epsilon_low,
             epsilon_high,
             num_iterations,
