@@ -122,3 +122,39 @@ fn online_trainers_refuse_an_unknown_reward_a_group_that_does_not_fit_a_step_and
         config(dir.path(), "text", "max_steps = 1", "[grpo]\nnum_generations = 4\nreward_funcs = [\"exact_match\"]\n");
     assert_one_line_error(&llmtrain(&["train", "--config", path.to_str().unwrap()]), "prompts.jsonl:1: a text row");
 }
+
+#[test]
+fn grpo_and_rloo_on_two_launched_ranks_follow_one_process_with_the_whole_batch() {
+    let dir = job();
+    // Groups of 4 over 2 ranks of 2 completions: each group's advantages need both ranks' rewards; RLOO's
+    // normalisation takes the whole batch's deviation.
+    let cases = [
+        ("grpo", format!("[grpo]\nnum_generations = 4\nbeta = 0.04\n{REWARDS}")),
+        ("rloo", format!("[rloo]\nnum_generations = 4\nnormalize_advantages = true\n{REWARDS}")),
+    ];
+    let training = "max_steps = 3\ngradient_accumulation_steps = 2\nseed = 5";
+    for (trainer, section) in &cases {
+        let (single, ranks) = (format!("{trainer}-single"), format!("{trainer}-ranks"));
+        let single_path = config(dir.path(), &single, training, section);
+        let ranks_path = config(dir.path(), &ranks, training, section);
+        let text = std::fs::read_to_string(&ranks_path).unwrap().replace("batch_size = 4", "batch_size = 2");
+        std::fs::write(&ranks_path, text).unwrap();
+        ok(&llmtrain(&["train", "--config", single_path.to_str().unwrap()]));
+        let stdout =
+            ok(&llmtrain(&["launch", "--num-processes", "2", "--", "train", "--config", ranks_path.to_str().unwrap()]));
+        assert!(stdout.contains("ranks: 2"), "{trainer}: {stdout}");
+        let (one, two) = (records(dir.path(), &single), records(dir.path(), &ranks));
+        assert_eq!((one.len(), two.len()), (3, 3), "{trainer}");
+        let mut worst = 0.0f64;
+        for (a, b) in one.iter().zip(&two) {
+            for key in
+                ["loss", "reward", "reward_std", "completions/mean_length", "entropy", "clip_ratio/region_mean", "kl"]
+            {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-5, "{trainer}: step {}: {key}: one process {x}, two ranks {y}", a["step"]);
+                worst = worst.max((x - y).abs());
+            }
+        }
+        eprintln!("parity {trainer} 1 process vs 2 ranks: largest difference {worst:.1e}");
+    }
+}

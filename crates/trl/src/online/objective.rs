@@ -151,8 +151,16 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         let slots: Vec<&Slot> = micro.iter().flatten().collect();
         let local = slots.len();
         let (rank, world) = (ctx.rank, ctx.world_size());
-        // Each row samples from its own seed: its draw does not depend on which rows share its batch.
-        let seeds: Vec<u64> = (0..local).map(|i| mix_seed(&[ctx.seed, (rank * local + i) as u64])).collect();
+        // Each completion samples from its own seed, from its place in the step's global order (micro-batch,
+        // then rank, then row, as the data draws them): N ranks sample what one rank with N times the batch does.
+        let seeds: Vec<u64> = micro
+            .iter()
+            .enumerate()
+            .flat_map(|(m, batch)| {
+                let b = batch.len();
+                (0..b).map(move |k| mix_seed(&[ctx.seed, (m * b * world + rank * b + k) as u64]))
+            })
+            .collect();
         let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
         let sampling: SamplingConfig = self.settings.sampling(self.stop_tokens.clone());
         let completions = generate_batch(&policy, &prompts, &sampling, &seeds, self.pad_id, device);
@@ -276,9 +284,11 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         if let Some(kl) = sums.kl {
             ratios.push(("kl", kl, tokens));
         }
-        // The step's figures are the same on every rank: one micro-batch reports them.
-        if ctx.rank == 0 && ctx.micro_batch == 0 {
-            ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value, 1.0)));
+        // The step's figures are the same on every rank: rank 0's first micro-batch reports them, the other ranks
+        // name them empty (the Trainer reduces the same list of ratios from every rank).
+        if ctx.micro_batch == 0 {
+            let share = f64::from(u8::from(ctx.rank == 0));
+            ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value * share, share)));
         }
         let weight = Objective::<A>::batch_weight(self, batch).max(f64::MIN_POSITIVE);
         Ok(Scored { loss: sums.loss.div_scalar(weight), metrics: Vec::new(), ratios })
