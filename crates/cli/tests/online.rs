@@ -53,6 +53,13 @@ fn grpo_and_rloo_sample_score_and_train_with_trls_figures_the_same_every_run() {
         ("grpo", format!("[grpo]\nnum_generations = 4\nloss_type = \"grpo\"\nbeta = 0.04\n{REWARDS}")),
         ("dr_grpo", format!("[grpo]\nnum_generations = 2\nloss_type = \"dr_grpo\"\nnum_iterations = 2\n{REWARDS}")),
         ("rloo", format!("[rloo]\nnum_generations = 4\n{REWARDS}")),
+        // The reference of a LoRA run is the policy with its adapters disabled.
+        (
+            "lora",
+            format!(
+                "[grpo]\nnum_generations = 4\nbeta = 0.1\n{REWARDS}\n[lora]\nr = 4\nalpha = 8\ntarget_modules = \"all-linear\"\n"
+            ),
+        ),
     ];
     for (name, section) in &cases {
         let path = config(dir.path(), name, "max_steps = 2\ngradient_accumulation_steps = 2", section);
@@ -74,10 +81,14 @@ fn grpo_and_rloo_sample_score_and_train_with_trls_figures_the_same_every_run() {
         }
         let length = records[0]["completions/mean_length"].as_f64().unwrap();
         assert!((1.0..=6.0).contains(&length), "{name}: completions are 1 to 6 tokens: {length}");
-        if *name == "grpo" || *name == "rloo" {
+        if ["grpo", "rloo", "lora"].contains(name) {
             assert!(records[0]["kl"].as_f64().is_some(), "{name} logs the KL to the reference");
         }
-        assert!(dir.path().join(format!("out-{name}/final/model.safetensors")).is_file());
+        let written = if *name == "lora" { "adapter_model.safetensors" } else { "model.safetensors" };
+        assert!(dir.path().join(format!("out-{name}/final/{written}")).is_file(), "{name}: {stdout}");
+        if *name == "lora" {
+            assert!(stdout.contains("the policy with its adapters disabled"), "{stdout}");
+        }
         // Seeded sampling: a second run draws the same completions and logs the same figures.
         let again = format!("{name}-again");
         let path = config(dir.path(), &again, "max_steps = 2\ngradient_accumulation_steps = 2", section);
