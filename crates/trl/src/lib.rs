@@ -44,6 +44,7 @@ pub mod kto;
 pub mod online;
 pub mod orpo;
 pub mod policy;
+pub mod ppo;
 pub mod reference;
 pub mod reward;
 pub mod rows;

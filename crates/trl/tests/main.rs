@@ -5,4 +5,5 @@ mod dpo;
 mod kto;
 mod online;
 mod orpo;
+mod ppo;
 mod reward;
