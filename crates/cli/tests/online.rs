@@ -169,3 +169,53 @@ fn grpo_and_rloo_on_two_launched_ranks_follow_one_process_with_the_whole_batch()
         eprintln!("parity {trainer} 1 process vs 2 ranks: largest difference {worst:.1e}");
     }
 }
+
+#[test]
+fn ppo_samples_scores_with_the_reward_model_and_trains_policy_and_value_head_and_resumes_exactly() {
+    let dir = job();
+    let reward = fixtures().join("reward_model");
+    let section = format!(
+        "[ppo]\nresponse_length = 6\nnum_ppo_epochs = 2\nmissing_eos_penalty = 1.0\nreward_model_path = \"{}\"\n",
+        reward.display()
+    );
+    let training = "max_steps = 4\ngradient_accumulation_steps = 2\nsave_steps = 2";
+    let path = config(dir.path(), "ppo", training, &section);
+    let stdout = ok(&llmtrain(&["train", "--config", path.to_str().unwrap()]));
+    let records = records(dir.path(), "ppo");
+    assert_eq!(records.len(), 4, "{stdout}");
+    for key in [
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/ratio",
+    ] {
+        assert!(records[0][key].as_f64().is_some_and(f64::is_finite), "no {key} in {}", records[0]);
+    }
+    // Step 1 trains on fresh rollouts: the policy is the sampler, so the ratio is 1 and the KL to the frozen
+    // copy is 0; step 2 trains on the same rollouts with a moved policy.
+    assert!((records[0]["val/ratio"].as_f64().unwrap() - 1.0).abs() < 1e-5, "{}", records[0]);
+    assert!(records[0]["objective/kl"].as_f64().unwrap().abs() < 1e-5, "{}", records[0]);
+    assert_eq!(records[0]["objective/scores"], records[1]["objective/scores"], "epoch 2 reuses the rollouts");
+    let out = dir.path().join("out-ppo");
+    assert!(out.join("final/model.safetensors").is_file());
+    assert!(out.join("checkpoint-2/value_head.mpk").is_file(), "checkpoints keep the value head");
+    // Resumed from step 2, the last two steps repeat exactly.
+    let resumed = config(dir.path(), "ppo-resumed", training, &section);
+    let text = std::fs::read_to_string(&resumed).unwrap().replace("out-ppo-resumed", "out-ppo");
+    std::fs::write(&resumed, text).unwrap();
+    let checkpoint = out.join("checkpoint-2");
+    ok(&llmtrain(&["train", "--config", resumed.to_str().unwrap(), "--resume", checkpoint.to_str().unwrap()]));
+    let again = self::records(dir.path(), "ppo");
+    let last = |r: &[Value]| r.iter().rev().find(|r| r["step"] == 4).cloned().unwrap();
+    for key in ["loss", "loss/value_avg", "objective/scores"] {
+        assert_eq!(last(&records)[key], last(&again)[key], "{key} after resuming");
+    }
+    assert_one_line_error(
+        &llmtrain(&["train", "--config", config(dir.path(), "ppo-bad", "max_steps = 1", "[ppo]\n").to_str().unwrap()]),
+        "reward_model_path",
+    );
+}

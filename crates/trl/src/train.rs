@@ -24,6 +24,7 @@ use crate::online::rollout::{Prompt, Slot, prompt_from_row};
 use crate::online::{GrpoSection, Online, OnlineSection, RlooSection};
 use crate::orpo::{Orpo, OrpoLoss, OrpoPair, OrpoSection, orpo_pair_from_row};
 use crate::policy::{Objective, PolicyModule};
+use crate::ppo::{Ppo, PpoRollout, PpoSection};
 use crate::reference::{self, Reference, without_adapters};
 use crate::reward::{RewardLoss, RewardModule, RewardPair, RewardSection, reward_pair_from_row};
 use crate::rows::{Converted, SplitItems, read_items};
@@ -38,6 +39,7 @@ pub const TRAINER_SECTIONS: &[&str] = &[
     RewardSection::NAME,
     GrpoSection::NAME,
     RlooSection::NAME,
+    PpoSection::NAME,
 ];
 
 /// The trainer section `config` selects, if any; two of them are refused.
@@ -88,6 +90,7 @@ pub fn train<A: AutodiffBackend>(
         Some(RewardSection::NAME) => run.fit_reward(accelerator),
         Some(GrpoSection::NAME) => run.fit(accelerator, |s: GrpoSection, setup| online(s.0, GrpoSection::NAME, setup)),
         Some(RlooSection::NAME) => run.fit(accelerator, |s: RlooSection, setup| online(s.0, RlooSection::NAME, setup)),
+        Some(PpoSection::NAME) => run.fit_ppo(accelerator),
         // `[sft]` is the causal-LM job: crate::sft::train runs it.
         other => Err(TrlError::Invalid(format!("no preference trainer section to run (found {other:?})"))),
     }
@@ -357,6 +360,113 @@ impl<A: AutodiffBackend> Run<'_, A> {
     }
 }
 
+impl<A: AutodiffBackend> Run<'_, A> {
+    /// `[ppo]`: the policy as the method prepares it with a new value head, one slot per prompt, every step's
+    /// slots repeated `num_ppo_epochs` times; the reference as for DPO, and the reward model.
+    fn fit_ppo(self, accelerator: &mut Accelerator<A>) -> Result<TrlSummary> {
+        let Started { trainer, section, logging, compute } = match self.start::<PpoSection>(accelerator)? {
+            Ok(started) => started,
+            Err(finished) => return Ok(finished),
+        };
+        let config = &self.config;
+        let (tokenizer, model, hf_config) =
+            run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
+        let setup = Setup {
+            config,
+            tokenizer: &tokenizer,
+            model: &model,
+            compute,
+            pad_id: pad_id(&tokenizer)?,
+            world: trainer.accelerator().world_size(),
+            accumulation: trainer.accelerator().config().gradient_accumulation_steps,
+            device: self.device,
+        };
+        let per_step = config.data.batch_size * setup.accumulation * setup.world;
+        let items = setup.items(|row| prompt_from_row(setup.tokenizer, row))?;
+        let (train, eval) = slots(items.train, items.eval, per_step, 1, section.num_ppo_epochs, config)?;
+        let (reference, described) = setup.reference(section.ref_model.as_deref())?;
+        let reward_dir = section.reward_model_path.as_deref().map(|dir| config.resolve_path(dir));
+        let reward_dir = reward_dir.ok_or_else(|| {
+            TrlError::Invalid(format!("{}: [ppo] reward_model_path is required", config.path().display()))
+        })?;
+        let reward_model = load_reward_model(&setup, &reward_dir)?;
+        let std = hf_config.raw.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02);
+        // Seeded after the model, so every rank draws the same head.
+        A::seed(self.device, config.training.seed.wrapping_add(1));
+        let score = burn::tensor::Tensor::random(
+            [1, model.config.hidden_size],
+            burn::tensor::Distribution::Normal(0.0, std),
+            self.device,
+        );
+        let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
+        let held_out = if trainer.accelerator().is_main_process() { eval } else { Vec::new() };
+        let pad = setup.pad_id;
+        let mut module =
+            Ppo::new(section.clone(), files, tokenizer.clone(), pad, reference, reward_model).with_held_out(held_out);
+        let model_config = model.config.clone();
+        let net = SequenceClassifier { model, score: burn::module::Param::from_tensor(score) };
+        let summary = TrlSummary { trainer: PpoSection::NAME, reference: described, ..Default::default() };
+        let split = SplitItems { train, eval: Vec::new(), skipped: items.skipped, dropped: items.dropped };
+        let max_length = 2 * section.response_length;
+        let fitting = Fitting {
+            items: split,
+            item_tokens: Slot::<PpoRollout>::tokens,
+            shuffle: false,
+            max_length,
+            summary,
+            validation: false,
+        };
+        self.fit_items((trainer, &logging), &mut module, net, &model_config, fitting)
+    }
+}
+
+/// The slots of the online trainers: the prompts (shuffled once if `[data] shuffle`), cut to whole steps of
+/// `per_step` completions, each prompt `group` times in consecutive slots (a group; TRL's `RepeatSampler`), and
+/// every step's slots `repeat` times in a row (the steps that reuse one batch of rollouts); and one slot per
+/// held-out prompt.
+type SlotLists<R> = (Vec<Slot<R>>, Vec<Slot<R>>);
+
+fn slots<R>(
+    train: Vec<Prompt>,
+    eval: Vec<Prompt>,
+    per_step: usize,
+    group: usize,
+    repeat: usize,
+    config: &RunConfig,
+) -> Result<SlotLists<R>> {
+    let prompts_per_step = per_step / group;
+    let mut prompts: Vec<Arc<Prompt>> = train.into_iter().map(Arc::new).collect();
+    if config.data.shuffle {
+        use rand::seq::SliceRandom;
+        prompts.shuffle(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(config.training.seed));
+    }
+    let whole = prompts.len() / prompts_per_step * prompts_per_step;
+    if whole == 0 {
+        return Err(TrlError::Invalid(format!(
+            "{}: {} training prompt(s), but a step samples {prompts_per_step} prompt(s) × {group} completion(s): give more prompts or a smaller batch",
+            config.path().display(),
+            prompts.len()
+        )));
+    }
+    // Whole steps only, so that epochs begin on a step and every group stays within one step.
+    prompts.truncate(whole);
+    let mut slots = Vec::with_capacity(whole * group * repeat);
+    for (step, chunk) in prompts.chunks(prompts_per_step).enumerate() {
+        for _ in 0..repeat {
+            for (k, prompt) in chunk.iter().enumerate() {
+                let id = (step * prompts_per_step + k) as u64;
+                slots.extend((0..group).map(|_| Slot { prompt: prompt.clone(), group: id, rollout: None }));
+            }
+        }
+    }
+    let eval = eval
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Slot { prompt: Arc::new(p), group: i as u64, rollout: None })
+        .collect();
+    Ok((slots, eval))
+}
+
 /// `[dpo]`: the pairs, and the reference as the section and the method say.
 fn dpo<A: AutodiffBackend>(
     section: DpoSection,
@@ -455,37 +565,8 @@ fn online<A: AutodiffBackend>(
             setup.accumulation, setup.world
         )));
     }
-    let prompts_per_step = completions / group;
     let items = setup.items(|row| prompt_from_row(setup.tokenizer, row))?;
-    let mut prompts: Vec<Arc<Prompt>> = items.train.into_iter().map(Arc::new).collect();
-    if config.data.shuffle {
-        use rand::seq::SliceRandom;
-        prompts.shuffle(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(config.training.seed));
-    }
-    let whole = prompts.len() / prompts_per_step * prompts_per_step;
-    if whole == 0 {
-        return Err(TrlError::Invalid(format!(
-            "{path}: {} training prompt(s), but a step samples {prompts_per_step} prompt(s) × {group} completions: give more prompts or a smaller batch",
-            prompts.len()
-        )));
-    }
-    // Whole steps only, so that epochs begin on a step and every group stays within one step.
-    prompts.truncate(whole);
-    let mut train = Vec::with_capacity(whole * group * settings.num_iterations);
-    for (step, chunk) in prompts.chunks(prompts_per_step).enumerate() {
-        for _ in 0..settings.num_iterations {
-            for (k, prompt) in chunk.iter().enumerate() {
-                let id = (step * prompts_per_step + k) as u64;
-                train.extend((0..group).map(|_| Slot { prompt: prompt.clone(), group: id, rollout: None }));
-            }
-        }
-    }
-    let eval = items
-        .eval
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Slot { prompt: Arc::new(p), group: i as u64, rollout: None })
-        .collect();
+    let (train, eval) = slots(items.train, items.eval, completions, group, settings.num_iterations, config)?;
     let (reference, described) = if settings.beta != 0.0 {
         let (reference, described) = setup.reference(settings.ref_model.as_deref())?;
         (Some(reference), described)

@@ -36,6 +36,7 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_trl::reward::RewardSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::online::GrpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::online::RlooSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_trl::ppo::PpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <ZeroSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 

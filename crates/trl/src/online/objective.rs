@@ -8,7 +8,6 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::generate::{SamplingConfig, generate_batch};
-use llmtrain_core::model::lora::mix_seed;
 use llmtrain_core::model::{LlamaModel, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{LightningError, Result, StepContext};
@@ -16,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::advantages::{Advantages, grpo_advantages, mean, rloo_advantages, std};
 use super::loss::{OnlineLoss, RolloutLogps};
-use super::rollout::{Rollout, Slot, completion_logps, completion_mask, host_rows, padded_rows};
+use super::rollout::{Rollout, Slot, completion_logps, completion_mask, host_rows, padded_rows, reuses, slot_seeds};
 use super::section::{Algorithm, OnlineSettings};
 use crate::policy::{Objective, Scored};
 use crate::reference::{Reference, without_adapters};
@@ -140,8 +139,7 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
     }
 
     fn prepare_step(&mut self, net: &LlamaModel<A>, micro: &mut [Vec<Slot>], ctx: &StepContext<'_, A>) -> Result<()> {
-        let groups = |batches: &[Vec<Slot>]| -> Vec<u64> { batches.iter().flatten().map(|s| s.group).collect() };
-        if !ctx.step.is_multiple_of(self.settings.num_iterations as u64) && groups(&self.sampled) == groups(micro) {
+        if reuses(ctx.step, self.settings.num_iterations, &self.sampled, micro) {
             // `num_iterations`: the data repeats this step's slots; train on the same rollouts again.
             micro.clone_from_slice(&self.sampled);
             return Ok(());
@@ -151,16 +149,7 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         let slots: Vec<&Slot> = micro.iter().flatten().collect();
         let local = slots.len();
         let (rank, world) = (ctx.rank, ctx.world_size());
-        // Each completion samples from its own seed, from its place in the step's global order (micro-batch,
-        // then rank, then row, as the data draws them): N ranks sample what one rank with N times the batch does.
-        let seeds: Vec<u64> = micro
-            .iter()
-            .enumerate()
-            .flat_map(|(m, batch)| {
-                let b = batch.len();
-                (0..b).map(move |k| mix_seed(&[ctx.seed, (m * b * world + rank * b + k) as u64]))
-            })
-            .collect();
+        let seeds = slot_seeds(micro, ctx.seed, rank, world);
         let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
         let sampling: SamplingConfig = self.settings.sampling(self.stop_tokens.clone());
         let completions = generate_batch(&policy, &prompts, &sampling, &seeds, self.pad_id, device);

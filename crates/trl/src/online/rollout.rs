@@ -42,19 +42,41 @@ pub fn prompt_from_row(tokenizer: &TextTokenizer, row: &Row) -> std::result::Res
 }
 
 /// A completion slot: a prompt, the group it samples for (every slot of a group shares the prompt), and, once
-/// its step has sampled it, the rollout.
+/// its step has sampled it, the rollout (`R`: GRPO's and RLOO's [`Rollout`], or PPO's).
 #[derive(Debug, Clone)]
-pub struct Slot {
+pub struct Slot<R = Rollout> {
     pub prompt: Arc<Prompt>,
     pub group: u64,
-    pub rollout: Option<Arc<Rollout>>,
+    pub rollout: Option<Arc<R>>,
 }
 
-impl Slot {
+impl<R> Slot<R> {
     /// Tokens the slot holds for throughput: its prompt's (the completion does not exist yet when it is drawn).
     pub fn tokens(&self) -> usize {
         self.prompt.ids.len()
     }
+}
+
+/// The sampling seed of every slot of a step's micro-batches on this rank, from the step's seed and the slot's
+/// place in the step's global order (micro-batch, then rank, then row, as the data draws them): each completion
+/// draws from its own seed, so N ranks sample what one rank with N times the batch does.
+pub fn slot_seeds<R>(micro: &[Vec<Slot<R>>], step_seed: u64, rank: usize, world: usize) -> Vec<u64> {
+    micro
+        .iter()
+        .enumerate()
+        .flat_map(|(m, batch)| {
+            let b = batch.len();
+            (0..b)
+                .map(move |k| llmtrain_core::model::lora::mix_seed(&[step_seed, (m * b * world + rank * b + k) as u64]))
+        })
+        .collect()
+}
+
+/// Whether a step that is not a sampling step (`step` not a multiple of `every`) draws the slots `sampled` were
+/// sampled for: then it trains on those rollouts again (`num_iterations`, `num_ppo_epochs`).
+pub fn reuses<R>(step: u64, every: usize, sampled: &[Vec<Slot<R>>], micro: &[Vec<Slot<R>>]) -> bool {
+    let groups = |batches: &[Vec<Slot<R>>]| -> Vec<u64> { batches.iter().flatten().map(|s| s.group).collect() };
+    !step.is_multiple_of(every as u64) && !sampled.is_empty() && groups(sampled) == groups(micro)
 }
 
 /// One sampled completion, scored.
@@ -79,8 +101,71 @@ pub struct CompletionLogps<B: Backend> {
     pub width: usize,
 }
 
-/// One forward of `model` over prompt + completion rows (right-padded with `pad_id`): rotary embeddings depend
-/// only on distances, so this equals TRL's forward of left-padded prompts under an attention mask.
+/// Prompt + completion rows right-padded into one `[rows, len]` batch, and for each completion position
+/// `t < width` the position of the row that predicts it (`prompt + t - 1`, kept inside the row). Rotary
+/// embeddings depend only on distances, so a forward of this batch equals TRL's of left-padded prompts under an
+/// attention mask.
+pub struct CompletionRows<B: Backend> {
+    pub tokens: Tensor<B, 2, Int>,
+    pub predicted_at: Tensor<B, 2, Int>,
+    pub rows: usize,
+    pub len: usize,
+    pub width: usize,
+    /// Each row's completion length.
+    pub lengths: Vec<usize>,
+}
+
+impl<B: Backend> CompletionRows<B> {
+    /// The batch of `rows`, `width` completion positions wide (at least the longest completion).
+    pub fn new(rows: &[(&[u32], &[u32])], width: usize, pad_id: u32, device: &B::Device) -> Self {
+        let n = rows.len();
+        let len = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0).max(2);
+        let width = rows.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(width).max(1);
+        let mut tokens = Vec::with_capacity(n * len);
+        let mut at = Vec::with_capacity(n * width);
+        for (prompt, completion) in rows {
+            tokens.extend(prompt.iter().chain(completion.iter()).map(|&t| i64::from(t)));
+            tokens.extend(std::iter::repeat_n(i64::from(pad_id), len - prompt.len() - completion.len()));
+            at.extend((0..width).map(|k| (prompt.len() + k).saturating_sub(1).min(len - 1) as i64));
+        }
+        Self {
+            tokens: Tensor::from_data(TensorData::new(tokens, [n, len]), device),
+            predicted_at: Tensor::from_data(TensorData::new(at, [n, width]), device),
+            rows: n,
+            len,
+            width,
+            lengths: rows.iter().map(|(_, c)| c.len()).collect(),
+        }
+    }
+
+    /// Each completion token's log-prob under `logits` `[rows, len, vocab]` divided by `temperature`, and the
+    /// entropy of that distribution, `[rows, width]`, 0 past each completion's end.
+    pub fn token_logps(&self, logits: Tensor<B, 3>, temperature: f64) -> CompletionLogps<B> {
+        let (n, len) = (self.rows, self.len);
+        let device = logits.device();
+        let log_probs = log_softmax(logits.slice([0..n, 0..len - 1]).div_scalar(temperature), 2);
+        let next = self.tokens.clone().slice([0..n, 1..len]).unsqueeze_dim::<3>(2);
+        let picked = log_probs.clone().gather(2, next).reshape([n, len - 1]);
+        let detached = log_probs.detach();
+        let entropy = (detached.clone().exp() * detached).sum_dim(2).reshape([n, len - 1]).neg();
+        // Positions past a completion read the row's last shifted position; the mask zeroes them.
+        let at = self.predicted_at.clone().clamp_max((len - 2) as i64);
+        let mask = completion_mask::<B>(self.lengths.iter().copied(), self.width, &device);
+        CompletionLogps {
+            logps: picked.gather(1, at.clone()) * mask.clone(),
+            entropy: entropy.gather(1, at) * mask,
+            width: self.width,
+        }
+    }
+
+    /// A per-position value `[rows, len]` read at the position predicting each completion position, `[rows,
+    /// width]` (a value head's estimate before each token; past a row's end, its last position's).
+    pub fn at_predicting(&self, per_position: Tensor<B, 2>) -> Tensor<B, 2> {
+        per_position.gather(1, self.predicted_at.clone())
+    }
+}
+
+/// One forward of `model` over prompt + completion rows (right-padded with `pad_id`): see [`CompletionRows`].
 pub fn completion_logps<B: Backend>(
     model: &LlamaModel<B>,
     rows: &[(&[u32], &[u32])],
@@ -88,28 +173,9 @@ pub fn completion_logps<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> CompletionLogps<B> {
-    let n = rows.len();
-    let len = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0).max(2);
-    let width = rows.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(1);
-    let mut tokens = Vec::with_capacity(n * len);
-    let mut at = Vec::with_capacity(n * width);
-    for (prompt, completion) in rows {
-        tokens.extend(prompt.iter().chain(completion.iter()).map(|&t| i64::from(t)));
-        tokens.extend(std::iter::repeat_n(i64::from(pad_id), len - prompt.len() - completion.len()));
-        // Completion token k is predicted at position prompt + k - 1 of the shifted logits.
-        at.extend((0..width).map(|k| if k < completion.len() { (prompt.len() + k - 1) as i64 } else { 0 }));
-    }
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, len]), device);
-    let at = Tensor::<B, 2, Int>::from_data(TensorData::new(at, [n, width]), device);
-    let hidden = model.hidden_states(tokens.clone(), None);
-    let logits = model.logits(hidden).slice([0..n, 0..len - 1]).div_scalar(temperature);
-    let log_probs = log_softmax(logits, 2);
-    let next = tokens.slice([0..n, 1..len]).unsqueeze_dim::<3>(2);
-    let picked = log_probs.clone().gather(2, next).reshape([n, len - 1]);
-    let detached = log_probs.detach();
-    let entropy = (detached.clone().exp() * detached).sum_dim(2).reshape([n, len - 1]).neg();
-    let mask = completion_mask::<B>(rows.iter().map(|(_, c)| c.len()), width, device);
-    CompletionLogps { logps: picked.gather(1, at.clone()) * mask.clone(), entropy: entropy.gather(1, at) * mask, width }
+    let batch = CompletionRows::new(rows, 0, pad_id, device);
+    let hidden = model.hidden_states(batch.tokens.clone(), None);
+    batch.token_logps(model.logits(hidden), temperature)
 }
 
 /// `[rows, width]`: 1 for the first `counted` positions of each row, else 0.

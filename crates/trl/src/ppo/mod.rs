@@ -4,7 +4,9 @@
 //! with the clipped policy and value losses ([`loss`]).
 
 pub mod loss;
+mod module;
 pub mod section;
 pub mod targets;
 
+pub use module::{Ppo, PpoRollout, VALUE_HEAD_FILE};
 pub use section::PpoSection;
