@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +17,7 @@ use llmtrain_core::data::Batch;
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::model::compute::precision_dtype;
-use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig};
+use llmtrain_core::model::{AttentionKernel, LlamaModel, ModelConfig, SequenceClassifier};
 use llmtrain_core::train::{AdamW, AdamWConfig};
 use llmtrain_fastlora::{LoraConfig, TargetModules, attach};
 use llmtrain_lightning::{CausalLm, LightningModule, Recompute, StepOptions, optimizer_step};
@@ -24,6 +25,8 @@ use llmtrain_memopt::estimate::{
     AttentionImpl, BatchShape, EstimateInput, Method, Precision, count_params, estimate, fp32_model_states,
 };
 use llmtrain_trl::dpo::{Dpo, DpoLoss, LossType, TokenizedPair};
+use llmtrain_trl::online::rollout::{Prompt, Slot};
+use llmtrain_trl::online::{Online, OnlineSection};
 use llmtrain_trl::policy::PolicyModule;
 use llmtrain_trl::reference::Reference;
 use llmtrain_zero::{OffloadDevice, ZeroSection};
@@ -68,6 +71,11 @@ pub struct Case {
     /// tokens with two completions of `seq / 2`; the reference a frozen copy of the weights, or under LoRA the
     /// policy with its adapters disabled.
     pub dpo: bool,
+    /// A GRPO step (llmtrain-trl's online objective) instead: `batch / GRPO_GENERATIONS` prompts of `seq / 2`
+    /// tokens, each sampled `GRPO_GENERATIONS` times for `seq / 2` new tokens with the KV cache (no stop token),
+    /// scored by a reward model of the policy's shape, then one update; the step time is split into
+    /// generation, scoring and update.
+    pub grpo: bool,
     /// ZeRO stage of the ranks (llmtrain-zero; 0 is plain data parallelism), and whether the optimizer's share is
     /// offloaded to host memory.
     pub zero_stage: u8,
@@ -89,6 +97,7 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         fused_loss: false,
         quantized: false,
         dpo: false,
+        grpo: false,
         zero_stage: 0,
         offload_optimizer: false,
     }
@@ -134,6 +143,8 @@ pub fn cases() -> Vec<Case> {
         // reference, and with LoRA r=8 and the reference the policy without its adapters (no second copy).
         Case { dpo: true, ..case("dpo-tiny", full_tiny(), 8, 256) },
         Case { dpo: true, lora_rank: Some(8), ..case("dpo-tiny-lora", full_tiny(), 8, 256) },
+        // GRPO on full-tiny's shape: 8 prompts of 64 tokens × 4 completions of 64 new tokens a step.
+        Case { grpo: true, ..case("grpo-tiny", full_tiny(), 32, 128) },
         case("full-small", small(), 2, 128),
         Case { lora_rank: Some(8), fused_loss: true, quantized: true, ..case("qlora-small", small(), 2, 128) },
         // full-small's global batch over 2 ranks with each ZeRO stage: the model states dominate, so what a rank
@@ -173,6 +184,8 @@ struct Timings {
     step_ms: Vec<f64>,
     comm_ms: Vec<f64>,
     held: Option<HeldBytes>,
+    /// Per timed step, milliseconds spent sampling and scoring rollouts (online objectives).
+    rollout_ms: Vec<(f64, f64)>,
 }
 
 /// Runs one case in this process (each rank a thread) and prints its JSON result on stdout.
@@ -185,7 +198,8 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
         bail!("case {name}: batch {} does not split over {} ranks", case.batch, case.ranks);
     }
     let ranks = run_in_process(case.ranks, |comm| bench_rank(&case, comm, steps))?;
-    let Timings { step_ms: mut times, comm_ms, held } = ranks.into_iter().next().context("no rank")?;
+    let Timings { step_ms: mut times, comm_ms, held, rollout_ms } = ranks.into_iter().next().context("no rank")?;
+    let phases = rollout_phases(&times, &rollout_ms);
     let comm_share = comm_ms.iter().sum::<f64>() / times.iter().sum::<f64>();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -212,6 +226,9 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
         },
         "backend": "flex",
     });
+    if let Some(phases) = phases {
+        result["phases"] = phases;
+    }
     if case.ranks > 1 {
         result["comm_share"] = json!(comm_share);
         result["comm_ms_per_step"] = json!(comm_ms.iter().sum::<f64>() / comm_ms.len() as f64);
@@ -219,6 +236,28 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
     }
     println!("{result}");
     Ok(())
+}
+
+/// An online step's time split into generation, scoring and update (medians over the timed steps, and the
+/// shares of the mean step they make).
+fn rollout_phases(step_ms: &[f64], rollout_ms: &[(f64, f64)]) -> Option<Value> {
+    if rollout_ms.is_empty() {
+        return None;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let generation: Vec<f64> = rollout_ms.iter().map(|p| p.0).collect();
+    let scoring: Vec<f64> = rollout_ms.iter().map(|p| p.1).collect();
+    let update: Vec<f64> = step_ms.iter().zip(rollout_ms).map(|(s, p)| s - p.0 - p.1).collect();
+    let total: f64 = step_ms.iter().sum();
+    let share = |v: &[f64]| v.iter().sum::<f64>() / total;
+    Some(json!({
+        "generation_ms": median(generation.clone()), "scoring_ms": median(scoring.clone()),
+        "update_ms": median(update.clone()),
+        "generation_share": share(&generation), "scoring_share": share(&scoring), "update_share": share(&update),
+    }))
 }
 
 /// Marsaglia's xorshift64: the same pseudo-random inputs on every run, without a dependency.
@@ -338,7 +377,31 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         let loss = DpoLoss::new(0.1, vec![(LossType::Sigmoid, 1.0)], 0.0);
         let files = CausalLm::new(&FullFinetune, model.compute, device);
         let mut module = PolicyModule::new(Dpo::new(loss, reference, 0, None), files);
-        return timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &pairs, steps);
+        return timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &pairs, steps, &|_| None);
+    }
+    if case.grpo {
+        let section = OnlineSection {
+            num_generations: Some(GRPO_GENERATIONS),
+            max_completion_length: Some(case.seq / 2),
+            reward_model: Some("reward".into()),
+            ..Default::default()
+        };
+        let settings = section.settings("grpo").map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?;
+        let reward = SequenceClassifier::new_head(model.valid(), 0.02, &device);
+        let online = Online::new(settings, None, 0, None, Some(reward));
+        let files = CausalLm::new(&FullFinetune, model.compute, device);
+        let mut module = PolicyModule::new(online, files);
+        let slots: Vec<Slot> = (0..rows / GRPO_GENERATIONS)
+            .flat_map(|group| {
+                let prompt = Arc::new(Prompt { ids: draw(case.seq / 2), columns: Default::default() });
+                (0..GRPO_GENERATIONS).map(move |_| Slot { prompt: prompt.clone(), group: group as u64, rollout: None })
+            })
+            .collect();
+        let phases = |m: &PolicyModule<'_, A, Online<CpuBackend>>| {
+            let t = m.objective.timings();
+            Some((t.generation.as_secs_f64() * 1e3, t.scoring.as_secs_f64() * 1e3))
+        };
+        return timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &slots, steps, &phases);
     }
     // The objective `llmtrain train` runs, with the compute settings above.
     let mut module = CausalLm::new(&FullFinetune, model.compute, device);
@@ -347,10 +410,15 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     let input_ids = all_ids[rank * rows * case.seq..(rank + 1) * rows * case.seq].to_vec();
     let labels = input_ids.iter().map(|&t| t as i64).collect();
     let batch = Batch { rows, seq: case.seq, input_ids, labels, position_ids: None };
-    timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &batch, steps)
+    timed_steps(case, &mut accelerator, &mut module, model, &mut optimizer, &batch, steps, &|_| None)
 }
 
-/// 2 warm-up steps of `module` on one micro-batch, then `steps` timed ones.
+/// Completions per prompt in the GRPO case.
+const GRPO_GENERATIONS: usize = 4;
+
+/// 2 warm-up steps of `module` on one micro-batch (a fresh copy each step), then `steps` timed ones; `phases`
+/// reads how long an online module spent sampling and scoring in the step.
+#[allow(clippy::too_many_arguments)]
 fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
     case: &Case,
     accelerator: &mut Accelerator<Autodiff<CpuBackend>>,
@@ -359,9 +427,18 @@ fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
     optimizer: &mut AdamW<CpuBackend>,
     batch: &M::Batch,
     steps: usize,
-) -> Result<Timings> {
+    phases: &dyn Fn(&M) -> Option<(f64, f64)>,
+) -> Result<Timings>
+where
+    M::Batch: Clone,
+{
     let device = Default::default();
-    let mut timings = Timings { step_ms: Vec::with_capacity(steps), comm_ms: Vec::with_capacity(steps), held: None };
+    let mut timings = Timings {
+        step_ms: Vec::with_capacity(steps),
+        comm_ms: Vec::with_capacity(steps),
+        held: None,
+        rollout_ms: Vec::new(),
+    };
     for step in 0..steps + 2 {
         let start = Instant::now();
         let comm_before = accelerator.communication_time();
@@ -371,11 +448,12 @@ fn timed_steps<M: LightningModule<Autodiff<CpuBackend>>>(
             gradient_checkpointing: case.checkpointing.then_some(Recompute { offload: false }),
             ..Default::default()
         };
-        let micro = std::slice::from_ref(batch);
-        model = optimizer_step(accelerator, module, model, optimizer, micro, &options, &device)?.0;
+        let mut micro = vec![batch.clone()];
+        model = optimizer_step(accelerator, module, model, optimizer, &mut micro, &options, &device)?.0;
         if step >= 2 {
             timings.step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             timings.comm_ms.push((accelerator.communication_time() - comm_before).as_secs_f64() * 1e3);
+            timings.rollout_ms.extend(phases(module));
         }
     }
     // Plain data parallelism does not count: every rank holds the parameters and a gradient for each whole, and the
@@ -437,7 +515,9 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
     let peak = estimate(&input)?.cpu_peak.context("a batch shape gives a CPU peak")?;
     let ranks = case.ranks as f64;
     // DPO's frozen reference is a second f32 copy of the weights (none when it is the policy without adapters).
-    let reference = if case.dpo && case.lora_rank.is_none() { count_params(&case.model) as f64 * 4.0 } else { 0.0 };
+    // GRPO's reward model is another decoder of the policy's shape (without the head when tied).
+    let reference =
+        if (case.dpo && case.lora_rank.is_none()) || case.grpo { count_params(&case.model) as f64 * 4.0 } else { 0.0 };
     Ok((ranks * (peak.total() + reference) - (ranks - 1.0) * peak.baseline) / (1024.0 * 1024.0))
 }
 
@@ -474,6 +554,7 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     // The reference trains plain f32 data parallelism-free steps only.
     let plain = !case.checkpointing
         && !case.dpo
+        && !case.grpo
         && !case.flash
         && !case.fused_loss
         && !case.quantized

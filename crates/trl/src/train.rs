@@ -578,7 +578,7 @@ fn online<A: AutodiffBackend>(
         None => None,
     };
     let max_length = 2 * settings.max_completion_length;
-    let objective = Online::new(settings, setup.tokenizer.clone(), setup.pad_id, reference, reward_model);
+    let objective = Online::new(settings, Some(setup.tokenizer.clone()), setup.pad_id, reference, reward_model);
     Ok(Built {
         objective,
         items: SplitItems { train, eval, skipped: items.skipped, dropped: items.dropped },

@@ -11,5 +11,5 @@ pub mod rewards;
 pub mod rollout;
 pub mod section;
 
-pub use objective::Online;
+pub use objective::{Online, RolloutTimings};
 pub use section::{GrpoSection, OnlineSection, OnlineSettings, RlooSection};

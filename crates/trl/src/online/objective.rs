@@ -3,6 +3,7 @@
 //! group, and every micro-batch then trains on its rollouts with the clipped-ratio loss.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -20,11 +21,20 @@ use super::section::{Algorithm, OnlineSettings};
 use crate::policy::{Objective, Scored};
 use crate::reference::{Reference, without_adapters};
 
+/// How long the last sampling step spent sampling and scoring (rewards, and the log-probs the loss needs from
+/// sampling time and from the reference), on this rank.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RolloutTimings {
+    pub generation: Duration,
+    pub scoring: Duration,
+}
+
 /// An online trainer: its settings, what scores completions, and the step's figures.
 pub struct Online<B: Backend> {
     settings: OnlineSettings,
     loss: OnlineLoss,
-    tokenizer: TextTokenizer,
+    /// Decodes completions for the reward functions; `None` when only a reward model scores (no stop token).
+    tokenizer: Option<TextTokenizer>,
     stop_tokens: Vec<u32>,
     pad_id: u32,
     /// For the KL term (`beta > 0`).
@@ -34,12 +44,15 @@ pub struct Online<B: Backend> {
     step_figures: Vec<(&'static str, f64)>,
     /// The micro-batches of the last sampling step, reused for `num_iterations` steps.
     sampled: Vec<Vec<Slot>>,
+    timings: RolloutTimings,
 }
 
 impl<B: Backend> Online<B> {
+    /// `tokenizer` decodes completions for the reward functions and gives the stop token (its EOS); without one,
+    /// only a reward model can score and completions run to `max_completion_length`.
     pub fn new(
         settings: OnlineSettings,
-        tokenizer: TextTokenizer,
+        tokenizer: Option<TextTokenizer>,
         pad_id: u32,
         reference: Option<Reference<B>>,
         reward_model: Option<SequenceClassifier<B>>,
@@ -57,7 +70,7 @@ impl<B: Backend> Online<B> {
                 OnlineLoss::Rloo { epsilon_low: settings.epsilon_low, epsilon_high: settings.epsilon_high }
             }
         };
-        let stop_tokens = tokenizer.eos_token_id().into_iter().collect();
+        let stop_tokens = tokenizer.as_ref().and_then(TextTokenizer::eos_token_id).into_iter().collect();
         Self {
             settings,
             loss,
@@ -68,7 +81,13 @@ impl<B: Backend> Online<B> {
             reward_model,
             step_figures: Vec::new(),
             sampled: Vec::new(),
+            timings: RolloutTimings::default(),
         }
+    }
+
+    /// Where the last sampling step's time went on this rank.
+    pub fn timings(&self) -> RolloutTimings {
+        self.timings
     }
 
     /// Whether the loss needs the log-probs of sampling time: RLOO always, GRPO when a batch is reused.
@@ -81,7 +100,17 @@ impl<B: Backend> Online<B> {
         let spec = &self.settings.rewards;
         let mut rewards: Vec<Vec<f64>> = Vec::with_capacity(slots.len());
         for (slot, completion) in slots.iter().zip(completions) {
-            let text = self.tokenizer.decode(completion, true).map_err(|e| LightningError::Invalid(e.to_string()))?;
+            let text = match (&self.tokenizer, spec.functions.is_empty()) {
+                (_, true) => String::new(),
+                (Some(tokenizer), false) => {
+                    tokenizer.decode(completion, true).map_err(|e| LightningError::Invalid(e.to_string()))?
+                }
+                (None, false) => {
+                    return Err(LightningError::Invalid(
+                        "reward functions need a tokenizer to read completions".into(),
+                    ));
+                }
+            };
             rewards
                 .push(spec.functions.iter().map(|f| f.score(&text, completion.len(), &slot.prompt.columns)).collect());
         }
@@ -152,7 +181,9 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         let seeds = slot_seeds(micro, ctx.seed, rank, world);
         let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
         let sampling: SamplingConfig = self.settings.sampling(self.stop_tokens.clone());
+        let started = Instant::now();
         let completions = generate_batch(&policy, &prompts, &sampling, &seeds, self.pad_id, device);
+        let generated = Instant::now();
         let truncated: Vec<bool> =
             completions.iter().map(|c| !c.last().is_some_and(|t| self.stop_tokens.contains(t))).collect();
         let rewards = self.rewards(&slots, &completions, device)?;
@@ -165,6 +196,7 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
             .zip(&truncated)
             .map(|(c, &t)| if t && self.settings.mask_truncated_completions { 0 } else { c.len() })
             .collect();
+        self.timings = RolloutTimings { generation: generated - started, scoring: generated.elapsed() };
 
         // The step's table over all ranks: every rank fills its own block and the sum assembles it.
         let names = self.settings.rewards.names();
