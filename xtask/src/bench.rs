@@ -13,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, FullFinetune, HeldBytes, run_in_process};
 use llmtrain_core::config::MixedPrecision;
-use llmtrain_core::data::Batch;
+use llmtrain_core::data::{Batch, Content};
 use llmtrain_core::device::CpuBackend;
 use llmtrain_core::dist::Communicator;
 use llmtrain_core::model::compute::precision_dtype;
@@ -393,7 +393,11 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
         let mut module = PolicyModule::new(online, files);
         let slots: Vec<Slot> = (0..rows / GRPO_GENERATIONS)
             .flat_map(|group| {
-                let prompt = Arc::new(Prompt { ids: draw(case.seq / 2), columns: Default::default() });
+                let prompt = Arc::new(Prompt {
+                    ids: draw(case.seq / 2),
+                    content: Content::Text(String::new()),
+                    columns: Default::default(),
+                });
                 (0..GRPO_GENERATIONS).map(move |_| Slot { prompt: prompt.clone(), group: group as u64, rollout: None })
             })
             .collect();

@@ -53,6 +53,13 @@ fn grpo_and_rloo_sample_score_and_train_with_trls_figures_the_same_every_run() {
         ("grpo", format!("[grpo]\nnum_generations = 4\nloss_type = \"grpo\"\nbeta = 0.04\n{REWARDS}")),
         ("dr_grpo", format!("[grpo]\nnum_generations = 2\nloss_type = \"dr_grpo\"\nnum_iterations = 2\n{REWARDS}")),
         ("rloo", format!("[rloo]\nnum_generations = 4\n{REWARDS}")),
+        // Every completion cut at one token and masked: micro-batches with no counted token add 0, not NaN.
+        (
+            "masked",
+            "[grpo]\nnum_generations = 4\nmax_completion_length = 1\nmask_truncated_completions = true\n\
+             reward_funcs = [\"exact_match\", \"soft_overlong_punishment\"]\nsoft_punish_cache = 1\n"
+                .to_string(),
+        ),
         // The reference of a LoRA run is the policy with its adapters disabled.
         (
             "lora",
@@ -79,6 +86,8 @@ fn grpo_and_rloo_sample_score_and_train_with_trls_figures_the_same_every_run() {
         ] {
             assert!(records[0][key].as_f64().is_some_and(f64::is_finite), "{name}: no {key} in {}", records[0]);
         }
+        assert!(stdout.contains("held-out held_out/exact_match (4 prompts): "), "{name}: {stdout}");
+        assert!(records.iter().all(|r| r["grad_norm"].as_f64().is_some_and(f64::is_finite)), "{name}: {records:?}");
         let length = records[0]["completions/mean_length"].as_f64().unwrap();
         assert!((1.0..=6.0).contains(&length), "{name}: completions are 1 to 6 tokens: {length}");
         if ["grpo", "rloo", "lora"].contains(name) {

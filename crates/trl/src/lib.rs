@@ -1,4 +1,5 @@
-//! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), then PPO and GRPO.
+//! llmtrain-trl — TRL's role: SFT, reward models, DPO and its variants, KTO and ORPO (offline), and the online
+//! trainers GRPO, RLOO and PPO, which sample their own completions from the policy.
 //!
 //! Built so far, each checked against TRL itself (`tests/`, and llmtrain-cli's `trl` end-to-end tests):
 //! - [`dpo`]: DPOTrainer's loss types and metrics ([`dpo::DpoLoss`]), its tokenization of text and
@@ -12,12 +13,18 @@
 //!   is `llmtrain score`.
 //! - [`sft`]: `[sft]`, the causal-LM job of llmtrain-lightning with SFTConfig's names and SFTTrainer's token
 //!   metrics.
+//! - [`online`]: GRPOTrainer (`grpo`, `dr_grpo` and `dapo` losses, `scale_rewards`, `num_iterations`, a KL term
+//!   to a reference) and RLOOTrainer: each step samples completions with the KV cache (left-padded batches),
+//!   scores them with reward functions ([`online::rewards`]) and a reward model, and computes group advantages over
+//!   every rank's completions.
+//! - [`ppo`]: the last TRL PPOTrainer (0.29): a value head on the policy, the reward model's score at the last
+//!   token with a per-token KL penalty, GAE and whitened advantages, `num_ppo_epochs` steps per rollout batch.
 //! - [`policy`]: what they share: an [`policy::Objective`] on a policy network, run by the one Trainer as a
 //!   [`policy::PolicyModule`] whose files are the causal-LM objective's.
 //! - [`rows`]: `[data] files` read in TRL's formats, converted by a trainer and split.
 //!
-//! [`train`] runs the trainer a run config's section selects (`[sft]`, `[dpo]`, `[orpo]`, `[kto]`, `[reward]`: TRL's config names), which is
-//! what `llmtrain train` does for such a config.
+//! [`train`] runs the trainer a run config's section selects (`[sft]`, `[dpo]`, `[orpo]`, `[kto]`, `[reward]`,
+//! `[grpo]`, `[rloo]`, `[ppo]`: TRL's config names), which is what `llmtrain train` does for such a config.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};

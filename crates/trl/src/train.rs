@@ -70,6 +70,8 @@ pub struct TrlSummary {
     pub dropped_rows: u64,
     /// Where the reference came from, in words.
     pub reference: String,
+    /// What an item is, in words (empty: a preference pair).
+    pub items: &'static str,
 }
 
 /// Runs the trainer `config`'s section selects on backend `A` as one rank of `accelerator`'s world; `method` is
@@ -296,7 +298,12 @@ impl<A: AutodiffBackend> Run<'_, A> {
         // Rank 0 reports the held-out figures.
         let held_out = if trainer.accelerator().is_main_process() { items.eval.clone() } else { Vec::new() };
         let mut module = PolicyModule::new(objective, files).with_held_out(held_out);
-        let summary = TrlSummary { trainer: S::NAME, reference, ..Default::default() };
+        let noun = match S::NAME {
+            KtoSection::NAME => "rows",
+            GrpoSection::NAME | RlooSection::NAME => "completion slots (prompts × num_generations × num_iterations)",
+            _ => "pairs",
+        };
+        let summary = TrlSummary { trainer: S::NAME, reference, items: noun, ..Default::default() };
         let model_config = model.config.clone();
         let fitting = Fitting { items, item_tokens, shuffle, max_length, summary, validation };
         self.fit_items((trainer, &logging), &mut module, model, &model_config, fitting)
@@ -401,11 +408,13 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
         let held_out = if trainer.accelerator().is_main_process() { eval } else { Vec::new() };
         let pad = setup.pad_id;
-        let mut module =
-            Ppo::new(section.clone(), files, tokenizer.clone(), pad, reference, reward_model).with_held_out(held_out);
+        let mut module = Ppo::new(section.clone(), files, tokenizer.clone(), pad, reference, reward_model)
+            .with_stop_tokens(model.config.eos_token_ids.iter().copied())
+            .with_held_out(held_out);
         let model_config = model.config.clone();
         let net = SequenceClassifier { model, score: burn::module::Param::from_tensor(score) };
-        let summary = TrlSummary { trainer: PpoSection::NAME, reference: described, ..Default::default() };
+        let noun = "prompt slots (prompts × num_ppo_epochs)";
+        let summary = TrlSummary { trainer: PpoSection::NAME, reference: described, items: noun, ..Default::default() };
         let split = SplitItems { train, eval: Vec::new(), skipped: items.skipped, dropped: items.dropped };
         let max_length = 2 * section.response_length;
         let fitting = Fitting {
@@ -578,7 +587,8 @@ fn online<A: AutodiffBackend>(
         None => None,
     };
     let max_length = 2 * settings.max_completion_length;
-    let objective = Online::new(settings, Some(setup.tokenizer.clone()), setup.pad_id, reference, reward_model);
+    let objective = Online::new(settings, Some(setup.tokenizer.clone()), setup.pad_id, reference, reward_model)
+        .with_stop_tokens(setup.model.config.eos_token_ids.iter().copied());
     Ok(Built {
         objective,
         items: SplitItems { train, eval, skipped: items.skipped, dropped: items.dropped },

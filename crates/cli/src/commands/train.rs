@@ -347,20 +347,24 @@ fn report_causal_lm(summary: &llmtrain_lightning::TrainSummary, config: &RunConf
     }
 }
 
-/// A preference trainer's figures: its data, its reference and the held-out loss.
+/// A TRL trainer's figures: its data, its reference, the held-out loss and the held-out figures before and after.
 fn report_trl(summary: &llmtrain_trl::TrlSummary) {
     println!("trainer: [{}], reference: {}", summary.trainer, summary.reference);
-    println!("pairs: {} training, {} held out", summary.train_items, summary.eval_items);
+    let items = if summary.items.is_empty() { "pairs" } else { summary.items };
+    println!("{items}: {} training, {} held out", summary.train_items, summary.eval_items);
     if let Some(eval) = summary.fit.final_val_loss {
         println!("final eval loss: {eval:.4}");
     }
     let (start, end) = (&summary.fit.start_metrics, &summary.fit.end_metrics);
-    let pairs = end.get("held_out_pairs").and_then(serde_json::Value::as_u64).unwrap_or(0);
-    for (name, after) in end.iter().filter(|(name, _)| name.as_str() != "held_out_pairs") {
+    // The count the figures are over is logged as `held_out_<what>` (held_out_pairs, held_out_prompts).
+    let counted = end.iter().find(|(name, _)| name.starts_with("held_out_"));
+    let over = counted.map(|(name, n)| format!(" ({} {})", n.as_u64().unwrap_or(0), &name["held_out_".len()..]));
+    let over = over.unwrap_or_default();
+    for (name, after) in end.iter().filter(|(name, _)| !name.starts_with("held_out_")) {
         let after = after.as_f64().unwrap_or(f64::NAN);
         match start.get(name).and_then(serde_json::Value::as_f64) {
-            Some(before) => println!("held-out {name} ({pairs} pairs): {before:.3} before, {after:.3} after"),
-            None => println!("held-out {name} ({pairs} pairs): {after:.3}"),
+            Some(before) => println!("held-out {name}{over}: {before:.3} before, {after:.3} after"),
+            None => println!("held-out {name}{over}: {after:.3}"),
         }
     }
     if summary.dropped_rows > 0 {

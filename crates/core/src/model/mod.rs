@@ -282,9 +282,9 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// [`LlamaModel::forward_cached`] for left-padded rows: row `b`'s first `left_pad[b]` positions (counted from
-    /// the start of the cache) are padding that no position of the row attends to. Returns the logits of the
-    /// last new position only, `[batch, vocab]`: all a sampler needs. Positions count from the start of the
-    /// padded row; rotary embeddings depend only on distances, so a padded row decodes as it would alone.
+    /// the start of the cache) are padding that no position of the row attends to, and its positions count from
+    /// its first real token (transformers' `cumsum(attention_mask) - 1`), so a padded row decodes as it would
+    /// alone. Returns the logits of the last new position only, `[batch, vocab]`: all a sampler needs.
     pub fn forward_cached_padded(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -304,11 +304,21 @@ impl<B: Backend> LlamaModel<B> {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
         let past = cache.len();
-        let ids: Vec<u32> = (past as u32..(past + seq) as u32).collect();
-        let (cos, sin) = self.rotary.tables(&ids, 1, seq, &device);
+        let padded = left_pad.iter().any(|&p| p > 0);
+        let (cos, sin) = if padded {
+            let ids: Vec<u32> = (0..batch)
+                .flat_map(|b| {
+                    (past..past + seq).map(move |i| i.saturating_sub(left_pad.get(b).copied().unwrap_or(0)) as u32)
+                })
+                .collect();
+            self.rotary.tables(&ids, batch, seq, &device)
+        } else {
+            let ids: Vec<u32> = (past as u32..(past + seq) as u32).collect();
+            self.rotary.tables(&ids, 1, seq, &device)
+        };
         let (cos, sin) = (compute::to_dtype(cos, self.compute.dtype), compute::to_dtype(sin, self.compute.dtype));
         let window = self.config.sliding_window;
-        let mask = if left_pad.iter().any(|&p| p > 0) {
+        let mask = if padded {
             Some(packing::padded_cache_mask::<B>(left_pad, batch, seq, past, window, &device))
         } else {
             packing::window_mask::<B>(seq, past + seq, window, &device)

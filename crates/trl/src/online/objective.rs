@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::chat::Message;
+use llmtrain_core::data::Content;
 use llmtrain_core::generate::{SamplingConfig, generate_batch};
 use llmtrain_core::model::{LlamaModel, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
@@ -85,6 +87,16 @@ impl<B: Backend> Online<B> {
         }
     }
 
+    /// Also stops sampling at `ids` (a model's `eos_token_id` list, as transformers' generation config).
+    pub fn with_stop_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        for id in ids {
+            if !self.stop_tokens.contains(&id) {
+                self.stop_tokens.push(id);
+            }
+        }
+        self
+    }
+
     /// Where the last sampling step's time went on this rank.
     pub fn timings(&self) -> RolloutTimings {
         self.timings
@@ -95,32 +107,53 @@ impl<B: Backend> Online<B> {
         matches!(self.settings.algorithm, Algorithm::Rloo { .. }) || self.settings.num_iterations > 1
     }
 
-    /// Every reward of each completion (functions, then the model), in the spec's order.
-    fn rewards(&self, slots: &[&Slot], completions: &[Vec<u32>], device: &B::Device) -> Result<Vec<Vec<f64>>> {
+    /// Every reward of each completion (functions, then the model), in the spec's order; the reward model scores
+    /// `chunk` sequences at a time.
+    fn rewards(
+        &self,
+        slots: &[&Slot],
+        completions: &[Vec<u32>],
+        chunk: usize,
+        device: &B::Device,
+    ) -> Result<Vec<Vec<f64>>> {
         let spec = &self.settings.rewards;
-        let mut rewards: Vec<Vec<f64>> = Vec::with_capacity(slots.len());
-        for (slot, completion) in slots.iter().zip(completions) {
-            let text = match (&self.tokenizer, spec.functions.is_empty()) {
-                (_, true) => String::new(),
-                (Some(tokenizer), false) => {
-                    tokenizer.decode(completion, true).map_err(|e| LightningError::Invalid(e.to_string()))?
-                }
-                (None, false) => {
-                    return Err(LightningError::Invalid(
-                        "reward functions need a tokenizer to read completions".into(),
-                    ));
-                }
-            };
-            rewards
-                .push(spec.functions.iter().map(|f| f.score(&text, completion.len(), &slot.prompt.columns)).collect());
-        }
+        let invalid = |e: llmtrain_core::CoreError| LightningError::Invalid(e.to_string());
+        let texts: Vec<String> = match &self.tokenizer {
+            Some(tokenizer) => {
+                completions.iter().map(|c| tokenizer.decode(c, true).map_err(invalid)).collect::<Result<_>>()?
+            }
+            None if spec.functions.is_empty() => vec![String::new(); completions.len()],
+            None => {
+                return Err(LightningError::Invalid("reward functions need a tokenizer to read completions".into()));
+            }
+        };
+        let mut rewards: Vec<Vec<f64>> = slots
+            .iter()
+            .zip(completions.iter().zip(&texts))
+            .map(|(slot, (completion, text))| {
+                spec.functions.iter().map(|f| f.score(text, completion.len(), &slot.prompt.columns)).collect()
+            })
+            .collect();
         if let Some(model) = &self.reward_model {
-            let sequences: Vec<Vec<u32>> =
-                slots.iter().zip(completions).map(|(s, c)| [s.prompt.ids.as_slice(), c].concat()).collect();
+            // As TRL: the prompt's text and the completion's (special tokens dropped), re-tokenized without special
+            // tokens (a conversation rendered with the completion as the assistant's turn); without a tokenizer,
+            // the ids themselves.
+            let sequences: Vec<Vec<u32>> = match &self.tokenizer {
+                Some(tokenizer) => slots
+                    .iter()
+                    .zip(&texts)
+                    .map(|(slot, text)| reward_input(tokenizer, &slot.prompt.content, text).map_err(invalid))
+                    .collect::<Result<_>>()?,
+                None => slots.iter().zip(completions).map(|(s, c)| [s.prompt.ids.as_slice(), c].concat()).collect(),
+            };
             let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
-            let scores = model.score_sequences(&refs, self.pad_id, device).into_data().convert::<f64>();
-            for (row, score) in rewards.iter_mut().zip(scores.as_slice::<f64>().unwrap_or_default()) {
-                row.push(*score);
+            let mut scores = Vec::with_capacity(refs.len());
+            for part in refs.chunks(chunk.max(1)) {
+                let data = model.score_sequences(part, self.pad_id, device).into_data().convert::<f64>();
+                scores.extend_from_slice(data.as_slice::<f64>().unwrap_or_default());
+            }
+            for (row, score) in rewards.iter_mut().zip(scores) {
+                row.push(score);
             }
         }
         Ok(rewards)
@@ -184,10 +217,14 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         let started = Instant::now();
         let completions = generate_batch(&policy, &prompts, &sampling, &seeds, self.pad_id, device);
         let generated = Instant::now();
-        let truncated: Vec<bool> =
-            completions.iter().map(|c| !c.last().is_some_and(|t| self.stop_tokens.contains(t))).collect();
-        let rewards = self.rewards(&slots, &completions, device)?;
+        // As TRL: a completion that ends in neither a stop token nor padding was cut at max_completion_length.
+        let truncated: Vec<bool> = completions
+            .iter()
+            .map(|c| !c.last().is_some_and(|t| self.stop_tokens.contains(t) || *t == self.pad_id))
+            .collect();
         let chunk = micro.first().map_or(1, Vec::len);
+        // A rank that cannot score fails with the others at the next collective instead of leaving them waiting.
+        let rewards = self.rewards(&slots, &completions, chunk, device);
         let old = self.needs_old_logps().then(|| self.logps_of(&policy, &slots, &completions, chunk, device));
         let reference = (self.settings.beta != 0.0).then(|| self.reference_model(&policy)).flatten();
         let reference = reference.map(|model| self.logps_of(&model, &slots, &completions, chunk, device));
@@ -201,7 +238,15 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         // The step's table over all ranks: every rank fills its own block and the sum assembles it.
         let names = self.settings.rewards.names();
         let width = FIXED_COLUMNS + names.len();
-        let sizes = ctx.sum_over_ranks(&[local as f64, (local * local) as f64])?;
+        let failed = f64::from(u8::from(rewards.is_err()));
+        let sizes = ctx.sum_over_ranks(&[local as f64, (local * local) as f64, failed])?;
+        let rewards = match rewards {
+            Err(err) => return Err(err),
+            Ok(_) if sizes[2] > 0.0 => {
+                return Err(LightningError::Invalid("another rank could not score its completions".into()));
+            }
+            Ok(rewards) => rewards,
+        };
         if sizes[0] * sizes[0] != sizes[1] * world as f64 {
             return Err(LightningError::Invalid(format!(
                 "the ranks drew different numbers of completions this step (this rank {local}, all {})",
@@ -311,7 +356,8 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
             let share = f64::from(u8::from(ctx.rank == 0));
             ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value * share, share)));
         }
-        let weight = Objective::<A>::batch_weight(self, batch).max(f64::MIN_POSITIVE);
+        // TRL's clamp(min=1): a micro-batch with no counted token contributes 0, not 0/0.
+        let weight = Objective::<A>::batch_weight(self, batch).max(1.0);
         Ok(Scored { loss: sums.loss.div_scalar(weight), metrics: Vec::new(), ratios })
     }
 
@@ -357,7 +403,7 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
             let slots: Vec<&Slot> = chunk.iter().collect();
             let prompts: Vec<&[u32]> = slots.iter().map(|s| s.prompt.ids.as_slice()).collect();
             let completions = generate_batch(net, &prompts, &greedy, &vec![0; prompts.len()], self.pad_id, device);
-            for rewards in self.rewards(&slots, &completions, device)? {
+            for rewards in self.rewards(&slots, &completions, slots.len(), device)? {
                 total += self.settings.rewards.combine(&rewards);
                 per_reward.iter_mut().zip(&rewards).for_each(|(sum, r)| *sum += r);
             }
@@ -408,4 +454,18 @@ fn reward_metric(name: &str, std: bool) -> &'static str {
         (_, false) => "rewards/reward_model/mean",
         (_, true) => "rewards/reward_model/std",
     }
+}
+
+/// The reward model's input for one completion, as TRL builds it: the prompt's text followed by the completion's,
+/// or the conversation rendered with the completion as the assistant's turn, tokenized without special tokens.
+fn reward_input(tokenizer: &TextTokenizer, prompt: &Content, completion: &str) -> llmtrain_core::Result<Vec<u32>> {
+    let text = match prompt {
+        Content::Text(prompt) => format!("{prompt}{completion}"),
+        Content::Chat(messages) => {
+            let mut messages = messages.clone();
+            messages.push(Message { role: "assistant".into(), content: completion.to_string() });
+            tokenizer.apply_chat_template(&messages, false)?
+        }
+    };
+    tokenizer.encode_with(&text, false)
 }

@@ -16,6 +16,8 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
     pub ids: Vec<u32>,
+    /// The prompt as the row gave it (a reward model reads it with the completion).
+    pub content: Content,
     pub columns: Map<String, Value>,
 }
 
@@ -38,7 +40,7 @@ pub fn prompt_from_row(tokenizer: &TextTokenizer, row: &Row) -> std::result::Res
     if ids.is_empty() {
         return Err("field `prompt`: tokenizes to no token".into());
     }
-    Ok(Some(Prompt { ids, columns: extra.clone() }))
+    Ok(Some(Prompt { ids, content: prompt.clone(), columns: extra.clone() }))
 }
 
 /// A completion slot: a prompt, the group it samples for (every slot of a group shares the prompt), and, once
@@ -173,9 +175,13 @@ pub fn completion_logps<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> CompletionLogps<B> {
-    let batch = CompletionRows::new(rows, 0, pad_id, device);
-    let hidden = model.hidden_states(batch.tokens.clone(), None);
-    batch.token_logps(model.logits(hidden), temperature)
+    logps_in(model, &CompletionRows::new(rows, 0, pad_id, device), temperature)
+}
+
+/// [`completion_logps`] over a batch already laid out (say, wider than its longest completion).
+pub fn logps_in<B: Backend>(model: &LlamaModel<B>, rows: &CompletionRows<B>, temperature: f64) -> CompletionLogps<B> {
+    let hidden = model.hidden_states(rows.tokens.clone(), None);
+    rows.token_logps(model.logits(hidden), temperature)
 }
 
 /// `[rows, width]`: 1 for the first `counted` positions of each row, else 0.

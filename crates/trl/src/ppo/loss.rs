@@ -43,7 +43,10 @@ impl PpoLoss {
     pub fn loss<B: Backend>(&self, batch: PpoBatch<B>) -> PpoLossParts<B> {
         let PpoBatch { new_logprobs, old_logprobs, advantages, returns, old_values, values, token_mask, value_mask } =
             batch;
-        let masked_mean = |x: Tensor<B, 2>, mask: &Tensor<B, 2>| (x * mask.clone()).sum() / mask.clone().sum();
+        // TRL divides by the mask's sum as is; a micro-batch without a response token would make 0/0 and poison the
+        // step, so it contributes 0 here instead.
+        let masked_mean =
+            |x: Tensor<B, 2>, mask: &Tensor<B, 2>| (x * mask.clone()).sum() / mask.clone().sum().clamp_min(1.0);
         let scalar = |t: Tensor<B, 1>| t.into_scalar().elem::<f64>();
 
         let clipped_values = values

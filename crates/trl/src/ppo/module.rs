@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use super::loss::{PpoBatch, PpoLoss};
 use super::section::PpoSection;
 use super::targets::{INVALID_LOGPROB, RolloutBatch, TargetSettings};
-use crate::online::rollout::{CompletionRows, Slot, completion_logps, host_rows, reuses, slot_seeds};
+use crate::online::rollout::{CompletionRows, Slot, host_rows, logps_in, reuses, slot_seeds};
 use crate::reference::{Reference, without_adapters};
 
 /// One sampled response with what PPO trains it toward, each `width` (the rollout batch's) positions long.
@@ -53,6 +53,8 @@ pub struct Ppo<'a, A: AutodiffBackend> {
     files: CausalLm<'a, A>,
     tokenizer: TextTokenizer,
     eos: Option<u32>,
+    /// Sampling stops after these: the tokenizer's EOS and the model's `eos_token_id`s.
+    stop_tokens: Vec<u32>,
     pad_id: u32,
     reference: Reference<A::InnerBackend>,
     reward_model: SequenceClassifier<A::InnerBackend>,
@@ -78,6 +80,7 @@ impl<'a, A: AutodiffBackend> Ppo<'a, A> {
         };
         let eos = tokenizer.eos_token_id();
         Self {
+            stop_tokens: eos.into_iter().collect(),
             section,
             loss,
             files,
@@ -90,6 +93,16 @@ impl<'a, A: AutodiffBackend> Ppo<'a, A> {
             step_figures: Vec::new(),
             sampled: Vec::new(),
         }
+    }
+
+    /// Also stops sampling at `ids` (a model's `eos_token_id` list, as transformers' generation config).
+    pub fn with_stop_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        for id in ids {
+            if !self.stop_tokens.contains(&id) {
+                self.stop_tokens.push(id);
+            }
+        }
+        self
     }
 
     /// Reports greedy responses to `items` before the first step and after the last: their mean score, and
@@ -106,7 +119,7 @@ impl<'a, A: AutodiffBackend> Ppo<'a, A> {
             top_p: 1.0,
             seed: 0,
             max_new_tokens: self.section.response_length,
-            stop_tokens: self.eos.into_iter().collect(),
+            stop_tokens: self.stop_tokens.clone(),
         }
     }
 
@@ -176,22 +189,28 @@ impl<A: AutodiffBackend> LightningModule<A> for Ppo<'_, A> {
         let width = responses.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let rows: Vec<(&[u32], &[u32])> =
             slots.iter().zip(&responses).map(|(s, r)| (s.prompt.ids.as_slice(), r.as_slice())).collect();
-        let layout = CompletionRows::new(&rows, width, self.pad_id, device);
-        let (logps, values, _) = policy_and_values(&policy, &layout, self.section.temperature);
-        let reference = match &self.reference {
-            Reference::Model(model) => completion_logps(model, &rows, self.section.temperature, self.pad_id, device),
-            _ => completion_logps(
-                &without_adapters(policy.model.clone()),
-                &rows,
-                self.section.temperature,
-                self.pad_id,
-                device,
-            ),
+        let adapters_off = match &self.reference {
+            Reference::Model(_) => None,
+            _ => Some(without_adapters(policy.model.clone())),
         };
-        let full = vec![width; rows.len()];
-        let (logps, values) = (host_rows(logps, &full), host_rows(values, &full));
-        let ref_logps = host_rows(reference.logps, &full);
-        let mut scores = self.scores(&slots, &responses, device);
+        let reference = match &self.reference {
+            Reference::Model(model) => model.as_ref(),
+            _ => adapters_off.as_ref().unwrap_or(&policy.model),
+        };
+        // One micro-batch's worth of rows at a time, each laid out the rollout batch's width.
+        let (mut logps, mut values, mut ref_logps, mut scores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let chunk = micro.first().map_or(1, Vec::len).max(1);
+        for (part, (part_slots, part_responses)) in
+            rows.chunks(chunk).zip(slots.chunks(chunk).zip(responses.chunks(chunk)))
+        {
+            let layout = CompletionRows::new(part, width, self.pad_id, device);
+            let full = vec![width; part.len()];
+            let (part_logps, part_values, _) = policy_and_values(&policy, &layout, self.section.temperature);
+            logps.extend(host_rows(part_logps, &full));
+            values.extend(host_rows(part_values, &full));
+            ref_logps.extend(host_rows(logps_in(reference, &layout, self.section.temperature).logps, &full));
+            scores.extend(self.scores(part_slots, part_responses, device));
+        }
         let last: Vec<i64> = responses.iter().map(|r| self.last_token(r)).collect();
         let eos_count = responses.iter().flatten().filter(|&&t| Some(t) == self.eos).count();
         if let Some(penalty) = self.section.missing_eos_penalty {
@@ -235,14 +254,15 @@ impl<A: AutodiffBackend> LightningModule<A> for Ppo<'_, A> {
         let entropy = -batch.logprobs.iter().map(|&l| f64::from(l)).sum::<f64>() / n;
         let score = scores.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
         let world = ctx.world_size() as f64;
-        let figures = ctx.sum_over_ranks(&[kl, entropy, non_score, non_score + score, score, eos_count as f64])?;
+        let figures = ctx.sum_over_ranks(&[kl, entropy, non_score, non_score + score, score])?;
         self.step_figures = vec![
             ("objective/kl", figures[0] / world),
             ("objective/entropy", figures[1] / world),
             ("objective/non_score_reward", figures[2] / world),
             ("objective/rlhf_reward", figures[3] / world),
             ("objective/scores", figures[4] / world),
-            ("val/num_eos_tokens", figures[5]),
+            // TRL counts rank 0's (the rank that logs).
+            ("val/num_eos_tokens", eos_count as f64),
         ];
         let row = |values: &[f64], i: usize| -> Vec<f32> {
             values[i * width..(i + 1) * width].iter().map(|&v| v as f32).collect()
