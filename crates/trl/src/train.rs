@@ -406,7 +406,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
             self.device,
         );
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
-        let held_out = if trainer.accelerator().is_main_process() { eval } else { Vec::new() };
+        let held_out = if trainer.accelerator().is_main_process() { eval.clone() } else { Vec::new() };
         let pad = setup.pad_id;
         let mut module = Ppo::new(section.clone(), files, tokenizer.clone(), pad, reference, reward_model)
             .with_stop_tokens(model.config.eos_token_ids.iter().copied())
@@ -415,7 +415,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let net = SequenceClassifier { model, score: burn::module::Param::from_tensor(score) };
         let noun = "prompt slots (prompts × num_ppo_epochs)";
         let summary = TrlSummary { trainer: PpoSection::NAME, reference: described, items: noun, ..Default::default() };
-        let split = SplitItems { train, eval: Vec::new(), skipped: items.skipped, dropped: items.dropped };
+        let split = SplitItems { train, eval, skipped: items.skipped, dropped: items.dropped };
         let max_length = 2 * section.response_length;
         let fitting = Fitting {
             items: split,
