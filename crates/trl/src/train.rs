@@ -120,7 +120,27 @@ struct Setup<'s, A: AutodiffBackend> {
     device: &'s A::Device,
 }
 
-impl<A: AutodiffBackend> Setup<'_, A> {
+impl<'s, A: AutodiffBackend> Setup<'s, A> {
+    fn new(
+        config: &'s RunConfig,
+        accelerator: &Accelerator<A>,
+        tokenizer: &'s TextTokenizer,
+        model: &'s LlamaModel<A>,
+        compute: Compute,
+        device: &'s A::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            config,
+            tokenizer,
+            model,
+            compute,
+            pad_id: pad_id(tokenizer)?,
+            world: accelerator.world_size(),
+            accumulation: accelerator.config().gradient_accumulation_steps,
+            device,
+        })
+    }
+
     /// `[data] files` converted by `convert` and split.
     fn items<T>(&self, convert: impl FnMut(&Row) -> Converted<T>) -> Result<SplitItems<T>> {
         let data = &self.config.data;
@@ -282,16 +302,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let config = &self.config;
         let (tokenizer, model, hf_config) =
             run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
-        let setup = Setup {
-            config,
-            tokenizer: &tokenizer,
-            model: &model,
-            compute,
-            pad_id: pad_id(&tokenizer)?,
-            world: trainer.accelerator().world_size(),
-            accumulation: trainer.accelerator().config().gradient_accumulation_steps,
-            device: self.device,
-        };
+        let setup = Setup::new(config, trainer.accelerator(), &tokenizer, &model, compute, self.device)?;
         let Built { objective, items, item_tokens, max_length, reference, shuffle, validation } =
             build(section, &setup)?;
         let files = CausalLm::new(self.method, compute, self.device.clone()).with_files(hf_config, tokenizer.clone());
@@ -378,16 +389,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
         let config = &self.config;
         let (tokenizer, model, hf_config) =
             run::tokenizer_and_model(config, self.method, trainer.accelerator(), self.device)?;
-        let setup = Setup {
-            config,
-            tokenizer: &tokenizer,
-            model: &model,
-            compute,
-            pad_id: pad_id(&tokenizer)?,
-            world: trainer.accelerator().world_size(),
-            accumulation: trainer.accelerator().config().gradient_accumulation_steps,
-            device: self.device,
-        };
+        let setup = Setup::new(config, trainer.accelerator(), &tokenizer, &model, compute, self.device)?;
         let per_step = config.data.batch_size * setup.accumulation * setup.world;
         let items = setup.items(|row| prompt_from_row(setup.tokenizer, row))?;
         let (train, eval) = slots(items.train, items.eval, per_step, 1, section.num_ppo_epochs, config)?;
