@@ -18,7 +18,10 @@ use serde_json::{Map, Value, json};
 
 use super::advantages::{Advantages, grpo_advantages, mean, rloo_advantages, std};
 use super::loss::{OnlineLoss, RolloutLogps};
-use super::rollout::{Rollout, Slot, completion_logps, completion_mask, host_rows, padded_rows, reuses, slot_seeds};
+use super::rollout::{
+    Rollout, Slot, add_stop_tokens, completion_logps, completion_mask, host_rows, padded_rows, reuses, slot_seeds,
+    step_figure_ratios,
+};
 use super::section::{Algorithm, OnlineSettings};
 use crate::policy::{Objective, Scored};
 use crate::reference::{Reference, without_adapters};
@@ -89,11 +92,7 @@ impl<B: Backend> Online<B> {
 
     /// Also stops sampling at `ids` (a model's `eos_token_id` list, as transformers' generation config).
     pub fn with_stop_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
-        for id in ids {
-            if !self.stop_tokens.contains(&id) {
-                self.stop_tokens.push(id);
-            }
-        }
+        add_stop_tokens(&mut self.stop_tokens, ids);
         self
     }
 
@@ -350,12 +349,7 @@ impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
         if let Some(kl) = sums.kl {
             ratios.push(("kl", kl, tokens));
         }
-        // The step's figures are the same on every rank: rank 0's first micro-batch reports them, the other ranks
-        // name them empty (the Trainer reduces the same list of ratios from every rank).
-        if ctx.micro_batch == 0 {
-            let share = f64::from(u8::from(ctx.rank == 0));
-            ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value * share, share)));
-        }
+        ratios.extend(step_figure_ratios(&self.step_figures, ctx.rank, ctx.micro_batch));
         // TRL's clamp(min=1): a micro-batch with no counted token contributes 0, not 0/0.
         let weight = Objective::<A>::batch_weight(self, batch).max(1.0);
         Ok(Scored { loss: sums.loss.div_scalar(weight), metrics: Vec::new(), ratios })

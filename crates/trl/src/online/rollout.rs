@@ -209,3 +209,24 @@ pub fn host_rows<B: Backend>(values: Tensor<B, 2>, lengths: &[usize]) -> Vec<Vec
     let flat = data.as_slice::<f32>().unwrap_or_default();
     lengths.iter().enumerate().map(|(i, &n)| flat.get(i * width..i * width + n).unwrap_or_default().to_vec()).collect()
 }
+
+/// Adds `ids` to `stop_tokens` (a model's `eos_token_id` list beside the tokenizer's EOS), each once.
+pub fn add_stop_tokens(stop_tokens: &mut Vec<u32>, ids: impl IntoIterator<Item = u32>) {
+    for id in ids {
+        if !stop_tokens.contains(&id) {
+            stop_tokens.push(id);
+        }
+    }
+}
+
+/// A sampling step's figures as the ratios a micro-batch reports: they are the same on every rank, so rank 0's
+/// first micro-batch counts them and the other ranks name them empty (the Trainer reduces the same list of
+/// ratios from every rank); later micro-batches report none.
+pub fn step_figure_ratios<'f>(
+    figures: &'f [(&'static str, f64)],
+    rank: usize,
+    micro_batch: usize,
+) -> impl Iterator<Item = (&'static str, f64, f64)> + 'f {
+    let share = f64::from(u8::from(rank == 0));
+    figures.iter().filter(move |_| micro_batch == 0).map(move |&(name, value)| (name, value * share, share))
+}

@@ -22,7 +22,9 @@ use serde_json::{Map, Value, json};
 use super::loss::{PpoBatch, PpoLoss};
 use super::section::PpoSection;
 use super::targets::{INVALID_LOGPROB, RolloutBatch, TargetSettings};
-use crate::online::rollout::{CompletionRows, Slot, host_rows, logps_in, reuses, slot_seeds};
+use crate::online::rollout::{
+    CompletionRows, Slot, add_stop_tokens, host_rows, logps_in, reuses, slot_seeds, step_figure_ratios,
+};
 use crate::reference::{Reference, without_adapters};
 
 /// One sampled response with what PPO trains it toward, each `width` (the rollout batch's) positions long.
@@ -97,11 +99,7 @@ impl<'a, A: AutodiffBackend> Ppo<'a, A> {
 
     /// Also stops sampling at `ids` (a model's `eos_token_id` list, as transformers' generation config).
     pub fn with_stop_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
-        for id in ids {
-            if !self.stop_tokens.contains(&id) {
-                self.stop_tokens.push(id);
-            }
-        }
+        add_stop_tokens(&mut self.stop_tokens, ids);
         self
     }
 
@@ -340,10 +338,7 @@ impl<A: AutodiffBackend> LightningModule<A> for Ppo<'_, A> {
             ("val/ratio", parts.ratio, 1.0),
             ("entropy", entropy, tokens),
         ];
-        if ctx.micro_batch == 0 {
-            let share = f64::from(u8::from(ctx.rank == 0));
-            ratios.extend(self.step_figures.iter().map(|&(name, value)| (name, value * share, share)));
-        }
+        ratios.extend(step_figure_ratios(&self.step_figures, ctx.rank, ctx.micro_batch));
         Ok(StepOutput { loss: parts.loss, metrics: Vec::new(), ratios, deferred: None })
     }
 
