@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     llmtrain_core::interrupt::install();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => backend::dispatch!(cli.device, train, &args),
+        Command::Train(args) => commands::train::start(&args, cli.device),
         Command::Logits(args) => backend::dispatch!(cli.device, logits, &args),
         Command::Generate(args) => backend::dispatch!(cli.device, generate, &args),
         Command::Score(args) => backend::dispatch!(cli.device, score, &args),

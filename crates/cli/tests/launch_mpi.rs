@@ -1,10 +1,12 @@
 //! `llmtrain launch --launcher mpirun` end to end (built with `--features mpi`; CI runs it with
 //! `cargo test --workspace --features llmtrain-cli/mpi --test launch_mpi`): 2 and 4 MPI ranks follow the single-process run
-//! with the same global batch within 1e-5, and a missing mpirun is one clear error.
+//! with the same global batch within 1e-5, and a missing mpirun is one clear error; `raytrain_mpi` covers the
+//! `[scaling]` driver's restarts under mpirun.
 #![cfg(feature = "mpi")]
 
 mod common;
 mod launch_common;
+mod raytrain_mpi;
 
 use common::assert_one_line_error;
 use launch_common::{Job, assert_follows_single_process};

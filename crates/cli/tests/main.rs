@@ -13,6 +13,7 @@ mod launch;
 mod lora;
 mod messages;
 mod online;
+mod raytrain;
 mod shipped_configs;
 mod train;
 mod trl;

@@ -246,9 +246,22 @@ impl<N> DataModule<N> for LoaderData<'_> {
     }
 
     fn seek(&mut self, position: &Value) -> Result<()> {
-        let position: DataPosition = serde_json::from_value(position.clone())
-            .map_err(|e| LightningError::Invalid(format!("trainer_state.json: data_position: {e}")))?;
-        Ok(self.train.seek(position)?)
+        Ok(self.train.seek(data_position(position)?)?)
+    }
+
+    /// The loader counts this rank's batches, each one of a group of one batch per rank: the groups of the saved
+    /// size read so far, in groups of this run's size.
+    fn rescale_position(&self, position: &Value, saved_rows: u64, rows: u64) -> Result<Value> {
+        let mut position = data_position(position)?;
+        let read = position.batch_in_epoch.checked_mul(saved_rows).filter(|read| rows > 0 && read % rows == 0);
+        position.batch_in_epoch = read.map(|read| read / rows).ok_or_else(|| {
+            LightningError::Invalid(format!(
+                "trainer_state.json: data_position: {} batches of {saved_rows} rows over all ranks are not a whole \
+                 number of this run's {rows}-row batches",
+                position.batch_in_epoch
+            ))
+        })?;
+        Ok(serde_json::to_value(position).unwrap_or(Value::Null))
     }
 
     fn epoch(&self) -> u64 {
@@ -367,4 +380,10 @@ pub fn train_with<A: AutodiffBackend>(
         summary.unigram_entropy = unigram_entropy(&single_options, &tokenizer)?;
     }
     Ok(summary)
+}
+
+/// A saved loader position.
+fn data_position(position: &Value) -> Result<DataPosition> {
+    serde_json::from_value(position.clone())
+        .map_err(|e| LightningError::Invalid(format!("trainer_state.json: data_position: {e}")))
 }

@@ -19,6 +19,13 @@ pub trait DataModule<N> {
     /// Continues the training stream from a saved [`position`](Self::position).
     fn seek(&mut self, position: &Value) -> Result<()>;
 
+    /// A position saved by a run that read `saved_rows` rows per micro-batch over all its ranks, as this run, which
+    /// reads `rows`, counts it (an elastic restart with fewer ranks and more accumulation). By default unchanged:
+    /// right for a source whose position counts items over all ranks.
+    fn rescale_position(&self, position: &Value, _saved_rows: u64, _rows: u64) -> Result<Value> {
+        Ok(position.clone())
+    }
+
     /// The epoch the training stream is in (logged).
     fn epoch(&self) -> u64 {
         0

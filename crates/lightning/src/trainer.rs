@@ -332,7 +332,14 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             // Under ZeRO stage 3 the loaded weights are whole for the moment: each rank takes its shares of them.
             net = module.configure_net(self.accelerator.shard_model(module.load_checkpoint(net, dir)?)?);
             check_optimizer_names(&optimizer, &paths, dir)?;
-            data.seek(&state.data_position)?;
+            // An elastic restart may read the same global batch with fewer ranks and more accumulation.
+            let position = match (state.global_batch, self.global_batch()) {
+                (Some(saved), Some(rows)) if saved != rows => {
+                    data.rescale_position(&state.data_position, saved, rows)?
+                }
+                _ => state.data_position.clone(),
+            };
+            data.seek(&position)?;
             module.on_load_checkpoint(&state.module)?;
             for callback in self.callbacks_mut() {
                 if let Some(saved) = state.callbacks.get(callback.name()) {
@@ -586,6 +593,7 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             seed: self.settings.seed,
             world_size: 1,
             global_batch: self.global_batch(),
+            gradient_accumulation_steps: Some(self.accelerator.config().gradient_accumulation_steps),
             loss_scaler: None,
             files: Default::default(),
             callbacks: callbacks

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod driver;
 pub mod estimate_memory;
 pub mod generate;
 pub mod launch;

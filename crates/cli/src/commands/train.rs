@@ -38,6 +38,9 @@ pub const ROLE_SECTIONS: &[&str] = &[
     <llmtrain_trl::online::RlooSection as llmtrain_core::config::ConfigSection>::NAME,
     <llmtrain_trl::ppo::PpoSection as llmtrain_core::config::ConfigSection>::NAME,
     <ZeroSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_raytrain::ScalingSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_raytrain::RunSection as llmtrain_core::config::ConfigSection>::NAME,
+    <llmtrain_raytrain::FailureSection as llmtrain_core::config::ConfigSection>::NAME,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -70,6 +73,68 @@ pub struct Args {
     /// takes; overrides `[training] deepspeed`.
     #[arg(long, value_name = "FILE")]
     pub deepspeed: Option<PathBuf>,
+    /// Micro-batches per optimizer step on each rank; overrides `[training] gradient_accumulation_steps`.
+    #[arg(long, value_name = "N")]
+    pub gradient_accumulation_steps: Option<usize>,
+    /// Run as a worker of a `[scaling]` driver (which passes it): train, rather than start a driver.
+    #[arg(long, hide = true)]
+    pub raytrain_worker: bool,
+}
+
+impl Args {
+    /// The flags that give these arguments to another `llmtrain train` (a driver's worker), paths made absolute
+    /// so that a worker started in another directory finds them.
+    pub fn to_command_line(&self) -> Vec<String> {
+        let path = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string();
+        let mut line = vec!["--config".to_string(), path(&self.config)];
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                line.extend([format!("--{name}"), value]);
+            }
+        };
+        flag("model", self.model.as_ref().map(path));
+        flag("max-steps", self.max_steps.map(|n| n.to_string()));
+        flag("output-dir", self.output_dir.as_ref().map(path));
+        flag("mixed-precision", self.mixed_precision.map(|p| p.to_string()));
+        flag("deepspeed", self.deepspeed.as_ref().map(path));
+        flag("gradient-accumulation-steps", self.gradient_accumulation_steps.map(|n| n.to_string()));
+        flag(
+            "resume",
+            self.resume.as_ref().map(|from| match from {
+                ResumeFrom::Last => "last".to_string(),
+                ResumeFrom::Best => "best".to_string(),
+                ResumeFrom::Dir(dir) => path(dir),
+            }),
+        );
+        if self.overwrite {
+            line.push("--overwrite".into());
+        }
+        if self.raytrain_worker {
+            line.push("--raytrain-worker".into());
+        }
+        line
+    }
+}
+
+/// `llmtrain train`: the run itself, or, for a config with `[scaling]`, the driver that runs it as worker groups
+/// (not for a driver's worker, nor for a rank that mpirun/srun started).
+pub fn start(args: &Args, device: llmtrain_core::device::DeviceKind) -> Result<()> {
+    if !args.raytrain_worker && !launched_as_rank() {
+        let config = RunConfig::load(&args.config, ROLE_SECTIONS)?;
+        if let Some(scaling) = config.section::<llmtrain_raytrain::ScalingSection>()? {
+            return super::driver::start(args, &config, scaling, device);
+        }
+    }
+    crate::backend::dispatch!(device, train, args)
+}
+
+/// Whether this process is a rank mpirun or srun started.
+fn launched_as_rank() -> bool {
+    #[cfg(feature = "mpi")]
+    if llmtrain_core::dist::launched_by_mpi() {
+        return true;
+    }
+    false
 }
 
 pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
@@ -78,7 +143,7 @@ pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         let comm = llmtrain_core::dist::Mpi::init()?;
         let rank = comm.rank();
         // Ranks of one machine take its devices in turn (GPU k for local rank k; the CPU is one device).
-        let device = device_for_rank::<B>(device, local_rank_from_env());
+        let device = device_for_rank::<B>(device, llmtrain_raytrain::get_context().local_rank);
         // Every rank prints its own error: name the rank, as the in-process launcher does.
         let outcome =
             run_rank::<B>(args, &device, Box::new(comm)).map_err(|err| err.context(format!("rank {rank} failed")))?;
@@ -107,15 +172,6 @@ pub fn device_for_rank<B: Backend>(device: &B::Device, index: usize) -> B::Devic
     <B::Device as burn::tensor::backend::Device>::from_id(id)
 }
 
-/// This process's rank among the ranks of its machine, as Open MPI, Slurm or MPICH tell it.
-#[cfg(feature = "mpi")]
-fn local_rank_from_env() -> usize {
-    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Trains as the rank `comm` stands for; rank 0 prints the summary. Any error, from the config on, aborts the
 /// group first, so no other rank waits for this one. A run stopped by a signal returns how (every rank stops
 /// after the same step).
@@ -126,6 +182,17 @@ pub fn run_rank<B: Backend>(
 ) -> Result<Option<Interrupted>> {
     let world = comm.world_size();
     let prepared = RunConfig::load(&args.config, ROLE_SECTIONS).map_err(anyhow::Error::from).and_then(|mut config| {
+        if config.has_section("scaling") && !args.raytrain_worker {
+            anyhow::bail!(
+                "{}: [scaling] starts its own workers: run `llmtrain train --config {}` alone, not under launch, \
+                 mpirun or srun",
+                args.config.display(),
+                args.config.display()
+            );
+        }
+        if let Some(steps) = args.gradient_accumulation_steps {
+            config.training.gradient_accumulation_steps = steps;
+        }
         let mut memopt = config.section::<MemoptSection>()?.unwrap_or_default();
         let zero_section = config.section::<ZeroSection>()?;
         // A DeepSpeed config sets the batch, precision, optimizer, scheduler and ZeRO, as it does for DeepSpeed.

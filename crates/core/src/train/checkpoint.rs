@@ -49,6 +49,10 @@ pub struct TrainerState {
     /// number of ranks resumes from this checkpoint when it reads as many rows per micro-batch in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_batch: Option<u64>,
+    /// Micro-batches per optimizer step on each rank: a run of another number of ranks also resumes from this
+    /// checkpoint when it reads as many rows per optimizer step in all (an elastic restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_accumulation_steps: Option<usize>,
     /// fp16 runs: the loss scaler, so a resumed run continues at the same scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::train::LossScaler>,

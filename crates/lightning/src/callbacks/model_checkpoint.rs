@@ -18,15 +18,19 @@ use crate::error::{LightningError, Result};
 /// The key of this callback's state in `trainer_state.json`.
 const NAME: &str = "model_checkpoint";
 
-/// The `[model_checkpoint]` section, with Lightning's names. Unlike Lightning, `save_last` defaults to true: the
-/// newest checkpoint is what a killed run resumes from.
+/// The `[model_checkpoint]` section, with Lightning's names, or Ray Train's `CheckpointConfig` names
+/// (`num_to_keep`, `checkpoint_score_attribute`, `checkpoint_score_order`). Unlike Lightning, `save_last` defaults
+/// to true: the newest checkpoint is what a killed run resumes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelCheckpointSection {
     /// The metric that ranks checkpoints (`eval_loss`, or any metric the run logs); none: the newest rank best.
+    #[serde(alias = "checkpoint_score_attribute")]
     pub monitor: Option<String>,
+    #[serde(alias = "checkpoint_score_order")]
     pub mode: Mode,
     /// How many of the best checkpoints to keep; -1 keeps all.
+    #[serde(alias = "num_to_keep")]
     pub save_top_k: i64,
     /// Also keep the newest checkpoint, ranked or not.
     pub save_last: bool,
