@@ -253,7 +253,7 @@ impl<N> DataModule<N> for LoaderData<'_> {
     /// size read so far, in groups of this run's size.
     fn rescale_position(&self, position: &Value, saved_rows: u64, rows: u64) -> Result<Value> {
         let mut position = data_position(position)?;
-        let read = position.batch_in_epoch.checked_mul(saved_rows).filter(|read| rows > 0 && read % rows == 0);
+        let read = position.batch_in_epoch.checked_mul(saved_rows).filter(|read| rows > 0 && read.is_multiple_of(rows));
         position.batch_in_epoch = read.map(|read| read / rows).ok_or_else(|| {
             LightningError::Invalid(format!(
                 "trainer_state.json: data_position: {} batches of {saved_rows} rows over all ranks are not a whole \
