@@ -508,10 +508,12 @@ impl<A: AutodiffBackend> Accelerator<A> {
         global_batch: Option<u64>,
     ) -> Result<(AdamW<A::InnerBackend>, TrainerState)> {
         let state = verify_checkpoint(dir)?;
-        // Rows per optimizer step over all ranks: the same with fewer ranks accumulating more micro-batches.
-        let per_step = |rows: Option<u64>, accumulation: usize| rows.map(|rows| rows * accumulation as u64);
-        let same_step = per_step(global_batch, self.config.gradient_accumulation_steps)
-            == per_step(state.global_batch, state.gradient_accumulation_steps.unwrap_or(1));
+        // Rows per optimizer step over all ranks: the same with fewer ranks accumulating more micro-batches. A
+        // checkpoint that does not record its accumulation is held to the rows per micro-batch alone.
+        let per_step = |rows: Option<u64>, accumulation: Option<usize>| rows?.checked_mul(accumulation? as u64);
+        let saved_step = per_step(state.global_batch, state.gradient_accumulation_steps);
+        let same_step =
+            saved_step.is_some() && saved_step == per_step(global_batch, Some(self.config.gradient_accumulation_steps));
         let same_batch = global_batch.is_some() && (state.global_batch == global_batch || same_step);
         if state.world_size != self.world_size() && !same_batch {
             let (dir, saved, current) = (dir.to_path_buf(), state.world_size, self.world_size());

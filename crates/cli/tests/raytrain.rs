@@ -97,7 +97,7 @@ fn bad_scaling_settings_are_one_line_before_anything_starts() {
         "storage",
         "[scaling]\nnum_workers = 1\n\n[run]\nname = \"x\"\nstorage_path = \"a-file\"\n",
     );
-    assert_one_line_error(&train(&job, &storage, &[]), "[run] storage ");
+    assert_one_line_error(&train(&job, &storage, &[]), "a-file/x is not writable: ");
 
     let bad_key = with_sections(&job, "bad-key", "[scaling]\nnum_workers = 1\nmax_workers = 2\n");
     assert_one_line_error(&train(&job, &bad_key, &[]), "max_workers");

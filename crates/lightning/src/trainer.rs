@@ -334,9 +334,9 @@ impl<'a, A: AutodiffBackend> Trainer<'a, A> {
             check_optimizer_names(&optimizer, &paths, dir)?;
             // An elastic restart may read the same global batch with fewer ranks and more accumulation.
             let position = match (state.global_batch, self.global_batch()) {
-                (Some(saved), Some(rows)) if saved != rows => {
-                    data.rescale_position(&state.data_position, saved, rows)?
-                }
+                (Some(saved), Some(rows)) if saved != rows && state.world_size != self.accelerator.world_size() => data
+                    .rescale_position(&state.data_position, saved, rows)
+                    .map_err(|err| LightningError::Invalid(format!("--resume {}: {err}", dir.display())))?,
                 _ => state.data_position.clone(),
             };
             data.seek(&position)?;

@@ -1,5 +1,6 @@
-//! Ray's `get_context()`: where a worker sits in its group, from the launcher's environment (Open MPI, Slurm, or
-//! torch.distributed's names, which the driver also sets).
+//! Ray's `get_context()`: where a worker process sits in its group, from its launcher's environment (Open MPI's,
+//! Slurm's, PMI's or torch.distributed's names). Thread workers share one process: their place is their
+//! communicator's rank.
 
 /// A worker's place: its rank among all workers and on its machine, its machine's rank, and the group's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

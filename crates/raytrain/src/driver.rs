@@ -14,6 +14,7 @@ use llmtrain_core::train::checkpoint::latest_valid_checkpoint;
 use llmtrain_core::train::metrics::MetricsLog;
 use serde::{Deserialize, Serialize};
 
+use llmtrain_core::train::clear_previous_run;
 use llmtrain_lightning::loggers::RUN_OUTPUTS;
 
 use crate::config::{FailureSection, NumWorkers, ScalingSection};
@@ -24,6 +25,15 @@ use crate::result::{METRICS_FILE, RunResult, last_step};
 
 /// The driver's record of a run, in the run directory.
 pub const DRIVER_FILE: &str = "driver.json";
+
+/// The lock a driver holds on its run directory.
+pub const LOCK_FILE: &str = "driver.lock";
+
+/// Held while a driver runs its run (see [`Driver::lock`]).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
 
 /// How a group starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +86,10 @@ pub struct Restart {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DriverState {
     pub finished: bool,
+    /// The run started new under a driver (not resumed from elsewhere): with no checkpoint yet, a restart may
+    /// start it over.
+    #[serde(default)]
+    pub fresh: bool,
     pub restarts: Vec<Restart>,
 }
 
@@ -88,8 +102,15 @@ pub struct Driver {
     pub run_dir: PathBuf,
     /// `[training] gradient_accumulation_steps`: the accumulation of a group of the most workers.
     pub accumulation: usize,
-    /// Start over (`--overwrite`): an earlier driver's record of this run is disregarded and replaced.
+    /// Start over (`--overwrite`): the earlier run in the run directory, and the driver's record of it, are
+    /// deleted before the first group starts.
     pub overwrite: bool,
+    /// The command line asked to resume (`--resume`): without a checkpoint in the run directory, a restart asks
+    /// the same again instead of starting over.
+    pub resume_asked: bool,
+    /// An unfinished run an earlier driver left continues from its newest checkpoint (not when the command line
+    /// names the checkpoint to resume from).
+    pub continue_unfinished: bool,
 }
 
 impl Driver {
@@ -103,10 +124,10 @@ impl Driver {
     }
 
     /// Refuses, before anything starts, a run directory that holds a run no driver left unfinished, unless the
-    /// command line says what to do with it (`resume` or [`overwrite`](Self::overwrite)): a restart must not
-    /// continue a run the user did not ask to continue.
-    pub fn check_run_dir(&self, resume: bool) -> Result<()> {
-        if resume || self.overwrite {
+    /// command line says what to do with it (`--resume` or `--overwrite`): a restart must not continue a run the
+    /// user did not ask to continue.
+    pub fn check_run_dir(&self) -> Result<()> {
+        if self.resume_asked || self.overwrite {
             return Ok(());
         }
         let unfinished = self.state()?.is_some_and(|state| !state.finished);
@@ -120,11 +141,31 @@ impl Driver {
         Err(RayError::EarlierRun { dir: self.run_dir.clone(), contents: llmtrain_core::fsutil::shorten(&earlier, 4) })
     }
 
+    /// Takes the run directory for this driver (an exclusive `flock` on `driver.lock`), so that no second driver
+    /// runs the same run at once. The lock is inherited by the worker groups' launchers, so it is held until the
+    /// last of them is gone even if the driver is killed.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.run_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| llmtrain_core::error::CoreError::io(&path, e))?;
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock and fcntl on a descriptor this function owns.
+        let locked = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !locked {
+            return Err(RayError::Locked { path });
+        }
+        // SAFETY: as above; clearing close-on-exec lets the launchers inherit the lock.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        Ok(RunLock { _file: file })
+    }
+
     /// The record a driver left in the run directory, if any.
     pub fn state(&self) -> Result<Option<DriverState>> {
-        if self.overwrite {
-            return Ok(None);
-        }
         let path = self.run_dir.join(DRIVER_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -150,24 +191,33 @@ impl Driver {
     pub fn fit(&self, groups: &mut dyn WorkerGroups, log: &mut dyn FnMut(&str)) -> Result<RunResult> {
         let mut state = self.state()?.unwrap_or_default();
         let mut start = Start::AsAsked;
-        if !state.finished && self.run_dir.join(DRIVER_FILE).is_file() {
+        if self.overwrite {
+            // The earlier run goes before any group starts, so no restart can continue it.
+            clear_previous_run(&self.run_dir, RUN_OUTPUTS)?;
+            for file in [crate::result::RESULT_FILE, DRIVER_FILE] {
+                let _ = std::fs::remove_file(self.run_dir.join(file));
+            }
+            state = DriverState { fresh: true, ..DriverState::default() };
+        } else if self.continue_unfinished && !state.finished && self.run_dir.join(DRIVER_FILE).is_file() {
             // An earlier driver of this run stopped before it ended: continue it as a restart would.
-            start = self.restart_point()?.0;
+            start = self.restart_point(&state)?.0;
             if let Start::Resume(dir) = &start {
                 log(&format!("raytrain: continuing the run in {} from {}", self.run_dir.display(), dir.display()));
             }
+        } else {
+            // A new run (or one the command line says how to resume): only a new run may start over.
+            state = DriverState { fresh: !self.resume_asked, restarts: state.restarts, ..DriverState::default() };
         }
         state.finished = false;
-        if self.overwrite {
-            // The earlier run's result goes with it (the workers delete the rest of it).
-            let _ = std::fs::remove_file(self.run_dir.join(crate::result::RESULT_FILE));
-        }
         let started = Instant::now();
         let mut failed_at: Option<Instant> = None;
+        // This driver's restarts: what `max_failures` counts (the record keeps earlier drivers' too).
+        let mut restarts = 0;
+        let mut size = self.size_group()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (workers, accumulation, machines) = self.size_group()?;
+            let (workers, accumulation, machines) = size;
             let spec = GroupSpec { attempt, workers, machines, gradient_accumulation_steps: accumulation, start };
             self.save_state(&state)?;
             let resumed_step = match &spec.start {
@@ -188,43 +238,45 @@ impl Driver {
             if let (Some(watch), Some(restart)) = (first_step, state.restarts.last_mut()) {
                 restart.seconds_to_first_step = watch.stop();
             }
-            match exit? {
+            let failure = match exit? {
                 GroupExit::Finished => break,
                 GroupExit::Interrupted(signal) => {
                     self.save_state(&state)?;
                     return Ok(RunResult::interrupted(&self.run_dir, state.restarts, signal));
                 }
-                GroupExit::Failed(failure) => {
-                    failed_at = Some(Instant::now());
-                    if !self.failure.allows(state.restarts.len()) {
-                        self.save_state(&state)?;
-                        let err = RayError::WorkerFailed {
-                            failure,
-                            max_failures: self.failure.max_failures,
-                            restarts: state.restarts.len(),
-                        };
-                        RunResult::failed(&self.run_dir, state.restarts, &err.to_string(), started)?.write()?;
-                        return Err(err);
+                GroupExit::Failed(failure) => failure,
+            };
+            failed_at = Some(Instant::now());
+            // What the next group would be; a failure to find out ends the run like a failure with no restart left.
+            let next = self.restart_point(&state).and_then(|point| Ok((point, self.size_group()?)));
+            let (Ok(((next, from_step), next_size)), true) = (&next, self.failure.allows(restarts)) else {
+                let err = match next {
+                    Err(err) if self.failure.allows(restarts) => {
+                        RayError::Launch(format!("{failure}; no restart: {err}"))
                     }
-                    let (next, from_step) = self.restart_point()?;
-                    let (workers_next, accumulation_next, _) = self.size_group()?;
-                    log(&restart_line(&failure, &next, state.restarts.len() + 1, &self.failure, workers_next));
-                    state.restarts.push(Restart {
-                        worker_rank: failure.rank,
-                        node: failure.node.clone(),
-                        exit: failure.exit_text(),
-                        resumed_from: match &next {
-                            Start::Resume(dir) => Some(dir.clone()),
-                            _ => None,
-                        },
-                        resumed_step: from_step,
-                        workers: workers_next,
-                        gradient_accumulation_steps: accumulation_next,
-                        seconds_to_first_step: None,
-                    });
-                    start = next;
-                }
-            }
+                    _ => RayError::WorkerFailed { failure, max_failures: self.failure.max_failures, restarts },
+                };
+                self.save_state(&state)?;
+                RunResult::failed(&self.run_dir, state.restarts, &err.to_string(), started)?.write()?;
+                return Err(err);
+            };
+            restarts += 1;
+            let (next, from_step, next_size) = (next.clone(), *from_step, *next_size);
+            log(&restart_line(&failure, &next, restarts, &self.failure, next_size.0));
+            state.restarts.push(Restart {
+                worker_rank: failure.rank,
+                node: failure.node.clone(),
+                exit: failure.exit_text(),
+                resumed_from: match &next {
+                    Start::Resume(dir) => Some(dir.clone()),
+                    _ => None,
+                },
+                resumed_step: from_step,
+                workers: next_size.0,
+                gradient_accumulation_steps: next_size.1,
+                seconds_to_first_step: None,
+            });
+            (start, size) = (next, next_size);
         }
         state.finished = true;
         self.save_state(&state)?;
@@ -233,11 +285,13 @@ impl Driver {
         Ok(result)
     }
 
-    /// Where a new group continues: the newest intact checkpoint, or from the beginning when there is none.
-    fn restart_point(&self) -> Result<(Start, u64)> {
+    /// Where a new group continues: the newest intact checkpoint; else from the beginning for a run this driver
+    /// started new, or as the command line asked (its `--resume`) for one it did not.
+    fn restart_point(&self, state: &DriverState) -> Result<(Start, u64)> {
         Ok(match latest_valid_checkpoint(&self.run_dir)? {
-            Some((dir, state)) => (Start::Resume(dir), state.step),
-            None => (Start::Over, 0),
+            Some((dir, checkpoint)) => (Start::Resume(dir), checkpoint.step),
+            None if state.fresh => (Start::Over, 0),
+            None => (Start::AsAsked, 0),
         })
     }
 
@@ -260,7 +314,7 @@ pub fn group_size(
         let needed = asked.min();
         return Err(RayError::TooFewSlots { asked, needed, slots: most, place: slots.describe() });
     }
-    let micro_batches = asked.max() * accumulation.max(1);
+    let micro_batches = asked.max().saturating_mul(accumulation.max(1));
     (asked.min()..=most)
         .rev()
         .find(|workers| micro_batches.is_multiple_of(*workers))
@@ -349,6 +403,8 @@ mod tests {
             run_dir: dir.to_path_buf(),
             accumulation: 1,
             overwrite: false,
+            resume_asked: false,
+            continue_unfinished: true,
         }
     }
 
@@ -385,7 +441,7 @@ mod tests {
     fn a_driver_started_again_continues_an_unfinished_run() {
         let dir = tempfile::tempdir().unwrap();
         let first = driver(dir.path(), 0);
-        first.save_state(&DriverState::default()).unwrap();
+        first.save_state(&DriverState { fresh: true, ..DriverState::default() }).unwrap();
         let mut groups = Scripted { exits: vec![GroupExit::Finished], started: vec![] };
         first.fit(&mut groups, &mut |_| {}).unwrap();
         // No checkpoint was written, so the unfinished run starts over rather than as a new run.

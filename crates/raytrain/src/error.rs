@@ -33,7 +33,13 @@ pub enum RayError {
     )]
     EarlierRun { dir: PathBuf, contents: String },
 
-    #[error("[run] storage {path} is not writable: {source}")]
+    #[error(
+        "{path} is locked: another driver, or the workers of a driver that was stopped, still run this run; wait for \
+         them to end"
+    )]
+    Locked { path: PathBuf },
+
+    #[error("{path} is not writable: {source}")]
     Storage { path: PathBuf, source: std::io::Error },
 
     #[error("{failure}; [failure] max_failures = {max_failures} {}", allowed(*max_failures, *restarts))]

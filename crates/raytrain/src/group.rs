@@ -53,7 +53,7 @@ impl std::fmt::Display for WorkerFailure {
         match &self.how {
             Exit::Signal(signal) => write!(f, "was killed by signal {signal} ({})", signal_name(*signal)),
             Exit::Code(code) => write!(f, "exited with code {code}"),
-            Exit::Error(reason) => write!(f, "failed: {reason}"),
+            Exit::Error(reason) => write!(f, "failed: {}", reason.replace('\n', " ")),
         }
     }
 }
@@ -64,7 +64,7 @@ impl WorkerFailure {
         match &self.how {
             Exit::Signal(signal) => format!("signal {signal} ({})", signal_name(*signal)),
             Exit::Code(code) => format!("code {code}"),
-            Exit::Error(reason) => reason.clone(),
+            Exit::Error(reason) => reason.replace('\n', " "),
         }
     }
 }
@@ -93,12 +93,18 @@ pub fn signal_name(signal: i32) -> &'static str {
 pub fn run_process_group(line: &[String]) -> Result<GroupExit> {
     let (program, args) = line.split_first().ok_or_else(|| RayError::Launch("an empty command line".into()))?;
     let mut command = Command::new(program);
-    command.args(args).stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    command.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    let driver = std::process::id();
+    // SAFETY: setpgid, prctl, getppid and _exit are async-signal-safe and touch only the child being set up.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+        command.pre_exec(move || {
+            // Its own process group: a terminal's Ctrl-C reaches the driver alone, which passes on one signal.
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The driver may have died before prctl took effect.
+            if libc::getppid() as u32 != driver {
+                libc::_exit(1);
             }
             Ok(())
         });
@@ -111,14 +117,16 @@ pub fn run_process_group(line: &[String]) -> Result<GroupExit> {
     let reader = child.stderr.take().map(|stderr| {
         let reported = reported.clone();
         std::thread::spawn(move || {
-            let mut pending_rank = None;
-            for line in BufReader::new(stderr).lines().map_while(std::io::Result::ok) {
-                let _ = writeln!(std::io::stderr(), "{line}");
+            // Drained to the end whatever it holds (a launcher blocked on a full pipe would hang the group).
+            let (mut stderr, mut line, mut pending_rank) = (BufReader::new(stderr), Vec::new(), None);
+            while stderr.read_until(b'\n', &mut line).is_ok_and(|read| read > 0) {
+                let _ = std::io::stderr().write_all(&line);
                 if let Ok(mut first) = reported.lock()
                     && first.is_none()
                 {
-                    *first = read_failure(&line, &mut pending_rank);
+                    *first = read_failure(String::from_utf8_lossy(&line).trim_end(), &mut pending_rank);
                 }
+                line.clear();
             }
         })
     });

@@ -30,7 +30,9 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let scaling: ScalingSection = toml::from_str("num_workers = 2").unwrap();
 //! let failure = FailureSection { max_failures: 1 };
-//! let driver = Driver { scaling, failure, run_dir: dir.path().into(), accumulation: 1, overwrite: false };
+//! let run_dir = dir.path().to_path_buf();
+//! let (overwrite, resume_asked, continue_unfinished) = (false, false, true);
+//! let driver = Driver { scaling, failure, run_dir, accumulation: 1, overwrite, resume_asked, continue_unfinished };
 //! let result = driver.fit(&mut Done, &mut |line| eprintln!("{line}")).unwrap();
 //! assert!(result.restarts.is_empty());
 //! ```
@@ -45,7 +47,9 @@ mod result;
 
 pub use config::{FailureSection, NumWorkers, RunSection, ScalingSection};
 pub use context::{TrainContext, get_context};
-pub use driver::{DRIVER_FILE, Driver, DriverState, GroupSpec, Restart, Start, WorkerGroups, group_size};
+pub use driver::{
+    DRIVER_FILE, Driver, DriverState, GroupSpec, LOCK_FILE, Restart, RunLock, Start, WorkerGroups, group_size,
+};
 pub use error::{RayError, Result};
 pub use group::{Exit, GroupExit, WorkerFailure, run_process_group, signal_name};
 pub use placement::{Slots, parse_hostfile};

@@ -13,8 +13,8 @@ use llmtrain_core::device::DeviceKind;
 use llmtrain_core::dist::DistError;
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_raytrain::{
-    Driver, Exit, FailureSection, GroupExit, GroupSpec, RunSection, ScalingSection, Start, Status, WorkerFailure,
-    WorkerGroups, run_process_group,
+    Driver, Exit, FailureSection, GroupExit, GroupSpec, RayError, RunSection, ScalingSection, Start, Status,
+    WorkerFailure, WorkerGroups, run_process_group,
 };
 
 use super::train::{Args, Interrupted};
@@ -41,6 +41,16 @@ pub fn start(args: &Args, config: &RunConfig, scaling: ScalingSection, device: D
             config.path().display()
         );
     }
+    let mut scaling = scaling;
+    // Relative to the config, as every path of it; absolute, for mpirun started in another directory.
+    scaling.hostfile = scaling.hostfile.as_deref().map(|file| absolute(&config.resolve_path(file)));
+    if scaling.num_workers.is_elastic() && (args.deepspeed.is_some() || config.training.deepspeed.is_some()) {
+        bail!(
+            "{}: key `scaling.num_workers`: an elastic group keeps its global batch by accumulation, which a \
+             DeepSpeed config fixes for one number of ranks: give the batch in the run config, or a fixed num_workers",
+            config.path().display()
+        );
+    }
     let accumulation = args.gradient_accumulation_steps.unwrap_or(config.training.gradient_accumulation_steps);
     let driver = Driver {
         scaling: scaling.clone(),
@@ -48,30 +58,22 @@ pub fn start(args: &Args, config: &RunConfig, scaling: ScalingSection, device: D
         run_dir: absolute(&run_dir),
         accumulation,
         overwrite: args.overwrite,
+        resume_asked: args.resume.is_some(),
+        continue_unfinished: matches!(args.resume, None | Some(ResumeFrom::Last)),
     };
     // Sized once before anything is written: too few slots, a bad hostfile or no allocation stop here.
-    let (workers, _, _) = driver.size_group()?;
-    if scaling.launcher != Launcher::InProcess && !cfg!(feature = "mpi") {
-        bail!(
-            "{}: key `scaling.launcher`: \"{}\" needs an llmtrain built with the `mpi` feature (cargo build --release \
-             -p llmtrain-cli --features mpi)",
-            config.path().display(),
-            scaling.launcher
-        );
+    let (workers, _, _) = driver.size_group().map_err(|err| match err {
+        // A hostfile's error names the hostfile; the others are the config's.
+        RayError::Hostfile { .. } => anyhow::Error::from(err),
+        err => anyhow::anyhow!("{}: {err}", config.path().display()),
+    })?;
+    if scaling.launcher != Launcher::InProcess {
+        super::launch::check_process_launcher(scaling.launcher)
+            .map_err(|err| anyhow::anyhow!("{}: key `scaling.launcher`: {err:#}", config.path().display()))?;
     }
     driver.prepare_storage()?;
-    if let Some(state) = driver.state()?.filter(|state| state.finished)
-        && args.resume.is_some()
-    {
-        println!(
-            "nothing to resume: the run in {} finished ({} restart(s)); its model is {}",
-            driver.run_dir.display(),
-            state.restarts.len(),
-            driver.run_dir.join("final").display()
-        );
-        return Ok(());
-    }
-    driver.check_run_dir(args.resume.is_some())?;
+    let _lock = driver.lock()?;
+    driver.check_run_dir()?;
     println!(
         "raytrain: {workers} worker(s) ({} launcher, num_workers = {}), max_failures = {}, run directory {}",
         scaling.launcher,

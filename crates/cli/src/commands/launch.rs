@@ -265,21 +265,8 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
         }
         return Ok(());
     }
-    if !cfg!(feature = "mpi") {
-        bail!(
-            "--launcher {}: this llmtrain was built without the `mpi` feature (cargo build --release -p llmtrain-cli --features mpi)",
-            config.launcher
-        );
-    }
+    check_process_launcher(config.launcher).map_err(|err| anyhow!("--launcher {}: {err:#}", config.launcher))?;
     let tool = &line[0];
-    if find_on_path(tool).is_none() {
-        let install = if tool == "mpirun" {
-            "install Open MPI (apt-get install openmpi-bin)"
-        } else {
-            "run inside a Slurm allocation"
-        };
-        bail!("{tool} not found on PATH: {install}, or use --launcher in-process on one machine");
-    }
     // A terminal's Ctrl-C reaches mpirun/srun and the ranks too; this process waits for them to checkpoint and
     // stop instead of leaving them behind (a second Ctrl-C stops it at once).
     let _graceful = llmtrain_core::interrupt::GracefulStop::enter_quietly();
@@ -291,6 +278,26 @@ fn launch_processes(config: &LaunchConfig, args: &Args, device: DeviceKind) -> R
     }
     if !status.success() {
         bail!("{tool} exited with {status}: a rank failed (its error is above)");
+    }
+    Ok(())
+}
+
+/// Whether this build can start ranks as processes with `launcher` (mpirun or srun) here: the `mpi` feature, and
+/// the tool on PATH.
+pub fn check_process_launcher(launcher: Launcher) -> Result<()> {
+    if !cfg!(feature = "mpi") {
+        bail!(
+            "this llmtrain was built without the `mpi` feature (cargo build --release -p llmtrain-cli --features mpi)"
+        );
+    }
+    let tool = launcher.to_string();
+    if find_on_path(&tool).is_none() {
+        let install = if tool == "mpirun" {
+            "install Open MPI (apt-get install openmpi-bin)"
+        } else {
+            "run inside a Slurm allocation"
+        };
+        bail!("{tool} not found on PATH: {install}, or use the in-process launcher on one machine");
     }
     Ok(())
 }
