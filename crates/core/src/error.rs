@@ -11,22 +11,22 @@ pub enum CoreError {
     #[error("{path}:{line}:{column}: invalid JSON: {message}")]
     Json { path: PathBuf, line: usize, column: usize, message: String },
 
-    #[error("{path}: key `{key}`: {message}")]
+    #[error("{path}: key `{}`: {message}", one_line(.key))]
     ConfigKey { path: PathBuf, key: String, message: String },
 
-    #[error("{path}: unsupported {what} `{found}`; supported: {supported}")]
+    #[error("{path}: unsupported {what} `{}`; supported: {supported}", one_line(.found))]
     Unsupported { path: PathBuf, what: &'static str, found: String, supported: String },
 
-    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?})")]
+    #[error("{path}: tensor `{}` is missing (expected shape {expected:?})", one_line(.name))]
     MissingTensor { path: PathBuf, name: String, expected: Vec<usize> },
 
-    #[error("{path}: unexpected tensor `{name}` with shape {shape:?} (not part of this model)")]
+    #[error("{path}: unexpected tensor `{}` with shape {shape:?} (not part of this model)", one_line(.name))]
     ExtraTensor { path: PathBuf, name: String, shape: Vec<usize> },
 
-    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    #[error("{path}: tensor `{}` has shape {found:?}, expected {expected:?}", one_line(.name))]
     ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
 
-    #[error("{path}: tensor `{name}` has dtype {dtype}; supported: F32, BF16, F16")]
+    #[error("{path}: tensor `{}` has dtype {dtype}; supported: F32, BF16, F16", one_line(.name))]
     TensorDtype { path: PathBuf, name: String, dtype: String },
 
     #[error("{path}: not a valid safetensors file: {message}")]
@@ -44,6 +44,15 @@ pub enum CoreError {
 
 pub type Result<T> = std::result::Result<T, CoreError>;
 
+/// `text` with its control characters (line breaks) escaped: names and values read from a file stay on the
+/// message's one line.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 impl CoreError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         CoreError::Io { path: path.to_path_buf(), source }
@@ -60,5 +69,19 @@ impl CoreError {
     /// A key of a file whose value cannot work.
     pub fn key(path: &Path, key: &str, message: impl Into<String>) -> Self {
         CoreError::ConfigKey { path: path.to_path_buf(), key: key.to_string(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_from_files_stay_on_one_line() {
+        // Found by `cargo xtask fuzz --target safetensors-header`: a tensor named with a line break split the error.
+        let err = CoreError::ExtraTensor { path: "m.safetensors".into(), name: "a\nb".into(), shape: vec![2] };
+        assert_eq!(err.to_string(), "m.safetensors: unexpected tensor `a\\nb` with shape [2] (not part of this model)");
+        assert_eq!(one_line("plain `name` é"), "plain `name` é");
+        assert_eq!(one_line("tab\there\r"), "tab\\there\\r");
     }
 }

@@ -47,8 +47,19 @@ impl TextTokenizer {
             }
             return Err(CoreError::Tokenizer { path, message: "not found".into() });
         }
-        let inner = Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
+        // The JSON is read as values first: the `tokenizers` crate panics on a syntax error or an out-of-range
+        // number inside `decoder` (its untagged helper's error is `expect`ed); this also gives the line and column.
+        let value: Value = serde_json::from_str(&text).map_err(|e| CoreError::json(&path, &e))?;
+        check_bpe_merges(&value).map_err(|message| CoreError::key(&path, "model.merges", message))?;
+        let inner = text
+            .parse::<Tokenizer>()
             .map_err(|e| CoreError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        if let Some(processor) = inner.get_post_processor() {
+            let value = serde_json::to_value(processor)
+                .map_err(|e| CoreError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+            check_templates(&value).map_err(|message| CoreError::key(&path, "post_processor", message))?;
+        }
         let mut tok = Self {
             inner,
             bos_token: None,
@@ -254,6 +265,65 @@ pub fn train_bpe_to_dir(files: &[PathBuf], options: &BpeTrainingOptions, out: &P
     Ok(tok)
 }
 
+/// Refuses a BPE merge whose second token does not begin with `continuing_subword_prefix` and is too short to cut
+/// it off (or would be cut inside a character): `tokenizers` cuts the prefix's length off it by byte index, a panic.
+fn check_bpe_merges(tokenizer: &Value) -> std::result::Result<(), String> {
+    let model = tokenizer.get("model");
+    let Some(prefix) = model.and_then(|m| m.get("continuing_subword_prefix")).and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let merges = model.and_then(|m| m.get("merges")).and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    for (i, merge) in merges.iter().enumerate() {
+        let second = match merge {
+            // The legacy form, "a b".
+            Value::String(line) => line.split(' ').nth(1),
+            Value::Array(pair) => pair.get(1).and_then(Value::as_str),
+            _ => None,
+        };
+        if let Some(second) = second
+            && second.get(prefix.len()..).is_none()
+        {
+            return Err(format!("merge {i}: {second:?} does not begin with the continuing_subword_prefix {prefix:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `TemplateProcessing` post-processor (anywhere in `value`, a serialized post-processor) that
+/// `tokenizers` would panic on when encoding: it checks templates built in code, not ones read from JSON. A
+/// template may name only special tokens it defines, each with as many ids as tokens, and the single-sequence
+/// template only sequence A.
+fn check_templates(value: &Value) -> std::result::Result<(), String> {
+    let map = match value {
+        Value::Array(items) => return items.iter().try_for_each(check_templates),
+        Value::Object(map) if map.get("type").and_then(Value::as_str) == Some("TemplateProcessing") => map,
+        Value::Object(map) => return map.values().try_for_each(check_templates),
+        _ => return Ok(()),
+    };
+    let defined = map.get("special_tokens").and_then(Value::as_object);
+    for template in ["single", "pair"] {
+        for piece in map.get(template).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) {
+                let Some(token) = defined.and_then(|d| d.get(id)) else {
+                    return Err(format!("`{template}` names the special token {id:?}, which `special_tokens` lacks"));
+                };
+                let count = |key: &str| token.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+                if count("ids") != count("tokens") {
+                    return Err(format!(
+                        "special token {id:?} has {} ids but {} tokens",
+                        count("ids"),
+                        count("tokens")
+                    ));
+                }
+            }
+            if template == "single" && piece.pointer("/Sequence/id").and_then(Value::as_str) == Some("B") {
+                return Err("`single` names sequence B; a single sequence has only A".into());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +344,76 @@ mod tests {
         assert!(back.vocab_size() <= 300 && back.vocab_size() > 261, "{}", back.vocab_size());
         let chat = back.apply_chat_template(&[Message::new("user", "hi")], true).unwrap();
         assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn a_tokenizer_json_cut_short_at_the_decoder_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz --target tokenizer-json`: `tokenizers` panics ("Helper") on it.
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            std::fs::write(dir.path().join("tokenizer.json"), text).unwrap();
+            TextTokenizer::load(dir.path()).err().expect("refused").to_string()
+        };
+        let err = load(r#"{"version": "1.0", "decoder": "#);
+        assert!(err.contains("tokenizer.json:1:") && err.contains("invalid JSON"), "{err}");
+        // Also found: a number too large for f64 there.
+        let err = load(r#"{"version": "1.0", "decoder": {"type": "Fuse", "x": 1e400}}"#);
+        assert!(err.contains("tokenizer.json:1:") && err.contains("number out of range"), "{err}");
+    }
+
+    #[test]
+    fn a_merge_shorter_than_the_subword_prefix_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz --target tokenizer-json`: `tokenizers` slices the prefix off by byte index.
+        let dir = tempfile::tempdir().unwrap();
+        let load = |merges: Value| {
+            let model = json!({"type": "BPE", "continuing_subword_prefix": "##", "unk_token": null,
+                "vocab": {"a": 0, "##b": 1, "ab": 2, "b": 3}, "merges": merges});
+            let text = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null, "model": model});
+            std::fs::write(dir.path().join("tokenizer.json"), text.to_string()).unwrap();
+            TextTokenizer::load(dir.path()).map(|t| t.vocab_size()).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(json!([["a", "##b"]])), Ok(4));
+        let err = load(json!([["a", "b"]])).unwrap_err();
+        assert!(
+            err.ends_with(
+                "key `model.merges`: merge 0: \"b\" does not begin with the continuing_subword_prefix \"##\""
+            )
+        );
+        assert!(load(json!(["a b"])).is_err());
+    }
+
+    #[test]
+    fn a_template_naming_an_undefined_special_token_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz --target tokenizer-json`: `tokenizers` read it, then panicked encoding.
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = |single: &str, special: &str| {
+            json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+                "pre_tokenizer": null, "decoder": null,
+                "post_processor": {"type": "TemplateProcessing", "single": serde_json::from_str::<Value>(single).unwrap(),
+                    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                    "special_tokens": serde_json::from_str::<Value>(special).unwrap()},
+                "model": {"type": "WordLevel", "vocab": {"a": 0, "<s>": 1, "<unk>": 2}, "unk_token": "<unk>"}})
+            .to_string()
+        };
+        let load = |text: String| {
+            std::fs::write(dir.path().join("tokenizer.json"), text).unwrap();
+            TextTokenizer::load(dir.path()).map(|t| t.encode("a").unwrap()).map_err(|e| e.to_string())
+        };
+        let s = r#"[{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]"#;
+        let defined = r#"{"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}"#;
+        assert_eq!(load(tokenizer(s, defined)), Ok(vec![1, 0]));
+        let err = load(tokenizer(s, "{}")).unwrap_err();
+        assert!(
+            err.ends_with(
+                "key `post_processor`: `single` names the special token \"<s>\", which `special_tokens` lacks"
+            )
+        );
+        let uneven = r#"{"<s>": {"id": "<s>", "ids": [], "tokens": ["<s>"]}}"#;
+        assert!(load(tokenizer(s, uneven)).unwrap_err().ends_with("special token \"<s>\" has 0 ids but 1 tokens"));
+        let b = r#"[{"Sequence": {"id": "B", "type_id": 0}}]"#;
+        assert!(
+            load(tokenizer(b, "{}")).unwrap_err().ends_with("`single` names sequence B; a single sequence has only A")
+        );
     }
 }

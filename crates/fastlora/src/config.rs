@@ -8,6 +8,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use llmtrain_core::error::one_line;
+
 use crate::error::{LoraError, Result};
 
 /// The file PEFT keeps an adapter's configuration in.
@@ -33,12 +35,19 @@ impl TargetModules {
             TargetModules::Pattern(p) => {
                 let re = Regex::new(&format!("^(?:{p})$")).map_err(|e| LoraError::Config {
                     key: "target_modules".into(),
-                    message: format!("invalid regular expression `{p}`: {e}"),
+                    message: format!("invalid regular expression `{}`: {}", one_line(p), regex_error(&e)),
                 })?;
                 Ok(re.is_match(name))
             }
         }
     }
+}
+
+/// A regex error on one line: the parser's message draws the pattern with a caret under the fault, over lines.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or_default();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
 /// How new adapters start (PEFT's `init_lora_weights`).
@@ -253,6 +262,13 @@ mod tests {
         assert!(!re.matches("model.layers.11.mlp.up_proj").unwrap());
         assert!(TargetModules::Pattern("all-linear".into()).matches("model.layers.3.mlp.gate_proj").unwrap());
         assert!(TargetModules::Pattern("(".into()).matches("x").is_err());
+    }
+
+    #[test]
+    fn an_invalid_regex_is_a_one_line_error() {
+        // Found by `cargo xtask fuzz --target adapter-config`: the regex crate's message spans three lines.
+        let err = TargetModules::Pattern("\\".into()).matches("x").unwrap_err().to_string();
+        assert_eq!(err, "adapter config key `target_modules`: invalid regular expression `\\`: unclosed group");
     }
 
     #[test]

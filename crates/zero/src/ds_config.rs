@@ -147,8 +147,10 @@ impl Reader<'_> {
     /// Refuses a key of `object` (at `prefix`) outside `taken` and [`NO_EFFECT`].
     fn known(&self, object: &Map<String, Value>, prefix: &str, taken: &[&str]) -> Result<(), DsConfigError> {
         for key in object.keys() {
-            let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-            if !taken.contains(&key.as_str()) && !NO_EFFECT.contains(&full.as_str()) {
+            // Escaped: a key may hold a line break, and the error is one line.
+            let key = llmtrain_core::error::one_line(key);
+            let full = Self::full(prefix, &key);
+            if !taken.contains(&&*key) && !NO_EFFECT.contains(&full.as_str()) {
                 let mut names: Vec<String> = taken.iter().map(|k| format!("`{k}`")).collect();
                 names.sort();
                 return Err(self.err(&full, format!("not supported by llmtrain (taken here: {})", names.join(", "))));
@@ -418,5 +420,27 @@ impl Reader<'_> {
         llmtrain_core::config::ConfigSection::validate(&section)
             .map_err(|invalid| self.err(&format!("{p}.{}", invalid.key), invalid.message))?;
         Ok(section)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(json: &str) -> Result<ZeroSection, DsConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds_config.json");
+        std::fs::write(&path, json).unwrap();
+        let run = "[model]\npath = \"m\"\n[data]\nfiles = [\"d.jsonl\"]\nseq_len = 8\nbatch_size = 2\n";
+        let mut config = RunConfig::parse(run, &dir.path().join("run.toml"), dir.path(), &[]).unwrap();
+        apply_ds_config(&path, &mut config, &mut MemoptSection::default(), 1, 10)
+    }
+
+    #[test]
+    fn an_unknown_key_with_a_line_break_stays_on_the_error_line() {
+        // Found by `cargo xtask fuzz --target ds-config`: the key was printed raw, splitting the message.
+        let err = apply(r#"{"zero_optimization": {"a\nb": 1}}"#).unwrap_err();
+        assert_eq!(err.key, "zero_optimization.a\\nb");
+        assert!(!err.to_string().contains('\n'), "{err}");
     }
 }

@@ -6,13 +6,14 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, reader::RowIter};
 use parquet::schema::types::Type;
 use serde_json::{Map, Number, Value};
 
 use super::rows::{EXTRA_KEYS, FORMAT_KEYS, Row};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, one_line};
 
 /// Where a record came from, as error messages show it: `file:17` (JSONL, 1-based line), `file: row 16 (0-based)`
 /// (Parquet, the index `datasets` would use), or the file alone (plain text).
@@ -53,9 +54,10 @@ const TEXT_PIECE_BYTES: usize = 1 << 20;
 const NOT_TEXT: [&str; 12] =
     ["csv", "tsv", "arrow", "feather", "gz", "zst", "bz2", "xz", "zip", "tar", "bin", "safetensors"];
 
+/// A file's reader; Parquet's `rows` is `None` once the parquet crate panicked reading it (its state unknown).
 enum Kind {
     Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8> },
-    Parquet { rows: Box<RowIter<'static>>, row: u64 },
+    Parquet { rows: Option<Box<RowIter<'static>>>, row: u64 },
     Text { reader: BufReader<File>, piece: usize, carry: Vec<u8>, offset: u64, first: bool, done: bool },
 }
 
@@ -72,7 +74,7 @@ impl RecordReader {
         let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         let kind = match extension.as_str() {
             "jsonl" | "json" | "ndjson" => Kind::Jsonl { reader: BufReader::new(file), line: 0, buf: Vec::new() },
-            "parquet" => Kind::Parquet { rows: Box::new(parquet_rows(path, file)?), row: 0 },
+            "parquet" => Kind::Parquet { rows: Some(Box::new(parquet_rows(path, file)?)), row: 0 },
             ext if NOT_TEXT.contains(&ext) => {
                 return Err(CoreError::Invalid(format!(
                     "{}: unsupported data file type `.{ext}`; use .jsonl, .parquet or plain text",
@@ -119,15 +121,27 @@ impl RecordReader {
                 location.line = Some(*line);
                 return Ok(Some((location, parse_json_line(bytes))));
             },
-            Kind::Parquet { rows, row } => {
-                let Some(next) = rows.next() else { return Ok(None) };
+            Kind::Parquet { rows: Some(rows), row } => {
                 location.row = Some(*row);
+                let next = match parquet_call(|| rows.next()) {
+                    Ok(Some(next)) => next,
+                    Ok(None) => return Ok(None),
+                    Err(panic) => {
+                        self.kind = Kind::Parquet { rows: None, row: 0 };
+                        return Err(CoreError::Invalid(format!(
+                            "{location}: cannot read the row: corrupt data ({panic})"
+                        )));
+                    }
+                };
                 *row += 1;
-                let record = next.map_err(|e| CoreError::Invalid(format!("{location}: cannot read the row: {e}")))?;
+                let record = next.map_err(|e| {
+                    CoreError::Invalid(format!("{location}: cannot read the row: {}", e.to_string().replace('\n', " ")))
+                })?;
                 let object: Map<String, Value> =
                     record.get_column_iter().map(|(name, field)| (name.clone(), field_to_json(field))).collect();
                 Ok(Some((location, Ok(Record::Row(Value::Object(object))))))
             }
+            Kind::Parquet { rows: None, .. } => Ok(None),
             Kind::Text { reader, piece, carry, offset, first, done } => {
                 if *done {
                     return Ok(None);
@@ -200,6 +214,7 @@ fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
         ))
     };
     let reader = SerializedFileReader::new(file).map_err(bad)?;
+    check_column_chunks(path, reader.metadata())?;
     let schema = reader.metadata().file_metadata().schema();
     let fields: Vec<_> = schema
         .get_fields()
@@ -208,7 +223,8 @@ fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
         .cloned()
         .collect();
     if !fields.iter().any(|f| FORMAT_KEYS.contains(&f.name())) {
-        let names: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
+        // Escaped: a column name may hold a line break, and the error is one line.
+        let names: Vec<String> = schema.get_fields().iter().map(|f| one_line(f.name()).into_owned()).collect();
         return Err(CoreError::Invalid(format!(
             "{}: no column of TRL's formats ({}) among the columns [{}]",
             path.display(),
@@ -218,6 +234,36 @@ fn parquet_rows(path: &Path, file: File) -> Result<RowIter<'static>> {
     }
     let projection = Type::group_type_builder(schema.name()).with_fields(fields).build().map_err(bad)?;
     RowIter::from_file_into(Box::new(reader)).project(Some(projection)).map_err(bad)
+}
+
+/// Refuses a column chunk at a negative offset or of a negative size: the parquet crate asserts against them (a
+/// panic) when it reads the chunk.
+fn check_column_chunks(path: &Path, metadata: &ParquetMetaData) -> Result<()> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for (c, column) in group.columns().iter().enumerate() {
+            let start = column.dictionary_page_offset().unwrap_or(column.data_page_offset());
+            if start < 0 || column.compressed_size() < 0 {
+                return Err(CoreError::Invalid(format!(
+                    "{}: not a readable Parquet file: row group {g}, column {c}: a chunk at offset {start} of {} bytes \
+                     (negative)",
+                    path.display(),
+                    column.compressed_size()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a call into the parquet crate's page decoding, its panic becoming the message: it asserts on some corrupt
+/// pages (a dictionary page holding fewer bytes than its value count needs) instead of returning an error, and
+/// nothing short of decoding the pages ourselves could rule that out before the call.
+fn parquet_call<T>(call: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|payload| {
+        let message = payload.downcast_ref::<&str>().map(|s| s.to_string());
+        let message = message.or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+        message.replace('\n', " ")
+    })
 }
 
 /// A Parquet value as JSON. Binary columns that hold UTF-8 become strings (some writers leave text unannotated).
@@ -341,6 +387,49 @@ mod tests {
         assert_eq!(pieces(&path, 64), vec![("hello\n".to_string(), true, true)]);
         std::fs::write(&path, " \n\n").unwrap();
         assert!(pieces(&path, 64).is_empty());
+    }
+
+    /// The first error reading a fuzz-found Parquet file from the fixtures.
+    fn first_parquet_error(name: &str) -> String {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(name);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.parquet");
+        std::fs::copy(fixture, &path).unwrap();
+        let mut rows = match RowReader::open(&path) {
+            Ok(rows) => rows,
+            Err(e) => return e.to_string(),
+        };
+        let err = rows.find_map(Result::err).expect("an error").to_string();
+        assert!(rows.next().is_none(), "reading ends after the error");
+        err
+    }
+
+    #[test]
+    fn a_column_chunk_at_a_negative_offset_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz --target parquet-rows`: the parquet crate asserts on it.
+        let err = first_parquet_error("parquet_negative_column_offset.parquet");
+        assert!(
+            err.ends_with(
+                "not a readable Parquet file: row group 1, column 3: a chunk at offset 456 of -62 bytes (negative)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dictionary_page_shorter_than_its_count_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz --target parquet-rows`: the parquet crate's decoder panics on it.
+        let err = first_parquet_error("parquet_short_dictionary_page.parquet");
+        assert!(err.contains("row 0 (0-based): cannot read the row: corrupt data"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_column_name_with_a_line_break_stays_on_the_error_line() {
+        // Found by `cargo xtask fuzz --target parquet-rows`: the column names were printed raw.
+        let err = first_parquet_error("parquet_column_name_with_line_break.parquet");
+        assert!(err.contains("no column of TRL's formats"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

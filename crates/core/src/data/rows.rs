@@ -125,7 +125,8 @@ impl Row {
         if let Some(key) = FORMAT_KEYS.iter().find(|k| obj.contains_key(**k)) {
             return Err(format!("field `{key}`: is null, and no other field gives the row a format"));
         }
-        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        // Escaped: a key may hold a line break, and the error is one line.
+        let keys: Vec<String> = obj.keys().map(|k| crate::error::one_line(k).into_owned()).collect();
         Err(format!(
             "no TRL format among the keys [{}]: expected text | messages | prompt+completion | \
              prompt+chosen+rejected | chosen+rejected | prompt | prompt+completion+label",
@@ -297,5 +298,13 @@ mod tests {
         assert_eq!(err(json!({"text": null})), "field `text`: is null, and no other field gives the row a format");
         assert!(err(json!({"question": "q"})).starts_with("no TRL format among the keys [question]"));
         assert!(err(json!([1])).starts_with("expected a JSON object"));
+    }
+
+    #[test]
+    fn a_key_with_a_line_break_stays_on_the_error_line() {
+        // Found by `cargo xtask fuzz --target jsonl-rows`: the key was printed raw, splitting the message.
+        let err = Row::parse(&json!({"a\nb": 1})).unwrap_err();
+        assert!(err.starts_with("no TRL format among the keys [a\\nb]"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

@@ -44,13 +44,18 @@ impl Default for SaveOptions {
 
 /// Every tensor name of a model with this config, with its shape, in the order transformers lists them.
 pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    tensor_spec_iter(config).collect()
+}
+
+/// [`tensor_specs`] one at a time, so a reader can stop early (a config.json may name 2^40 layers).
+fn tensor_spec_iter(config: &ModelConfig) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
     let (h, d) = (config.hidden_size, config.head_dim);
     let q = config.num_attention_heads * d;
     let kv = config.num_key_value_heads * d;
     let ffn = config.intermediate_size;
-    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
-    for i in 0..config.num_hidden_layers {
+    let layers = (0..config.num_hidden_layers).flat_map(move |i| {
         let p = format!("model.layers.{i}");
+        let mut specs = Vec::new();
         let mut linear = |name: &str, out_dim: usize, in_dim: usize, bias: bool| {
             specs.push((format!("{p}.{name}.weight"), vec![out_dim, in_dim]));
             if bias {
@@ -66,12 +71,13 @@ pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         linear("mlp.down_proj", h, ffn, config.mlp_bias);
         specs.push((format!("{p}.input_layernorm.weight"), vec![h]));
         specs.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-    }
-    specs.push(("model.norm.weight".to_string(), vec![h]));
-    if !config.tie_word_embeddings {
-        specs.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
-    }
-    specs
+        specs
+    });
+    let head = (!config.tie_word_embeddings).then(|| ("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+    std::iter::once(("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h]))
+        .chain(layers)
+        .chain(std::iter::once(("model.norm.weight".to_string(), vec![h])))
+        .chain(head)
 }
 
 /// Tensors a checkpoint may hold that the model does not use: RoPE buffers some exporters save, and a head
@@ -102,13 +108,29 @@ pub fn load_model_with<B: Backend>(
         )));
     }
     let files = TensorFiles::open(dir)?;
-    check_names(&files, &tensor_specs(&config.model), &config.model)?;
+    check_names(&files, tensor_spec_iter(&config.model), &config.model)?;
     let model = build_model_with(&config.model, device, |name, shape| files.read(name, shape), nf4)?;
     Ok((model, config))
 }
 
-/// Refuses a tensor the model has no place for.
-fn check_names(files: &TensorFiles, specs: &[(String, Vec<usize>)], config: &ModelConfig) -> Result<()> {
+/// Refuses a tensor the model has no place for. A config naming more tensors than the file holds misses one,
+/// named here without listing the rest (a config.json of 2^40 layers would take terabytes to list).
+fn check_names(
+    files: &TensorFiles,
+    specs: impl Iterator<Item = (String, Vec<usize>)>,
+    config: &ModelConfig,
+) -> Result<()> {
+    let held = files.names().count();
+    let specs: Vec<(String, Vec<usize>)> = specs.take(held + 1).collect();
+    if specs.len() > held
+        && let Some((name, expected)) = specs.iter().find(|(name, _)| files.shape(name).is_none())
+    {
+        return Err(CoreError::MissingTensor {
+            path: files.path_of(name).to_path_buf(),
+            name: name.clone(),
+            expected: expected.clone(),
+        });
+    }
     match files.names().find(|name| !ignorable(name, config) && !specs.iter().any(|(n, _)| n == name)) {
         Some(name) => Err(CoreError::ExtraTensor {
             path: files.path_of(name).to_path_buf(),
@@ -146,10 +168,9 @@ pub fn load_sequence_classifier<B: Backend>(
     let files = TensorFiles::open(dir)?;
     // The decoder is built without a head: the classifier has `score` where a causal LM has `lm_head`.
     let decoder = ModelConfig { tie_word_embeddings: true, ..config.model.clone() };
-    let mut specs = tensor_specs(&decoder);
     let hidden = config.model.hidden_size;
-    specs.push((SCORE_WEIGHT.to_string(), vec![1, hidden]));
-    check_names(&files, &specs, &decoder)?;
+    let specs = tensor_spec_iter(&decoder).chain(std::iter::once((SCORE_WEIGHT.to_string(), vec![1, hidden])));
+    check_names(&files, specs, &decoder)?;
     let mut model = build_model(&decoder, device, |name, shape| files.read(name, shape))?;
     model.config.tie_word_embeddings = config.model.tie_word_embeddings;
     let score = files.read(SCORE_WEIGHT, &[1, hidden])?;
@@ -386,4 +407,31 @@ fn generation_config(model: &ModelConfig) -> serde_json::Value {
 pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     write_atomic(path, format!("{text}\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::CpuBackend;
+
+    #[test]
+    fn a_config_of_more_layers_than_the_checkpoint_names_the_first_missing_tensor() {
+        // Found by `cargo xtask fuzz --target config-json`: a huge num_hidden_layers made `load_model` list every
+        // layer's tensors (gigabytes) before comparing them with the file's; 2^40 layers pass `validate`.
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelConfig::tiny_llama(16, 8, 1, 2, 1);
+        let tensors: Vec<(String, HostTensor)> = tensor_specs(&model)
+            .into_iter()
+            .map(|(name, shape)| {
+                let values = vec![0.0; shape.iter().product()];
+                (name, HostTensor { shape, values })
+            })
+            .collect();
+        write_tensors(dir.path(), &tensors, StorageDtype::F32, DEFAULT_MAX_SHARD_BYTES).unwrap();
+        let mut json = HfConfig::from_model(&model).to_json("float32");
+        json["num_hidden_layers"] = json!(1u64 << 40);
+        write_json(&dir.path().join("config.json"), &json).unwrap();
+        let err = load_model::<CpuBackend>(dir.path(), &Default::default()).expect_err("refused").to_string();
+        assert!(err.contains("tensor `model.layers.1.self_attn.q_proj.weight` is missing"), "{err}");
+    }
 }

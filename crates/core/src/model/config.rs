@@ -98,11 +98,13 @@ impl ModelConfig {
             architecture: Architecture::Llama,
             vocab_size,
             hidden_size,
-            intermediate_size: (hidden_size * 8 / 3).div_ceil(16) * 16,
+            // Saturated when 8 · hidden overflows: `validate` refuses the shape by its parameter count.
+            intermediate_size: hidden_size.checked_mul(8).map_or(usize::MAX, |h8| (h8 / 3).div_ceil(16) * 16),
             num_hidden_layers: layers,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
-            head_dim: hidden_size / heads,
+            // 0 heads leaves head_dim 0 for `validate` to refuse.
+            head_dim: hidden_size.checked_div(heads).unwrap_or(0),
             rms_norm_eps: 1e-5,
             rope: RopeConfig { theta: 10_000.0, scaling: RopeScaling::Default },
             max_position_embeddings: 2048,
@@ -142,19 +144,71 @@ impl ModelConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("`head_dim` ({}) must be even for rotary embeddings", self.head_dim));
         }
+        // Every size product below the total fits once the total does (the sizes are at least 1).
+        if self.checked_num_parameters().is_none() {
+            return Err("the shape's parameter count does not fit in 64 bits".to_string());
+        }
         Ok(())
     }
 
-    /// Number of parameters, counting a tied head once.
+    /// Number of parameters, counting a tied head once. The shape must have passed [`Self::validate`].
     pub fn num_parameters(&self) -> usize {
-        let h = self.hidden_size;
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
-        let bias = |on: bool, n: usize| if on { n } else { 0 };
-        let attn = h * q + 2 * h * kv + q * h + bias(self.qkv_bias, q + 2 * kv) + bias(self.o_bias, h);
-        let mlp = 3 * h * self.intermediate_size + bias(self.mlp_bias, 2 * self.intermediate_size + h);
-        let layer = attn + mlp + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
-        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+        self.checked_num_parameters().unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_parameters`], `None` when it overflows.
+    fn checked_num_parameters(&self) -> Option<usize> {
+        let (h, ffn, vocab) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads.checked_mul(self.head_dim)?;
+        let kv = self.num_key_value_heads.checked_mul(self.head_dim)?;
+        let sum = |terms: &[Option<usize>]| terms.iter().try_fold(0usize, |acc, t| acc.checked_add((*t)?));
+        let bias = |on: bool, n: Option<usize>| if on { n } else { Some(0) };
+        let attn = sum(&[
+            h.checked_mul(q),
+            h.checked_mul(kv)?.checked_mul(2),
+            q.checked_mul(h),
+            bias(self.qkv_bias, kv.checked_mul(2).and_then(|kv2| kv2.checked_add(q))),
+            bias(self.o_bias, Some(h)),
+        ])?;
+        let mlp = sum(&[
+            h.checked_mul(ffn)?.checked_mul(3),
+            bias(self.mlp_bias, ffn.checked_mul(2).and_then(|f| f.checked_add(h))),
+        ])?;
+        let layer = sum(&[Some(attn), Some(mlp), h.checked_mul(2)])?;
+        let head = if self.tie_word_embeddings { Some(0) } else { vocab.checked_mul(h) };
+        sum(&[vocab.checked_mul(h), self.num_hidden_layers.checked_mul(layer), Some(h), head])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_whose_parameter_count_overflows_is_refused() {
+        // Found by `cargo xtask fuzz --target config-json`: num_hidden_layers = 2^63 - 1 overflowed the count.
+        let mut config = ModelConfig::tiny_llama(300, 16, 1, 2, 1);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.num_parameters(), 2 * 300 * 16 + 16 + (16 * 16 + 2 * 16 * 8 + 16 * 16 + 3 * 16 * 48 + 32));
+        config.num_hidden_layers = i64::MAX as usize;
+        assert_eq!(config.validate(), Err("the shape's parameter count does not fit in 64 bits".to_string()));
+        let config = ModelConfig { num_attention_heads: usize::MAX / 2, num_key_value_heads: 1, ..config };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_from_scratch_hidden_size_near_2_pow_63_is_an_error_not_an_overflow() {
+        // Found by `cargo xtask fuzz --target run-config`: `[model] hidden_size = 9223372036854775807` overflowed
+        // the default intermediate size (8 · hidden / 3) in `RunConfig::scratch_model`; 2^62 keeps head_dim even.
+        let config = ModelConfig::tiny_llama(2, 1 << 62, 9, 4, 2);
+        assert_eq!(config.validate(), Err("the shape's parameter count does not fit in 64 bits".to_string()));
+    }
+
+    #[test]
+    fn no_heads_is_an_error_not_a_division_by_zero() {
+        // `[model] num_attention_heads = 0` divided by zero in `RunConfig::scratch_model` (seen while writing the
+        // run-config fuzz target, which builds that shape).
+        let config = ModelConfig::tiny_llama(300, 16, 1, 0, 0);
+        assert_eq!(config.validate(), Err("`num_attention_heads` must be greater than 0".to_string()));
     }
 }

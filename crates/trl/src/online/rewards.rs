@@ -46,8 +46,16 @@ impl RewardFunction {
             "exact_match" => Ok(Self::ExactMatch { column: answer_column.to_string() }),
             "format" => {
                 let pattern = format_pattern.ok_or("`format` needs format_pattern, the regular expression to match")?;
-                let pattern = Regex::new(&format!("^(?:{pattern})$"))
-                    .map_err(|e| format!("format_pattern `{pattern}` is not a regular expression: {e}"))?;
+                let pattern = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    // The regex crate's message draws the pattern over lines; its last line says what is wrong.
+                    let message = e.to_string();
+                    let cause = message.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
+                    let cause = cause.strip_prefix("error: ").unwrap_or(cause);
+                    format!(
+                        "format_pattern `{}` is not a regular expression: {cause}",
+                        llmtrain_core::error::one_line(pattern)
+                    )
+                })?;
                 Ok(Self::Format { pattern })
             }
             "soft_overlong_punishment" => {
@@ -140,5 +148,12 @@ mod tests {
         let spec = RewardSpec { functions: vec![exact, format], reward_model: None, weights: vec![1.0, 0.5] };
         assert_eq!(spec.combine(&[1.0, 1.0]), 1.5);
         assert_eq!(spec.names(), vec!["exact_match", "format"]);
+    }
+
+    #[test]
+    fn an_invalid_format_pattern_is_a_one_line_error() {
+        // The regex crate's message spans three lines (the bug `cargo xtask fuzz` found in adapter configs).
+        let err = RewardFunction::from_name("format", "answer", Some("a\\"), 8, None).unwrap_err();
+        assert_eq!(err, "format_pattern `a\\` is not a regular expression: unclosed group");
     }
 }
