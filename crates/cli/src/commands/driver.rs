@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use llmtrain_accel::{AccelError, LaunchConfig, Launcher, process_launch_command, run_in_process};
+use llmtrain_accel::{AccelError, LaunchConfig, Launcher, process_launch_command};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::device::DeviceKind;
 use llmtrain_core::dist::DistError;
@@ -149,15 +149,9 @@ pub struct ThreadGroup {
 
 /// Runs a thread group on backend `B`: a worker that fails (an error or a panic) stops the group, and is named.
 pub fn run<B: Backend>(job: &ThreadGroup, device: &B::Device) -> Result<GroupExit> {
-    let outcome = run_in_process(job.workers, |comm| {
-        let rank_device = super::train::device_for_rank::<B>(device, comm.rank());
-        super::train::run_rank::<B>(&job.args, &rank_device, comm)
-    });
-    Ok(match outcome {
-        Ok(stops) => match stops.into_iter().flatten().next() {
-            Some(stop) => GroupExit::Interrupted(stop.signal),
-            None => GroupExit::Finished,
-        },
+    Ok(match super::train::run_threads::<B>(&job.args, job.workers, device) {
+        Ok(Some(stop)) => GroupExit::Interrupted(stop.signal),
+        Ok(None) => GroupExit::Finished,
         Err(AccelError::Dist(DistError::PeerFailed { rank, reason })) => {
             GroupExit::Failed(WorkerFailure { rank: Some(rank), node: None, how: Exit::Error(reason) })
         }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use llmtrain_accel::launch_config::Origin;
-use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command, run_in_process};
+use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command};
 use llmtrain_core::device::DeviceKind;
 use llmtrain_core::interrupt::{SIGINT, SIGTERM};
 
@@ -153,12 +153,8 @@ pub struct InProcessJob {
 
 /// Runs the job's ranks on backend `B`; rank r uses device r of `device`'s kind (GPU r; the CPU is one device).
 pub fn run<B: Backend>(job: &InProcessJob, device: &B::Device) -> Result<()> {
-    let outcomes = run_in_process(job.world, |comm| {
-        let rank_device = super::train::device_for_rank::<B>(device, comm.rank());
-        super::train::run_rank::<B>(&job.train, &rank_device, comm)
-    })?;
     // Every rank stopped after the same step on a signal: report it once, as a single process does.
-    match outcomes.into_iter().flatten().next() {
+    match super::train::run_threads::<B>(&job.train, job.world, device)? {
         Some(stop) => Err(stop.into()),
         None => Ok(()),
     }

@@ -164,6 +164,20 @@ pub struct Interrupted {
     pub report: bool,
 }
 
+/// Runs `args` as `world` ranks on threads of this process (rank r on device r of `device`'s kind); a rank that
+/// fails stops the others and is named. Every rank stops after the same step on a signal: the stop, once.
+pub fn run_threads<B: Backend>(
+    args: &Args,
+    world: usize,
+    device: &B::Device,
+) -> llmtrain_accel::Result<Option<Interrupted>> {
+    let outcomes = llmtrain_accel::run_in_process(world, |comm| {
+        let rank_device = device_for_rank::<B>(device, comm.rank());
+        run_rank::<B>(args, &rank_device, comm)
+    })?;
+    Ok(outcomes.into_iter().flatten().next())
+}
+
 /// Device `index` of `device`'s kind (GPU `index`; backends with one device ignore it).
 pub fn device_for_rank<B: Backend>(device: &B::Device, index: usize) -> B::Device {
     use burn::tensor::backend::DeviceOps;
