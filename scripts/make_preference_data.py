@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Makes the preference dataset of configs/dpo.toml and configs/reward.toml (Python 3 standard library only).
+"""Makes the preference dataset of configs/dpo.toml, configs/reward.toml and configs/orpo.toml (Python 3 standard
+library only).
 
     python3 scripts/make_preference_data.py [--out data/preference] [--seed 1]
 

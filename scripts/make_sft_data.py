@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Makes the small instruction dataset of configs/lora.toml and configs/qlora.toml (Python 3 standard library only).
+"""Makes the small instruction dataset of configs/sft-lora.toml, configs/sft-qlora.toml and the configs built on them
+(configs/zero2.toml, configs/full-zero3.toml, configs/multinode.toml; Python 3 standard library only).
 
     python3 scripts/make_sft_data.py [--out data/sft] [--seed 0]
 

@@ -6,8 +6,8 @@ Needs python3 with torch, transformers, peft and safetensors, and a built llmtra
 
     python3 scripts/verify_peft.py --base BASE_DIR --adapter ADAPTER_DIR [--llmtrain target/release/llmtrain]
 
-For example after `llmtrain train --config configs/lora.toml`: `--base runs/quickstart/final --adapter
-runs/lora/final`. Exits non-zero when a difference exceeds the tolerance.
+For example after `llmtrain train --config configs/sft-lora.toml`: `--base runs/quickstart/final --adapter
+runs/sft-lora/final`. Exits non-zero when a difference exceeds the tolerance.
 """
 import argparse
 import subprocess

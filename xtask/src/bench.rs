@@ -512,6 +512,7 @@ fn predicted_peak_mb(case: &Case) -> Result<f64> {
         attention: if case.flash { AttentionImpl::Flash } else { AttentionImpl::Eager },
         zero_stage: case.zero_stage,
         gpus: case.ranks,
+        offload: llmtrain_memopt::estimate::Offload::None,
         batch: Some(BatchShape { batch: case.batch / case.ranks, seq: case.seq }),
         gradient_checkpointing: case.checkpointing,
         fused_loss_chunk: case.fused_loss.then_some(LOSS_CHUNK),

@@ -3,7 +3,7 @@
 
 mod backend;
 mod commands;
-mod lora_method;
+mod guide;
 mod messages;
 
 use std::process::ExitCode;
@@ -37,6 +37,9 @@ enum Command {
     Convert(commands::convert::Args),
     /// Run a training command as data-parallel ranks: threads of this process, or processes under mpirun / srun.
     Launch(commands::launch::Args),
+    /// The decision guide for a model and its devices: which crates, method, ZeRO stage and memory techniques fit,
+    /// from the memory estimator; `--out` writes the run config.
+    Recommend(commands::recommend::Args),
     /// Memory per device for a model and method, before a run (weights, gradients, optimizer, activations; ZeRO).
     EstimateMemory(commands::estimate_memory::Args),
     /// Write a launch config, asking what `accelerate config` asks.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(cmd) => commands::tokenizer::run(&cmd),
         Command::Launch(args) => commands::launch::start(&args, cli.device),
         Command::EstimateMemory(args) => commands::estimate_memory::run(&args),
+        Command::Recommend(args) => commands::recommend::run(&args),
         Command::Config(args) => commands::config::run(&args),
     };
     // An error caused by a signal's cleanup is not reported: the signal's exit comes first.

@@ -45,6 +45,19 @@ fn zero_stages_for_7_5b_on_64_gpus_match_the_zero_paper() {
     assert_eq!(totals(&stdout), vec![(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)], "{stdout}");
 }
 
+#[test]
+fn offload_leaves_the_16_bit_weights_on_the_device_as_deepspeed_counts() {
+    // DeepSpeed's estimators with the optimizer offloaded: 2P per GPU under stages 1-2, 4·largest layer + 2P/G
+    // under stage 3 (Llama 2 7B: P = 6.74B, the largest layer the 32000 x 4096 embedding).
+    let args = ["estimate-memory", "--params", "7B", "--precision", "mixed", "--gpus", "8", "--offload", "optimizer"];
+    let stdout = run_ok(&args);
+    assert_eq!(totals(&stdout), vec![(1, 13.5), (2, 13.5), (3, 2.2)], "{stdout}");
+    assert!(stdout.contains("ZeRO stage 3, optimizer offloaded: 11.8 GB of model states per rank in host memory"));
+    let stdout = run_ok(&[&args[..7], &["--offload", "optimizer+params"]].concat());
+    // Under 1 GB the table is in MB: 4 x 32000 x 4096 bytes.
+    assert_eq!(totals(&stdout), vec![(3, 524.3)], "{stdout}");
+}
+
 /// The `assumed shape: ...` line, which comes before the table.
 fn assumed_shape(stdout: &str) -> &str {
     let line = stdout.lines().find(|l| l.starts_with("assumed shape: ")).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `llmtrain launch --launcher mpirun` end to end (built with `--features mpi`; CI runs it with
 //! `cargo test --workspace --features llmtrain-cli/mpi --test launch_mpi`): 2 and 4 MPI ranks follow the single-process run
 //! with the same global batch within 1e-5, and a missing mpirun is one clear error; `raytrain_mpi` covers the
-//! `[scaling]` driver's restarts under mpirun.
+//! `[scaling]` driver's restarts under mpirun and runs the shipped configs whose workers mpirun starts.
 #![cfg(feature = "mpi")]
 
 mod common;

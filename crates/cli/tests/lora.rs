@@ -224,7 +224,7 @@ fn lora_on_two_ranks_follows_one_rank_with_the_same_global_batch() {
 #[test]
 fn sft_run_reports_held_out_accuracy_before_and_after() {
     // Prompt/completion rows with a completion-only loss, on a from-scratch base: the plumbing of `accuracy_file`
-    // (configs/lora.toml measures the real gain on the quickstart's model).
+    // (configs/sft-lora.toml measures the real gain on the quickstart's model).
     let dir = tempfile::tempdir().unwrap();
     let sft = root().join("data/sft");
     let take = |name: &str, n: usize| {

@@ -14,6 +14,7 @@ mod lora;
 mod messages;
 mod online;
 mod raytrain;
+mod recommend;
 mod shipped_configs;
 mod train;
 mod trl;

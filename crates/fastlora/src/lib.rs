@@ -6,6 +6,8 @@
 //! - [`attach`]: fresh adapters on the selected modules, everything else frozen (no gradients, so no gradient
 //!   buffers and no optimizer state for the base).
 //! - [`save_adapter`] / [`load_adapter`]: PEFT adapter directories, both ways.
+//! - [`LoraMethod`]: the `[lora]` section as a finetuning method of llmtrain-accel's loop ([`llmtrain_accel::Finetune`]):
+//!   adapters attached before training, checkpoints and `final/` holding the adapter alone, LoRA+'s learning rates.
 //! - [`merge`]: folds adapters into the base weights (W + s·B·A; DoRA rescales rows), for a plain HF checkpoint.
 //!
 //! ```no_run
@@ -26,11 +28,13 @@
 pub mod adapt;
 pub mod config;
 pub mod error;
+mod method;
 pub mod peft;
 mod section;
 
 pub use adapt::{attach, freeze_base, merge, trainable_params};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::{LoraError, Result};
+pub use method::LoraMethod;
 pub use peft::{load_adapter, save_adapter, write_adapter_files};
 pub use section::LoraSection;

@@ -16,12 +16,12 @@
 //!   the fly by tensor ops, with its own backward), and checkpoints are quantized as they load.
 //!
 //! ```
-//! use llmtrain_memopt::estimate::{AttentionImpl, MixedPrecision, EstimateInput, Method, Precision, estimate};
+//! use llmtrain_memopt::estimate::{AttentionImpl, MixedPrecision, EstimateInput, Method, Offload, Precision, estimate};
 //!
 //! // The ZeRO paper's example: 7.5B parameters, 64 GPUs, mixed precision, stage 3.
 //! let input = EstimateInput {
 //!     params: 7_500_000_000, model: None, method: Method::Full, lora_rank: 16, precision: Precision::Mixed,
-//!     compute: MixedPrecision::Bf16, attention: AttentionImpl::Eager, zero_stage: 3, gpus: 64, batch: None,
+//!     compute: MixedPrecision::Bf16, attention: AttentionImpl::Eager, zero_stage: 3, gpus: 64, offload: Offload::None, batch: None,
 //!     gradient_checkpointing: false, fused_loss_chunk: None,
 //! };
 //! let per_device = estimate(&input).unwrap();

@@ -1,7 +1,8 @@
 //! llmtrain-zero — DeepSpeed's role: ZeRO's partitioned training states as a strategy of accel's `Accelerator`
 //! (and so of the one Trainer), configured by a `[zero]` section.
 //!
-//! - [`ZeroSection`]: `[zero] stage, reduce_bucket_size, offload_optimizer, offload_param` (DeepSpeed's names).
+//! - [`ZeroSection`]: `[zero] stage, reduce_bucket_size, offload_optimizer, offload_param` (DeepSpeed's names);
+//!   [`not_partitioned`]: what stage 3 cannot run yet.
 //! - [`Zero`]: stages 1 (Adam's moments partitioned: each rank updates its share of the flattened parameters,
 //!   then the shares are all-gathered), 2 (gradients reduce-scattered after every micro-batch too) and 3 (the
 //!   parameters in shares as well: the model's forward gathers one decoder layer at a time, and again for its
@@ -43,5 +44,5 @@ mod strategy;
 
 pub use ds_config::{DsConfigError, apply_ds_config};
 pub use partition::{Partition, Segment};
-pub use section::{OffloadDevice, ZeroSection, ZeroStage};
+pub use section::{OffloadDevice, ZeroSection, ZeroStage, not_partitioned};
 pub use strategy::Zero;

@@ -85,6 +85,17 @@ impl ZeroSection {
     }
 }
 
+/// What stage 3 cannot partition in this build, named as the config names it (`[lora]`, `[dpo]`), or `None`: it
+/// partitions what full finetuning trains through the causal-LM forward (pretraining, `[sft]`); an adapter's
+/// frozen base and the preference, reward and online objectives' forwards are not partitioned yet.
+pub fn not_partitioned(adapters: bool, trainer: Option<&str>) -> Option<String> {
+    match (adapters, trainer) {
+        (true, _) => Some("[lora] (an adapter's frozen base)".to_string()),
+        (false, Some(trainer)) if trainer != "sft" => Some(format!("[{trainer}]")),
+        _ => None,
+    }
+}
+
 impl ConfigSection for ZeroSection {
     const NAME: &'static str = "zero";
 

@@ -613,6 +613,7 @@ fn config_json() -> Result<Runner> {
                 attention: AttentionImpl::Flash,
                 zero_stage: 3,
                 gpus: 2,
+                offload: llmtrain_memopt::estimate::Offload::None,
                 batch: Some(BatchShape { batch: 2, seq: 512 }),
                 gradient_checkpointing: true,
                 fused_loss_chunk: Some(128),

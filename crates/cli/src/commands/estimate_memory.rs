@@ -1,33 +1,22 @@
 //! `llmtrain estimate-memory (--model DIR | --params 7B [--family llama2|llama3|mistral|qwen2])
 //! [--method full|lora|qlora] [--precision fp32|mixed|bf16] [--compute-dtype f32|bf16|fp16] [--zero-stage 0..3]
-//! [--gpus G] [--batch B --seq T] [--attention eager|flash] [--grad-checkpointing]
+//! [--gpus G] [--offload none|optimizer|optimizer+params] [--batch B --seq T] [--attention eager|flash] [--grad-checkpointing]
 //! [--fused-cross-entropy [--cross-entropy-chunk N]]`: memory per device, like `accelerate estimate-memory`, with
 //! DeepSpeed's ZeRO accounting; with a batch shape, also the activations autodiff keeps and the peak resident memory
 //! of one training step of llmtrain's CPU trainer. A `--params` size with a standard shape (`KNOWN_SHAPES`: 7B is
 //! Llama 2 7B unless `--family` picks another) stands for that model, and the line `assumed shape: ...` says which.
 
-use std::path::PathBuf;
-
-use anyhow::{Result, anyhow, bail};
-use llmtrain_core::hf::HfConfig;
+use anyhow::Result;
 use llmtrain_memopt::estimate::{
-    AttentionImpl, BatchShape, EstimateInput, Family, Method, MixedPrecision, Precision, compute_for, count_params,
-    estimate, parse_param_count, standard_shape,
+    AttentionImpl, BatchShape, EstimateInput, Family, Method, MixedPrecision, Offload, Precision, compute_for, estimate,
 };
+
+use super::model_size::ModelSize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An HF checkpoint directory (its config.json gives the shape and parameter count).
-    #[arg(long, conflicts_with = "params", required_unless_present = "params")]
-    pub model: Option<PathBuf>,
-    /// A parameter count instead of a model: 7B, 7.5B, 350M, ... A standard size (0.5B, 1B, 1.5B, 3B, 7B, 8B,
-    /// 13B, 14B, 32B, 70B, 72B) stands for that model's published shape (7B: Llama 2 7B; see --family); another
-    /// count gives the model states of --method full only.
-    #[arg(long)]
-    pub params: Option<String>,
-    /// The family whose shape of the --params size is assumed; default: the first with one, in this order.
-    #[arg(long, requires = "params", conflicts_with = "model", value_parser = Family::NAMES)]
-    pub family: Option<String>,
+    #[command(flatten)]
+    pub size: ModelSize,
     /// full, lora or qlora.
     #[arg(long, default_value = "full", value_parser = ["full", "lora", "qlora"])]
     pub method: String,
@@ -47,6 +36,10 @@ pub struct Args {
     /// Data-parallel ranks the states are sharded over.
     #[arg(long, default_value_t = 1)]
     pub gpus: usize,
+    /// ZeRO-Offload: the optimizer state and gradients (stage 1 and up), or the parameters too (stage 3), in host
+    /// memory; the table's rows are then stages 1-3 or 3.
+    #[arg(long, default_value = "none", value_parser = ["none", "optimizer", "optimizer+params"])]
+    pub offload: String,
     /// Rows per device (one micro-batch).
     #[arg(long, requires = "seq")]
     pub batch: Option<usize>,
@@ -69,33 +62,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let mut assumed = None;
-    let (params, model) = match (&args.model, &args.params) {
-        (Some(dir), _) => {
-            let config = HfConfig::load(dir)?;
-            (count_params(&config.model), Some(config.model))
-        }
-        (None, Some(text)) => {
-            let count = parse_param_count(text)
-                .ok_or_else(|| anyhow!("--params {text}: expected a count such as 7B, 7.5B, 350M or 125000"))?;
-            let family = match args.family.as_deref() {
-                Some(name) => Some(
-                    Family::from_name(name)
-                        .ok_or_else(|| anyhow!("--family {name}: expected one of {}", Family::NAMES.join(", ")))?,
-                ),
-                None => None,
-            };
-            match standard_shape(count, family, text)? {
-                Some(shape) => {
-                    let config = shape.config();
-                    assumed = Some(shape);
-                    (count_params(&config), Some(config))
-                }
-                None => (count, None),
-            }
-        }
-        (None, None) => bail!("give --model DIR or --params N"),
-    };
+    let sized = args.size.resolve()?;
+    let (params, model, assumed) = (sized.params, sized.config, sized.assumed);
     let method = match args.method.as_str() {
         "lora" => Method::Lora,
         "qlora" => Method::Qlora,
@@ -115,9 +83,20 @@ pub fn run(args: &Args) -> Result<()> {
     let attention = if args.attention == "flash" { AttentionImpl::Flash } else { AttentionImpl::Eager };
     let batch = args.batch.zip(args.seq).map(|(batch, seq)| BatchShape { batch, seq });
     let fused_loss_chunk = args.fused_cross_entropy.then_some(args.cross_entropy_chunk);
+    let offload = match args.offload.as_str() {
+        "optimizer" => Offload::Optimizer,
+        "optimizer+params" => Offload::OptimizerAndParams,
+        _ => Offload::None,
+    };
+    // Without --zero-stage, a row for each stage the offload runs under.
+    let lowest_stage = match offload {
+        Offload::None => 0,
+        Offload::Optimizer => 1,
+        Offload::OptimizerAndParams => 3,
+    };
     let stages: Vec<u8> = match args.zero_stage {
         Some(stage) => vec![stage],
-        None => (0..=3).collect(),
+        None => (lowest_stage..=3).collect(),
     };
     let mut rows = Vec::with_capacity(stages.len());
     for zero_stage in stages {
@@ -131,6 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
             attention,
             zero_stage,
             gpus: args.gpus,
+            offload,
             batch,
             gradient_checkpointing: args.grad_checkpointing,
             fused_loss_chunk,
@@ -188,6 +168,15 @@ pub fn run(args: &Args) -> Result<()> {
             fmt(e.optimizer),
             e.activations.map_or("-".to_string(), fmt),
             fmt(e.total())
+        );
+    }
+    for (stage, e) in rows.iter().filter(|(_, e)| e.host > 0.0) {
+        println!(
+            "ZeRO stage {stage}, {} offloaded: {} {unit} of model states per rank in host memory; the total counts \
+             {} {unit} of stage 3's gathered layer",
+            offload.name(),
+            fmt(e.host),
+            fmt(e.gathered)
         );
     }
     // What the CPU peak is made of (the trainer on burn's Flex backend, one rank; ranks run as threads of one

@@ -8,6 +8,8 @@ pub mod generate;
 pub mod launch;
 pub mod logits;
 pub mod merge;
+pub mod model_size;
+pub mod recommend;
 pub mod score;
 pub mod tokenizer;
 pub mod train;

@@ -10,13 +10,12 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, MixedPrecision};
 
-use crate::lora_method::LoraMethod;
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
 use llmtrain_core::setup::TrainOverrides;
 use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::checkpoint::ResumeFrom;
-use llmtrain_fastlora::LoraSection;
+use llmtrain_fastlora::{LoraMethod, LoraSection};
 use llmtrain_memopt::MemoptSection;
 use llmtrain_zero::ZeroSection;
 
@@ -234,14 +233,7 @@ pub fn run_rank<B: Backend>(
         };
         accel_config.validate()?;
         let trl_trainer = llmtrain_trl::trainer_section(&config)?;
-        // Stage 3 partitions what full finetuning trains through the causal-LM forward; an adapter's frozen base
-        // and the preference and reward objectives' forwards are not partitioned yet.
-        let not_sharded = match (lora.is_some(), trl_trainer) {
-            (true, _) => Some("[lora] (an adapter's frozen base)".to_string()),
-            (false, Some(trainer)) if trainer != "sft" => Some(format!("[{trainer}]")),
-            _ => None,
-        };
-        if let (Some(what), 3) = (not_sharded, zero.stage) {
+        if let (Some(what), 3) = (llmtrain_zero::not_partitioned(lora.is_some(), trl_trainer), zero.stage) {
             // Named where the stage was set: the DeepSpeed config's key, or the run config's.
             let (file, key) = match &ds_config {
                 Some(path) => (path.clone(), "zero_optimization.stage"),

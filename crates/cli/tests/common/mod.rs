@@ -21,6 +21,35 @@ pub fn llmtrain_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_llmtrain"))
 }
 
+/// The shipped configs (`configs/*.toml`) whose `[scaling]` launcher starts worker processes (mpirun, srun): a
+/// build without the `mpi` feature cannot run them, so `shipped_configs` (the e2e target) skips them after checking
+/// each is listed here, and `raytrain_mpi::shipped_mpi_configs_run_as_written` (the `launch_mpi` target) runs
+/// these.
+pub const MPI_CONFIGS: &[&str] = &["multinode"];
+
+/// The trl fixtures' tiny Llama with its tokenizer, as one HF directory under `dir`: what the shipped configs
+/// finetune in the tests instead of the runs they build on (`--model`).
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixtures = root().join("crates/trl/tests/fixtures");
+    for source in ["dpo_policy", "dpo_tokenizer"] {
+        for entry in std::fs::read_dir(fixtures.join(source)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    model
+}
+
+/// Asserts that the run of shipped config `name` in `out` logged a training loss and wrote `final/`.
+pub fn assert_trained(name: &str, out: &Path) {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps = text.lines().filter(|line| line.contains("\"loss\"")).count();
+    assert!(steps >= 1, "{name}: no training record in {text}");
+    assert!(out.join("final").is_dir(), "{name}: no final/");
+}
+
 /// Runs `llmtrain args...` to completion.
 pub fn llmtrain(args: &[&str]) -> Output {
     Command::new(llmtrain_bin()).args(args).output().expect("llmtrain starts")

@@ -1,13 +1,14 @@
 //! The `[scaling]` driver under mpirun (2 ranks): a worker killed with SIGKILL costs a restart from the newest
 //! checkpoint, not the run, and the final model is byte-identical to an uninterrupted run's; with no failures
 //! allowed the kill ends the run naming the worker and the signal; a killed driver started again continues the run;
-//! an elastic group shrinks from 2 workers to 1 and keeps the global batch.
+//! an elastic group shrinks from 2 workers to 1 and keeps the global batch; the shipped configs with mpirun workers
+//! (configs/multinode.toml) run as written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::llmtrain_bin;
+use crate::common::{MPI_CONFIGS, assert_trained, llmtrain_bin, root, tiny_model};
 use crate::launch_common::{Job, curves, max_weight_diff, ok};
 
 /// Steps of every run here: long enough that a kill lands mid-run.
@@ -201,4 +202,27 @@ fn an_elastic_group_shrinks_to_the_slots_left_and_keeps_the_global_batch() {
         max_weight_diff(&run_dir.join("final/model.safetensors"), &job.path("runs/clean/final/model.safetensors"));
     eprintln!("elastic 2 -> 1 worker: max |Δloss| {worst:.2e}, final max |Δweight| {weights:.2e}");
     assert!(worst < 1e-5 && weights < 1e-5, "{worst} {weights}");
+}
+
+/// The shipped configs whose workers mpirun starts (`common::MPI_CONFIGS`; the e2e `shipped_configs` test checks
+/// that it lists every one) run as written, with their hostfile, for 2 steps from the tiny fixture model: the
+/// driver's workers train, write final/, and result.json reports the run finished without a restart.
+#[test]
+fn shipped_mpi_configs_run_as_written() {
+    let job = Job::new();
+    let model = tiny_model(job.dir.path());
+    for name in MPI_CONFIGS {
+        let config = root().join(format!("configs/{name}.toml"));
+        let out = job.path(&format!("out-{name}"));
+        let mut args = vec!["train", "--config", config.to_str().unwrap(), "--max-steps", "2"];
+        args.extend(["--model", model.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+        let stdout = ok(&job.run(&args));
+        assert!(stdout.contains("raytrain: finished with 0 restart(s)"), "{name}: {stdout}");
+        assert_trained(name, &out);
+        let result = run_result(&out);
+        assert_eq!(result["status"], "finished", "{name}: {result}");
+        assert!(result["error"].is_null(), "{name}: {result}");
+        assert_eq!(result["restarts"].as_array().map(Vec::len), Some(0), "{name}: {result}");
+        assert_eq!(result["metrics"]["step"], 2, "{name}: {result}");
+    }
 }

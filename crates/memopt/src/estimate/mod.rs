@@ -70,6 +70,32 @@ fn bytes_per_param(precision: Precision) -> (f64, f64, f64) {
 /// absmax values (4 + 8/64 + 32/(64·256) ≈ 4.127 bits).
 pub const NF4_DOUBLE_QUANT_BITS: f64 = 4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0);
 
+/// Where ZeRO-Offload keeps the model states a rank does not need on its device (DeepSpeed's `offload_optimizer`
+/// and `offload_param`, device `cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offload {
+    /// Everything on the device.
+    #[default]
+    None,
+    /// ZeRO-Offload: the optimizer state (with the f32 master weights) and the gradient partition in host memory;
+    /// the update runs on the CPU. Stages 1–3.
+    Optimizer,
+    /// ZeRO-Infinity's CPU form: the parameters' partitions too; the device holds only the layers being computed.
+    /// Stage 3.
+    OptimizerAndParams,
+}
+
+impl Offload {
+    /// The name `recommend --json` and the tables print: `none`, `optimizer`, `optimizer+params`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Offload::None => "none",
+            Offload::Optimizer => "optimizer",
+            Offload::OptimizerAndParams => "optimizer+params",
+        }
+    }
+}
+
 /// The activations' type `--precision` implies: f32 for fp32, bf16 for mixed (16-bit compute over f32 master
 /// weights) and for bf16 (bf16 everything). fp16 is the other 16-bit choice under mixed; it takes the same bytes.
 pub fn compute_for(precision: Precision) -> MixedPrecision {
@@ -106,6 +132,8 @@ pub struct EstimateInput {
     pub zero_stage: u8,
     /// Data-parallel ranks the states are sharded over.
     pub gpus: usize,
+    /// What ZeRO-Offload moves to host memory.
+    pub offload: Offload,
     /// Rows per device; `None` counts model states only.
     pub batch: Option<BatchShape>,
     pub gradient_checkpointing: bool,
@@ -124,13 +152,19 @@ pub struct MemoryEstimate {
     /// checkpointing the layer inputs plus one layer's recomputed graph (or the head's, if larger). None when no
     /// batch shape (or no model shape) was given.
     pub activations: Option<f64>,
+    /// Stage 3's working set on the device: the largest layer's 16-bit parameters and gradients gathered whole
+    /// (DeepSpeed's `4 · largest_layer_params`); 0 below stage 3 or without the model's shape.
+    pub gathered: f64,
+    /// The model states ZeRO-Offload keeps in host memory for this rank (not part of [`MemoryEstimate::total`]).
+    pub host: f64,
     /// The CPU trainer's peak resident memory per rank for this batch (None without a batch shape).
     pub cpu_peak: Option<CpuPeak>,
 }
 
 impl MemoryEstimate {
+    /// Bytes on the device: the model states it keeps, stage 3's gathered layer and the activations.
     pub fn total(&self) -> f64 {
-        self.weights + self.gradients + self.optimizer + self.activations.unwrap_or(0.0)
+        self.weights + self.gradients + self.optimizer + self.gathered + self.activations.unwrap_or(0.0)
     }
 
     /// Model states only (what ZeRO's formulas give).
@@ -156,6 +190,8 @@ pub enum EstimateError {
     EmptyBatch,
     #[error("--cross-entropy-chunk must be at least 1")]
     EmptyLossChunk,
+    #[error("offloading the {offload} needs ZeRO stage {needs} or above, got stage {stage}")]
+    OffloadStage { offload: &'static str, needs: u8, stage: u8 },
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -173,6 +209,7 @@ pub fn fp32_model_states(params: u64, zero_stage: u8, gpus: usize) -> Result<Mem
         attention: AttentionImpl::Eager,
         zero_stage,
         gpus,
+        offload: Offload::None,
         batch: None,
         gradient_checkpointing: false,
         fused_loss_chunk: None,
@@ -195,6 +232,15 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
     }
     if input.fused_loss_chunk == Some(0) {
         return Err(EstimateError::EmptyLossChunk);
+    }
+    match (input.offload, input.zero_stage) {
+        (Offload::Optimizer, 0) => {
+            return Err(EstimateError::OffloadStage { offload: "optimizer", needs: 1, stage: 0 });
+        }
+        (Offload::OptimizerAndParams, stage) if stage < 3 => {
+            return Err(EstimateError::OffloadStage { offload: "parameters", needs: 3, stage });
+        }
+        _ => {}
     }
     let (weight_bytes, gradient_bytes, optimizer_bytes) = bytes_per_param(input.precision);
     // ZeRO's Ψ.
@@ -221,6 +267,18 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
     let weights = shard(stage >= 3, weights);
     let gradients = shard(stage >= 2, trainable * gradient_bytes);
     let optimizer = shard(stage >= 1, trainable * optimizer_bytes);
+    // ZeRO-Offload moves the optimizer's partition and the gradients reduced into it to host memory, where the
+    // update runs (DeepSpeed's estimators then count only the 16-bit parameters on the device); parameter offload
+    // moves the parameters' partitions too.
+    let (device_weights, device_gradients, device_optimizer, host) = match input.offload {
+        Offload::None => (weights, gradients, optimizer, 0.0),
+        Offload::Optimizer => (weights, 0.0, 0.0, shard(true, trainable * gradient_bytes) + optimizer),
+        Offload::OptimizerAndParams => (0.0, 0.0, 0.0, weights + shard(true, trainable * gradient_bytes) + optimizer),
+    };
+    let gathered = match &input.model {
+        Some(model) if stage >= 3 => largest_layer_params(model) as f64 * (weight_bytes + gradient_bytes),
+        _ => 0.0,
+    };
     let (activations, cpu_peak) = match (input.batch, &input.model) {
         (Some(shape), _) if shape.batch == 0 || shape.seq == 0 => return Err(EstimateError::EmptyBatch),
         (Some(shape), Some(model)) => {
@@ -270,7 +328,15 @@ pub fn estimate(input: &EstimateInput) -> Result<MemoryEstimate, EstimateError> 
         (Some(_), None) => return Err(EstimateError::NeedsShape("activations (--batch/--seq)")),
         (None, _) => (None, None),
     };
-    Ok(MemoryEstimate { weights, gradients, optimizer, activations, cpu_peak })
+    Ok(MemoryEstimate {
+        weights: device_weights,
+        gradients: device_gradients,
+        optimizer: device_optimizer,
+        activations,
+        gathered,
+        host,
+        cpu_peak,
+    })
 }
 
 /// Parses a parameter count such as `7B`, `7.5B`, `350M`, `125k` or `1234`.
@@ -309,6 +375,14 @@ pub fn training_flops_per_token(m: &ModelConfig, seq_len: usize) -> f64 {
     6.0 * matmul_weights as f64 + attention as f64
 }
 
+/// Parameters of the largest single weight (the embedding, the head, or one projection): what ZeRO stage 3 gathers
+/// whole at once at the least (DeepSpeed's `largest_layer_params`).
+pub fn largest_layer_params(m: &ModelConfig) -> u64 {
+    let q = (m.num_attention_heads * m.head_dim) as u64;
+    let (h, i, v) = (m.hidden_size as u64, m.intermediate_size as u64, m.vocab_size as u64);
+    (v * h).max(h * i).max(h * q)
+}
+
 /// Weights of one decoder layer's seven linear projections (no biases).
 fn linear_weights_per_layer(m: &ModelConfig) -> f64 {
     let (h, i) = (m.hidden_size as f64, m.intermediate_size as f64);
@@ -344,6 +418,7 @@ mod tests {
             attention: AttentionImpl::Eager,
             zero_stage: stage,
             gpus: 64,
+            offload: Offload::None,
             batch: None,
             gradient_checkpointing: false,
             fused_loss_chunk: None,
@@ -433,7 +508,44 @@ mod tests {
     }
 
     #[test]
+    fn offload_follows_deepspeeds_zero_3_estimator() {
+        // DeepSpeed's estimate_zero3_model_states_mem_needs (mixed precision, zero_init=1) per GPU: 4·LL + 18P/G
+        // without offload (ZeRO's paper counts 16P/G, as here), 4·LL + 2P/G with the optimizer offloaded and 4·LL
+        // with the parameters too. Llama 2 7B (P = 6,738,415,616; the largest layer is the 32000 × 4096 embedding)
+        // on 8 GPUs: 0.49 GiB + 1.57 GiB, and 0.49 GiB.
+        let mut m = ModelConfig::tiny_llama(32000, 4096, 32, 32, 32);
+        m.intermediate_size = 11008;
+        m.tie_word_embeddings = false;
+        let params = count_params(&m);
+        let input = EstimateInput { params, model: Some(m.clone()), gpus: 8, ..zero_paper(3) };
+        let largest = 4.0 * 32000.0 * 4096.0;
+        assert_eq!(largest_layer_params(&m), 32000 * 4096);
+        let plain = estimate(&input).unwrap();
+        assert_eq!(plain.total(), largest + 16.0 * params as f64 / 8.0);
+        assert_eq!(plain.host, 0.0);
+        let optimizer = estimate(&EstimateInput { offload: Offload::Optimizer, ..input.clone() }).unwrap();
+        assert_eq!(optimizer.total(), largest + 2.0 * params as f64 / 8.0);
+        assert_eq!(optimizer.host, 14.0 * params as f64 / 8.0);
+        let gib = |bytes: f64| (bytes / (1u64 << 30) as f64 * 100.0).round() / 100.0;
+        assert_eq!((gib(largest), gib(optimizer.total() - largest)), (0.49, 1.57));
+        let params_too = estimate(&EstimateInput { offload: Offload::OptimizerAndParams, ..input.clone() }).unwrap();
+        assert_eq!(params_too.total(), largest);
+        assert_eq!(params_too.host, 16.0 * params as f64 / 8.0);
+        // ZeRO-Offload under stage 2 (DeepSpeed's estimate_zero2: 2P on the GPU).
+        let stage2 = estimate(&EstimateInput { offload: Offload::Optimizer, zero_stage: 2, ..input }).unwrap();
+        assert_eq!(stage2.total(), 2.0 * params as f64);
+    }
+
+    #[test]
     fn bad_inputs_are_named() {
+        assert_eq!(
+            estimate(&EstimateInput { offload: Offload::OptimizerAndParams, ..zero_paper(2) }),
+            Err(EstimateError::OffloadStage { offload: "parameters", needs: 3, stage: 2 })
+        );
+        assert_eq!(
+            estimate(&EstimateInput { offload: Offload::Optimizer, ..zero_paper(0) }),
+            Err(EstimateError::OffloadStage { offload: "optimizer", needs: 1, stage: 0 })
+        );
         assert_eq!(estimate(&zero_paper(4)), Err(EstimateError::ZeroStage(4)));
         assert_eq!(estimate(&EstimateInput { gpus: 0, ..zero_paper(0) }), Err(EstimateError::NoGpus));
         assert!(matches!(

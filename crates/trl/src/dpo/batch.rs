@@ -2,10 +2,12 @@
 //! prompt + chosen, then every prompt + rejected, right-padded and cut to `max_length` (TRL's `keep_start`), with
 //! a mask of the completion tokens; and the per-sequence sums of completion log-probs a model gives it.
 
+use burn::tensor::FloatDType;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use llmtrain_core::model::LlamaModel;
+use llmtrain_core::model::compute::to_dtype;
 
 use super::data::TokenizedPair;
 
@@ -142,7 +144,8 @@ impl<B: Backend> TokenForward<B> {
         } else {
             model.hidden_states(tokens.clone(), None)
         };
-        let logits = model.logits(hidden).slice([0..rows, 0..len - 1]);
+        // In f32 whatever the compute type (TRL upcasts the logits too): the log-softmax and the masks are f32.
+        let logits = to_dtype(model.logits(hidden), FloatDType::F32).slice([0..rows, 0..len - 1]);
         let next = tokens.slice([0..rows, 1..len]).unsqueeze_dim::<3>(2);
         let log_probs = log_softmax(logits.clone(), 2);
         let picked = log_probs.clone().gather(2, next.clone()).reshape([rows, len - 1]);

@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+use burn::tensor::FloatDType;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use llmtrain_core::data::{Content, Row};
 use llmtrain_core::model::LlamaModel;
+use llmtrain_core::model::compute::to_dtype;
 use llmtrain_core::tokenizer::TextTokenizer;
 use serde_json::{Map, Value};
 
@@ -181,7 +183,7 @@ pub fn completion_logps<B: Backend>(
 /// [`completion_logps`] over a batch already laid out (say, wider than its longest completion).
 pub fn logps_in<B: Backend>(model: &LlamaModel<B>, rows: &CompletionRows<B>, temperature: f64) -> CompletionLogps<B> {
     let hidden = model.hidden_states(rows.tokens.clone(), None);
-    rows.token_logps(model.logits(hidden), temperature)
+    rows.token_logps(to_dtype(model.logits(hidden), FloatDType::F32), temperature)
 }
 
 /// `[rows, width]`: 1 for the first `counted` positions of each row, else 0.

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::FloatDType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use llmtrain_core::generate::{SamplingConfig, generate_batch};
+use llmtrain_core::model::compute::to_dtype;
 use llmtrain_core::model::{LlamaModel, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{
@@ -144,11 +146,11 @@ fn policy_and_values<B: Backend>(
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
     let hidden = net.model.hidden_states(rows.tokens.clone(), None);
     let [n, len, width] = hidden.dims();
-    let values = llmtrain_core::model::compute::to_dtype(hidden.clone(), burn::tensor::FloatDType::F32)
+    let values = to_dtype(hidden.clone(), FloatDType::F32)
         .reshape([n * len, width])
         .matmul(net.score.val().transpose())
         .reshape([n, len]);
-    let logps = rows.token_logps(net.model.logits(hidden), temperature);
+    let logps = rows.token_logps(to_dtype(net.model.logits(hidden), FloatDType::F32), temperature);
     (logps.logps, rows.at_predicting(values), logps.entropy)
 }
 

@@ -1,12 +1,12 @@
-//! LoRA as a finetuning method of the training loop: llmtrain-fastlora's adapters through llmtrain-accel's
-//! [`Finetune`] hook (the command composes the two crates; neither depends on the other).
+//! LoRA as a finetuning method of the training loop: the adapters plug into llmtrain-accel's [`Finetune`] hook,
+//! the way ZeRO's strategies plug into its Accelerator (PEFT's model wrapping, for Accelerate).
 
 use std::path::Path;
 
+use crate::{LoraConfig, LoraSection, attach, load_adapter, write_adapter_files};
 use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::Finetune;
 use llmtrain_core::model::LlamaModel;
-use llmtrain_fastlora::{LoraConfig, LoraSection, attach, load_adapter, write_adapter_files};
 
 /// Trains a PEFT adapter on a frozen (possibly 4-bit) base; checkpoints and `final/` hold the adapter, not the base.
 pub struct LoraMethod {
