@@ -78,7 +78,7 @@ fn the_table_names_every_candidate_and_why_the_choice() {
 #[test]
 fn nothing_fitting_names_the_closest_and_what_would_fit() {
     let out = llmtrain(&["recommend", "--params", "70B", "--gpu-memory", "16GB"]);
-    let line = assert_one_line_error(&out, "nothing fits on 1 x 16 GiB: the closest");
+    let line = assert_one_line_error(&out, "nothing fits on 1 x 16.0 GiB: the closest");
     assert!(line.contains("it would fit with --seq-len"), "{line}");
     // The table still shows what was considered.
     assert!(String::from_utf8_lossy(&out.stdout).contains("| 1 | full, data parallel |"));

@@ -171,7 +171,7 @@ fn model_shape(args: &Args, task: Task) -> Result<(u64, Option<llmtrain_core::mo
 }
 
 fn gib(bytes: f64) -> String {
-    format!("{:.1} GiB", bytes / GIB)
+    guide::show_bytes(bytes)
 }
 
 fn print_table(shape: &str, work: &Workload, hardware: &Hardware, r: &Recommendation, written: Option<&Path>) {
@@ -182,13 +182,13 @@ fn print_table(shape: &str, work: &Workload, hardware: &Hardware, r: &Recommenda
     };
     println!("model: {shape}, {count} parameters");
     println!(
-        "job: --task {}, {} rows x {} tokens per device; {} x {:.0} GiB GPU{} ({} usable each: {:.0}% kept free for \
+        "job: --task {}, {} rows x {} tokens per device; {} x {} GPU{} ({} usable each: {:.0}% kept free for \
          the CUDA context and the allocator)",
         work.task.name(),
         work.batch,
         work.seq_len,
         hardware.gpus,
-        hardware.gpu_memory / GIB,
+        gib(hardware.gpu_memory),
         if hardware.nodes > 1 { format!(" on {} machines", hardware.nodes) } else { String::new() },
         gib(hardware.usable()),
         guide::HEADROOM * 100.0
@@ -292,9 +292,9 @@ fn nothing_fits(hardware: &Hardware, r: &Recommendation) -> String {
     };
     let need = closest.per_device.unwrap_or(0.0);
     let mut line = format!(
-        "nothing fits on {} x {:.0} GiB: the closest, {}, needs {} per device, {} over the {} usable",
+        "nothing fits on {} x {}: the closest, {}, needs {} per device, {} over the {} usable",
         hardware.gpus,
-        hardware.gpu_memory / GIB,
+        gib(hardware.gpu_memory),
         closest.candidate.describe(),
         gib(need),
         gib(need - hardware.usable()),

@@ -204,7 +204,7 @@ pub struct Considered {
 impl Considered {
     /// Why it was kept or dropped, in words.
     pub fn why(&self, usable: f64) -> String {
-        let gib = |bytes: f64| format!("{:.1} GiB", bytes / GIB);
+        let gib = show_bytes;
         match (&self.verdict, self.per_device) {
             (Verdict::Chosen, Some(need)) => {
                 format!("chosen: the simplest that fits ({} of {} usable)", gib(need), gib(usable))
@@ -219,6 +219,11 @@ impl Considered {
 }
 
 pub const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes as GiB, or MiB below one GiB (a small model's needs would all read 0.0 GiB).
+pub fn show_bytes(bytes: f64) -> String {
+    if bytes.abs() >= GIB { format!("{:.1} GiB", bytes / GIB) } else { format!("{:.1} MiB", bytes / (1024.0 * 1024.0)) }
+}
 
 /// A guide row, as `--json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use llmtrain_core::model::ModelConfig;
 use llmtrain_memopt::estimate::{Method, Offload};
 
-use super::{Candidate, GIB, Hardware, Recommendation, Task, Workload};
+use super::{Candidate, Hardware, Recommendation, Task, Workload};
 
 /// Where the model comes from.
 #[derive(Debug, Clone)]
@@ -97,12 +97,12 @@ pub fn render(plan: &Plan) -> String {
     let _ = writeln!(t, "#");
     let _ = writeln!(
         t,
-        "# Chosen: {}, {} per device predicted of {:.1} GiB usable ({} x {:.0} GiB, {:.0}% kept free).",
+        "# Chosen: {}, {} per device predicted of {} usable ({} x {}, {:.0}% kept free).",
         candidate.describe(),
-        format_args!("{:.1} GiB", plan.per_device / GIB),
-        hardware.usable() / GIB,
+        super::show_bytes(plan.per_device),
+        super::show_bytes(hardware.usable()),
         hardware.gpus,
-        hardware.gpu_memory / GIB,
+        super::show_bytes(hardware.gpu_memory),
         super::HEADROOM * 100.0
     );
     let _ = writeln!(t, "# The walk: {}.", r.order);
