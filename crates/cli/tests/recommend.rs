@@ -154,6 +154,7 @@ fn each_written_config_runs_as_written() {
     let (sft, pairs, prompts) =
         (data("data/sft/train.jsonl"), data("data/preference/train.jsonl"), data("data/grpo/train.jsonl"));
     let shakespeare = data("data/shakespeare");
+    let reward_model = data("crates/trl/tests/fixtures/reward_model");
     // (name, recommend's flags, the candidate to land on, the written config's sections, ranks to run with)
     type Job<'a> = (&'a str, Vec<&'a str>, &'a str, &'a [&'a str], usize);
     let jobs: Vec<Job> = vec![
@@ -178,6 +179,22 @@ fn each_written_config_runs_as_written() {
             vec!["--data", &prompts, "--task", "grpo", "--reward", "exact_match"],
             "LoRA (bf16 base)",
             &["[grpo]", "reward_funcs = [\"exact_match\"]"],
+            1,
+        ),
+        ("orpo", vec!["--data", &pairs, "--task", "orpo"], "LoRA (bf16 base)", &["[orpo]"], 1),
+        ("reward", vec!["--data", &pairs, "--task", "reward"], "full, data parallel", &["[reward]"], 1),
+        (
+            "rloo",
+            vec!["--data", &prompts, "--task", "rloo", "--reward", "exact_match"],
+            "LoRA (bf16 base)",
+            &["[rloo]"],
+            1,
+        ),
+        (
+            "ppo",
+            vec!["--data", &prompts, "--task", "ppo", "--reward-model", &reward_model],
+            "LoRA (bf16 base)",
+            &["[ppo]", "reward_model_path = "],
             1,
         ),
         ("pretrain", vec!["--data", &shakespeare, "--task", "pretrain"], "full, data parallel", &["packing = true"], 1),

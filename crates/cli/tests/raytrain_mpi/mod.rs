@@ -207,6 +207,45 @@ fn an_elastic_group_shrinks_to_the_slots_left_and_keeps_the_global_batch() {
 /// The shipped configs whose workers mpirun starts (`common::MPI_CONFIGS`; the e2e `shipped_configs` test checks
 /// that it lists every one) run as written, with their hostfile, for 2 steps from the tiny fixture model: the
 /// driver's workers train, write final/, and result.json reports the run finished without a restart.
+/// `llmtrain recommend --nodes 2` writes a `[scaling]` config that the driver runs under mpirun as written (but
+/// for `use_gpu`: these machines have no GPU).
+#[test]
+fn a_multi_node_config_recommend_writes_runs_under_mpirun() {
+    let job = Job::new();
+    let model = tiny_model(job.dir.path());
+    let config = job.path("multinode.toml");
+    let data = root().join("data/sft/train.jsonl");
+    let recommend = [
+        "recommend",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--gpus",
+        "2",
+        "--nodes",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--out",
+        config.to_str().unwrap(),
+    ];
+    let stdout = ok(&job.run(&recommend));
+    assert!(stdout.contains("decision guide: Multi-node cluster (Ray Train) -> llmtrain-raytrain"), "{stdout}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("launcher = \"mpirun\"") && text.contains("num_workers = 2"), "{text}");
+    std::fs::write(&config, text.replace("use_gpu = true", "use_gpu = false")).unwrap();
+    let out = job.path("out-multinode");
+    let train =
+        ["train", "--config", config.to_str().unwrap(), "--max-steps", "2", "--output-dir", out.to_str().unwrap()];
+    let stdout = ok(&job.run(&train));
+    assert!(stdout.contains("raytrain: finished with 0 restart(s)"), "{stdout}");
+    assert_trained("multinode", &out);
+    assert_eq!(run_result(&out)["status"], "finished");
+}
+
 #[test]
 fn shipped_mpi_configs_run_as_written() {
     let job = Job::new();
