@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
         _ => None,
     };
     if args.json {
-        println!("{}", json(args, &work, &hardware, &recommendation, written.as_deref()));
+        println!("{}", json(&work, &hardware, &recommendation, written.as_deref()));
     } else {
         print_table(&shape_name, &work, &hardware, &recommendation, written.as_deref());
     }
@@ -239,7 +239,7 @@ fn run_command(config: &Path, hardware: &Hardware) -> String {
     }
 }
 
-fn json(args: &Args, work: &Workload, hardware: &Hardware, r: &Recommendation, written: Option<&Path>) -> String {
+fn json(work: &Workload, hardware: &Hardware, r: &Recommendation, written: Option<&Path>) -> String {
     let pick = r.pick();
     let candidate = pick.map(|p| p.candidate);
     let candidates: Vec<serde_json::Value> = r
@@ -281,7 +281,6 @@ fn json(args: &Args, work: &Workload, hardware: &Hardware, r: &Recommendation, w
         "remedies": r.remedies,
         "config": written.map(|p| p.display().to_string()),
         "command": written.map(|p| run_command(p, hardware)),
-        "calibrate": args.calibrate,
     });
     value.to_string()
 }
