@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use llmtrain_core::hf::{Head, HfConfig};
-use llmtrain_memopt::estimate::{BatchShape, EstimateInput, Method, MixedPrecision, Precision, estimate};
+use llmtrain_memopt::estimate::{EstimateInput, Method, Offload, estimate};
 
 use super::model_size::ModelSize;
 use crate::guide::write::{ModelSource, Plan, Rewards, render};
@@ -462,27 +462,13 @@ fn calibrate(
             bail!("--calibrate: two steps of the chosen config failed: {last}");
         }
         let measured = children_peak_rss();
-        let predicted = estimate(&EstimateInput {
-            params: work.params,
-            model: work.model.clone(),
-            method: pick.candidate.method,
-            lora_rank: work.lora_rank,
-            precision: Precision::Mixed,
-            compute: MixedPrecision::Bf16,
-            attention: if pick.candidate.memopt {
-                llmtrain_memopt::estimate::AttentionImpl::Flash
-            } else {
-                llmtrain_memopt::estimate::AttentionImpl::Eager
-            },
+        // The same input the walk predicted the device with, for one rank: the CPU step peak it also gives.
+        let input = EstimateInput {
             zero_stage: 0,
-            gpus: 1,
-            offload: llmtrain_memopt::estimate::Offload::None,
-            batch: work.model.as_ref().map(|_| BatchShape { batch: work.batch, seq: work.seq_len }),
-            gradient_checkpointing: pick.candidate.memopt,
-            fused_loss_chunk: pick.candidate.memopt.then_some(guide::LOSS_CHUNK),
-        })?
-        .cpu_peak
-        .map(|peak| peak.total());
+            offload: Offload::None,
+            ..guide::estimate_input(work, &one, &pick.candidate)
+        };
+        let predicted = estimate(&input)?.cpu_peak.map(|peak| peak.total());
         let mib = |bytes: f64| format!("{:.0} MiB", bytes / (1024.0 * 1024.0));
         let mut stdout = std::io::stdout().lock();
         writeln!(

@@ -77,10 +77,10 @@ impl Task {
     }
 
     /// Sequences the forward runs per row: a chosen and a rejected one for the paired objectives.
-    fn sequences_per_row(self) -> f64 {
+    fn sequences_per_row(self) -> usize {
         match self {
-            Task::Dpo | Task::Orpo | Task::Reward => 2.0,
-            _ => 1.0,
+            Task::Dpo | Task::Orpo | Task::Reward => 2,
+            _ => 1,
         }
     }
 
@@ -362,26 +362,22 @@ pub fn walk(work: &Workload, hardware: &Hardware) -> (Vec<Candidate>, &'static s
 pub fn recommend(work: &Workload, hardware: &Hardware) -> Result<Recommendation, GuideError> {
     check(work, hardware)?;
     let (order, why_order) = walk(work, hardware);
-    let usable = hardware.usable();
     let mut considered = Vec::with_capacity(order.len());
     let mut chosen = None;
     for candidate in order {
         let (per_device, host_per_node, verdict) = match unsupported(work, &candidate) {
             Some(reason) => (None, 0.0, Verdict::Skipped(reason)),
             None => {
-                let (device, host) = predict(work, hardware, &candidate)?;
-                let host_per_node = host * hardware.gpus_per_node() as f64 * HOST_BUFFER_FACTOR;
-                let verdict = if device > usable {
-                    Verdict::TooBig
-                } else if hardware.cpu_memory.is_some_and(|cpu| host_per_node > cpu) {
-                    Verdict::HostTooSmall
-                } else if chosen.is_none() {
-                    chosen = Some(considered.len());
-                    Verdict::Chosen
-                } else {
-                    Verdict::AlsoFits
+                let need = predict(work, hardware, &candidate)?;
+                let verdict = match need.fits(hardware) {
+                    Err(verdict) => verdict,
+                    Ok(()) if chosen.is_none() => {
+                        chosen = Some(considered.len());
+                        Verdict::Chosen
+                    }
+                    Ok(()) => Verdict::AlsoFits,
                 };
-                (Some(device), host_per_node, verdict)
+                (Some(need.device), need.host_per_node, verdict)
             }
         };
         considered.push(Considered { candidate, per_device, host_per_node, verdict });
@@ -445,10 +441,10 @@ fn unsupported(work: &Workload, candidate: &Candidate) -> Option<String> {
     }
 }
 
-/// Bytes per device and bytes per rank in host memory.
-fn predict(work: &Workload, hardware: &Hardware, candidate: &Candidate) -> Result<(f64, f64), GuideError> {
-    let sequences = work.task.sequences_per_row();
-    let input = EstimateInput {
+/// What the estimator takes for a candidate: bf16 compute over f32 master weights, memopt's savings as the
+/// candidate asks, the task's sequences per row.
+pub fn estimate_input(work: &Workload, hardware: &Hardware, candidate: &Candidate) -> EstimateInput {
+    EstimateInput {
         params: work.params,
         model: work.model.clone(),
         method: candidate.method,
@@ -459,13 +455,51 @@ fn predict(work: &Workload, hardware: &Hardware, candidate: &Candidate) -> Resul
         zero_stage: candidate.zero_stage,
         gpus: hardware.gpus,
         offload: candidate.offload,
-        batch: work.model.as_ref().map(|_| BatchShape { batch: work.batch * sequences as usize, seq: work.seq_len }),
+        batch: work
+            .model
+            .as_ref()
+            .map(|_| BatchShape { batch: work.batch * work.task.sequences_per_row(), seq: work.seq_len }),
         gradient_checkpointing: candidate.memopt,
         fused_loss_chunk: candidate.memopt.then_some(LOSS_CHUNK),
-    };
-    let estimate = estimate(&input)?;
+    }
+}
+
+/// A candidate's predicted needs.
+struct Need {
+    /// Bytes per device.
+    device: f64,
+    /// Bytes per machine offload puts in host memory (with DeepSpeed's buffer factor).
+    host_per_node: f64,
+}
+
+impl Need {
+    /// Whether it fits the devices (and the host memory, when known), or the verdict that says why not.
+    fn fits(&self, hardware: &Hardware) -> Result<(), Verdict> {
+        if self.device > hardware.usable() {
+            Err(Verdict::TooBig)
+        } else if hardware.cpu_memory.is_some_and(|cpu| self.host_per_node > cpu) {
+            Err(Verdict::HostTooSmall)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn predict(work: &Workload, hardware: &Hardware, candidate: &Candidate) -> Result<Need, GuideError> {
+    let estimate = estimate(&estimate_input(work, hardware, candidate))?;
     let frozen = work.task.frozen_copies(candidate.method) * work.params as f64 * 2.0;
-    Ok((estimate.total() + frozen, estimate.host))
+    let host_per_node = estimate.host * hardware.gpus_per_node() as f64 * HOST_BUFFER_FACTOR;
+    Ok(Need { device: estimate.total() + frozen, host_per_node })
+}
+
+/// The first candidate of the walk this build runs that fits, if any.
+fn first_fit(work: &Workload, hardware: &Hardware) -> Result<Option<Candidate>, GuideError> {
+    for candidate in walk(work, hardware).0.into_iter().filter(|c| unsupported(work, c).is_none()) {
+        if predict(work, hardware, &candidate)?.fits(hardware).is_ok() {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// The guide's rows for a choice and the crates it composes.
@@ -509,26 +543,12 @@ fn rows(work: &Workload, hardware: &Hardware, candidate: &Candidate) -> (Vec<Sce
 
 /// What would make the closest candidate fit: more devices, shorter sequences, fewer rows, or offload.
 fn remedies(work: &Workload, hardware: &Hardware, closest: &Candidate) -> Result<Vec<String>, GuideError> {
-    let usable = hardware.usable();
-    let fits = |work: &Workload, hardware: &Hardware, candidate: &Candidate| -> Result<bool, GuideError> {
-        Ok(predict(work, hardware, candidate)?.0 <= usable)
-    };
     let mut remedies = Vec::new();
-    let (order, _) = walk(work, hardware);
-    let runnable: Vec<Candidate> = order.into_iter().filter(|c| unsupported(work, c).is_none()).collect();
-    // More devices: the fewest (a multiple of --nodes, doubling) with which some candidate fits.
+    // More devices: the fewest (doubling) with which some candidate fits.
     let mut gpus = hardware.gpus;
     while gpus < 1 << 16 {
         gpus *= 2;
-        let more = Hardware { gpus, ..*hardware };
-        let mut found = None;
-        for candidate in walk(work, &more).0.iter().filter(|c| unsupported(work, c).is_none()) {
-            if fits(work, &more, candidate)? {
-                found = Some(*candidate);
-                break;
-            }
-        }
-        if let Some(candidate) = found {
+        if let Some(candidate) = first_fit(work, &Hardware { gpus, ..*hardware })? {
             remedies.push(format!("--gpus {gpus} ({})", candidate.describe()));
             break;
         }
@@ -537,17 +557,13 @@ fn remedies(work: &Workload, hardware: &Hardware, closest: &Candidate) -> Result
         let mut seq_len = work.seq_len;
         while seq_len > 64 {
             seq_len /= 2;
-            let shorter = Workload { seq_len, ..work.clone() };
-            if runnable.iter().try_fold(false, |found, c| Ok::<_, GuideError>(found || fits(&shorter, hardware, c)?))? {
+            if first_fit(&Workload { seq_len, ..work.clone() }, hardware)?.is_some() {
                 remedies.push(format!("--seq-len {seq_len}"));
                 break;
             }
         }
-        if work.batch > 1 {
-            let one_row = Workload { batch: 1, ..work.clone() };
-            if runnable.iter().try_fold(false, |found, c| Ok::<_, GuideError>(found || fits(&one_row, hardware, c)?))? {
-                remedies.push("--batch 1 (with gradient accumulation for the same effective batch)".to_string());
-            }
+        if work.batch > 1 && first_fit(&Workload { batch: 1, ..work.clone() }, hardware)?.is_some() {
+            remedies.push("--batch 1 (with gradient accumulation for the same effective batch)".to_string());
         }
     }
     if closest.offload == Offload::None && closest.method == Method::Full {
@@ -629,18 +645,23 @@ mod tests {
 
     #[test]
     fn nothing_fits_names_the_closest_and_what_would_fit() {
-        let r = recommend(&job("70B", Task::Sft), &Hardware { cpu_memory: Some(64.0 * GIB), ..gpus(1, 16.0) }).unwrap();
+        let r = recommend(&job("70B", Task::Sft), &gpus(1, 16.0)).unwrap();
         assert_eq!(r.chosen, None);
         let closest = r.pick().unwrap();
         assert!(closest.per_device.unwrap() > gpus(1, 16.0).usable());
-        // More 16 GB devices do not help (the activations stay); shorter sequences do.
+        // More 16 GB devices do not help (the activations stay); shorter sequences do (with everything offloaded).
         assert!(r.remedies.iter().any(|remedy| remedy.starts_with("--seq-len ")), "{:?}", r.remedies);
         assert!(!r.remedies.iter().any(|remedy| remedy.starts_with("--gpus ")), "{:?}", r.remedies);
-        // On 80 GB devices, more of them do.
-        let r = recommend(&Workload { batch: 1, ..job("70B", Task::Sft) }, &gpus(1, 80.0)).unwrap();
-        if r.chosen.is_none() {
-            assert!(r.remedies.iter().any(|remedy| remedy.starts_with("--gpus ")), "{:?}", r.remedies);
-        }
+        // Unless the host cannot hold what is offloaded: then neither does.
+        let r = recommend(&job("70B", Task::Sft), &Hardware { cpu_memory: Some(64.0 * GIB), ..gpus(1, 16.0) }).unwrap();
+        assert!(!r.remedies.iter().any(|remedy| remedy.starts_with("--seq-len ")), "{:?}", r.remedies);
+        // Full finetuning of 70B on one 80 GB device with 64 GB of host memory (too little to offload to): more
+        // devices make ZeRO-3 fit without offload.
+        let full = Workload { batch: 1, method: MethodChoice::Only(Method::Full), ..job("70B", Task::Sft) };
+        let r = recommend(&full, &Hardware { cpu_memory: Some(64.0 * GIB), ..gpus(1, 80.0) }).unwrap();
+        assert_eq!(r.chosen, None, "{r:?}");
+        let more = r.remedies.iter().find(|remedy| remedy.starts_with("--gpus ")).expect("a --gpus remedy");
+        assert!(more.contains("ZeRO-3") && !more.contains("offload"), "{more}");
     }
 
     #[test]
