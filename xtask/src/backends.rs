@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::causal_lm_loss;
 
@@ -37,7 +37,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure<B: AutodiffBackend>(args: &Args) -> Timing {
+fn measure<B: AutodiffKernels>(args: &Args) -> Timing {
     let device = B::Device::default();
     let config = full_tiny();
     let model = LlamaModel::<B>::init(&config, &device, 0);

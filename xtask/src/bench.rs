@@ -62,9 +62,10 @@ pub struct Case {
     pub flash: bool,
     /// LoRA of this rank on every linear layer (alpha = 2·r, PEFT's defaults otherwise); the base frozen.
     pub lora_rank: Option<usize>,
-    /// The fast path: the head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept),
-    /// and RMSNorm / SwiGLU / RoPE as fused autodiff nodes.
+    /// The head fused with cross-entropy over chunks of rows (no `[tokens × vocab]` logits kept).
     pub fused_loss: bool,
+    /// RMSNorm, SwiGLU and RoPE as single nodes (`[memopt] fused_kernels`): the backend's kernels.
+    pub fused_kernels: bool,
     /// QLoRA: the decoder's linear weights stored in NF4 with double quantization (needs `lora_rank`).
     pub quantized: bool,
     /// A DPO step (llmtrain-trl) instead of a causal-LM one: `batch / 2` pairs, each a prompt of `seq / 2`
@@ -95,6 +96,7 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
         flash: false,
         lora_rank: None,
         fused_loss: false,
+        fused_kernels: false,
         quantized: false,
         dpo: false,
         grpo: false,
@@ -109,6 +111,9 @@ pub fn cases() -> Vec<Case> {
     quickstart.tie_word_embeddings = true;
     vec![
         case("full-tiny", full_tiny(), 8, 256),
+        // full-tiny through the backend's kernels (RMSNorm, SwiGLU, RoPE), and with the fused head + loss too.
+        Case { fused_kernels: true, ..case("full-tiny-kernels", full_tiny(), 8, 256) },
+        Case { fused_kernels: true, fused_loss: true, ..case("full-tiny-fast", full_tiny(), 8, 256) },
         case("quickstart", quickstart, 16, 128),
         // full-tiny's global batch over 2 in-process ranks: the cost of data parallelism's communication.
         Case { ranks: 2, ..case("ddp-2", full_tiny(), 8, 256) },
@@ -128,11 +133,12 @@ pub fn cases() -> Vec<Case> {
         // torch_llama.py --mode lora).
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
         // The same with llmtrain's fast path: the head fused with the loss, RMSNorm, SwiGLU and RoPE as fused nodes.
-        Case { lora_rank: Some(8), fused_loss: true, ..case("lora-tiny", full_tiny(), 8, 256) },
+        Case { lora_rank: Some(8), fused_loss: true, fused_kernels: true, ..case("lora-tiny", full_tiny(), 8, 256) },
         // lora-tiny with gradient checkpointing, as Unsloth runs by default (`use_gradient_checkpointing`).
         Case {
             lora_rank: Some(8),
             fused_loss: true,
+            fused_kernels: true,
             checkpointing: true,
             ..case("lora-tiny-ckpt", full_tiny(), 8, 256)
         },
@@ -146,7 +152,13 @@ pub fn cases() -> Vec<Case> {
         // GRPO on full-tiny's shape: 8 prompts of 64 tokens × 4 completions of 64 new tokens a step.
         Case { grpo: true, ..case("grpo-tiny", full_tiny(), 32, 128) },
         case("full-small", small(), 2, 128),
-        Case { lora_rank: Some(8), fused_loss: true, quantized: true, ..case("qlora-small", small(), 2, 128) },
+        Case {
+            lora_rank: Some(8),
+            fused_loss: true,
+            fused_kernels: true,
+            quantized: true,
+            ..case("qlora-small", small(), 2, 128)
+        },
         // full-small's global batch over 2 ranks with each ZeRO stage: the model states dominate, so what a rank
         // keeps falls from 16 bytes a parameter (stage 0) to 4 + 4 + 8/2 (stage 1), 4 + (4 + 8)/2 (stage 2) and
         // 16/2 (stage 3, which gathers each decoder layer for its forward and again for its recompute: it runs
@@ -223,6 +235,7 @@ pub fn run_case(name: &str, steps: usize) -> Result<()> {
             "lora_rank": case.lora_rank,
             "base_weights": if case.quantized { "nf4 (double quantization)" } else { "f32" },
             "fused_loss": case.fused_loss,
+            "fused_kernels": case.fused_kernels,
         },
         "backend": "flex",
     });
@@ -352,8 +365,8 @@ fn bench_rank(case: &Case, comm: Box<dyn Communicator>, steps: usize) -> Result<
     }
     if case.fused_loss {
         model.compute.loss_chunk = Some(LOSS_CHUNK);
-        model.compute.fused_kernels = true;
     }
+    model.compute.fused_kernels = case.fused_kernels;
     let mut optimizer = AdamW::<CpuBackend>::new(AdamWConfig::default());
     let rows = case.batch / case.ranks;
     let mut random = XorShift(0x2545_F491_4F6C_DD1D);
@@ -556,12 +569,12 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     if !probe.status.success() {
         return None;
     }
-    // The reference trains plain f32 data parallelism-free steps only.
+    // The reference trains plain f32 data parallelism-free steps only; the fused head + loss and the fused
+    // RMSNorm/SwiGLU/RoPE compute the same step (PyTorch runs its eager ops for it).
     let plain = !case.checkpointing
         && !case.dpo
         && !case.grpo
         && !case.flash
-        && !case.fused_loss
         && !case.quantized
         && case.precision == MixedPrecision::No;
     if case.ranks > 1 || !plain {

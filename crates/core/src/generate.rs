@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::kernels::Kernels;
 use crate::model::{LlamaModel, tokens_tensor};
 
 /// How to pick each next token.
@@ -93,7 +94,7 @@ pub fn argmax(values: &[f32]) -> u32 {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, using the KV cache. Returns the new tokens only.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     model: &LlamaModel<B>,
     prompt: &[u32],
     config: &SamplingConfig,
@@ -106,7 +107,7 @@ pub fn generate<B: Backend>(
 /// `pad_id`, never attended to) and decoded together through the KV cache. Row `i` draws from its own sampler
 /// seeded with `seeds[i]`, so what a row gets does not depend on which rows share its batch. A row stops after
 /// a stop token (which it keeps); the batch stops when every row has. Returns each row's new tokens.
-pub fn generate_batch<B: Backend>(
+pub fn generate_batch<B: Kernels>(
     model: &LlamaModel<B>,
     prompts: &[&[u32]],
     config: &SamplingConfig,
@@ -155,7 +156,7 @@ pub fn generate_batch<B: Backend>(
 
 /// The same as [`generate`] but recomputing the whole sequence every step (no cache): the reference the cached
 /// path is tested against.
-pub fn generate_uncached<B: Backend>(
+pub fn generate_uncached<B: Kernels>(
     model: &LlamaModel<B>,
     prompt: &[u32],
     config: &SamplingConfig,

@@ -36,6 +36,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod hf;
 pub mod interrupt;
+pub mod kernels;
 pub mod model;
 pub mod nf4;
 pub mod paths;

@@ -1,7 +1,7 @@
 //! The single-node RMSNorm and SwiGLU against the plain burn ops (`RmsNorm::forward`, `silu(gate) * up`): outputs
 //! and every input gradient under autodiff (f32 and bf16), a frozen norm weight, the forward without autodiff and
-//! the differentiable fallback on another autodiff backend; and, through a counting global allocator, how much
-//! less the fused nodes keep alive until backward. Run with `--nocapture` to see the max differences and sizes.
+//! the same node on an autodiff backend with another checkpointing strategy; and, through a counting global
+//! allocator, how much less the fused nodes keep alive until backward. Run with `--nocapture` to see the max differences and sizes.
 
 mod common;
 use common::{max_diff, to_vec, values};
@@ -12,16 +12,18 @@ use std::sync::{Mutex, MutexGuard};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use llmtrain_core::device::CpuBackend;
+use llmtrain_core::kernels::AutodiffKernels;
+use llmtrain_core::kernels::fused_ops::{rms_norm, rope, swiglu};
 use llmtrain_core::model::RmsNorm;
-use llmtrain_core::model::fused_ops::{rms_norm, rope, swiglu};
 use llmtrain_core::model::rope::apply_rotary;
 use llmtrain_core::model::{RopeConfig, RopeScaling, Rotary};
 
 type A = Autodiff<CpuBackend>;
-type Fallback = Autodiff<CpuBackend, BalancedCheckpointing>;
+/// Autodiff with another checkpointing strategy: the kernels are a backend extension, so it gets the same nodes.
+type Balanced = Autodiff<CpuBackend, BalancedCheckpointing>;
 
 const SHAPE: [usize; 3] = [2, 37, 64];
 const EPS: f64 = 1e-6;
@@ -84,7 +86,7 @@ fn max_abs<Bk: Backend, const D: usize>(a: Tensor<Bk, D>) -> f32 {
 /// The autodiff backend's name for the printed lines.
 fn backend<Bk: Backend>() -> &'static str {
     if std::any::type_name::<Bk>().contains("BalancedCheckpointing") {
-        "Autodiff<Flex, BalancedCheckpointing> (fallback)"
+        "Autodiff<Flex, BalancedCheckpointing>"
     } else {
         "Autodiff<Flex>"
     }
@@ -109,7 +111,7 @@ impl Diffs {
 
 /// `rms_norm` vs `RmsNorm::forward` under autodiff on `Bk`: x in `dtype` (the reference sees the same values), an
 /// f32 weight, trainable or frozen. Asserts output and gradient dtypes and that a frozen weight gets no gradient.
-fn compare_rms_norm<Bk: AutodiffBackend>(dtype: FloatDType, weight_trainable: bool) -> Diffs {
+fn compare_rms_norm<Bk: AutodiffKernels>(dtype: FloatDType, weight_trainable: bool) -> Diffs {
     let device = Default::default();
     let x_values = activations::<Bk>(1, 2.0, &device).cast(dtype);
     let weight_values = norm_weight::<Bk>(&device);
@@ -153,7 +155,7 @@ fn compare_rms_norm<Bk: AutodiffBackend>(dtype: FloatDType, weight_trainable: bo
 }
 
 /// `swiglu` vs `silu(gate) * up` under autodiff on `Bk`, both inputs in `dtype` and tracked.
-fn compare_swiglu<Bk: AutodiffBackend>(dtype: FloatDType) -> Diffs {
+fn compare_swiglu<Bk: AutodiffKernels>(dtype: FloatDType) -> Diffs {
     let device = Default::default();
     // Gate values in [-6, 6): both tails of the sigmoid.
     let gate_values = activations::<Bk>(3, 6.0, &device).cast(dtype);
@@ -191,7 +193,7 @@ fn compare_swiglu<Bk: AutodiffBackend>(dtype: FloatDType) -> Diffs {
 
 /// `rope` vs `apply_rotary` under autodiff on `Bk`: `[2, 3, 37, 16]` x in `dtype` with real tables (positions of
 /// two packed rows), the loss weighting every output element differently.
-fn compare_rope<Bk: AutodiffBackend>(dtype: FloatDType) -> Diffs {
+fn compare_rope<Bk: AutodiffKernels>(dtype: FloatDType) -> Diffs {
     let device = Default::default();
     let shape = [2, 3, 37, 16];
     let data: Vec<f32> = values(shape.iter().product(), 11).iter().map(|v| 3.0 * v).collect();
@@ -229,7 +231,7 @@ fn rope_matches_plain_f32_and_bf16() {
     assert_eq!(f32_diffs.out, 0.0, "the same forward ops");
     f32_diffs.assert_within(0.0, 1e-6);
     compare_rope::<A>(FloatDType::BF16).assert_within(0.0, 1e-6);
-    compare_rope::<Fallback>(FloatDType::F32).assert_within(0.0, 0.0);
+    compare_rope::<Balanced>(FloatDType::F32).assert_within(0.0, 1e-6);
 }
 
 #[test]
@@ -239,7 +241,8 @@ fn rms_norm_matches_plain_f32() {
 }
 
 #[test]
-fn rms_norm_f32_output_is_bit_identical_or_within_one_ulp() {
+fn rms_norm_f32_output_is_within_three_ulp_of_the_composed_ops() {
+    // The CPU kernel sums the squares in f64 and rounds once; burn's composed mean sums in f32 in its SIMD order.
     let _serial = serial();
     let device = Default::default();
     let x = activations::<A>(1, 2.0, &device).require_grad();
@@ -248,7 +251,7 @@ fn rms_norm_f32_output_is_bit_identical_or_within_one_ulp() {
     let plain = RmsNorm::new(weight, EPS).forward(x);
     let ulps = max_ulps(fused, plain);
     println!("rms_norm f32 output: max {ulps} ulp from RmsNorm::forward");
-    assert!(ulps <= 1.0, "{ulps} ulp");
+    assert!(ulps <= 3.0, "{ulps} ulp");
 }
 
 #[test]
@@ -267,10 +270,10 @@ fn rms_norm_bf16_keeps_dtypes_and_stays_close() {
 }
 
 #[test]
-fn rms_norm_fallback_on_other_autodiff_backends() {
+fn rms_norm_on_a_checkpointing_autodiff_backend() {
     let _serial = serial();
-    compare_rms_norm::<Fallback>(FloatDType::F32, true).assert_within(1e-5, 1e-5);
-    compare_rms_norm::<Fallback>(FloatDType::F32, false).assert_within(1e-5, 1e-5);
+    compare_rms_norm::<Balanced>(FloatDType::F32, true).assert_within(1e-5, 1e-5);
+    compare_rms_norm::<Balanced>(FloatDType::F32, false).assert_within(1e-5, 1e-5);
 }
 
 #[test]
@@ -302,9 +305,9 @@ fn swiglu_bf16_keeps_dtypes_and_stays_close() {
 }
 
 #[test]
-fn swiglu_fallback_on_other_autodiff_backends() {
+fn swiglu_on_a_checkpointing_autodiff_backend() {
     let _serial = serial();
-    compare_swiglu::<Fallback>(FloatDType::F32).assert_within(1e-5, 1e-5);
+    compare_swiglu::<Balanced>(FloatDType::F32).assert_within(1e-5, 1e-5);
 }
 
 #[test]
@@ -338,7 +341,7 @@ fn swiglu_forward_without_autodiff() {
 
 /// Bytes still allocated after `forward` returns (its output alive, so autodiff holds everything saved for
 /// backward), beyond what was allocated before.
-fn retained(forward: impl FnOnce() -> Tensor<A, 3>) -> isize {
+fn retained<Bk: Backend>(forward: impl FnOnce() -> Tensor<Bk, 3>) -> isize {
     let before = LIVE.load(Ordering::SeqCst);
     let y = forward();
     let after = LIVE.load(Ordering::SeqCst);
@@ -381,4 +384,13 @@ fn fused_nodes_keep_less_for_backward() {
         assert!((fused_glu as f64) < tensor_bytes + slack, "fused swiglu kept {fused_glu} bytes");
         assert!(plain_norm > fused_norm && plain_glu > fused_glu);
     }
+    // Another checkpointing strategy gets the same nodes (before the kernels became a backend extension it got the
+    // composed ops, which keep the intermediates).
+    let (x, weight) = (big(1, FloatDType::F32), Tensor::<A, 1>::ones([shape[2]], &device).require_grad());
+    let (x, weight) = (Tensor::<Balanced, 3>::from_data(x.into_data(), &device).require_grad(), weight);
+    let weight = Tensor::<Balanced, 1>::from_data(weight.into_data(), &device).require_grad();
+    let kept = retained(|| rms_norm(x.clone(), weight.clone(), EPS));
+    let tensor_bytes = (elements * 4) as f64;
+    println!("rms_norm on Autodiff<Flex, BalancedCheckpointing>: {:.1} MiB kept", kept as f64 / (1 << 20) as f64);
+    assert!((kept as f64) < tensor_bytes * 1.1, "rms_norm kept {kept} bytes");
 }

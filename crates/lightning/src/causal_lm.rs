@@ -12,6 +12,7 @@ use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::data::{Batch, DataLoader, DataOptions, DataPosition, Split};
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::{Compute, LayerSource, LlamaModel};
 use llmtrain_core::setup::{TrainOverrides, data_options};
 use llmtrain_core::tokenizer::TextTokenizer;
@@ -52,7 +53,7 @@ struct ModelFiles {
     tokenizer: TextTokenizer,
 }
 
-impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
+impl<'a, A: AutodiffKernels> CausalLm<'a, A> {
     /// The objective, computing as `compute` says (activation type, attention kernel, fused loss).
     pub fn new(method: &'a dyn Finetune<A>, compute: Compute, device: A::Device) -> Self {
         Self { method, compute, files: None, accuracy: None, token_metrics: false, device, layers_from: None }
@@ -97,7 +98,7 @@ impl<'a, A: AutodiffBackend> CausalLm<'a, A> {
     }
 }
 
-impl<A: AutodiffBackend> LightningModule<A> for CausalLm<'_, A> {
+impl<A: AutodiffKernels> LightningModule<A> for CausalLm<'_, A> {
     type Net = LlamaModel<A>;
     type Batch = Batch;
 
@@ -307,7 +308,7 @@ pub struct TrainSummary {
 
 /// Runs `llmtrain train`'s job on backend `A` as one rank of `accelerator`'s world: `memopt` is the run's
 /// `[memopt]` section and `method` the finetuning method (full, or llmtrain-fastlora's LoRA).
-pub fn train<A: AutodiffBackend>(
+pub fn train<A: AutodiffKernels>(
     config: &RunConfig,
     memopt: &MemoptSection,
     overrides: &TrainOverrides,
@@ -320,7 +321,7 @@ pub fn train<A: AutodiffBackend>(
 
 /// [`train`], also logging TRL's SFT token metrics ([`TOKEN_METRICS`]) with `token_metrics` (llmtrain-trl's
 /// `[sft]`).
-pub fn train_with<A: AutodiffBackend>(
+pub fn train_with<A: AutodiffKernels>(
     config: &RunConfig,
     memopt: &MemoptSection,
     overrides: &TrainOverrides,

@@ -7,9 +7,10 @@
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Module, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use llmtrain_accel::{Accelerator, AcceleratorConfig, run_in_process};
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::{LlamaModel, ModelConfig};
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_core::train::{AdamWConfig, Schedule};
@@ -36,7 +37,7 @@ struct NormOnly<B: Backend> {
 /// Penalises the squared logits: the norm learns to shrink the head's inputs.
 struct SquaredLogitPenalty;
 
-impl<A: AutodiffBackend> LightningModule<A> for SquaredLogitPenalty {
+impl<A: AutodiffKernels> LightningModule<A> for SquaredLogitPenalty {
     type Net = NormOnly<A>;
     type Batch = Vec<u32>;
 

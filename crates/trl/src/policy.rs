@@ -6,21 +6,21 @@
 use std::path::Path;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{CausalLm, LightningModule, LossParts, Result, StepContext, StepOutput};
 use serde_json::{Map, Value};
 
 /// One batch's loss (the mean over the batch's [`Objective::batch_weight`], with gradients), metrics (means
 /// likewise) and ratios (numerator and denominator sums, for figures averaged over something else, e.g. tokens).
-pub struct Scored<A: AutodiffBackend> {
+pub struct Scored<A: AutodiffKernels> {
     pub loss: Tensor<A, 1>,
     pub metrics: Vec<(&'static str, f64)>,
     pub ratios: Vec<(&'static str, f64, f64)>,
 }
 
 /// A preference objective over batches of `Item`s.
-pub trait Objective<A: AutodiffBackend> {
+pub trait Objective<A: AutodiffKernels> {
     type Item: Clone;
 
     /// The training loss and metrics of one batch under the policy `net` (`ctx.device`; `ctx` also reduces
@@ -62,13 +62,13 @@ pub trait Objective<A: AutodiffBackend> {
 }
 
 /// An [`Objective`] on a policy whose files are [`CausalLm`]'s.
-pub struct PolicyModule<'a, A: AutodiffBackend, O: Objective<A>> {
+pub struct PolicyModule<'a, A: AutodiffKernels, O: Objective<A>> {
     pub objective: O,
     files: CausalLm<'a, A>,
     held_out: Vec<O::Item>,
 }
 
-impl<'a, A: AutodiffBackend, O: Objective<A>> PolicyModule<'a, A, O> {
+impl<'a, A: AutodiffKernels, O: Objective<A>> PolicyModule<'a, A, O> {
     pub fn new(objective: O, files: CausalLm<'a, A>) -> Self {
         Self { objective, files, held_out: Vec::new() }
     }
@@ -87,7 +87,7 @@ impl<'a, A: AutodiffBackend, O: Objective<A>> PolicyModule<'a, A, O> {
     }
 }
 
-impl<A: AutodiffBackend, O: Objective<A>> LightningModule<A> for PolicyModule<'_, A, O> {
+impl<A: AutodiffKernels, O: Objective<A>> LightningModule<A> for PolicyModule<'_, A, O> {
     type Net = LlamaModel<A>;
     type Batch = Vec<O::Item>;
 

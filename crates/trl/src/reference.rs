@@ -2,14 +2,14 @@
 //! checkpoint), the policy itself with its LoRA adapters left out, or log-probs computed once before training.
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{LightningError, Result};
 
 use crate::dpo::{PairBatch, sequence_logps};
 
 /// Where the reference log-probs come from.
-pub enum Reference<B: Backend> {
+pub enum Reference<B: Kernels> {
     /// A frozen network: a copy of the starting weights, or another checkpoint (`ref_model`).
     Model(Box<LlamaModel<B>>),
     /// The policy with its LoRA adapters left out (PEFT's `disable_adapter`): the frozen base is the reference,
@@ -19,7 +19,7 @@ pub enum Reference<B: Backend> {
     Precomputed,
 }
 
-impl<B: Backend> Reference<B> {
+impl<B: Kernels> Reference<B> {
     /// The reference's per-sequence completion log-probs of `batch`'s rows. `policy` gives the trained network
     /// without autodiff (for [`Reference::PolicyWithoutAdapters`]); `precomputed` the stored values in row order.
     pub fn logps(
@@ -49,7 +49,7 @@ pub fn stored(logps: impl Iterator<Item = Option<[f32; 2]>>) -> Option<Vec<f32>>
 }
 
 /// `model` with every LoRA adapter removed: its frozen base.
-pub fn without_adapters<B: Backend>(mut model: LlamaModel<B>) -> LlamaModel<B> {
+pub fn without_adapters<B: Kernels>(mut model: LlamaModel<B>) -> LlamaModel<B> {
     for (_, linear) in model.decoder_linears_mut() {
         linear.adapter = None;
     }
@@ -58,7 +58,7 @@ pub fn without_adapters<B: Backend>(mut model: LlamaModel<B>) -> LlamaModel<B> {
 
 /// Scores `items` with `network` once, `batch_size` at a time: `collate` makes a batch of two rows per item
 /// (first halves, then second halves) and `store` keeps an item's two log-probs in it.
-pub fn precompute<B: Backend, T>(
+pub fn precompute<B: Kernels, T>(
     network: &LlamaModel<B>,
     items: &mut [T],
     batch_size: usize,

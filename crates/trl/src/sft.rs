@@ -2,10 +2,10 @@
 //! is llmtrain-lightning's job ([`llmtrain_lightning::train`]); `[sft]` sets its data options with SFTConfig's
 //! names and logs SFTTrainer's token metrics (`mean_token_accuracy`, `entropy`) beside the loss.
 
-use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::{ConfigSection, InvalidKey, RunConfig};
 use llmtrain_core::data::LossOn;
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::setup::TrainOverrides;
 use llmtrain_lightning::TrainSummary;
 use llmtrain_memopt::MemoptSection;
@@ -66,7 +66,7 @@ impl SftSection {
 }
 
 /// Runs `[sft]`: the causal-LM job with the section applied and TRL's token metrics logged.
-pub fn train<A: AutodiffBackend>(
+pub fn train<A: AutodiffKernels>(
     config: &RunConfig,
     memopt: &MemoptSection,
     overrides: &TrainOverrides,

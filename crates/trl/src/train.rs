@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use llmtrain_accel::{Accelerator, Finetune};
 use llmtrain_core::config::{ConfigSection, RunConfig};
 use llmtrain_core::data::Row;
 use llmtrain_core::hf::{self, Head, HfConfig};
+use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::{Compute, LlamaModel, ModelConfig, SequenceClassifier};
 use llmtrain_core::setup::{TrainOverrides, expand_files};
 use llmtrain_core::tokenizer::TextTokenizer;
@@ -76,7 +76,7 @@ pub struct TrlSummary {
 
 /// Runs the trainer `config`'s section selects on backend `A` as one rank of `accelerator`'s world; `method` is
 /// the finetuning method (full, or llmtrain-fastlora's LoRA), as for [`llmtrain_lightning::train`].
-pub fn train<A: AutodiffBackend>(
+pub fn train<A: AutodiffKernels>(
     config: &RunConfig,
     memopt: &MemoptSection,
     overrides: &TrainOverrides,
@@ -99,7 +99,7 @@ pub fn train<A: AutodiffBackend>(
 }
 
 /// A run's inputs, the config already overridden by the command line.
-struct Run<'r, A: AutodiffBackend> {
+struct Run<'r, A: AutodiffKernels> {
     config: RunConfig,
     memopt: &'r MemoptSection,
     overrides: &'r TrainOverrides,
@@ -108,7 +108,7 @@ struct Run<'r, A: AutodiffBackend> {
 }
 
 /// What a trainer's builder gets once the run's tokenizer and starting model exist.
-struct Setup<'s, A: AutodiffBackend> {
+struct Setup<'s, A: AutodiffKernels> {
     config: &'s RunConfig,
     tokenizer: &'s TextTokenizer,
     model: &'s LlamaModel<A>,
@@ -120,7 +120,7 @@ struct Setup<'s, A: AutodiffBackend> {
     device: &'s A::Device,
 }
 
-impl<'s, A: AutodiffBackend> Setup<'s, A> {
+impl<'s, A: AutodiffKernels> Setup<'s, A> {
     fn new(
         config: &'s RunConfig,
         accelerator: &Accelerator<A>,
@@ -205,7 +205,7 @@ struct Built<O, T> {
 }
 
 /// A Trainer ready for a section's objective, with what building it needs.
-struct Started<'t, A: AutodiffBackend, S> {
+struct Started<'t, A: AutodiffKernels, S> {
     trainer: Trainer<'t, A>,
     section: S,
     logging: LoggingSection,
@@ -223,7 +223,7 @@ struct Fitting<T> {
     validation: bool,
 }
 
-impl<A: AutodiffBackend> Run<'_, A> {
+impl<A: AutodiffKernels> Run<'_, A> {
     /// The Trainer for the section `S`'s run (its section recorded with the hparams), or the summary of a run that
     /// had already finished.
     fn start<'t, S>(
@@ -378,7 +378,7 @@ impl<A: AutodiffBackend> Run<'_, A> {
     }
 }
 
-impl<A: AutodiffBackend> Run<'_, A> {
+impl<A: AutodiffKernels> Run<'_, A> {
     /// `[ppo]`: the policy as the method prepares it with a new value head, one slot per prompt, every step's
     /// slots repeated `num_ppo_epochs` times; the reference as for DPO, and the reward model.
     fn fit_ppo(self, accelerator: &mut Accelerator<A>) -> Result<TrlSummary> {
@@ -479,7 +479,7 @@ fn slots<R>(
 }
 
 /// `[dpo]`: the pairs, and the reference as the section and the method say.
-fn dpo<A: AutodiffBackend>(
+fn dpo<A: AutodiffKernels>(
     section: DpoSection,
     setup: &Setup<'_, A>,
 ) -> Result<Built<Dpo<A::InnerBackend>, TokenizedPair>> {
@@ -504,7 +504,7 @@ fn dpo<A: AutodiffBackend>(
 }
 
 /// `[orpo]`: the pairs; no reference.
-fn orpo<A: AutodiffBackend>(section: OrpoSection, setup: &Setup<'_, A>) -> Result<Built<Orpo, OrpoPair>> {
+fn orpo<A: AutodiffKernels>(section: OrpoSection, setup: &Setup<'_, A>) -> Result<Built<Orpo, OrpoPair>> {
     let items = setup.items(|row| orpo_pair_from_row(setup.tokenizer, row, section.max_length))?;
     Ok(Built {
         objective: Orpo::new(OrpoLoss { beta: section.beta }, setup.pad_id),
@@ -519,7 +519,7 @@ fn orpo<A: AutodiffBackend>(section: OrpoSection, setup: &Setup<'_, A>) -> Resul
 
 /// `[kto]`: the unpaired rows with their KL pairs (built per chunk of a micro-batch's size, in file order, as
 /// TRL builds them), and the reference as for DPO. The items are served in order.
-fn kto<A: AutodiffBackend>(section: KtoSection, setup: &Setup<'_, A>) -> Result<Built<Kto<A::InnerBackend>, KtoItem>> {
+fn kto<A: AutodiffKernels>(section: KtoSection, setup: &Setup<'_, A>) -> Result<Built<Kto<A::InnerBackend>, KtoItem>> {
     let mut items = setup.items(|row| kto_item_from_row(setup.tokenizer, row, section.max_length))?;
     let batch = setup.config.data.batch_size;
     if section.loss_type == KtoLossType::Kto && batch < 2 {
@@ -557,7 +557,7 @@ fn kto<A: AutodiffBackend>(section: KtoSection, setup: &Setup<'_, A>) -> Result<
 /// `[grpo]` / `[rloo]` (`name`): the prompts, each drawn `num_generations` times per step in consecutive slots (a
 /// group; TRL's `RepeatSampler`), every step's slots repeated `num_iterations` times; the reference when `beta`
 /// is not 0; the reward model when one is named.
-fn online<A: AutodiffBackend>(
+fn online<A: AutodiffKernels>(
     section: OnlineSection,
     name: &'static str,
     setup: &Setup<'_, A>,
@@ -603,7 +603,7 @@ fn online<A: AutodiffBackend>(
 }
 
 /// A reward model for the online trainers: a one-label sequence classifier that reads the policy's tokens.
-fn load_reward_model<A: AutodiffBackend>(
+fn load_reward_model<A: AutodiffKernels>(
     setup: &Setup<'_, A>,
     dir: &Path,
 ) -> Result<SequenceClassifier<A::InnerBackend>> {

@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use llmtrain_accel::{AccelError, LaunchConfig, Launcher, process_launch_command};
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::device::DeviceKind;
 use llmtrain_core::dist::DistError;
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::train::checkpoint::ResumeFrom;
 use llmtrain_raytrain::{
     Driver, Exit, FailureSection, GroupExit, GroupSpec, RayError, RunSection, ScalingSection, Start, Status,
@@ -148,7 +148,7 @@ pub struct ThreadGroup {
 }
 
 /// Runs a thread group on backend `B`: a worker that fails (an error or a panic) stops the group, and is named.
-pub fn run<B: Backend>(job: &ThreadGroup, device: &B::Device) -> Result<GroupExit> {
+pub fn run<B: Kernels>(job: &ThreadGroup, device: &B::Device) -> Result<GroupExit> {
     Ok(match super::train::run_threads::<B>(&job.args, job.workers, device) {
         Ok(Some(stop)) => GroupExit::Interrupted(stop.signal),
         Ok(None) => GroupExit::Finished,

@@ -4,10 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::tensor::backend::Backend;
 use llmtrain_core::chat::Message;
 use llmtrain_core::generate::{SamplingConfig, generate};
 use llmtrain_core::hf;
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::tokenizer::TextTokenizer;
 
 #[derive(clap::Args)]
@@ -50,7 +50,7 @@ pub struct Args {
     pub seed: u64,
 }
 
-pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+pub fn run<B: Kernels>(args: &Args, device: &B::Device) -> Result<()> {
     if !(0.0..=1.0).contains(&args.top_p) || args.top_p == 0.0 {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }

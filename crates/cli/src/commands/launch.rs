@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use llmtrain_accel::launch_config::Origin;
 use llmtrain_accel::{DistributedType, LaunchConfig, Launcher, MixedPrecision, process_launch_command};
 use llmtrain_core::device::DeviceKind;
 use llmtrain_core::interrupt::{SIGINT, SIGTERM};
+use llmtrain_core::kernels::Kernels;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -152,7 +152,7 @@ pub struct InProcessJob {
 }
 
 /// Runs the job's ranks on backend `B`; rank r uses device r of `device`'s kind (GPU r; the CPU is one device).
-pub fn run<B: Backend>(job: &InProcessJob, device: &B::Device) -> Result<()> {
+pub fn run<B: Kernels>(job: &InProcessJob, device: &B::Device) -> Result<()> {
     // Every rank stopped after the same step on a signal: report it once, as a single process does.
     match super::train::run_threads::<B>(&job.train, job.world, device)? {
         Some(stop) => Err(stop.into()),

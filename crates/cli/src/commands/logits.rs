@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use llmtrain_core::hf;
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::tokens_tensor;
 
 #[derive(clap::Args)]
@@ -47,7 +47,7 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
     Ok(tokens)
 }
 
-pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+pub fn run<B: Kernels>(args: &Args, device: &B::Device) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
     if let Some(out) = &args.out {
         check_logits_out(out, args.overwrite)?;

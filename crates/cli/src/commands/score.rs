@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::module::Param;
-use burn::tensor::backend::Backend;
 use llmtrain_core::hf;
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::SequenceClassifier;
 use llmtrain_core::tokenizer::TextTokenizer;
 use serde_json::json;
@@ -31,7 +31,7 @@ pub struct Args {
     pub batch_size: usize,
 }
 
-pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+pub fn run<B: Kernels>(args: &Args, device: &B::Device) -> Result<()> {
     if let Some(out) = &args.out
         && out.exists()
         && !args.overwrite

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use llmtrain_accel::{Accelerator, AcceleratorConfig, Finetune, FullFinetune, MixedPrecision};
 
 use llmtrain_core::config::RunConfig;
 use llmtrain_core::dist::{Communicator, InProcess};
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::setup::TrainOverrides;
 use llmtrain_core::train::LossScaleConfig;
 use llmtrain_core::train::checkpoint::ResumeFrom;
@@ -136,7 +136,7 @@ fn launched_as_rank() -> bool {
     false
 }
 
-pub fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+pub fn run<B: Kernels>(args: &Args, device: &B::Device) -> Result<()> {
     #[cfg(feature = "mpi")]
     if llmtrain_core::dist::launched_by_mpi() {
         let comm = llmtrain_core::dist::Mpi::init()?;
@@ -165,7 +165,7 @@ pub struct Interrupted {
 
 /// Runs `args` as `world` ranks on threads of this process (rank r on device r of `device`'s kind); a rank that
 /// fails stops the others and is named. Every rank stops after the same step on a signal: the stop, once.
-pub fn run_threads<B: Backend>(
+pub fn run_threads<B: Kernels>(
     args: &Args,
     world: usize,
     device: &B::Device,
@@ -178,7 +178,7 @@ pub fn run_threads<B: Backend>(
 }
 
 /// Device `index` of `device`'s kind (GPU `index`; backends with one device ignore it).
-pub fn device_for_rank<B: Backend>(device: &B::Device, index: usize) -> B::Device {
+pub fn device_for_rank<B: Kernels>(device: &B::Device, index: usize) -> B::Device {
     use burn::tensor::backend::DeviceOps;
     let mut id = device.id();
     id.index_id = id.index_id.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
@@ -188,7 +188,7 @@ pub fn device_for_rank<B: Backend>(device: &B::Device, index: usize) -> B::Devic
 /// Trains as the rank `comm` stands for; rank 0 prints the summary. Any error, from the config on, aborts the
 /// group first, so no other rank waits for this one. A run stopped by a signal returns how (every rank stops
 /// after the same step).
-pub fn run_rank<B: Backend>(
+pub fn run_rank<B: Kernels>(
     args: &Args,
     device: &B::Device,
     comm: Box<dyn Communicator>,

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Labels equal to this are not scored (prompt tokens, padding), as in PyTorch's `ignore_index`.
-pub const IGNORE_INDEX: i64 = -100;
+pub use crate::kernels::IGNORE_INDEX;
 
 pub use loader::{DataLoader, held_out};
 pub use packing::{PackedRow, best_fit_decreasing, collate};

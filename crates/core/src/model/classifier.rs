@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::LlamaModel;
+use crate::kernels::Kernels;
 
 /// A decoder with a scalar head.
 #[derive(Module, Debug)]
@@ -25,7 +26,9 @@ impl<B: Backend> SequenceClassifier<B> {
         let score = Tensor::random([1, hidden], Distribution::Normal(0.0, std), device);
         Self { model, score: Param::from_tensor(score) }
     }
+}
 
+impl<B: Kernels> SequenceClassifier<B> {
     /// The score of each of `sequences`, right-padded with `pad_id` into one batch.
     pub fn score_sequences(&self, sequences: &[&[u32]], pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
         let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);

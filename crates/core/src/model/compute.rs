@@ -4,8 +4,7 @@
 //! Weights stay in the type they are stored in (f32 master weights when training) and are cast where they are
 //! used, so autodiff returns their gradients in f32 (burn's cast passes the gradient back through a cast).
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::FloatDType;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,20 +57,7 @@ pub enum AttentionKernel {
     Flash { block: usize },
 }
 
-/// `x` in `dtype`, without a cast node when it already is.
-pub fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
-    if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) }
-}
-
-/// The float type a tensor holds, as a [`FloatDType`] (f32 for anything that is not a float type).
-pub fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
-    match x.dtype() {
-        DType::F64 => FloatDType::F64,
-        DType::F16 => FloatDType::F16,
-        DType::BF16 => FloatDType::BF16,
-        _ => FloatDType::F32,
-    }
-}
+pub use crate::kernels::{float_dtype, to_dtype};
 
 /// The precision of the forward and backward passes (Accelerate's `mixed_precision`); master weights stay f32.
 /// Lightning's `precision` names are accepted too: `32-true`, `16-mixed`, `bf16-mixed`.

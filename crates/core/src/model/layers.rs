@@ -7,10 +7,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::compute::{AttentionKernel, float_dtype, to_dtype};
-use super::flash_attention::flash_attention;
 use super::lora::LoraAdapter;
-use super::nf4_weight::Nf4Weight;
 use super::rope::apply_rotary;
+use crate::kernels::flash_attention::flash_attention;
+use crate::kernels::{Kernels, Nf4Weight, fused_ops};
 
 /// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
 #[derive(Module, Debug)]
@@ -71,7 +71,9 @@ impl<B: Backend> Linear<B> {
         let quantized = crate::nf4::Nf4Tensor::quantize(&values, double_quant);
         self.weight = LinearWeight::Nf4(Nf4Weight::new(quantized, shape, &device));
     }
+}
 
+impl<B: Kernels> Linear<B> {
     /// Computes in `x`'s float type: the weight is cast to it (mixed precision keeps f32 master weights; a 4-bit
     /// weight is dequantized to it).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -107,11 +109,13 @@ impl<B: Backend> RmsNorm<B> {
     pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
         Self { weight: Param::from_tensor(weight), eps }
     }
+}
 
+impl<B: Kernels> RmsNorm<B> {
     /// [`forward`](Self::forward), or with `fused` the same result as one autodiff node that keeps only its inputs
-    /// and the inverse RMS ([`super::fused_ops::rms_norm`]).
+    /// and the inverse RMS ([`fused_ops::rms_norm`]).
     pub fn forward_fused<const D: usize>(&self, x: Tensor<B, D>, fused: bool) -> Tensor<B, D> {
-        if fused { super::fused_ops::rms_norm(x, self.weight.val(), self.eps) } else { self.forward(x) }
+        if fused { fused_ops::rms_norm(x, self.weight.val(), self.eps) } else { self.forward(x) }
     }
 
     /// In 16-bit compute the statistics and the normalisation run in f32, as transformers' LlamaRMSNorm does, and
@@ -154,7 +158,7 @@ pub struct AttentionContext<'a, B: Backend> {
     pub fused_kernels: bool,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     /// `x` is `[batch, seq, hidden]`; `past` holds earlier keys and values `[batch, kv_heads, past, head_dim]`
     /// (after RoPE). Returns the output and the keys/values including this call's.
     pub fn forward(
@@ -169,7 +173,7 @@ impl<B: Backend> Attention<B> {
         let k = split(self.k_proj.forward(x.clone()), self.num_kv_heads);
         let v = split(self.v_proj.forward(x), self.num_kv_heads);
         // The fused node keeps no copy of q or k for backward (it only needs the tables).
-        let rotate = if ctx.fused_kernels { super::fused_ops::rope } else { apply_rotary };
+        let rotate = if ctx.fused_kernels { fused_ops::rope } else { apply_rotary };
         let q = rotate(q, ctx.cos, ctx.sin);
         let k = rotate(k, ctx.cos, ctx.sin);
         let (k, v) = match past {
@@ -246,16 +250,16 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.forward_fused(x, false)
     }
 
     /// With `fused`, `silu(gate) · up` is one autodiff node that keeps only gate and up and recomputes the sigmoid
-    /// in backward ([`super::fused_ops::swiglu`]).
+    /// in backward ([`fused_ops::swiglu`]).
     pub fn forward_fused(&self, x: Tensor<B, 3>, fused: bool) -> Tensor<B, 3> {
         let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
-        let hidden = if fused { super::fused_ops::swiglu(gate, up) } else { silu(gate) * up };
+        let hidden = if fused { fused_ops::swiglu(gate, up) } else { silu(gate) * up };
         self.down_proj.forward(hidden)
     }
 }
@@ -269,7 +273,7 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: Kernels> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,

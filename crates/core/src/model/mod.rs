@@ -7,27 +7,23 @@ mod cache;
 pub mod classifier;
 pub mod compute;
 pub mod config;
-mod custom_op;
-pub mod flash_attention;
 pub mod fused_loss;
-pub mod fused_ops;
 mod layers;
 pub mod lora;
 pub mod loss;
-mod nf4_weight;
 mod packing;
 mod params;
 pub mod recompute;
 pub mod rope;
 pub mod sharded;
 
+pub use crate::kernels::{DoubleQuantScales, Nf4Scales, Nf4Weight};
 pub use cache::KvCache;
 pub use classifier::SequenceClassifier;
 pub use compute::{AttentionKernel, Compute};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm, causal_mask};
 pub use lora::LoraAdapter;
-pub use nf4_weight::{DoubleQuantScales, Nf4Scales, Nf4Weight};
 pub use packing::PositionIds;
 pub use params::{ParamMut, ParamRef};
 pub use recompute::{DeferredBackward, LayerRecompute};
@@ -37,6 +33,8 @@ pub use sharded::LayerSource;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::kernels::Kernels;
 
 /// A decoder-only causal language model.
 #[derive(Module, Debug)]
@@ -159,7 +157,9 @@ impl<B: Backend> LlamaModel<B> {
             compute: Compute::default(),
         }
     }
+}
 
+impl<B: Kernels> LlamaModel<B> {
     /// Training forward over whole sequences: `tokens` `[batch, seq]` → logits `[batch, seq, vocab]`.
     ///
     /// Without `positions` every row is one sequence starting at position 0 under a causal mask. With them

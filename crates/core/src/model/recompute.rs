@@ -25,6 +25,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use super::sharded::{LayerSource, reduce_layer, whole_layer};
 use super::{LlamaModel, PositionIds};
 use crate::error::CoreError;
+use crate::kernels::AutodiffKernels;
 
 /// The part of a backward pass a checkpointed forward deferred.
 pub trait DeferredBackward<A: AutodiffBackend> {
@@ -50,7 +51,7 @@ pub struct LayerRecompute<'a, A: AutodiffBackend> {
     source: Option<Arc<dyn LayerSource>>,
 }
 
-impl<A: AutodiffBackend> LlamaModel<A> {
+impl<A: AutodiffKernels> LlamaModel<A> {
     /// [`hidden_states`](Self::hidden_states) with gradient checkpointing per decoder layer: the returned hidden
     /// states carry a graph only from the last layer's output; the returned [`LayerRecompute`] does the layers'
     /// backward once the loss's backward has reached them. `offload` keeps the layer inputs in host memory.
@@ -109,7 +110,7 @@ impl<A: AutodiffBackend> LlamaModel<A> {
     }
 }
 
-impl<A: AutodiffBackend> DeferredBackward<A> for LayerRecompute<'_, A> {
+impl<A: AutodiffKernels> DeferredBackward<A> for LayerRecompute<'_, A> {
     fn backward(
         self: Box<Self>,
         grads: &A::Gradients,

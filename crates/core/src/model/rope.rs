@@ -71,18 +71,7 @@ impl Rotary {
     }
 }
 
-/// Applies the rotation to `x` `[batch, heads, seq, head_dim]` with tables from [`Rotary::tables`].
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    x.clone() * cos.clone() + rotate_half(x) * sin.clone()
-}
-
-/// transformers' `rotate_half`: `[x1, x2] → [−x2, x1]` over the last dimension's halves.
-pub(crate) fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let half = x.dims()[3] / 2;
-    let first = x.clone().narrow(3, 0, half);
-    let second = x.narrow(3, half, half);
-    Tensor::cat(vec![second.neg(), first], 3)
-}
+pub use crate::kernels::fused_ops::apply_rotary;
 
 #[cfg(test)]
 mod tests {

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
-
 use crate::data::{LossOn, Row, RowReader};
 use crate::error::{CoreError, Result};
 use crate::generate::{SamplingConfig, generate};
+use crate::kernels::Kernels;
 use crate::model::LlamaModel;
 use crate::tokenizer::TextTokenizer;
 use crate::train::IGNORE_INDEX;
@@ -57,7 +56,7 @@ pub fn accuracy_examples(
 }
 
 /// Greedy completions of every example, each compared with its expected tokens.
-pub fn completion_accuracy<B: Backend>(
+pub fn completion_accuracy<B: Kernels>(
     model: &LlamaModel<B>,
     examples: &[AccuracyExample],
     tokenizer: &TextTokenizer,

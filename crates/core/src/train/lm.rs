@@ -9,12 +9,13 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::data::{Batch, DataLoader, DataOptions, Split};
 use crate::error::{CoreError, Result};
 use crate::generate::{SamplingConfig, generate};
+use crate::kernels::Kernels;
 use crate::model::loss::causal_lm_loss_parts;
 use crate::model::{LlamaModel, PositionIds};
 use crate::tokenizer::TextTokenizer;
 
 /// Summed loss and scored-token count of one batch.
-pub fn batch_loss<B: Backend>(
+pub fn batch_loss<B: Kernels>(
     model: &LlamaModel<B>,
     batch: &Batch,
     device: &B::Device,
@@ -26,7 +27,7 @@ pub fn batch_loss<B: Backend>(
 /// Summed loss and scored-token count of one batch from the final hidden states `[rows, seq, hidden]` (of
 /// [`LlamaModel::hidden_states`], or of the checkpointed forward): through the head and the cross-entropy, or
 /// with `compute.loss_chunk` the fused version that never holds the whole logits.
-pub fn loss_from_hidden<B: Backend>(
+pub fn loss_from_hidden<B: Kernels>(
     model: &LlamaModel<B>,
     hidden: Tensor<B, 3>,
     batch: &Batch,
@@ -83,7 +84,7 @@ pub fn unigram_entropy(options: &DataOptions, tokenizer: &TextTokenizer) -> Resu
     Ok(counts.values().map(|&c| c as f64 / total as f64).map(|p| -p * p.ln()).sum())
 }
 
-pub fn sample_text<B: Backend>(
+pub fn sample_text<B: Kernels>(
     model: &LlamaModel<B>,
     tokenizer: &TextTokenizer,
     prompt: &str,

@@ -4,8 +4,8 @@
 
 use burn::tensor::FloatDType;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_core::model::compute::to_dtype;
 
@@ -57,7 +57,7 @@ impl PairBatch {
 
     /// `[rows, len - 1]`: 1 where the token predicted at a position (the next one) is selected by `select`
     /// (the completion mask, or the padding mask), else 0.
-    pub fn target_mask<B: Backend>(&self, select: &[bool], device: &B::Device) -> Tensor<B, 2> {
+    pub fn target_mask<B: Kernels>(&self, select: &[bool], device: &B::Device) -> Tensor<B, 2> {
         let len = self.len;
         let values: Vec<f32> =
             select.chunks(len).flat_map(|row| row[1..].iter().map(|&c| f32::from(u8::from(c)))).collect();
@@ -72,12 +72,12 @@ impl PairBatch {
 }
 
 /// Each row's sum of the log-probs `model` gives its completion tokens (`[2·pairs]`: chosen, then rejected).
-pub fn sequence_logps<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Tensor<B, 1> {
+pub fn sequence_logps<B: Kernels>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> Tensor<B, 1> {
     forward_completions(model, batch, device, false).0
 }
 
 /// [`sequence_logps`] with per-row token statistics of the same forward (computed without gradients).
-pub fn sequence_logps_with_stats<B: Backend>(
+pub fn sequence_logps_with_stats<B: Kernels>(
     model: &LlamaModel<B>,
     batch: &PairBatch,
     device: &B::Device,
@@ -124,14 +124,14 @@ pub const PAIR_TOKEN_METRICS: [&str; 4] = ["entropy", "logits/chosen", "logits/r
 
 /// One forward over a batch: per position, the log-prob of the next token `[rows, len - 1]` (with gradients),
 /// and the detached log-softmax and logits `[rows, len - 1, vocab]` with the next tokens, for statistics.
-pub struct TokenForward<B: Backend> {
+pub struct TokenForward<B: Kernels> {
     pub picked: Tensor<B, 2>,
     pub log_probs: Tensor<B, 3>,
     pub logits: Tensor<B, 3>,
     pub next: Tensor<B, 3, Int>,
 }
 
-impl<B: Backend> TokenForward<B> {
+impl<B: Kernels> TokenForward<B> {
     /// The forward of `batch`. Rows are right-padded, so no real token sees padding under the causal mask;
     /// `mask_padding` also keeps padding positions from attending to padding, as transformers' attention mask
     /// does, for figures that average over them (ORPO's `logits/*`): it costs a `[rows, len, len]` mask.
@@ -153,7 +153,7 @@ impl<B: Backend> TokenForward<B> {
     }
 }
 
-fn forward_completions<B: Backend>(
+fn forward_completions<B: Kernels>(
     model: &LlamaModel<B>,
     batch: &PairBatch,
     device: &B::Device,

@@ -2,8 +2,9 @@
 //! same sequences; the loss and TRL's metrics come from [`DpoLoss`].
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{Result, StepContext};
 
@@ -15,7 +16,7 @@ use crate::reference::{Reference, stored};
 use serde_json::{Map, Value, json};
 
 /// The DPO objective.
-pub struct Dpo<B: Backend> {
+pub struct Dpo<B: Kernels> {
     loss: DpoLoss,
     reference: Reference<B>,
     pad_id: u32,
@@ -23,7 +24,7 @@ pub struct Dpo<B: Backend> {
     max_length: Option<usize>,
 }
 
-impl<B: Backend> Dpo<B> {
+impl<B: Kernels> Dpo<B> {
     /// DPO with `loss` against `reference`, padding with `pad_id`.
     pub fn new(loss: DpoLoss, reference: Reference<B>, pad_id: u32, max_length: Option<usize>) -> Self {
         Self { loss, reference, pad_id, max_length }
@@ -58,7 +59,7 @@ fn scored<C: Backend>(policy: Tensor<C, 1>, reference: Tensor<C, 1>, batch: &Pai
     }
 }
 
-impl<A: AutodiffBackend> Objective<A> for Dpo<A::InnerBackend> {
+impl<A: AutodiffKernels> Objective<A> for Dpo<A::InnerBackend> {
     type Item = TokenizedPair;
 
     fn train(&self, net: &LlamaModel<A>, batch: &[TokenizedPair], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {

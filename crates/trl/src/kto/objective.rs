@@ -2,8 +2,9 @@
 //! reference's log-probs of the same, the loss of [`KtoLoss`] and KTOTrainer's metrics.
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{Result, StepContext};
 
@@ -27,14 +28,14 @@ const METRICS: [&str; 9] = [
 ];
 
 /// The KTO objective.
-pub struct Kto<B: Backend> {
+pub struct Kto<B: Kernels> {
     loss: KtoLoss,
     reference: Reference<B>,
     pad_id: u32,
     max_length: Option<usize>,
 }
 
-impl<B: Backend> Kto<B> {
+impl<B: Kernels> Kto<B> {
     pub fn new(loss: KtoLoss, reference: Reference<B>, pad_id: u32, max_length: Option<usize>) -> Self {
         Self { loss, reference, pad_id, max_length }
     }
@@ -73,7 +74,7 @@ impl<B: Backend> Kto<B> {
     }
 }
 
-impl<A: AutodiffBackend> Objective<A> for Kto<A::InnerBackend> {
+impl<A: AutodiffKernels> Objective<A> for Kto<A::InnerBackend> {
     type Item = KtoItem;
 
     fn train(&self, net: &LlamaModel<A>, items: &[KtoItem], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {
@@ -109,7 +110,7 @@ impl<A: AutodiffBackend> Objective<A> for Kto<A::InnerBackend> {
     }
 }
 
-impl<B: Backend> Kto<B> {
+impl<B: Kernels> Kto<B> {
     /// Each row's implicit reward β(log π − log π_ref).
     fn rewards<C: Backend>(&self, l: &KtoLogps<C>) -> Vec<f64> {
         host(l.policy.clone() - l.reference.clone()).iter().map(|d| d * self.loss.beta).collect()

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::chat::Message;
 use llmtrain_core::data::Content;
 use llmtrain_core::generate::{SamplingConfig, generate_batch};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::{LlamaModel, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{LightningError, Result, StepContext};
@@ -35,7 +35,7 @@ pub struct RolloutTimings {
 }
 
 /// An online trainer: its settings, what scores completions, and the step's figures.
-pub struct Online<B: Backend> {
+pub struct Online<B: Kernels> {
     settings: OnlineSettings,
     loss: OnlineLoss,
     /// Decodes completions for the reward functions; `None` when only a reward model scores (no stop token).
@@ -52,7 +52,7 @@ pub struct Online<B: Backend> {
     timings: RolloutTimings,
 }
 
-impl<B: Backend> Online<B> {
+impl<B: Kernels> Online<B> {
     /// `tokenizer` decodes completions for the reward functions and gives the stop token (its EOS); without one,
     /// only a reward model can score and completions run to `max_completion_length`.
     pub fn new(
@@ -192,7 +192,7 @@ impl<B: Backend> Online<B> {
 /// whether it ran out of tokens, its KL to the reference summed over tokens (RLOO's penalty), then each reward.
 const FIXED_COLUMNS: usize = 5;
 
-impl<A: AutodiffBackend> Objective<A> for Online<A::InnerBackend> {
+impl<A: AutodiffKernels> Objective<A> for Online<A::InnerBackend> {
     type Item = Slot;
 
     fn batch_weight(&self, batch: &[Slot]) -> f64 {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use burn::tensor::FloatDType;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use llmtrain_core::data::{Content, Row};
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::LlamaModel;
 use llmtrain_core::model::compute::to_dtype;
 use llmtrain_core::tokenizer::TextTokenizer;
@@ -99,7 +99,7 @@ pub struct Rollout {
 
 /// Per-token log-probs of completions after their prompts, `[rows, T]` with `T` the longest completion (0 past
 /// each row's end), from the logits divided by `temperature` as they were sampled; and each token's entropy.
-pub struct CompletionLogps<B: Backend> {
+pub struct CompletionLogps<B: Kernels> {
     pub logps: Tensor<B, 2>,
     pub entropy: Tensor<B, 2>,
     pub width: usize,
@@ -109,7 +109,7 @@ pub struct CompletionLogps<B: Backend> {
 /// `t < width` the position of the row that predicts it (`prompt + t - 1`, kept inside the row). Rotary
 /// embeddings depend only on distances, so a forward of this batch equals TRL's of left-padded prompts under an
 /// attention mask.
-pub struct CompletionRows<B: Backend> {
+pub struct CompletionRows<B: Kernels> {
     pub tokens: Tensor<B, 2, Int>,
     pub predicted_at: Tensor<B, 2, Int>,
     pub rows: usize,
@@ -119,7 +119,7 @@ pub struct CompletionRows<B: Backend> {
     pub lengths: Vec<usize>,
 }
 
-impl<B: Backend> CompletionRows<B> {
+impl<B: Kernels> CompletionRows<B> {
     /// The batch of `rows`, `width` completion positions wide (at least the longest completion).
     pub fn new(rows: &[(&[u32], &[u32])], width: usize, pad_id: u32, device: &B::Device) -> Self {
         let n = rows.len();
@@ -170,7 +170,7 @@ impl<B: Backend> CompletionRows<B> {
 }
 
 /// One forward of `model` over prompt + completion rows (right-padded with `pad_id`): see [`CompletionRows`].
-pub fn completion_logps<B: Backend>(
+pub fn completion_logps<B: Kernels>(
     model: &LlamaModel<B>,
     rows: &[(&[u32], &[u32])],
     temperature: f64,
@@ -181,13 +181,13 @@ pub fn completion_logps<B: Backend>(
 }
 
 /// [`completion_logps`] over a batch already laid out (say, wider than its longest completion).
-pub fn logps_in<B: Backend>(model: &LlamaModel<B>, rows: &CompletionRows<B>, temperature: f64) -> CompletionLogps<B> {
+pub fn logps_in<B: Kernels>(model: &LlamaModel<B>, rows: &CompletionRows<B>, temperature: f64) -> CompletionLogps<B> {
     let hidden = model.hidden_states(rows.tokens.clone(), None);
     rows.token_logps(to_dtype(model.logits(hidden), FloatDType::F32), temperature)
 }
 
 /// `[rows, width]`: 1 for the first `counted` positions of each row, else 0.
-pub fn completion_mask<B: Backend>(
+pub fn completion_mask<B: Kernels>(
     counted: impl Iterator<Item = usize>,
     width: usize,
     device: &B::Device,
@@ -198,14 +198,14 @@ pub fn completion_mask<B: Backend>(
 }
 
 /// Per-row values padded with 0 to `width`, as a `[rows, width]` tensor.
-pub fn padded_rows<B: Backend>(rows: &[&[f32]], width: usize, device: &B::Device) -> Tensor<B, 2> {
+pub fn padded_rows<B: Kernels>(rows: &[&[f32]], width: usize, device: &B::Device) -> Tensor<B, 2> {
     let values: Vec<f32> =
         rows.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat(0.0)).take(width)).collect();
     Tensor::from_data(TensorData::new(values, [rows.len(), width]), device)
 }
 
 /// Each row's first `lengths[i]` values of a `[rows, width]` tensor, on the host.
-pub fn host_rows<B: Backend>(values: Tensor<B, 2>, lengths: &[usize]) -> Vec<Vec<f32>> {
+pub fn host_rows<B: Kernels>(values: Tensor<B, 2>, lengths: &[usize]) -> Vec<Vec<f32>> {
     let width = values.dims()[1];
     let data = values.into_data().convert::<f32>();
     let flat = data.as_slice::<f32>().unwrap_or_default();

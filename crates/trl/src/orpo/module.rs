@@ -2,7 +2,7 @@
 //! the NLL, the averaged completion log-probs and the logits' means; no reference network.
 
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::LlamaModel;
 use llmtrain_lightning::{Result, StepContext};
 
@@ -40,7 +40,7 @@ impl Orpo {
 }
 
 /// The loss inputs of one batch under `model`, and the logits' means.
-fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> (OrpoLogps<B>, LogitMeans) {
+fn forward<B: Kernels>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Device) -> (OrpoLogps<B>, LogitMeans) {
     let n = batch.pairs;
     let rows = 2 * n;
     let forward = TokenForward::run(model, batch, true, device);
@@ -58,7 +58,7 @@ fn forward<B: Backend>(model: &LlamaModel<B>, batch: &PairBatch, device: &B::Dev
     (OrpoLogps { chosen: averaged.clone().narrow(0, 0, n), rejected: averaged.narrow(0, n, n), nll }, logits)
 }
 
-impl<A: AutodiffBackend> Objective<A> for Orpo {
+impl<A: AutodiffKernels> Objective<A> for Orpo {
     type Item = OrpoPair;
 
     fn train(&self, net: &LlamaModel<A>, batch: &[OrpoPair], ctx: &StepContext<'_, A>) -> Result<Scored<A>> {

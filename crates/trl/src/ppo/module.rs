@@ -10,9 +10,9 @@ use std::sync::Arc;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::FloatDType;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use llmtrain_core::generate::{SamplingConfig, generate_batch};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::compute::to_dtype;
 use llmtrain_core::model::{LlamaModel, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
@@ -46,12 +46,12 @@ pub const VALUE_HEAD_FILE: &str = "value_head.mpk";
 
 /// Just the value head, for its checkpoint file.
 #[derive(Module, Debug)]
-struct ValueHead<B: Backend> {
+struct ValueHead<B: Kernels> {
     score: Param<Tensor<B, 2>>,
 }
 
 /// The PPO objective.
-pub struct Ppo<'a, A: AutodiffBackend> {
+pub struct Ppo<'a, A: AutodiffKernels> {
     section: PpoSection,
     loss: PpoLoss,
     files: CausalLm<'a, A>,
@@ -68,7 +68,7 @@ pub struct Ppo<'a, A: AutodiffBackend> {
     sampled: Vec<Vec<Slot<PpoRollout>>>,
 }
 
-impl<'a, A: AutodiffBackend> Ppo<'a, A> {
+impl<'a, A: AutodiffKernels> Ppo<'a, A> {
     pub fn new(
         section: PpoSection,
         files: CausalLm<'a, A>,
@@ -139,7 +139,7 @@ impl<'a, A: AutodiffBackend> Ppo<'a, A> {
 }
 
 /// The policy's log-probs of each response token and its value head's estimates, `[rows, width]`.
-fn policy_and_values<B: Backend>(
+fn policy_and_values<B: Kernels>(
     net: &SequenceClassifier<B>,
     rows: &CompletionRows<B>,
     temperature: f64,
@@ -154,7 +154,7 @@ fn policy_and_values<B: Backend>(
     (logps.logps, rows.at_predicting(values), logps.entropy)
 }
 
-impl<A: AutodiffBackend> LightningModule<A> for Ppo<'_, A> {
+impl<A: AutodiffKernels> LightningModule<A> for Ppo<'_, A> {
     type Net = SequenceClassifier<A>;
     type Batch = Vec<Slot<PpoRollout>>;
 
@@ -414,7 +414,7 @@ impl<A: AutodiffBackend> LightningModule<A> for Ppo<'_, A> {
     }
 }
 
-impl<A: AutodiffBackend> Ppo<'_, A> {
+impl<A: AutodiffKernels> Ppo<'_, A> {
     fn held_out_figures(&self, policy: &LlamaModel<A::InnerBackend>) -> Result<Map<String, Value>> {
         let mut figures = Map::new();
         if self.held_out.is_empty() {

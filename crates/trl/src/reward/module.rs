@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use llmtrain_core::hf::{self, HfConfig, SaveOptions};
+use llmtrain_core::kernels::{AutodiffKernels, Kernels};
 use llmtrain_core::model::{Compute, SequenceClassifier};
 use llmtrain_core::tokenizer::TextTokenizer;
 use llmtrain_lightning::{LightningModule, LossParts, Result, StepContext, StepOutput};
@@ -38,7 +38,7 @@ impl RewardModule {
         self
     }
 
-    fn held_out_figures<B: burn::tensor::backend::Backend>(&self, net: &SequenceClassifier<B>) -> Map<String, Value> {
+    fn held_out_figures<B: Kernels>(&self, net: &SequenceClassifier<B>) -> Map<String, Value> {
         let mut figures = Map::new();
         if self.held_out.is_empty() {
             return figures;
@@ -56,7 +56,7 @@ impl RewardModule {
     }
 
     /// The chosen and rejected rewards `[pairs]` under `net`, and the margins.
-    fn rewards<B: burn::tensor::backend::Backend>(
+    fn rewards<B: Kernels>(
         &self,
         net: &SequenceClassifier<B>,
         pairs: &[RewardPair],
@@ -71,7 +71,7 @@ impl RewardModule {
     }
 }
 
-impl<A: AutodiffBackend> LightningModule<A> for RewardModule {
+impl<A: AutodiffKernels> LightningModule<A> for RewardModule {
     type Net = SequenceClassifier<A>;
     type Batch = Vec<RewardPair>;
 

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use llmtrain_core::data::{Location, RowReader};
+use llmtrain_core::kernels::Kernels;
 use llmtrain_core::model::SequenceClassifier;
 use llmtrain_core::tokenizer::TextTokenizer;
 
@@ -19,7 +19,7 @@ pub struct RowScores {
 
 /// Scores every row of `file` with `net`, `batch_size` sequences at a time (right-padded with `pad_id`, which
 /// changes no score). A row the model cannot score is an error naming its file and line.
-pub fn score_file<B: Backend>(
+pub fn score_file<B: Kernels>(
     net: &SequenceClassifier<B>,
     tokenizer: &TextTokenizer,
     file: &Path,

@@ -21,19 +21,17 @@
 //! Statistics and accumulators are f32 whatever the input dtype (bf16/f16 tiles are cast up); the output has q's
 //! dtype and each gradient its input's dtype.
 //!
-//! The custom backward needs the concrete autodiff backend, so [`flash_attention`] recognises at run time (by
-//! `Any` downcasting) the autodiff backends this crate trains on; any other autodiff backend gets the plain
-//! decomposed attention, which burn differentiates itself.
+//! The op is [`Kernels::flash_attention`]: under `Autodiff` the node defined here, whose backward calls the inner
+//! backend's [`Kernels::flash_attention_backward`]; the tiled versions below are the trait's defaults.
 
-use super::custom_op::{float, known_autodiff, primitive, same_type};
-use std::any::{Any, TypeId};
+use super::Kernels;
+use super::custom_op::{float, primitive};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
@@ -45,7 +43,7 @@ const MASKED: f32 = -1.0e30;
 /// `[batch, 1, q_len, k_len]` (packed sequences; it is always a subset-compatible causal mask, i.e. every row keeps
 /// at least its diagonal key visible). q: [batch, heads, q_len, d]; k, v: [batch, heads, k_len, d] (KV heads already
 /// repeated to `heads`). `block` is the tile size (rows of queries and of keys), e.g. 128.
-pub fn flash_attention<B: Backend>(
+pub fn flash_attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -54,13 +52,7 @@ pub fn flash_attention<B: Backend>(
     block: usize,
 ) -> Tensor<B, 4> {
     check_shapes(&q, &k, &v, mask, block);
-    if !B::ad_enabled(&q.device()) {
-        return tiled_forward(&q, &k, &v, mask, scale, block).0;
-    }
-    if let Some(out) = known_autodiff!(with_autodiff::<B>(&q, &k, &v, mask, scale, block)) {
-        return out;
-    }
-    decomposed_attention(q, k, v, mask, scale)
+    B::flash_attention(q, k, v, mask, scale, block)
 }
 
 fn check_shapes<B: Backend>(
@@ -86,35 +78,8 @@ fn check_shapes<B: Backend>(
     }
 }
 
-/// Runs the custom-backward version when `B` is exactly `Autodiff<I>` (the default, non-checkpointing strategy),
-/// or returns `None` so the caller can try another backend.
-fn with_autodiff<B: Backend, I: Backend>(
-    q: &Tensor<B, 4>,
-    k: &Tensor<B, 4>,
-    v: &Tensor<B, 4>,
-    mask: Option<&Tensor<B, 4, Bool>>,
-    scale: f64,
-    block: usize,
-) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
-        return None;
-    }
-    let mask = mask.map(|m| {
-        (m as &dyn Any).downcast_ref::<Tensor<Autodiff<I>, 4, Bool>>().expect("backend type was just checked")
-    });
-    let out = autodiff_flash::<I, NoCheckpointing>(
-        same_type(q.clone()),
-        same_type(k.clone()),
-        same_type(v.clone()),
-        mask,
-        scale,
-        block,
-    );
-    Some(same_type(out))
-}
-
 /// The forward on the inner backend, registered as one node whose backward is [`tiled_backward`].
-fn autodiff_flash<I: Backend, C: CheckpointStrategy>(
+pub(super) fn autodiff_flash<I: Kernels, C: CheckpointStrategy>(
     q: Tensor<Autodiff<I, C>, 4>,
     k: Tensor<Autodiff<I, C>, 4>,
     v: Tensor<Autodiff<I, C>, 4>,
@@ -130,7 +95,7 @@ fn autodiff_flash<I: Backend, C: CheckpointStrategy>(
     let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
     let out = match <FlashBackward as Backward<I, 3>>::prepare::<C>(FlashBackward, nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let (out, lse) = tiled_forward(&iq, &ik, &iv, mask.as_ref(), scale, block);
+            let (out, lse) = I::flash_attention_forward(&iq, &ik, &iv, mask.as_ref(), scale, block);
             let state = FlashState::<I> {
                 q: q.primitive,
                 k: k.primitive,
@@ -143,7 +108,7 @@ fn autodiff_flash<I: Backend, C: CheckpointStrategy>(
             };
             prep.finish(state, primitive(out))
         }
-        OpsKind::UnTracked(prep) => prep.finish(primitive(tiled_forward(&iq, &ik, &iv, mask.as_ref(), scale, block).0)),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(I::flash_attention(iq, ik, iv, mask.as_ref(), scale, block))),
     };
     float(out)
 }
@@ -165,14 +130,14 @@ struct FlashState<B: Backend> {
     block: usize,
 }
 
-impl<B: Backend> Backward<B, 3> for FlashBackward {
+impl<B: Kernels> Backward<B, 3> for FlashBackward {
     type State = FlashState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad_out = float::<B, 4>(grads.consume::<B>(&ops.node));
         let s = ops.state;
         let mask = s.mask.map(Tensor::<B, 4, Bool>::from_primitive);
-        let (dq, dk, dv) = tiled_backward(
+        let (dq, dk, dv) = B::flash_attention_backward(
             &float(s.q),
             &float(s.k),
             &float(s.v),
@@ -248,7 +213,7 @@ fn tile_scores<B: Backend>(
 
 /// The tiled online-softmax forward on any backend (no graph is recorded when `B` has no autodiff).
 /// Returns the output in q's dtype and the row log-sum-exp `[batch, heads, q_len]` in f32.
-fn tiled_forward<B: Backend>(
+pub(super) fn tiled_forward<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
@@ -289,7 +254,7 @@ fn tiled_forward<B: Backend>(
 
 /// Gradients of q, k, v (each in its input's dtype), recomputing the probabilities tile by tile from `lse`.
 #[allow(clippy::too_many_arguments)]
-fn tiled_backward<B: Backend>(
+pub(super) fn tiled_backward<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
@@ -339,26 +304,4 @@ fn tiled_backward<B: Backend>(
         Tensor::cat(dk, 2).cast(FloatDType::from(k.dtype())),
         Tensor::cat(dv, 2).cast(FloatDType::from(v.dtype())),
     )
-}
-
-/// The same attention composed from differentiable burn ops (O(n²) memory), for autodiff backends that the
-/// custom backward is not instantiated for.
-fn decomposed_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<&Tensor<B, 4, Bool>>,
-    scale: f64,
-) -> Tensor<B, 4> {
-    let [batch, heads, q_len, _] = q.dims();
-    let k_len = k.dims()[2];
-    let out_dtype = FloatDType::from(q.dtype());
-    let shape = [batch, heads, q_len, k_len];
-    let causal = Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], (k_len - q_len) as i64, &q.device());
-    let mut blocked = causal.unsqueeze::<4>().expand(shape);
-    if let Some(m) = mask {
-        blocked = blocked.bool_or(m.clone().expand(shape));
-    }
-    let s = tile_scores(q.cast(FloatDType::F32), k.cast(FloatDType::F32), scale, Some(blocked));
-    softmax(s, 3).matmul(v.cast(FloatDType::F32)).cast(out_dtype)
 }

@@ -6,19 +6,17 @@
 //! bitsandbytes' `MatMul4Bit` does: plain autodiff would keep every layer's dequantized weight alive until the
 //! backward pass, four (or two) bytes per weight. The weight is a constant: it never gets a gradient.
 
-use std::any::TypeId;
-
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
-use super::compute::{float_dtype, to_dtype};
-use super::custom_op::{float, known_autodiff, primitive, same_type};
+use super::custom_op::{float, primitive};
+use super::{Kernels, float_dtype, to_dtype};
 use crate::nf4::{ABSMAX_BLOCK, BLOCK, BlockScales, NF4_CODE, Nf4Tensor, dynamic_map};
 
 /// An `[out, in]` weight in NF4 on the device.
@@ -132,41 +130,24 @@ impl<B: Backend> Nf4Weight<B> {
         };
         len.div_ceil(BLOCK) * BLOCK / 2 + scales
     }
+}
 
+impl<B: Kernels> Nf4Weight<B> {
     /// `x · dequantize(W)ᵀ` in `x`'s float type (the weight is dequantized in f32 and cast, as bitsandbytes casts
-    /// it to the compute dtype). Under the CPU, CUDA and wgpu autodiff backends one node that dequantizes again
-    /// in backward instead of keeping the weight; elsewhere plain ops.
+    /// it to the compute dtype). Under autodiff one node that dequantizes again in backward instead of keeping the
+    /// weight ([`Kernels::nf4_linear`]).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if !B::ad_enabled(&x.device()) {
-            return matmul_transposed(x, self);
-        }
-        if let Some(y) = known_autodiff!(with_autodiff::<B, D>(&x, self)) {
-            return y;
-        }
-        matmul_transposed(x, self)
+        B::nf4_linear(x, self)
     }
 }
 
 /// `x · dequantize(W)ᵀ` in `x`'s float type.
-fn matmul_transposed<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Nf4Weight<B>) -> Tensor<B, D> {
+pub(super) fn matmul_transposed<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Nf4Weight<B>) -> Tensor<B, D> {
     let w = to_dtype(weight.dequantize(), float_dtype(&x));
     burn::tensor::module::linear(x, w.transpose(), None)
 }
 
-/// The custom-backward version when `B` is exactly `Autodiff<I>`, else `None`.
-fn with_autodiff<B: Backend, I: Backend, const D: usize>(
-    x: &Tensor<B, D>,
-    weight: &Nf4Weight<B>,
-) -> Option<Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
-        return None;
-    }
-    let weight: Nf4Weight<Autodiff<I>> = same_type(weight.clone());
-    let y = autodiff_matmul::<I, NoCheckpointing, D>(same_type(x.clone()), weight.valid());
-    Some(same_type(y))
-}
-
-fn autodiff_matmul<I: Backend, C: CheckpointStrategy, const D: usize>(
+pub(super) fn autodiff_matmul<I: Kernels, C: CheckpointStrategy, const D: usize>(
     x: Tensor<Autodiff<I, C>, D>,
     weight: Nf4Weight<I>,
 ) -> Tensor<Autodiff<I, C>, D> {
@@ -176,10 +157,10 @@ fn autodiff_matmul<I: Backend, C: CheckpointStrategy, const D: usize>(
     let prep = <Nf4MatmulBackward<D> as Backward<I, 1>>::prepare::<C>(Nf4MatmulBackward, [x.node.clone()]);
     let y = match prep.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let y = matmul_transposed(ix, &weight);
+            let y = I::nf4_linear(ix, &weight);
             prep.finish(Nf4MatmulState { weight, dtype }, primitive(y))
         }
-        OpsKind::UnTracked(prep) => prep.finish(primitive(matmul_transposed(ix, &weight))),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(I::nf4_linear(ix, &weight))),
     };
     float(y)
 }

@@ -16,7 +16,7 @@
 //! is only its inputs (alive anyway) plus, for RMSNorm, one f32 per row:
 //!
 //! - [`rms_norm`]: `y = x · r · w` with `r = rsqrt(mean(x², last dim) + eps)`, computed exactly as
-//!   [`super::RmsNorm::forward`] does (f32 statistics and normalisation; in 16-bit compute the normalised value is
+//!   [`crate::model::RmsNorm::forward`] does (f32 statistics and normalisation; in 16-bit compute the normalised value is
 //!   cast back to x's dtype before the weight, cast to that dtype, multiplies it). Saved: `x`, `w` and `r` (f32,
 //!   `[.., 1]`). Backward recomputes `n = x · r` and, with `g = dy ∘ w`:
 //!   `dw = Σ_rows(dy ∘ n)`, `dx = r · (g − n · mean(g ∘ n, last dim))`.
@@ -29,41 +29,34 @@
 //! its input's dtype, and only the tracked inputs get one (a frozen norm weight under LoRA costs no `dw`
 //! reduction).
 //!
-//! The custom backward needs the concrete autodiff backend, so these functions recognise at run time (by `Any`
-//! downcasting) the autodiff backends this crate trains on, like [`super::flash_attention`]; any other autodiff
-//! backend gets the plain composed ops, which burn differentiates itself. Without autodiff each is the plain
-//! forward.
+//! Each op is a [`Kernels`] method: under `Autodiff` the node defined here, whose backward calls the inner
+//! backend's `*_backward` kernel; on a backend without autodiff its forward. The composed versions below are the
+//! trait's defaults.
 
-use super::custom_op::{float, known_autodiff, primitive, same_type};
-use std::any::TypeId;
+use super::Kernels;
+use super::custom_op::{float, primitive};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 
-use super::compute::{float_dtype, to_dtype};
+use super::{float_dtype, to_dtype};
 
-/// `x · rsqrt(mean(x², last dim) + eps) · weight`, the same values as [`super::RmsNorm::forward`], as one autodiff
+/// `x · rsqrt(mean(x², last dim) + eps) · weight`, the same values as [`crate::model::RmsNorm::forward`], as one autodiff
 /// node that saves `x`, `weight` and the f32 inverse RMS per row. x: `[.., hidden]` (any float dtype; the output has
 /// its dtype), weight: `[hidden]` (trainable or frozen).
 ///
 /// # Panics
 /// If weight's length is not x's last dimension.
-pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+pub fn rms_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
     let (h, [w]) = (x.dims()[D - 1], weight.dims());
     assert_eq!(w, h, "rms_norm: weight [{w}] does not match the last dimension of x {:?}", x.dims());
-    if !B::ad_enabled(&x.device()) {
-        return rms_forward(x, weight, eps).0;
-    }
-    if let Some(y) = known_autodiff!(rms_with_autodiff::<B, D>(&x, &weight, eps)) {
-        return y;
-    }
-    rms_forward(x, weight, eps).0
+    B::rms_norm(x, weight, eps)
 }
 
 /// `silu(gate) · up` (the SwiGLU gate of the Llama MLP), as one autodiff node that saves only `gate` and `up`.
@@ -71,24 +64,18 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1
 ///
 /// # Panics
 /// If the shapes differ.
-pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+pub fn swiglu<B: Kernels, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up must have the same shape");
-    if !B::ad_enabled(&gate.device()) {
-        return swiglu_forward(gate, up);
-    }
-    if let Some(y) = known_autodiff!(swiglu_with_autodiff::<B, D>(&gate, &up)) {
-        return y;
-    }
-    swiglu_forward(gate, up)
+    B::swiglu(gate, up)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // RMSNorm
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The plain forward on any backend, in [`super::RmsNorm::forward`]'s exact op order. Returns the output (x's
+/// The plain forward on any backend, in [`crate::model::RmsNorm::forward`]'s exact op order. Returns the output (x's
 /// dtype) and the inverse RMS `[.., 1]` (f32).
-fn rms_forward<B: Backend, const D: usize>(
+pub(super) fn rms_forward<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 1>,
     eps: f64,
@@ -105,22 +92,8 @@ fn rms_forward<B: Backend, const D: usize>(
     (y, inv_rms)
 }
 
-/// Runs the custom-backward version when `B` is exactly `Autodiff<I>` (the default, non-checkpointing strategy),
-/// or returns `None` so the caller can try another backend.
-fn rms_with_autodiff<B: Backend, I: Backend, const D: usize>(
-    x: &Tensor<B, D>,
-    weight: &Tensor<B, 1>,
-    eps: f64,
-) -> Option<Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
-        return None;
-    }
-    let y = autodiff_rms::<I, NoCheckpointing, D>(same_type(x.clone()), same_type(weight.clone()), eps);
-    Some(same_type(y))
-}
-
 /// The forward on the inner backend, registered as one node whose backward is [`rms_backward`].
-fn autodiff_rms<I: Backend, C: CheckpointStrategy, const D: usize>(
+pub(super) fn autodiff_rms<I: Kernels, C: CheckpointStrategy, const D: usize>(
     x: Tensor<Autodiff<I, C>, D>,
     weight: Tensor<Autodiff<I, C>, 1>,
     eps: f64,
@@ -131,11 +104,11 @@ fn autodiff_rms<I: Backend, C: CheckpointStrategy, const D: usize>(
     let prep = <RmsNormBackward<D> as Backward<I, 2>>::prepare::<C>(RmsNormBackward, nodes);
     let y = match prep.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let (y, inv_rms) = rms_forward(ix, iw, eps);
+            let (y, inv_rms) = I::rms_norm_forward(ix, iw, eps);
             let state = RmsNormState::<I> { x: x.primitive, weight: weight.primitive, inv_rms: primitive(inv_rms) };
             prep.finish(state, primitive(y))
         }
-        OpsKind::UnTracked(prep) => prep.finish(primitive(rms_forward(ix, iw, eps).0)),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(I::rms_norm(ix, iw, eps))),
     };
     float(y)
 }
@@ -154,14 +127,14 @@ struct RmsNormState<B: Backend> {
     inv_rms: B::FloatTensorPrimitive,
 }
 
-impl<B: Backend, const D: usize> Backward<B, 2> for RmsNormBackward<D> {
+impl<B: Kernels, const D: usize> Backward<B, 2> for RmsNormBackward<D> {
     type State = RmsNormState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad_out = float::<B, D>(grads.consume::<B>(&ops.node));
         let s = ops.state;
         let [parent_x, parent_weight] = ops.parents;
-        let (dx, dweight) = rms_backward(
+        let (dx, dweight) = B::rms_norm_backward(
             float::<B, D>(s.x),
             float(s.weight),
             float::<B, D>(s.inv_rms),
@@ -179,7 +152,7 @@ impl<B: Backend, const D: usize> Backward<B, 2> for RmsNormBackward<D> {
 
 /// Gradients of x and weight (each in its input's dtype; `None` where `want` says the input is not tracked),
 /// from the recomputed `n = x · r`, in f32.
-fn rms_backward<B: Backend, const D: usize>(
+pub(super) fn rms_backward<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 1>,
     inv_rms: Tensor<B, D>,
@@ -210,25 +183,12 @@ fn rms_backward<B: Backend, const D: usize>(
 // ---------------------------------------------------------------------------------------------------------------
 
 /// The plain forward on any backend (the Llama MLP's `silu(gate) · up`, in the inputs' dtype).
-fn swiglu_forward<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+pub(super) fn swiglu_forward<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     silu(gate) * up
 }
 
-/// Runs the custom-backward version when `B` is exactly `Autodiff<I>` (the default, non-checkpointing strategy),
-/// or returns `None` so the caller can try another backend.
-fn swiglu_with_autodiff<B: Backend, I: Backend, const D: usize>(
-    gate: &Tensor<B, D>,
-    up: &Tensor<B, D>,
-) -> Option<Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
-        return None;
-    }
-    let y = autodiff_swiglu::<I, NoCheckpointing, D>(same_type(gate.clone()), same_type(up.clone()));
-    Some(same_type(y))
-}
-
 /// The forward on the inner backend, registered as one node whose backward is [`swiglu_backward`].
-fn autodiff_swiglu<I: Backend, C: CheckpointStrategy, const D: usize>(
+pub(super) fn autodiff_swiglu<I: Kernels, C: CheckpointStrategy, const D: usize>(
     gate: Tensor<Autodiff<I, C>, D>,
     up: Tensor<Autodiff<I, C>, D>,
 ) -> Tensor<Autodiff<I, C>, D> {
@@ -238,10 +198,10 @@ fn autodiff_swiglu<I: Backend, C: CheckpointStrategy, const D: usize>(
     let prep = <SwigluBackward<D> as Backward<I, 2>>::prepare::<C>(SwigluBackward, nodes);
     let y = match prep.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let y = swiglu_forward(ig, iu);
+            let y = I::swiglu(ig, iu);
             prep.finish(SwigluState::<I> { gate: gate.primitive, up: up.primitive }, primitive(y))
         }
-        OpsKind::UnTracked(prep) => prep.finish(primitive(swiglu_forward(ig, iu))),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(I::swiglu(ig, iu))),
     };
     float(y)
 }
@@ -257,14 +217,14 @@ struct SwigluState<B: Backend> {
     up: B::FloatTensorPrimitive,
 }
 
-impl<B: Backend, const D: usize> Backward<B, 2> for SwigluBackward<D> {
+impl<B: Kernels, const D: usize> Backward<B, 2> for SwigluBackward<D> {
     type State = SwigluState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad_out = float::<B, D>(grads.consume::<B>(&ops.node));
         let s = ops.state;
         let [parent_gate, parent_up] = ops.parents;
-        let (dgate, dup) = swiglu_backward(
+        let (dgate, dup) = B::swiglu_backward(
             float::<B, D>(s.gate),
             float::<B, D>(s.up),
             grad_out,
@@ -280,7 +240,7 @@ impl<B: Backend, const D: usize> Backward<B, 2> for SwigluBackward<D> {
 
 /// Gradients of gate and up (each in its input's dtype; `None` where `want` says the input is not tracked),
 /// from the recomputed `s = sigmoid(gate)`, in f32.
-fn swiglu_backward<B: Backend, const D: usize>(
+pub(super) fn swiglu_backward<B: Backend, const D: usize>(
     gate: Tensor<B, D>,
     up: Tensor<B, D>,
     grad_out: Tensor<B, D>,
@@ -304,39 +264,41 @@ fn swiglu_backward<B: Backend, const D: usize>(
 // RoPE
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The rotary embedding of [`super::rope::apply_rotary`] (`x · cos + rotate_half(x) · sin`, the same values) as
+/// The rotary embedding (`x · cos + rotate_half(x) · sin`, transformers' `apply_rotary_pos_emb`) as
 /// one autodiff node that keeps only the cos and sin tables (shared by every layer) and none of `x`'s copies:
 /// composed from burn ops it is six nodes (two slices, a negation, a concatenation, two products and a sum), whose
 /// backward pads, slices and adds full-size gradients. The rotation is orthogonal, so the backward is the
 /// inverse rotation of the incoming gradient: `dx = dy · cos − rotate_half(dy · sin)`, in x's dtype as the plain
 /// ops compute it. x: `[batch, heads, seq, head_dim]`; cos, sin: broadcastable to it, in x's dtype.
-pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    if !B::ad_enabled(&x.device()) {
-        return super::rope::apply_rotary(x, cos, sin);
-    }
-    if let Some(y) = known_autodiff!(rope_with_autodiff::<B>(&x, cos, sin)) {
-        return y;
-    }
-    super::rope::apply_rotary(x, cos, sin)
+pub fn rope<B: Kernels>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    B::rope(x, cos, sin)
 }
 
-/// Runs the custom-backward version when `B` is exactly `Autodiff<I>` (the default, non-checkpointing strategy),
-/// or returns `None` so the caller can try another backend.
-fn rope_with_autodiff<B: Backend, I: Backend>(
-    x: &Tensor<B, 4>,
+/// The composed rotation: `x · cos + rotate_half(x) · sin` (transformers' `apply_rotary_pos_emb`).
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    x.clone() * cos.clone() + rotate_half(x) * sin.clone()
+}
+
+/// The composed inverse rotation: `dx = dy·cos + rotate_halfᵀ(dy·sin)`, and `rotate_halfᵀ = −rotate_half`.
+pub(super) fn rope_backward<B: Backend>(
+    grad_out: Tensor<B, 4>,
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
-) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
-        return None;
-    }
-    let y = autodiff_rope::<I, NoCheckpointing>(same_type(x.clone()), same_type(cos.clone()), same_type(sin.clone()));
-    Some(same_type(y))
+) -> Tensor<B, 4> {
+    grad_out.clone() * cos.clone() - rotate_half(grad_out * sin.clone())
+}
+
+/// transformers' `rotate_half`: `[x1, x2] → [−x2, x1]` over the last dimension's halves.
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.narrow(3, half, half);
+    Tensor::cat(vec![second.neg(), first], 3)
 }
 
 /// The forward on the inner backend, registered as one node whose backward is [`RopeBackward`]. The tables are
 /// constants: only x is a parent.
-fn autodiff_rope<I: Backend, C: CheckpointStrategy>(
+pub(super) fn autodiff_rope<I: Kernels, C: CheckpointStrategy>(
     x: Tensor<Autodiff<I, C>, 4>,
     cos: Tensor<Autodiff<I, C>, 4>,
     sin: Tensor<Autodiff<I, C>, 4>,
@@ -348,10 +310,10 @@ fn autodiff_rope<I: Backend, C: CheckpointStrategy>(
     let prep = <RopeBackward as Backward<I, 1>>::prepare::<C>(RopeBackward, [x.node.clone()]);
     let y = match prep.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let y = super::rope::apply_rotary(ix, &icos, &isin);
+            let y = I::rope(ix, &icos, &isin);
             prep.finish(RopeState::<I> { cos, sin }, primitive(y))
         }
-        OpsKind::UnTracked(prep) => prep.finish(primitive(super::rope::apply_rotary(ix, &icos, &isin))),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(I::rope(ix, &icos, &isin))),
     };
     float(y)
 }
@@ -366,7 +328,7 @@ struct RopeState<B: Backend> {
     sin: B::FloatTensorPrimitive,
 }
 
-impl<B: Backend> Backward<B, 1> for RopeBackward {
+impl<B: Kernels> Backward<B, 1> for RopeBackward {
     type State = RopeState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
@@ -374,8 +336,7 @@ impl<B: Backend> Backward<B, 1> for RopeBackward {
         let [parent] = ops.parents;
         if let Some(node) = parent {
             let (cos, sin) = (float::<B, 4>(ops.state.cos), float::<B, 4>(ops.state.sin));
-            // dx = dy·cos + rotate_halfᵀ(dy·sin), and rotate_halfᵀ = −rotate_half.
-            let dx = grad_out.clone() * cos - super::rope::rotate_half(grad_out * sin);
+            let dx = B::rope_backward(grad_out, &cos, &sin);
             grads.register::<B>(node.id, primitive(dx));
         }
     }
