@@ -18,8 +18,13 @@ pub type NdArrayBackend = burn::backend::NdArray<f32>;
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 
+/// wgpu without burn's operation fusion (`burn::backend::Wgpu` wraps this backend in `Fusion`). On Mesa's lavapipe
+/// the fused backend computed two things wrongly that this one computes right: a one-row linear layer with a bias
+/// (every decoding step of a model with q/k/v biases, so cached generation left the uncached one), and flash
+/// attention's key gradient when the last query tile is shorter than a key tile. `crates/core/tests/wgpu.rs`
+/// covers both.
 #[cfg(feature = "wgpu")]
-pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
+pub type WgpuBackend = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// A device kind a user can ask for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

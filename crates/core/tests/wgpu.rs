@@ -84,7 +84,8 @@ fn generation_with_the_kv_cache_matches_transformers() {
         let (model, _) = hf::load_model::<Gpu>(&fixture(name), &device).unwrap();
         let config = SamplingConfig { max_new_tokens: 8, ..Default::default() };
         let prompt = [1, 17, 42, 99];
-        assert_eq!(generate(&model, &prompt, &config, &device), generate_uncached(&model, &prompt, &config, &device));
+        let cached = generate(&model, &prompt, &config, &device);
+        assert_eq!(cached, generate_uncached(&model, &prompt, &config, &device), "{name}");
     }
 }
 

@@ -258,7 +258,7 @@ impl Kernels for crate::device::NdArrayBackend {}
 #[cfg(feature = "cuda")]
 impl Kernels for crate::device::CudaBackend {}
 
-/// wgpu: the composed ops (CubeCL fuses chains of element-wise ops itself).
+/// wgpu: the composed ops.
 #[cfg(feature = "wgpu")]
 impl Kernels for crate::device::WgpuBackend {}
 

@@ -23,7 +23,7 @@ use crate::nf4::{ABSMAX_BLOCK, BLOCK, BlockScales, NF4_CODE, Nf4Tensor, dynamic_
 #[derive(Module, Debug)]
 pub struct Nf4Weight<B: Backend> {
     /// Two 4-bit codes per byte (the even-index value in the high nibble), padded with the code of 0.0 to whole
-    /// blocks: `[blocks · 32]`, stored as `u8`.
+    /// blocks: `[blocks · 32]`, stored as `u8` (as `i32` on a device without 8-bit integers: WGSL has none).
     packed: Tensor<B, 1, Int>,
     scales: Nf4Scales<B>,
     /// `[256, 2]`: the NF4 levels of a byte's high and low nibble, so one lookup decodes two values.
@@ -67,9 +67,10 @@ impl<B: Backend> Nf4Weight<B> {
         const ZERO_PAIR: u8 = 0x77;
         let Nf4Tensor { mut packed, scales, .. } = quantized;
         packed.resize(blocks * BLOCK / 2, ZERO_PAIR);
+        let code_dtype = if B::supports_dtype(device, DType::U8) { DType::U8 } else { DType::I32 };
         let bytes = |values: Vec<u8>| {
             let n = values.len();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [n]), (device, DType::U8))
+            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [n]), (device, code_dtype))
         };
         let floats = |values: Vec<f32>| {
             let n = values.len();
@@ -124,11 +125,12 @@ impl<B: Backend> Nf4Weight<B> {
     /// Device bytes the weight occupies (codes and scales; the two lookup tables, 3 KiB, not counted).
     pub fn storage_bytes(&self) -> usize {
         let len = self.shape[0] * self.shape[1];
+        let code_bytes = self.packed.dtype().size();
         let scales = match &self.scales {
             Nf4Scales::Plain(absmax) => 4 * absmax.dims()[0],
-            Nf4Scales::Double(s) => s.codes.dims()[0] + 4 * s.absmax2.dims()[0] + 4,
+            Nf4Scales::Double(s) => code_bytes * s.codes.dims()[0] + 4 * s.absmax2.dims()[0] + 4,
         };
-        len.div_ceil(BLOCK) * BLOCK / 2 + scales
+        code_bytes * len.div_ceil(BLOCK) * BLOCK / 2 + scales
     }
 }
 
