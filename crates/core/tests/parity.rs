@@ -1,6 +1,6 @@
 //! Parity with transformers on committed fixtures (made by scripts/make_fixtures.py), and checkpoint round trips.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::Tensor;
 use llmtrain_core::device::CpuBackend as B;
@@ -8,33 +8,20 @@ use llmtrain_core::generate::{SamplingConfig, generate, generate_batch, generate
 use llmtrain_core::hf::{self, SaveOptions, StorageDtype, TensorFiles};
 use llmtrain_core::model::{LlamaModel, PositionIds, tokens_tensor};
 
+use crate::common;
+use common::{expected_floats, expected_ints, fixture, max_abs_diff};
+
 const FIXTURES: [&str; 3] = ["llama_gqa_tied", "qwen2_bias", "mistral_mqa"];
 const TOLERANCE: f32 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 /// (tokens, logits, packed position ids, packed logits) as transformers computed them.
 fn expected(dir: &Path) -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<f32>) {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |n: &str| -> Vec<u32> {
-        st.tensor(n).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
-    };
-    let floats = |n: &str| -> Vec<f32> {
-        st.tensor(n).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-    };
+    let (ints, floats) = (|n| expected_ints(dir, n), |n| expected_floats(dir, n));
     (ints("tokens"), floats("logits"), ints("packed_positions"), floats("packed_logits"))
 }
 
 fn to_vec(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    common::to_vec(t)
 }
 
 #[test]
@@ -180,11 +167,7 @@ fn greedy_generation_matches_transformers_generate() {
     let device = Default::default();
     let dir = fixture("llama_gqa_tied");
     let (model, _) = hf::load_model::<B>(&dir, &device).unwrap();
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |n: &str| -> Vec<u32> {
-        st.tensor(n).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
-    };
+    let ints = |n: &str| expected_ints(&dir, n);
     let prompt = ints("generate_prompt");
     let tok = llmtrain_core::tokenizer::TextTokenizer::load(&dir).unwrap();
     assert_eq!(tok.encode("To be, or not to be").unwrap(), prompt, "tokenizer.json encodes as transformers did");

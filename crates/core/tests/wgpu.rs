@@ -10,10 +10,9 @@
 //! - training: three AdamW steps through every custom op (plain, flash attention, the fused head + loss with the
 //!   fused RMSNorm/SwiGLU/RoPE, an NF4 base with LoRA adapters) give the CPU backend's losses.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use llmtrain_core::data::Batch;
 use llmtrain_core::device::{CpuBackend, WgpuBackend};
@@ -23,37 +22,13 @@ use llmtrain_core::kernels::AutodiffKernels;
 use llmtrain_core::model::{AttentionKernel, LlamaModel, LoraAdapter, ModelConfig, PositionIds, tokens_tensor};
 use llmtrain_core::train::{AdamW, AdamWConfig, GradientBuffer, batch_loss};
 
+use common::{expected_floats, expected_ints, fixture, max_abs_diff, to_vec};
+
 type Gpu = WgpuBackend;
 
 const FIXTURES: [&str; 3] = ["llama_gqa_tied", "qwen2_bias", "mistral_mqa"];
 /// The CPU parity tests' tolerance: the shaders compute in f32 too.
 const TOLERANCE: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// A named tensor of the fixture's `expected.safetensors` (as transformers computed it).
-fn expected_ints(dir: &Path, name: &str) -> Vec<u32> {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
-}
-
-fn expected_floats(dir: &Path, name: &str) -> Vec<f32> {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 #[test]
 fn logits_match_transformers() {

@@ -1,6 +1,9 @@
-//! Helpers shared by the custom-op tests (flash attention, fused loss, fused RMSNorm/SwiGLU/RoPE, NF4 weights).
+//! Helpers shared by the custom-op tests (flash attention, fused loss, fused RMSNorm/SwiGLU/RoPE, NF4 weights) and
+//! the transformers parity tests (on the CPU in `parity.rs`, on wgpu in `wgpu.rs`).
 // Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
@@ -26,4 +29,29 @@ pub fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>)
     let (a, b) = (to_vec(a), to_vec(b));
     assert_eq!(a.len(), b.len());
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A committed fixture directory (made by scripts/make_fixtures.py).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A named i64 tensor of the fixture's `expected.safetensors` (as transformers computed it), as token ids.
+pub fn expected_ints(dir: &Path, name: &str) -> Vec<u32> {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+}
+
+/// A named f32 tensor of the fixture's `expected.safetensors`.
+pub fn expected_floats(dir: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The largest elementwise difference of two slices of the same length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
