@@ -33,11 +33,12 @@ pub(super) fn takes(dtypes: &[DType]) -> bool {
     dtypes.iter().all(|d| *d == DType::F32)
 }
 
-/// The tensor's values in row-major order: borrowed when already contiguous, copied otherwise.
+/// The tensor in row-major order: shared when already contiguous, copied otherwise.
 fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
+/// A contiguous f32 tensor's values.
 fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
@@ -249,11 +250,14 @@ fn rotate(x: Tensor<Flex, 4>, cos: &Tensor<Flex, 4>, sin: &Tensor<Flex, 4>, rota
     let [batch, heads, seq, d] = x.dims();
     let tb = cos.dims()[0];
     let x = flex(x);
-    let x = match Rows4::of(&x) {
-        Some(_) => x,
-        None => contiguous(&x),
+    let (x, rows) = match Rows4::of(&x) {
+        Some(rows) => (x, rows),
+        None => {
+            let x = contiguous(&x);
+            let rows = Rows4::of(&x).expect("a contiguous tensor has contiguous rows");
+            (x, rows)
+        }
     };
-    let rows = Rows4::of(&x).expect("a contiguous tensor has contiguous rows");
     let xs: &[f32] = x.storage();
     let (cos, sin) = (contiguous(&flex(cos.clone())), contiguous(&flex(sin.clone())));
     let (cs, ss) = (values(&cos), values(&sin));
