@@ -105,22 +105,30 @@ fn case(name: &'static str, model: ModelConfig, batch: usize, seq: usize) -> Cas
     }
 }
 
+/// `case` through every kernel: fused RMSNorm/SwiGLU/RoPE, the head fused with the loss, flash attention.
+fn fast(case: Case) -> Case {
+    Case { fused_kernels: true, fused_loss: true, flash: true, ..case }
+}
+
 pub fn cases() -> Vec<Case> {
     let mut quickstart = ModelConfig::tiny_llama(2048, 128, 4, 4, 2);
     quickstart.intermediate_size = 352;
     quickstart.tie_word_embeddings = true;
     vec![
         case("full-tiny", full_tiny(), 8, 256),
-        // full-tiny through the backend's kernels (RMSNorm, SwiGLU, RoPE), and with the fused head + loss too.
+        // full-tiny through the backend's kernels (RMSNorm, SwiGLU, RoPE), and with every kernel: the fused head +
+        // loss and flash attention too (PyTorch's SDPA, which the reference runs, is its own flash kernel).
         Case { fused_kernels: true, ..case("full-tiny-kernels", full_tiny(), 8, 256) },
-        Case { fused_kernels: true, fused_loss: true, ..case("full-tiny-fast", full_tiny(), 8, 256) },
-        case("quickstart", quickstart, 16, 128),
+        fast(case("full-tiny-fast", full_tiny(), 8, 256)),
+        case("quickstart", quickstart.clone(), 16, 128),
+        fast(case("quickstart-fast", quickstart, 16, 128)),
         // full-tiny's global batch over 2 in-process ranks: the cost of data parallelism's communication.
         Case { ranks: 2, ..case("ddp-2", full_tiny(), 8, 256) },
         // Gradient checkpointing on full-tiny's shape, and on the same tokens as 2 sequences of 1024, where
         // attention's activations dominate; each beside the same shape without it.
         Case { checkpointing: true, ..case("full-tiny-ckpt", full_tiny(), 8, 256) },
         case("full-tiny-seq1024", full_tiny(), 2, 1024),
+        fast(case("full-tiny-seq1024-fast", full_tiny(), 2, 1024)),
         Case { checkpointing: true, ..case("full-tiny-seq1024-ckpt", full_tiny(), 2, 1024) },
         // Mixed precision on full-tiny's shape (compare with full-tiny).
         Case { precision: MixedPrecision::Bf16, ..case("full-tiny-bf16", full_tiny(), 8, 256) },
@@ -132,16 +140,11 @@ pub fn cases() -> Vec<Case> {
         // LoRA r=8 on every linear layer of full-tiny, autodiff through everything (PEFT's setup in
         // torch_llama.py --mode lora).
         Case { lora_rank: Some(8), ..case("lora-tiny-plain", full_tiny(), 8, 256) },
-        // The same with llmtrain's fast path: the head fused with the loss, RMSNorm, SwiGLU and RoPE as fused nodes.
-        Case { lora_rank: Some(8), fused_loss: true, fused_kernels: true, ..case("lora-tiny", full_tiny(), 8, 256) },
+        // The same with llmtrain's fast path: the head fused with the loss, RMSNorm, SwiGLU and RoPE as fused nodes,
+        // flash attention.
+        Case { lora_rank: Some(8), ..fast(case("lora-tiny", full_tiny(), 8, 256)) },
         // lora-tiny with gradient checkpointing, as Unsloth runs by default (`use_gradient_checkpointing`).
-        Case {
-            lora_rank: Some(8),
-            fused_loss: true,
-            fused_kernels: true,
-            checkpointing: true,
-            ..case("lora-tiny-ckpt", full_tiny(), 8, 256)
-        },
+        Case { lora_rank: Some(8), checkpointing: true, ..fast(case("lora-tiny-ckpt", full_tiny(), 8, 256)) },
         // A shape where the weights dominate memory (31.5M parameters, 2 × 128 tokens): full finetuning keeps
         // 16 bytes a parameter (weights, gradients, AdamW's two moments), QLoRA ~0.5 for the decoder's linear
         // weights (NF4) plus the dense embeddings and head, and states for its r=8 adapters only.
@@ -569,14 +572,11 @@ fn torch_reference(case: &Case, steps: usize) -> Option<Value> {
     if !probe.status.success() {
         return None;
     }
-    // The reference trains plain f32 data parallelism-free steps only; the fused head + loss and the fused
-    // RMSNorm/SwiGLU/RoPE compute the same step (PyTorch runs its eager ops for it).
-    let plain = !case.checkpointing
-        && !case.dpo
-        && !case.grpo
-        && !case.flash
-        && !case.quantized
-        && case.precision == MixedPrecision::No;
+    // The reference trains plain f32 data parallelism-free steps only; the fused head + loss, the fused
+    // RMSNorm/SwiGLU/RoPE and flash attention compute the same step (PyTorch runs its eager ops and SDPA, which
+    // on the CPU is its own flash kernel, for every case).
+    let plain =
+        !case.checkpointing && !case.dpo && !case.grpo && !case.quantized && case.precision == MixedPrecision::No;
     if case.ranks > 1 || !plain {
         return None;
     }

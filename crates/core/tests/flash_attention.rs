@@ -1,4 +1,5 @@
-//! The tiled flash attention against a plain attention (matmul, mask_fill with -inf, softmax, matmul): outputs
+//! Flash attention (the CPU kernel, and the tiled default it overrides) against a plain attention (matmul,
+//! mask_fill with -inf, softmax, matmul): outputs
 //! and the gradients of q, k and v. Run with `--nocapture` to see the max abs differences.
 
 use crate::common;
@@ -204,4 +205,35 @@ fn model_with_flash_attention_matches_eager_attention() {
     println!("model: loss {} vs {}, max |Δgrad| {diff:.2e}", losses[0], losses[1]);
     assert!((losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(), "{losses:?}");
     assert!(diff <= 1e-5, "gradients differ by {diff}");
+}
+
+/// The CPU backend's kernel against the tiled default it overrides, on the plain backend: output, log-sum-exp and
+/// the three gradients, with q read through a head-split view (strided, as the model passes it) and a packed mask.
+#[test]
+fn cpu_kernel_matches_the_tiled_default() {
+    use llmtrain_core::kernels::Kernels;
+    use llmtrain_core::kernels::flash_attention::{tiled_backward, tiled_forward};
+    let device = Default::default();
+    let (batch, heads, len, d, block, scale) = (2, 3, 96, 16, 40, 0.25);
+    // [batch, seq, heads, d] seen as [batch, heads, seq, d], as the attention layer's projections are.
+    let q = tensor::<CpuBackend>([batch, len, heads, d], 11, &device).swap_dims(1, 2);
+    let k = tensor::<CpuBackend>([batch, heads, len, d], 12, &device);
+    let v = tensor::<CpuBackend>([batch, heads, len, d], 13, &device);
+    let grad_out = tensor::<CpuBackend>([batch, len, heads, d], 14, &device).swap_dims(1, 2);
+    for mask in [None, Some(packed_mask::<CpuBackend>(&device))] {
+        let mask = mask.as_ref();
+        let (out, lse) = CpuBackend::flash_attention_forward(&q, &k, &v, mask, scale, block);
+        let (tiled_out, tiled_lse) = tiled_forward(&q, &k, &v, mask, scale, block);
+        let grads = CpuBackend::flash_attention_backward(&q, &k, &v, &out, &lse, grad_out.clone(), mask, scale, block);
+        let tiled = tiled_backward(&q, &k, &v, &out, &lse, grad_out.clone(), mask, scale, block);
+        let diffs = [
+            max_diff(out, tiled_out),
+            max_diff(lse.unsqueeze_dim::<4>(3), tiled_lse.unsqueeze_dim(3)),
+            max_diff(grads.0, tiled.0),
+            max_diff(grads.1, tiled.1),
+            max_diff(grads.2, tiled.2),
+        ];
+        println!("kernel vs tiled (mask: {}): out, lse, dq, dk, dv {diffs:?}", mask.is_some());
+        assert!(diffs.iter().all(|&d| d <= 2e-6), "kernel vs tiled: {diffs:?}");
+    }
 }

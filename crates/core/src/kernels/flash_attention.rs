@@ -211,9 +211,10 @@ fn tile_scores<B: Backend>(
     }
 }
 
-/// The tiled online-softmax forward on any backend (no graph is recorded when `B` has no autodiff).
+/// The tiled online-softmax forward on any backend (no graph is recorded when `B` has no autodiff): the
+/// [`Kernels::flash_attention_forward`] default, public so that tests can hold a backend's kernel against it.
 /// Returns the output in q's dtype and the row log-sum-exp `[batch, heads, q_len]` in f32.
-pub(super) fn tiled_forward<B: Backend>(
+pub fn tiled_forward<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
@@ -252,9 +253,10 @@ pub(super) fn tiled_forward<B: Backend>(
     (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
 }
 
-/// Gradients of q, k, v (each in its input's dtype), recomputing the probabilities tile by tile from `lse`.
+/// Gradients of q, k, v (each in its input's dtype), recomputing the probabilities tile by tile from `lse`: the
+/// [`Kernels::flash_attention_backward`] default.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn tiled_backward<B: Backend>(
+pub fn tiled_backward<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,

@@ -8,7 +8,8 @@
 //! - `Autodiff<B, C>` (any inner backend, any checkpointing strategy) makes each op one graph node with its own
 //!   backward, which calls the inner backend's `*_forward` and `*_backward` methods, so a kernel written for the
 //!   inner backend serves training as well as inference;
-//! - [`Flex`], the CPU backend, runs RMSNorm, SwiGLU and RoPE as single passes over f32 buffers (`cpu.rs`).
+//! - [`Flex`], the CPU backend, runs RMSNorm, SwiGLU and RoPE as single passes over f32 buffers (`cpu.rs`) and
+//!   flash attention as one GEMM-per-tile kernel (`cpu_attention.rs`).
 //!
 //! The model asks for `B: Kernels`; a backend a user adds needs `impl Kernels for MyBackend {}` to run it.
 //! This layer depends on burn only (and on [`crate::nf4`]'s host-side code tables), never on the model.
@@ -28,6 +29,7 @@
 
 mod autodiff;
 mod cpu;
+mod cpu_attention;
 pub mod cross_entropy;
 mod custom_op;
 pub mod flash_attention;
@@ -187,8 +189,8 @@ pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 
 impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> AutodiffKernels for B {}
 
-/// The CPU backend: RMSNorm, SwiGLU and RoPE run as single passes over f32 buffers; other float types and the
-/// other ops take the composed defaults.
+/// The CPU backend: RMSNorm, SwiGLU and RoPE run as single passes over f32 buffers, flash attention as one GEMM
+/// call per tile; other float types and the other ops take the composed defaults.
 impl Kernels for Flex {
     fn rms_norm_forward<const D: usize>(
         x: Tensor<Self, D>,
@@ -246,6 +248,39 @@ impl Kernels for Flex {
             cpu::rope_backward(grad_out, cos, sin)
         } else {
             fused_ops::rope_backward(grad_out, cos, sin)
+        }
+    }
+
+    fn flash_attention_forward(
+        q: &Tensor<Self, 4>,
+        k: &Tensor<Self, 4>,
+        v: &Tensor<Self, 4>,
+        mask: Option<&Tensor<Self, 4, Bool>>,
+        scale: f64,
+        block: usize,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
+        if cpu::takes(&[q.dtype(), k.dtype(), v.dtype()]) {
+            cpu_attention::forward(q, k, v, mask, scale, block)
+        } else {
+            flash_attention::tiled_forward(q, k, v, mask, scale, block)
+        }
+    }
+
+    fn flash_attention_backward(
+        q: &Tensor<Self, 4>,
+        k: &Tensor<Self, 4>,
+        v: &Tensor<Self, 4>,
+        out: &Tensor<Self, 4>,
+        lse: &Tensor<Self, 3>,
+        grad_out: Tensor<Self, 4>,
+        mask: Option<&Tensor<Self, 4, Bool>>,
+        scale: f64,
+        block: usize,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        if cpu::takes(&[q.dtype(), k.dtype(), v.dtype(), out.dtype(), lse.dtype(), grad_out.dtype()]) {
+            cpu_attention::backward(q, k, v, out, lse, &grad_out, mask, scale, block)
+        } else {
+            flash_attention::tiled_backward(q, k, v, out, lse, grad_out, mask, scale, block)
         }
     }
 }

@@ -1,0 +1,379 @@
+//! The CPU backend's ([`Flex`]) attention kernel: causal softmax attention with an optional extra mask, forward
+//! and backward, over f32 buffers with one GEMM call per tile.
+//!
+//! The composed tiled version ([`super::flash_attention`]) is correct on any backend, but on the CPU each of its
+//! tiles is a dozen tensor ops (slices, casts, masks built per tile, online-softmax rescales), each a pass over
+//! memory with its own allocation. Here one rayon task owns one query tile (forward) or one (batch, head)
+//! (backward) and:
+//!
+//! - reads q, k, v and the output gradient in place through their strides (the model's head-split views need no
+//!   copy), calling the `gemm` crate (the one burn's Flex matmul uses) on strided matrices;
+//! - holds the scores of a whole query tile against every key it may see (`block × k_len` floats), so the softmax
+//!   of each row is exact in one pass: no running maximum, no rescaling. Memory stays O(block · k_len) per thread,
+//!   never `[q_len, k_len]` per head, and nothing but the output and the row log-sum-exp is kept for backward;
+//! - skips keys in the causal future of the tile's last query.
+//!
+//! The backward recomputes `P = exp(S − lse)` per tile and forms `dV += Pᵀ dO`, `dP = dO Vᵀ`,
+//! `dS = P ∘ (dP − D) · scale` with `D = rowsum(dO ∘ O)`, `dQ = dS K`, `dK += dSᵀ Q`, as the tiled version does.
+//! Results differ from it only by summation order.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+/// The score given to blocked (query, key) pairs, as in the tiled version: `exp(MASKED − max)` is exactly 0.
+const MASKED: f32 = -1.0e30;
+
+/// A matrix read in place from a tensor's storage: element `(i, j)` at `data[offset + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major matrix with `cols` columns.
+    fn dense(data: &'a [f32], cols: usize) -> Self {
+        Self { data, offset: 0, rs: cols, cs: 1 }
+    }
+
+    fn transposed(self) -> Self {
+        Self { rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// The matrix from row `start` on.
+    fn rows_from(self, start: usize) -> Self {
+        Self { offset: self.offset + start * self.rs, ..self }
+    }
+
+    fn row(&self, i: usize, cols: usize) -> impl Iterator<Item = f32> + '_ {
+        (0..cols).map(move |j| self.data[self.offset + i * self.rs + j * self.cs])
+    }
+
+    /// Whether every element of a `rows × cols` view lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`) for `lhs` `[m × k]`, `rhs` `[k × n]` and `dst` a
+/// row-major `[m × n]` block with row stride `dst_rs`, on the calling thread.
+fn matmul(dst: &mut [f32], dst_rs: usize, (m, n, k): (usize, usize, usize), lhs: Mat, rhs: Mat, accumulate: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        lhs.fits(m, k) && rhs.fits(k, n) && n <= dst_rs && (m - 1) * dst_rs + n <= dst.len(),
+        "attention kernel: a GEMM operand out of its buffer"
+    );
+    // SAFETY: the assertion above bounds every element gemm reads (lhs, rhs) or writes (dst) inside its slice, all
+    // strides are non-negative, and `dst` is borrowed mutably, so no other thread touches it while gemm runs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A `[batch, heads, len, d]` f32 tensor read in place when its strides are non-negative, else copied.
+struct Heads {
+    tensor: FlexTensor,
+    start: usize,
+    strides: [usize; 4],
+}
+
+impl Heads {
+    fn of(t: &Tensor<Flex, 4>) -> Self {
+        let t: FlexTensor = t.clone().into_primitive().tensor();
+        let tensor = if t.layout().strides().iter().all(|&s| s >= 0) { t } else { t.to_contiguous() };
+        let s = tensor.layout().strides();
+        let strides = [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
+        Self { start: tensor.layout().start_offset(), strides, tensor }
+    }
+
+    /// Head `h` of batch `b` as a `[len, d]` matrix.
+    fn head(&self, b: usize, h: usize) -> Mat<'_> {
+        let [sb, sh, rs, cs] = self.strides;
+        Mat { data: self.tensor.storage(), offset: self.start + b * sb + h * sh, rs, cs }
+    }
+}
+
+/// The extra mask `[batch or 1, 1, q_len, k_len]` (`true` = blocked) as contiguous bytes.
+struct Blocked {
+    tensor: FlexTensor,
+    per_batch: bool,
+    q_len: usize,
+    k_len: usize,
+}
+
+impl Blocked {
+    fn of(mask: &Tensor<Flex, 4, Bool>) -> Self {
+        let [mb, _, q_len, k_len] = mask.dims();
+        let tensor = mask.clone().into_primitive().to_contiguous();
+        Self { tensor, per_batch: mb > 1, q_len, k_len }
+    }
+
+    /// Query `i`'s row for batch `b`: nonzero where a key is blocked.
+    fn row(&self, b: usize, i: usize) -> &[u8] {
+        let (start, _) = self.tensor.layout().contiguous_offsets().expect("a contiguous mask");
+        let row = (if self.per_batch { b } else { 0 } * self.q_len + i) * self.k_len;
+        &self.tensor.storage::<u8>()[start + row..][..self.k_len]
+    }
+}
+
+/// Scales row `s` (the keys up to `visible`) and blocks what the mask blocks, in place.
+fn scale_and_mask(s: &mut [f32], blocked: Option<&[u8]>, scale: f32) {
+    match blocked {
+        Some(blocked) => {
+            for (s, &b) in s.iter_mut().zip(blocked) {
+                *s = if b != 0 { MASKED } else { *s * scale };
+            }
+        }
+        None => s.iter_mut().for_each(|s| *s *= scale),
+    }
+}
+
+/// Lanes of the vectorised reductions: one AVX-512 register of f32 (two AVX2 ones).
+const LANES: usize = 16;
+
+/// The largest value (at least [`MASKED`]), reduced over [`LANES`] partial maxima so that it vectorises.
+fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [MASKED; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(MASKED, |m, &x| m.max(x));
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    lanes.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// The sum over [`LANES`] partial sums, so that it vectorises.
+fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (s, &x) in lanes.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `x ← e^(x − shift)` in place, for `x − shift ≤ 0` (scores minus their maximum or log-sum-exp).
+///
+/// libm's `expf` is a call per element (it was a sixth of a step's time here); this is Cephes' `expf` written
+/// without calls or branches, so the loop vectorises: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6
+/// polynomial for `e^r` (relative error under 2 ulp on that range), and `2^n` built in the exponent bits.
+/// Below `-87.3` (where `e^x` leaves f32's normal range, and for [`MASKED`] scores) the result is exactly 0.
+fn exp_shifted(xs: &mut [f32], shift: f32) {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n·LN2_HI is exact for |n| < 512 (Cody and Waite's reduction).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const LOWEST: f32 = -87.336_54;
+    // Adding then subtracting 1.5·2²³ rounds to the nearest integer in f32 arithmetic (no call to `round`).
+    const ROUND: f32 = 12_582_912.0;
+    for x in xs.iter_mut() {
+        let t = (*x - shift).clamp(LOWEST, 0.0);
+        let n = (t * LOG2_E + ROUND) - ROUND;
+        let r = t - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_1e-4_f32;
+        p = p * r + 1.398_2e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 0.5;
+        let e_r = p * r * r + r + 1.0;
+        let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        *x = if t > LOWEST { e_r * two_n } else { 0.0 };
+    }
+}
+
+/// The queries' visible key count: query `i` sees keys `0..=i + offset`.
+fn visible(i: usize, offset: usize, k_len: usize) -> usize {
+    (i + offset + 1).min(k_len)
+}
+
+/// A float tensor from a contiguous f32 buffer.
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    let data = TensorData::new(values, Shape::from(shape.to_vec()));
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
+}
+
+/// The output `[batch, heads, q_len, d]` and the row log-sum-exp `[batch, heads, q_len]` (f32 inputs, shapes
+/// checked by [`super::flash_attention::flash_attention`]).
+pub(super) fn forward(
+    q: &Tensor<Flex, 4>,
+    k: &Tensor<Flex, 4>,
+    v: &Tensor<Flex, 4>,
+    mask: Option<&Tensor<Flex, 4, Bool>>,
+    scale: f64,
+    block: usize,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 3>) {
+    let [batch, heads, q_len, d] = q.dims();
+    let k_len = k.dims()[2];
+    let offset = k_len - q_len;
+    let (qh, kh, vh) = (Heads::of(q), Heads::of(k), Heads::of(v));
+    let blocked = mask.map(Blocked::of);
+    let scale = scale as f32;
+    if q_len * d == 0 {
+        return (
+            tensor(Vec::new(), [batch, heads, q_len, d]),
+            tensor(vec![0.0; batch * heads * q_len], [batch, heads, q_len]),
+        );
+    }
+    let mut out = vec![0.0f32; batch * heads * q_len * d];
+    let mut lse = vec![0.0f32; batch * heads * q_len];
+    // One task per (batch, head, query tile): their output rows are disjoint.
+    out.par_chunks_mut(q_len * d).zip(lse.par_chunks_mut(q_len)).enumerate().for_each(|(bh, (out, lse))| {
+        let (b, h) = (bh / heads, bh % heads);
+        let (qm, km, vm) = (qh.head(b, h), kh.head(b, h), vh.head(b, h));
+        out.par_chunks_mut(block * d).zip(lse.par_chunks_mut(block)).enumerate().for_each(|(tile, (out, lse))| {
+            let (qs, rows) = (tile * block, lse.len());
+            let keys = visible(qs + rows - 1, offset, k_len);
+            let mut p = vec![0.0f32; rows * keys];
+            matmul(&mut p, keys, (rows, keys, d), qm.rows_from(qs), km.transposed(), false);
+            for (i, (p, lse)) in p.chunks_mut(keys).zip(lse.iter_mut()).enumerate() {
+                let seen = visible(qs + i, offset, k_len);
+                let (p, future) = p.split_at_mut(seen);
+                future.fill(0.0);
+                scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
+                let max = max(p);
+                exp_shifted(p, max);
+                let sum = sum(p);
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|p| *p *= inv);
+                *lse = max + sum.ln();
+            }
+            matmul(out, d, (rows, d, keys), Mat::dense(&p, keys), vm, false);
+        });
+    });
+    (tensor(out, [batch, heads, q_len, d]), tensor(lse, [batch, heads, q_len]))
+}
+
+/// Gradients of q, k and v (f32 inputs, contiguous outputs), recomputing the probabilities tile by tile.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    q: &Tensor<Flex, 4>,
+    k: &Tensor<Flex, 4>,
+    v: &Tensor<Flex, 4>,
+    out: &Tensor<Flex, 4>,
+    lse: &Tensor<Flex, 3>,
+    grad_out: &Tensor<Flex, 4>,
+    mask: Option<&Tensor<Flex, 4, Bool>>,
+    scale: f64,
+    block: usize,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let [batch, heads, q_len, d] = q.dims();
+    let k_len = k.dims()[2];
+    let offset = k_len - q_len;
+    let (qh, kh, vh, oh, doh) = (Heads::of(q), Heads::of(k), Heads::of(v), Heads::of(out), Heads::of(grad_out));
+    let lse: FlexTensor = lse.clone().into_primitive().tensor().to_contiguous();
+    let lse: &[f32] = lse.as_slice().expect("a contiguous f32 tensor");
+    let blocked = mask.map(Blocked::of);
+    let scale = scale as f32;
+    let (q_shape, k_shape) = ([batch, heads, q_len, d], [batch, heads, k_len, d]);
+    if q_len * d == 0 {
+        let zeros = |shape: [usize; 4]| tensor(vec![0.0; shape.iter().product()], shape);
+        return (zeros(q_shape), zeros(k_shape), zeros(k_shape));
+    }
+    let mut dq = vec![0.0f32; batch * heads * q_len * d];
+    let mut dk = vec![0.0f32; batch * heads * k_len * d];
+    let mut dv = vec![0.0f32; batch * heads * k_len * d];
+    // One task per (batch, head): it owns that head's dK and dV, which every query tile adds into.
+    let per_head = dq.par_chunks_mut(q_len * d).zip(dk.par_chunks_mut(k_len * d)).zip(dv.par_chunks_mut(k_len * d));
+    per_head.enumerate().for_each(|(bh, ((dq, dk), dv))| {
+        let (b, h) = (bh / heads, bh % heads);
+        let (qm, km, vm, om, dom) = (qh.head(b, h), kh.head(b, h), vh.head(b, h), oh.head(b, h), doh.head(b, h));
+        let lse = &lse[bh * q_len..][..q_len];
+        for qs in (0..q_len).step_by(block) {
+            let rows = block.min(q_len - qs);
+            let keys = visible(qs + rows - 1, offset, k_len);
+            let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
+            let mut p = vec![0.0f32; rows * keys];
+            matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false);
+            for (i, p) in p.chunks_mut(keys).enumerate() {
+                let seen = visible(qs + i, offset, k_len);
+                let (p, future) = p.split_at_mut(seen);
+                future.fill(0.0);
+                scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
+                exp_shifted(p, lse[qs + i]);
+            }
+            matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true);
+            let mut ds = vec![0.0f32; rows * keys];
+            matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false);
+            for (i, (ds, p)) in ds.chunks_mut(keys).zip(p.chunks(keys)).enumerate() {
+                // D_i = Σ_j P_ij dP_ij = dO_i · O_i: the softmax Jacobian's row term.
+                let delta: f32 = dom.row(qs + i, d).zip(om.row(qs + i, d)).map(|(g, o)| g * o).sum();
+                for (ds, &p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - delta) * scale;
+                }
+            }
+            matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false);
+            matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true);
+        }
+    });
+    (tensor(dq, q_shape), tensor(dk, k_shape), tensor(dv, k_shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm_within_two_ulp_and_underflows_to_zero() {
+        let xs: Vec<f32> = (0..200_000).map(|i| -90.0 * i as f32 / 200_000.0).collect();
+        let mut ys = xs.clone();
+        exp_shifted(&mut ys, 0.0);
+        let mut worst = 0.0f32;
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = x.exp();
+            if x > -87.3 {
+                worst = worst.max((y - want).abs() / (want * f32::EPSILON));
+            } else {
+                assert!(y == 0.0 || (y - want).abs() < 1e-37, "e^{x}: {y} vs {want}");
+            }
+        }
+        assert!(worst <= 2.0, "worst relative error {worst} ulp");
+        let mut shifted = [5.0f32, 3.0, MASKED];
+        exp_shifted(&mut shifted, 5.0);
+        assert_eq!(shifted[0], 1.0);
+        assert!((shifted[1] - (-2.0f32).exp()).abs() <= f32::EPSILON * 0.2);
+        assert_eq!(shifted[2], 0.0, "a masked score weighs exactly nothing");
+    }
+
+    #[test]
+    fn lane_reductions_match_sequential_ones() {
+        for len in [0, 1, 15, 16, 17, 100, 1000] {
+            let xs: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+            let want_max = xs.iter().fold(MASKED, |m, &x| m.max(x));
+            assert_eq!(max(&xs), want_max, "max of {len}");
+            let want_sum: f64 = xs.iter().map(|&x| f64::from(x)).sum();
+            assert!((f64::from(sum(&xs)) - want_sum).abs() <= 1e-4 * (1.0 + want_sum.abs()), "sum of {len}");
+        }
+    }
+}
