@@ -1,6 +1,6 @@
 //! Flash attention (the CPU kernel, and the tiled default it overrides) against a plain attention (matmul,
-//! mask_fill with -inf, softmax, matmul): outputs
-//! and the gradients of q, k and v. Run with `--nocapture` to see the max abs differences.
+//! mask_fill with -inf, softmax, matmul): outputs and the gradients of q, k and v. Run with `--nocapture` to see
+//! the max abs differences.
 
 use crate::common;
 use burn::backend::Autodiff;
