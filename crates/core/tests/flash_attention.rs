@@ -46,6 +46,8 @@ struct Case {
     name: &'static str,
     batch: usize,
     heads: usize,
+    /// Key/value heads (fewer than `heads`: grouped-query attention, against the reference on repeated heads).
+    kv_heads: usize,
     q_len: usize,
     k_len: usize,
     head_dim: usize,
@@ -60,20 +62,25 @@ fn compare_autodiff<Bk: AutodiffKernels>(
     dtype: FloatDType,
 ) -> [f32; 4] {
     let device = Default::default();
-    let Case { batch, heads, q_len, k_len, head_dim, block, .. } = *case;
+    let Case { batch, heads, kv_heads, q_len, k_len, head_dim, block, .. } = *case;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let leaf = |shape, seed| tensor::<Bk>(shape, seed, &device).cast(dtype).detach().require_grad();
     let (qf, kf, vf) = (
         leaf([batch, heads, q_len, head_dim], 1),
-        leaf([batch, heads, k_len, head_dim], 2),
-        leaf([batch, heads, k_len, head_dim], 3),
+        leaf([batch, kv_heads, k_len, head_dim], 2),
+        leaf([batch, kv_heads, k_len, head_dim], 3),
     );
     let (qr, kr, vr) =
         (qf.clone().detach().require_grad(), kf.clone().detach().require_grad(), vf.clone().detach().require_grad());
     let weights = tensor::<Bk>([batch, heads, q_len, head_dim], 4, &device);
 
     let out_f = flash_attention(qf.clone(), kf.clone(), vf.clone(), mask, scale, case.block);
-    let out_r = reference(qr.clone(), kr.clone(), vr.clone(), mask, scale);
+    // The reference repeats each key/value head for its group (autodiff sums the group's gradients).
+    let repeat = |t: &Tensor<Bk, 4>| {
+        let expanded = t.clone().unsqueeze_dim::<5>(2).expand([batch, kv_heads, heads / kv_heads, k_len, head_dim]);
+        expanded.reshape([batch, heads, k_len, head_dim])
+    };
+    let out_r = reference(qr.clone(), repeat(&kr), repeat(&vr), mask, scale);
     assert_eq!(out_f.dtype(), DType::from(dtype), "{}: output dtype", case.name);
     let grads_f = (out_f.clone().cast(FloatDType::F32) * weights.clone()).sum().backward();
     let grads_r = (out_r.clone() * weights).sum().backward();
@@ -103,13 +110,23 @@ fn assert_within(diffs: [f32; 4], tol: f32, name: &str) {
 
 #[test]
 fn causal_with_ragged_tiles_matches_reference() {
-    let case = Case { name: "causal 300x300", batch: 2, heads: 2, q_len: 300, k_len: 300, head_dim: 16, block: 64 };
+    let case = Case {
+        name: "causal 300x300, GQA 4/2",
+        batch: 2,
+        heads: 4,
+        kv_heads: 2,
+        q_len: 300,
+        k_len: 300,
+        head_dim: 16,
+        block: 64,
+    };
     assert_within(compare_autodiff::<A>(&case, None, FloatDType::F32), 1e-5, case.name);
 }
 
 #[test]
 fn block_larger_than_sequence_matches_reference() {
-    let case = Case { name: "one tile 50x50", batch: 1, heads: 3, q_len: 50, k_len: 50, head_dim: 8, block: 128 };
+    let case =
+        Case { name: "one tile 50x50", batch: 1, heads: 3, kv_heads: 3, q_len: 50, k_len: 50, head_dim: 8, block: 128 };
     assert_within(compare_autodiff::<A>(&case, None, FloatDType::F32), 1e-5, case.name);
 }
 
@@ -123,7 +140,16 @@ fn packed_mask<Bk: Backend>(device: &Bk::Device) -> Tensor<Bk, 4, Bool> {
 
 #[test]
 fn packed_mask_matches_reference() {
-    let case = Case { name: "packed 2x96", batch: 2, heads: 2, q_len: 96, k_len: 96, head_dim: 16, block: 32 };
+    let case = Case {
+        name: "packed 2x96, MQA",
+        batch: 2,
+        heads: 2,
+        kv_heads: 1,
+        q_len: 96,
+        k_len: 96,
+        head_dim: 16,
+        block: 32,
+    };
     let mask = packed_mask::<A>(&Default::default());
     assert_within(compare_autodiff::<A>(&case, Some(&mask), FloatDType::F32), 1e-5, case.name);
 }
@@ -131,8 +157,16 @@ fn packed_mask_matches_reference() {
 #[test]
 fn a_checkpointing_autodiff_backend_gets_the_same_node() {
     // The kernels are a backend extension: any checkpointing strategy gets the custom backward.
-    let case =
-        Case { name: "balanced checkpointing 70x70", batch: 1, heads: 2, q_len: 70, k_len: 70, head_dim: 8, block: 32 };
+    let case = Case {
+        name: "balanced checkpointing 70x70",
+        batch: 1,
+        heads: 2,
+        kv_heads: 2,
+        q_len: 70,
+        k_len: 70,
+        head_dim: 8,
+        block: 32,
+    };
     let mask = packed_mask::<Autodiff<CpuBackend, BalancedCheckpointing>>(&Default::default());
     let mask = mask.slice([0..1, 0..1, 0..70, 0..70]);
     let diffs = compare_autodiff::<Autodiff<CpuBackend, BalancedCheckpointing>>(&case, Some(&mask), FloatDType::F32);
@@ -141,8 +175,16 @@ fn a_checkpointing_autodiff_backend_gets_the_same_node() {
 
 #[test]
 fn bf16_keeps_dtypes_and_stays_close() {
-    let case =
-        Case { name: "bf16 causal 150x150", batch: 1, heads: 2, q_len: 150, k_len: 150, head_dim: 16, block: 64 };
+    let case = Case {
+        name: "bf16 causal 150x150, MQA",
+        batch: 1,
+        heads: 2,
+        kv_heads: 1,
+        q_len: 150,
+        k_len: 150,
+        head_dim: 16,
+        block: 64,
+    };
     assert_within(compare_autodiff::<A>(&case, None, FloatDType::BF16), 2e-2, case.name);
 }
 
@@ -208,7 +250,8 @@ fn model_with_flash_attention_matches_eager_attention() {
 }
 
 /// The CPU backend's kernel against the tiled default it overrides, on the plain backend: output, log-sum-exp and
-/// the three gradients, with q read through a head-split view (strided, as the model passes it) and a packed mask.
+/// the three gradients, with q read through a head-split view (strided, as the model passes it), one key/value head
+/// for three query heads, and a packed mask.
 #[test]
 fn cpu_kernel_matches_the_tiled_default() {
     use llmtrain_core::kernels::Kernels;
@@ -217,8 +260,9 @@ fn cpu_kernel_matches_the_tiled_default() {
     let (batch, heads, len, d, block, scale) = (2, 3, 96, 16, 40, 0.25);
     // [batch, seq, heads, d] seen as [batch, heads, seq, d], as the attention layer's projections are.
     let q = tensor::<CpuBackend>([batch, len, heads, d], 11, &device).swap_dims(1, 2);
-    let k = tensor::<CpuBackend>([batch, heads, len, d], 12, &device);
-    let v = tensor::<CpuBackend>([batch, heads, len, d], 13, &device);
+    // One key/value head for the three query heads (multi-query attention).
+    let k = tensor::<CpuBackend>([batch, 1, len, d], 12, &device);
+    let v = tensor::<CpuBackend>([batch, 1, len, d], 13, &device);
     let grad_out = tensor::<CpuBackend>([batch, len, heads, d], 14, &device).swap_dims(1, 2);
     for mask in [None, Some(packed_mask::<CpuBackend>(&device))] {
         let mask = mask.as_ref();

@@ -50,7 +50,11 @@ impl<'a> Mat<'a> {
     }
 
     fn row(&self, i: usize, cols: usize) -> impl Iterator<Item = f32> + '_ {
-        (0..cols).map(move |j| self.data[self.offset + i * self.rs + j * self.cs])
+        (0..cols).map(move |j| self.at(i, j))
+    }
+
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[self.offset + i * self.rs + j * self.cs]
     }
 
     /// Whether every element of a `rows × cols` view lies inside `data`.
@@ -224,8 +228,26 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D
     Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
 }
 
-/// The output `[batch, heads, q_len, d]` and the row log-sum-exp `[batch, heads, q_len]` (f32 inputs, shapes
-/// checked by [`super::flash_attention::flash_attention`]).
+/// Softmax of one query row's scores `p` (all `k_len`-or-fewer keys the tile computed) in place, seeing the first
+/// `seen` keys minus what `blocked` blocks; returns the row's log-sum-exp.
+fn softmax_row(p: &mut [f32], seen: usize, blocked: Option<&[u8]>, scale: f32) -> f32 {
+    let (p, future) = p.split_at_mut(seen);
+    future.fill(0.0);
+    scale_and_mask(p, blocked.map(|m| &m[..seen]), scale);
+    let max = max(p);
+    exp_shifted(p, max);
+    let sum = sum(p);
+    let inv = 1.0 / sum;
+    p.iter_mut().for_each(|p| *p *= inv);
+    max + sum.ln()
+}
+
+/// The output `[batch, heads, q_len, d]` and the row log-sum-exp `[batch, heads, q_len]`. k and v may have fewer
+/// heads than q (grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`), so they
+/// are never repeated. Shapes are checked by [`super::flash_attention::flash_attention`].
+///
+/// The output is written in `[batch, q_len, heads, d]` order and returned as a view with heads and positions
+/// swapped: the attention layer's next step (`swap_dims(1, 2)` then merging the heads) is then free.
 pub(super) fn forward(
     q: &Tensor<Flex, 4>,
     k: &Tensor<Flex, 4>,
@@ -235,47 +257,42 @@ pub(super) fn forward(
     block: usize,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 3>) {
     let [batch, heads, q_len, d] = q.dims();
-    let k_len = k.dims()[2];
-    let offset = k_len - q_len;
+    let [_, kv_heads, k_len, _] = k.dims();
+    let (groups, offset) = (heads / kv_heads, k_len - q_len);
     let (qh, kh, vh) = (Heads::of(q), Heads::of(k), Heads::of(v));
     let blocked = mask.map(Blocked::of);
     let scale = scale as f32;
-    if q_len * d == 0 {
-        return (
-            tensor(Vec::new(), [batch, heads, q_len, d]),
-            tensor(vec![0.0; batch * heads * q_len], [batch, heads, q_len]),
-        );
-    }
-    let mut out = vec![0.0f32; batch * heads * q_len * d];
-    let mut lse = vec![0.0f32; batch * heads * q_len];
-    // One task per (batch, head, query tile): their output rows are disjoint.
-    out.par_chunks_mut(q_len * d).zip(lse.par_chunks_mut(q_len)).enumerate().for_each(|(bh, (out, lse))| {
-        let (b, h) = (bh / heads, bh % heads);
-        let (qm, km, vm) = (qh.head(b, h), kh.head(b, h), vh.head(b, h));
-        out.par_chunks_mut(block * d).zip(lse.par_chunks_mut(block)).enumerate().for_each(|(tile, (out, lse))| {
-            let (qs, rows) = (tile * block, lse.len());
+    let mut out = vec![0.0f32; batch * q_len * heads * d];
+    let mut lse = vec![0.0f32; batch * q_len * heads];
+    let row = heads * d;
+    if row > 0 && q_len > 0 {
+        // One task per (batch, query tile), every head: its rows of the [batch, q_len, heads, d] output (and of the
+        // [batch, q_len, heads] log-sum-exp) are one contiguous block.
+        let batches = out.par_chunks_mut(q_len * row).zip(lse.par_chunks_mut(q_len * heads)).enumerate();
+        let tiles = batches.flat_map(|(b, (out, lse))| {
+            out.par_chunks_mut(block * row).zip(lse.par_chunks_mut(block * heads)).enumerate().map(move |t| (b, t))
+        });
+        tiles.for_each(|(b, (tile, (out, lse)))| {
+            let (qs, rows) = (tile * block, lse.len() / heads);
             let keys = visible(qs + rows - 1, offset, k_len);
             let mut p = vec![0.0f32; rows * keys];
-            matmul(&mut p, keys, (rows, keys, d), qm.rows_from(qs), km.transposed(), false);
-            for (i, (p, lse)) in p.chunks_mut(keys).zip(lse.iter_mut()).enumerate() {
-                let seen = visible(qs + i, offset, k_len);
-                let (p, future) = p.split_at_mut(seen);
-                future.fill(0.0);
-                scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
-                let max = max(p);
-                exp_shifted(p, max);
-                let sum = sum(p);
-                let inv = 1.0 / sum;
-                p.iter_mut().for_each(|p| *p *= inv);
-                *lse = max + sum.ln();
+            for h in 0..heads {
+                let kv = h / groups;
+                matmul(&mut p, keys, (rows, keys, d), qh.head(b, h).rows_from(qs), kh.head(b, kv).transposed(), false);
+                for (i, p) in p.chunks_mut(keys).enumerate() {
+                    let mask_row = blocked.as_ref().map(|m| m.row(b, qs + i));
+                    lse[i * heads + h] = softmax_row(p, visible(qs + i, offset, k_len), mask_row, scale);
+                }
+                matmul(&mut out[h * d..], row, (rows, d, keys), Mat::dense(&p, keys), vh.head(b, kv), false);
             }
-            matmul(out, d, (rows, d, keys), Mat::dense(&p, keys), vm, false);
         });
-    });
-    (tensor(out, [batch, heads, q_len, d]), tensor(lse, [batch, heads, q_len]))
+    }
+    let out = tensor(out, [batch, q_len, heads, d]).swap_dims(1, 2);
+    (out, tensor(lse, [batch, q_len, heads]).swap_dims(1, 2))
 }
 
-/// Gradients of q, k and v (f32 inputs, contiguous outputs), recomputing the probabilities tile by tile.
+/// Gradients of q (`[batch, heads, q_len, d]`), k and v (`[batch, kv_heads, k_len, d]`), recomputing the
+/// probabilities tile by tile; f32 inputs in any layout, contiguous outputs.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     q: &Tensor<Flex, 4>,
@@ -289,54 +306,57 @@ pub(super) fn backward(
     block: usize,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let [batch, heads, q_len, d] = q.dims();
-    let k_len = k.dims()[2];
-    let offset = k_len - q_len;
+    let [_, kv_heads, k_len, _] = k.dims();
+    let (groups, offset) = (heads / kv_heads, k_len - q_len);
     let (qh, kh, vh, oh, doh) = (Heads::of(q), Heads::of(k), Heads::of(v), Heads::of(out), Heads::of(grad_out));
-    let lse: FlexTensor = lse.clone().into_primitive().tensor().to_contiguous();
-    let lse: &[f32] = lse.as_slice().expect("a contiguous f32 tensor");
+    // The log-sum-exp as a [batch · heads, q_len] matrix, read where it lies.
+    let lse = Heads::of(&lse.clone().unsqueeze_dim::<4>(3));
     let blocked = mask.map(Blocked::of);
     let scale = scale as f32;
-    let (q_shape, k_shape) = ([batch, heads, q_len, d], [batch, heads, k_len, d]);
-    if q_len * d == 0 {
-        let zeros = |shape: [usize; 4]| tensor(vec![0.0; shape.iter().product()], shape);
-        return (zeros(q_shape), zeros(k_shape), zeros(k_shape));
-    }
     let mut dq = vec![0.0f32; batch * heads * q_len * d];
-    let mut dk = vec![0.0f32; batch * heads * k_len * d];
-    let mut dv = vec![0.0f32; batch * heads * k_len * d];
-    // One task per (batch, head): it owns that head's dK and dV, which every query tile adds into.
-    let per_head = dq.par_chunks_mut(q_len * d).zip(dk.par_chunks_mut(k_len * d)).zip(dv.par_chunks_mut(k_len * d));
-    per_head.enumerate().for_each(|(bh, ((dq, dk), dv))| {
-        let (b, h) = (bh / heads, bh % heads);
-        let (qm, km, vm, om, dom) = (qh.head(b, h), kh.head(b, h), vh.head(b, h), oh.head(b, h), doh.head(b, h));
-        let lse = &lse[bh * q_len..][..q_len];
-        for qs in (0..q_len).step_by(block) {
-            let rows = block.min(q_len - qs);
-            let keys = visible(qs + rows - 1, offset, k_len);
-            let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
-            let mut p = vec![0.0f32; rows * keys];
-            matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false);
-            for (i, p) in p.chunks_mut(keys).enumerate() {
-                let seen = visible(qs + i, offset, k_len);
-                let (p, future) = p.split_at_mut(seen);
-                future.fill(0.0);
-                scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
-                exp_shifted(p, lse[qs + i]);
-            }
-            matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true);
-            let mut ds = vec![0.0f32; rows * keys];
-            matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false);
-            for (i, (ds, p)) in ds.chunks_mut(keys).zip(p.chunks(keys)).enumerate() {
-                // D_i = Σ_j P_ij dP_ij = dO_i · O_i: the softmax Jacobian's row term.
-                let delta: f32 = dom.row(qs + i, d).zip(om.row(qs + i, d)).map(|(g, o)| g * o).sum();
-                for (ds, &p) in ds.iter_mut().zip(p) {
-                    *ds = p * (*ds - delta) * scale;
+    let mut dk = vec![0.0f32; batch * kv_heads * k_len * d];
+    let mut dv = vec![0.0f32; batch * kv_heads * k_len * d];
+    if q_len * d > 0 {
+        // One task per (batch, key/value head): it owns that head's dK and dV, which every query tile of its group's
+        // query heads adds into, and the group's dQ (adjacent heads, so one contiguous block).
+        let groups_of_heads =
+            dq.par_chunks_mut(groups * q_len * d).zip(dk.par_chunks_mut(k_len * d)).zip(dv.par_chunks_mut(k_len * d));
+        groups_of_heads.enumerate().for_each(|(task, ((dq, dk), dv))| {
+            let (b, kv) = (task / kv_heads, task % kv_heads);
+            let (km, vm) = (kh.head(b, kv), vh.head(b, kv));
+            for (g, dq) in dq.chunks_mut(q_len * d).enumerate() {
+                let h = kv * groups + g;
+                let (qm, om, dom, lse) = (qh.head(b, h), oh.head(b, h), doh.head(b, h), lse.head(b, h));
+                for qs in (0..q_len).step_by(block) {
+                    let rows = block.min(q_len - qs);
+                    let keys = visible(qs + rows - 1, offset, k_len);
+                    let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
+                    let mut p = vec![0.0f32; rows * keys];
+                    matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false);
+                    for (i, p) in p.chunks_mut(keys).enumerate() {
+                        let seen = visible(qs + i, offset, k_len);
+                        let (p, future) = p.split_at_mut(seen);
+                        future.fill(0.0);
+                        scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
+                        exp_shifted(p, lse.at(qs + i, 0));
+                    }
+                    matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true);
+                    let mut ds = vec![0.0f32; rows * keys];
+                    matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false);
+                    for (i, (ds, p)) in ds.chunks_mut(keys).zip(p.chunks(keys)).enumerate() {
+                        // D_i = Σ_j P_ij dP_ij = dO_i · O_i: the softmax Jacobian's row term.
+                        let delta: f32 = dom.row(qs + i, d).zip(om.row(qs + i, d)).map(|(g, o)| g * o).sum();
+                        for (ds, &p) in ds.iter_mut().zip(p) {
+                            *ds = p * (*ds - delta) * scale;
+                        }
+                    }
+                    matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false);
+                    matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true);
                 }
             }
-            matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false);
-            matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true);
-        }
-    });
+        });
+    }
+    let (q_shape, k_shape) = ([batch, heads, q_len, d], [batch, kv_heads, k_len, d]);
     (tensor(dq, q_shape), tensor(dk, k_shape), tensor(dv, k_shape))
 }
 

@@ -41,8 +41,9 @@ const MASKED: f32 = -1.0e30;
 /// softmax(q kᵀ · scale + mask) v with causal masking always applied (queries and keys aligned at the end,
 /// i.e. key j visible to query i iff j <= i + (k_len - q_len)), plus an optional extra `true`=blocked mask
 /// `[batch, 1, q_len, k_len]` (packed sequences; it is always a subset-compatible causal mask, i.e. every row keeps
-/// at least its diagonal key visible). q: [batch, heads, q_len, d]; k, v: [batch, heads, k_len, d] (KV heads already
-/// repeated to `heads`). `block` is the tile size (rows of queries and of keys), e.g. 128.
+/// at least its diagonal key visible). q: [batch, heads, q_len, d]; k, v: [batch, kv_heads, k_len, d] with
+/// `kv_heads` dividing `heads` (grouped-query attention: query head h reads key/value head h / (heads / kv_heads);
+/// the gradients of k and v have their shape). `block` is the tile size (rows of queries and of keys), e.g. 128.
 pub fn flash_attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -65,7 +66,10 @@ fn check_shapes<B: Backend>(
     let [batch, heads, q_len, d] = q.dims();
     let [kb, kh, k_len, kd] = k.dims();
     assert!(block > 0, "flash attention: block size must be positive");
-    assert_eq!([kb, kh, kd], [batch, heads, d], "flash attention: k must be [batch, heads, k_len, head_dim] like q");
+    assert!(
+        kb == batch && kd == d && kh > 0 && heads % kh == 0,
+        "flash attention: k must be [batch, kv_heads, k_len, head_dim] with kv_heads dividing q's heads"
+    );
     assert_eq!(v.dims(), k.dims(), "flash attention: v must have k's shape");
     assert!(k_len >= q_len, "flash attention: queries are aligned at the end of the keys, so k_len >= q_len");
     if let Some(m) = mask {
@@ -225,6 +229,7 @@ pub fn tiled_forward<B: Backend>(
     let [batch, heads, q_len, d] = q.dims();
     let k_len = k.dims()[2];
     let offset = k_len - q_len;
+    let (k, v) = (&repeat_kv(k, heads), &repeat_kv(v, heads));
     let device = q.device();
     let out_dtype = FloatDType::from(q.dtype());
     let f32_opts = (&device, DType::F32);
@@ -268,8 +273,9 @@ pub fn tiled_backward<B: Backend>(
     block: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [batch, heads, q_len, d] = q.dims();
-    let k_len = k.dims()[2];
+    let [_, kv_heads, k_len, _] = k.dims();
     let offset = k_len - q_len;
+    let (k, v) = (&repeat_kv(k, heads), &repeat_kv(v, heads));
     let device = q.device();
     let grad_out = grad_out.cast(FloatDType::F32);
     // D_i = Σ_j P_ij dP_ij = rowsum(dO ∘ O): the softmax-Jacobian term, computed once per row.
@@ -303,7 +309,26 @@ pub fn tiled_backward<B: Backend>(
     }
     (
         Tensor::cat(dq, 2).cast(FloatDType::from(q.dtype())),
-        Tensor::cat(dk, 2).cast(FloatDType::from(k.dtype())),
-        Tensor::cat(dv, 2).cast(FloatDType::from(v.dtype())),
+        sum_groups(Tensor::cat(dk, 2), kv_heads).cast(FloatDType::from(k.dtype())),
+        sum_groups(Tensor::cat(dv, 2), kv_heads).cast(FloatDType::from(v.dtype())),
     )
+}
+
+/// Key/value heads `[batch, kv_heads, len, d]` repeated to `heads` (each `heads / kv_heads` times, adjacent).
+fn repeat_kv<B: Backend>(x: &Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    let [batch, kv_heads, len, d] = x.dims();
+    if kv_heads == heads {
+        return x.clone();
+    }
+    let groups = heads / kv_heads;
+    x.clone().unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, len, d]).reshape([batch, heads, len, d])
+}
+
+/// The gradient of [`repeat_kv`]: `[batch, heads, len, d]` summed over each group back to `kv_heads`.
+fn sum_groups<B: Backend>(grad: Tensor<B, 4>, kv_heads: usize) -> Tensor<B, 4> {
+    let [batch, heads, len, d] = grad.dims();
+    if kv_heads == heads {
+        return grad;
+    }
+    grad.reshape([batch, kv_heads, heads / kv_heads, len, d]).sum_dim(2).reshape([batch, kv_heads, len, d])
 }

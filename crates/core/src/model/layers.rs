@@ -181,15 +181,15 @@ impl<B: Kernels> Attention<B> {
             None => (k, v),
         };
         let groups = self.num_heads / self.num_kv_heads;
-        let (rk, rv) = (repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups));
         let out = match ctx.kernel {
             // Without autodiff burn's own fused attention is already memory-efficient (Flex tiles long sequences,
-            // CubeCL backends run their flash kernel); training needs ours, which has a backward.
+            // CubeCL backends run their flash kernel); training needs ours, which has a backward. It reads grouped
+            // key/value heads as they are.
             AttentionKernel::Flash { block } if B::ad_enabled(&q.device()) => {
                 let scale = 1.0 / (self.head_dim as f64).sqrt();
-                flash_attention(q, rk, rv, ctx.mask, scale, block)
+                flash_attention(q, k.clone(), v.clone(), ctx.mask, scale, block)
             }
-            _ => scaled_dot_product(q, rk, rv, ctx.mask),
+            _ => scaled_dot_product(q, repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups), ctx.mask),
         };
         let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
         (self.o_proj.forward(out), (k, v))

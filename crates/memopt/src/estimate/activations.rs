@@ -144,8 +144,11 @@ impl StepSizes {
         // Rotated q, k and v repeated to every head, the output copy `o_proj` keeps.
         let projections = 4.0 * tokens * q_width * e;
         let attention_saved = if flash {
-            // The flash node keeps q, k, v (already counted), its own output and an f32 log-sum-exp per row.
-            projections + tokens * q_width * e + rows * heads * seq * 4.0
+            // The flash node keeps the rotated q, k and v with k and v never repeated (grouped-query heads read as
+            // they are), its own output, an f32 log-sum-exp per row, and the merged-heads copy o_proj keeps (a
+            // free view on the CPU kernel's output, a copy on other backends: counted).
+            let kv_width = m.num_key_value_heads as f64 * m.head_dim as f64;
+            tokens * (3.0 * q_width + 2.0 * kv_width) * e + rows * heads * seq * 4.0
         } else {
             // Shifted scores and exp(shifted) in f32, the probabilities (f32, or their 16-bit cast), the mask.
             let probabilities = if half { 2.0 } else { 4.0 };
