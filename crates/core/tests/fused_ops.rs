@@ -333,9 +333,11 @@ fn swiglu_forward_without_autodiff() {
         let up = activations::<CpuBackend>(4, 2.0, &device).cast(dtype);
         let fused = swiglu(gate.clone(), up.clone());
         assert_eq!(fused.dtype(), DType::from(dtype));
-        let d = max_diff(fused, silu(gate) * up);
-        println!("swiglu without autodiff {dtype:?}: y max diff {d:.2e}");
-        assert_eq!(d, 0.0, "the forward is the plain op");
+        let plain = silu(gate) * up;
+        let (d, ulps) = (max_diff(fused.clone(), plain.clone()), max_ulps(fused, plain));
+        println!("swiglu without autodiff {dtype:?}: y max diff {d:.2e} ({ulps:.2} ulp)");
+        // The CPU kernel's vectorised exponential is within 2 ulp of libm's (bf16 takes the composed ops).
+        assert!(ulps <= 4.0, "the forward is the plain op within a few ulp: {ulps}");
     }
 }
 

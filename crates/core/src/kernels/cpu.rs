@@ -15,6 +15,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::vector_math::sigmoid;
+
 /// Rows handed to one rayon task at a time: big enough that scheduling is noise next to the arithmetic.
 const MIN_ROWS_PER_TASK: usize = 16;
 
@@ -139,17 +141,6 @@ pub(super) fn rms_norm_backward<const D: usize>(
 // SwiGLU
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The logistic function as burn's CPU backend computes it (the exponential of a non-positive argument only, so
-/// it never overflows), so the kernel's SwiGLU forward equals `silu(gate) · up` bit for bit.
-fn sigmoid(g: f32) -> f32 {
-    if g >= 0.0 {
-        1.0 / (1.0 + (-g).exp())
-    } else {
-        let e = g.exp();
-        e / (1.0 + e)
-    }
-}
-
 /// `silu(gate) · up` (f32 tensors: [`takes`]).
 pub(super) fn swiglu<const D: usize>(gate: Tensor<Flex, D>, up: Tensor<Flex, D>) -> Tensor<Flex, D> {
     let dims = gate.dims();
@@ -185,14 +176,13 @@ pub(super) fn swiglu_backward<const D: usize>(
     // An unwanted gradient's buffer is empty: its chunks are empty slices, which the zips below stop at, so the
     // loops run over the wanted one's chunks only.
     let per_chunk = |(dgate, dup): (&mut [f32], &mut [f32]), ((g, u), dy): ((&[f32], &[f32]), &[f32])| {
-        for i in 0..g.len() {
-            let s = sigmoid(g[i]);
-            if let Some(d) = dgate.get_mut(i) {
-                *d = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-            }
-            if let Some(d) = dup.get_mut(i) {
-                *d = dy[i] * g[i] * s;
-            }
+        // Branch-free loops, one per wanted gradient, so each vectorises.
+        for (((d, &g), &u), &dy) in dgate.iter_mut().zip(g).zip(u).zip(dy) {
+            let s = sigmoid(g);
+            *d = dy * u * (s * (1.0 + g * (1.0 - s)));
+        }
+        for ((d, &g), &dy) in dup.iter_mut().zip(g).zip(dy) {
+            *d = dy * g * sigmoid(g);
         }
     };
     match (want_gate, want_up) {

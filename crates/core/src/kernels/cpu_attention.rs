@@ -22,6 +22,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::vector_math::{exp_shifted, max, sum};
+
 /// The score given to blocked (query, key) pairs, as in the tiled version: `exp(MASKED − max)` is exactly 0.
 const MASKED: f32 = -1.0e30;
 
@@ -155,65 +157,6 @@ fn scale_and_mask(s: &mut [f32], blocked: Option<&[u8]>, scale: f32) {
             }
         }
         None => s.iter_mut().for_each(|s| *s *= scale),
-    }
-}
-
-/// Lanes of the vectorised reductions: one AVX-512 register of f32 (two AVX2 ones).
-const LANES: usize = 16;
-
-/// The largest value (at least [`MASKED`]), reduced over [`LANES`] partial maxima so that it vectorises.
-fn max(xs: &[f32]) -> f32 {
-    let mut lanes = [MASKED; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(MASKED, |m, &x| m.max(x));
-    for chunk in chunks {
-        for (m, &x) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(x);
-        }
-    }
-    lanes.iter().fold(tail, |m, &x| m.max(x))
-}
-
-/// The sum over [`LANES`] partial sums, so that it vectorises.
-fn sum(xs: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (s, &x) in lanes.iter_mut().zip(chunk) {
-            *s += x;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// `x ← e^(x − shift)` in place, for `x − shift ≤ 0` (scores minus their maximum or log-sum-exp).
-///
-/// libm's `expf` is a call per element (it was a sixth of a step's time here); this is Cephes' `expf` written
-/// without calls or branches, so the loop vectorises: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6
-/// polynomial for `e^r` (relative error under 2 ulp on that range), and `2^n` built in the exponent bits.
-/// Below `-87.3` (where `e^x` leaves f32's normal range, and for [`MASKED`] scores) the result is exactly 0.
-fn exp_shifted(xs: &mut [f32], shift: f32) {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n·LN2_HI is exact for |n| < 512 (Cody and Waite's reduction).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const LOWEST: f32 = -87.336_54;
-    // Adding then subtracting 1.5·2²³ rounds to the nearest integer in f32 arithmetic (no call to `round`).
-    const ROUND: f32 = 12_582_912.0;
-    for x in xs.iter_mut() {
-        let t = (*x - shift).clamp(LOWEST, 0.0);
-        let n = (t * LOG2_E + ROUND) - ROUND;
-        let r = t - n * LN2_HI - n * LN2_LO;
-        let mut p = 1.987_569_1e-4_f32;
-        p = p * r + 1.398_2e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let e_r = p * r * r + r + 1.0;
-        let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
-        *x = if t > LOWEST { e_r * two_n } else { 0.0 };
     }
 }
 
@@ -358,42 +301,4 @@ pub(super) fn backward(
     }
     let (q_shape, k_shape) = ([batch, heads, q_len, d], [batch, kv_heads, k_len, d]);
     (tensor(dq, q_shape), tensor(dk, k_shape), tensor(dv, k_shape))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_matches_libm_within_two_ulp_and_underflows_to_zero() {
-        let xs: Vec<f32> = (0..200_000).map(|i| -90.0 * i as f32 / 200_000.0).collect();
-        let mut ys = xs.clone();
-        exp_shifted(&mut ys, 0.0);
-        let mut worst = 0.0f32;
-        for (&x, &y) in xs.iter().zip(&ys) {
-            let want = x.exp();
-            if x > -87.3 {
-                worst = worst.max((y - want).abs() / (want * f32::EPSILON));
-            } else {
-                assert!(y == 0.0 || (y - want).abs() < 1e-37, "e^{x}: {y} vs {want}");
-            }
-        }
-        assert!(worst <= 2.0, "worst relative error {worst} ulp");
-        let mut shifted = [5.0f32, 3.0, MASKED];
-        exp_shifted(&mut shifted, 5.0);
-        assert_eq!(shifted[0], 1.0);
-        assert!((shifted[1] - (-2.0f32).exp()).abs() <= f32::EPSILON * 0.2);
-        assert_eq!(shifted[2], 0.0, "a masked score weighs exactly nothing");
-    }
-
-    #[test]
-    fn lane_reductions_match_sequential_ones() {
-        for len in [0, 1, 15, 16, 17, 100, 1000] {
-            let xs: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
-            let want_max = xs.iter().fold(MASKED, |m, &x| m.max(x));
-            assert_eq!(max(&xs), want_max, "max of {len}");
-            let want_sum: f64 = xs.iter().map(|&x| f64::from(x)).sum();
-            assert!((f64::from(sum(&xs)) - want_sum).abs() <= 1e-4 * (1.0 + want_sum.abs()), "sum of {len}");
-        }
-    }
 }

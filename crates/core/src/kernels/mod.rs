@@ -35,6 +35,7 @@ mod custom_op;
 pub mod flash_attention;
 pub mod fused_ops;
 mod nf4_weight;
+mod vector_math;
 
 pub use cross_entropy::IGNORE_INDEX;
 pub use nf4_weight::{DoubleQuantScales, Nf4Scales, Nf4Weight};
