@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::vector_math::sigmoid;
+use super::vector_math::{sigmoid, with_simd};
 
 /// Rows handed to one rayon task at a time: big enough that scheduling is noise next to the arithmetic.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -65,14 +65,19 @@ pub(super) fn rms_norm_forward<const D: usize>(
     let (eps, n) = (eps as f32, h as f32);
     y.par_chunks_mut(h).zip(inv.par_iter_mut()).zip(xs.par_chunks(h)).with_min_len(MIN_ROWS_PER_TASK).for_each(
         |((y, inv), x)| {
-            // Squares summed in f64, then rounded once: closer to the exact mean than any f32 order, so the
-            // result stays within an ulp or two of burn's SIMD-ordered f32 sum whatever the row length.
-            let mean_square = (x.iter().map(|&v| f64::from(v * v)).sum::<f64>() as f32) / n;
-            let r = 1.0 / (mean_square + eps).sqrt();
-            *inv = r;
-            for ((y, &x), &w) in y.iter_mut().zip(x).zip(ws) {
-                *y = x * r * w;
-            }
+            with_simd(
+                #[inline(always)]
+                || {
+                    // Squares summed in f64, then rounded once: closer to the exact mean than any f32 order, so the
+                    // result stays within an ulp or two of burn's SIMD-ordered f32 sum whatever the row length.
+                    let mean_square = (x.iter().map(|&v| f64::from(v * v)).sum::<f64>() as f32) / n;
+                    let r = 1.0 / (mean_square + eps).sqrt();
+                    *inv = r;
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(ws) {
+                        *y = x * r * w;
+                    }
+                },
+            )
         },
     );
     let mut inv_dims = dims;
@@ -101,10 +106,16 @@ pub(super) fn rms_norm_backward<const D: usize>(
             .zip(xs.par_chunks(h).zip(dys.par_chunks(h)).zip(invs.par_iter()))
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each(|(dx, ((x, dy), &r))| {
-                let proj = x.iter().zip(dy).zip(ws).map(|((x, dy), w)| dy * w * (x * r)).sum::<f32>() / h as f32;
-                for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(ws) {
-                    *dx = (dy * w - x * r * proj) * r;
-                }
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        let proj =
+                            x.iter().zip(dy).zip(ws).map(|((x, dy), w)| dy * w * (x * r)).sum::<f32>() / h as f32;
+                        for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(ws) {
+                            *dx = (dy * w - x * r * proj) * r;
+                        }
+                    },
+                )
             });
         tensor::<D>(dx, Shape::from(dims.to_vec()))
     });
@@ -149,9 +160,14 @@ pub(super) fn swiglu<const D: usize>(gate: Tensor<Flex, D>, up: Tensor<Flex, D>)
     let mut y = vec![0.0f32; gs.len()];
     let chunk = dims[D - 1].max(1) * MIN_ROWS_PER_TASK;
     y.par_chunks_mut(chunk).zip(gs.par_chunks(chunk).zip(us.par_chunks(chunk))).for_each(|(y, (g, u))| {
-        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-            *y = g * sigmoid(g) * u;
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(g) * u;
+                }
+            },
+        )
     });
     tensor(y, Shape::from(dims.to_vec()))
 }
@@ -177,13 +193,18 @@ pub(super) fn swiglu_backward<const D: usize>(
     // loops run over the wanted one's chunks only.
     let per_chunk = |(dgate, dup): (&mut [f32], &mut [f32]), ((g, u), dy): ((&[f32], &[f32]), &[f32])| {
         // Branch-free loops, one per wanted gradient, so each vectorises.
-        for (((d, &g), &u), &dy) in dgate.iter_mut().zip(g).zip(u).zip(dy) {
-            let s = sigmoid(g);
-            *d = dy * u * (s * (1.0 + g * (1.0 - s)));
-        }
-        for ((d, &g), &dy) in dup.iter_mut().zip(g).zip(dy) {
-            *d = dy * g * sigmoid(g);
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                for (((d, &g), &u), &dy) in dgate.iter_mut().zip(g).zip(u).zip(dy) {
+                    let s = sigmoid(g);
+                    *d = dy * u * (s * (1.0 + g * (1.0 - s)));
+                }
+                for ((d, &g), &dy) in dup.iter_mut().zip(g).zip(dy) {
+                    *d = dy * g * sigmoid(g);
+                }
+            },
+        )
     };
     match (want_gate, want_up) {
         (true, true) => dgate

@@ -22,7 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::vector_math::{exp_shifted, max, sum};
+use super::vector_math::{exp_shifted, max, sum, with_simd};
 
 /// The score given to blocked (query, key) pairs, as in the tiled version: `exp(MASKED − max)` is exactly 0.
 const MASKED: f32 = -1.0e30;
@@ -149,6 +149,7 @@ impl Blocked {
 }
 
 /// Scales row `s` (the keys up to `visible`) and blocks what the mask blocks, in place.
+#[inline(always)]
 fn scale_and_mask(s: &mut [f32], blocked: Option<&[u8]>, scale: f32) {
     match blocked {
         Some(blocked) => {
@@ -173,6 +174,7 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D
 
 /// Softmax of one query row's scores `p` (all `k_len`-or-fewer keys the tile computed) in place, seeing the first
 /// `seen` keys minus what `blocked` blocks; returns the row's log-sum-exp.
+#[inline(always)]
 fn softmax_row(p: &mut [f32], seen: usize, blocked: Option<&[u8]>, scale: f32) -> f32 {
     let (p, future) = p.split_at_mut(seen);
     future.fill(0.0);
@@ -222,10 +224,15 @@ pub(super) fn forward(
             for h in 0..heads {
                 let kv = h / groups;
                 matmul(&mut p, keys, (rows, keys, d), qh.head(b, h).rows_from(qs), kh.head(b, kv).transposed(), false);
-                for (i, p) in p.chunks_mut(keys).enumerate() {
-                    let mask_row = blocked.as_ref().map(|m| m.row(b, qs + i));
-                    lse[i * heads + h] = softmax_row(p, visible(qs + i, offset, k_len), mask_row, scale);
-                }
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for (i, p) in p.chunks_mut(keys).enumerate() {
+                            let mask_row = blocked.as_ref().map(|m| m.row(b, qs + i));
+                            lse[i * heads + h] = softmax_row(p, visible(qs + i, offset, k_len), mask_row, scale);
+                        }
+                    },
+                );
                 matmul(&mut out[h * d..], row, (rows, d, keys), Mat::dense(&p, keys), vh.head(b, kv), false);
             }
         });
@@ -276,23 +283,33 @@ pub(super) fn backward(
                     let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
                     let mut p = vec![0.0f32; rows * keys];
                     matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false);
-                    for (i, p) in p.chunks_mut(keys).enumerate() {
-                        let seen = visible(qs + i, offset, k_len);
-                        let (p, future) = p.split_at_mut(seen);
-                        future.fill(0.0);
-                        scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
-                        exp_shifted(p, lse.at(qs + i, 0));
-                    }
+                    with_simd(
+                        #[inline(always)]
+                        || {
+                            for (i, p) in p.chunks_mut(keys).enumerate() {
+                                let seen = visible(qs + i, offset, k_len);
+                                let (p, future) = p.split_at_mut(seen);
+                                future.fill(0.0);
+                                scale_and_mask(p, blocked.as_ref().map(|m| &m.row(b, qs + i)[..seen]), scale);
+                                exp_shifted(p, lse.at(qs + i, 0));
+                            }
+                        },
+                    );
                     matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true);
                     let mut ds = vec![0.0f32; rows * keys];
                     matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false);
-                    for (i, (ds, p)) in ds.chunks_mut(keys).zip(p.chunks(keys)).enumerate() {
-                        // D_i = Σ_j P_ij dP_ij = dO_i · O_i: the softmax Jacobian's row term.
-                        let delta: f32 = dom.row(qs + i, d).zip(om.row(qs + i, d)).map(|(g, o)| g * o).sum();
-                        for (ds, &p) in ds.iter_mut().zip(p) {
-                            *ds = p * (*ds - delta) * scale;
-                        }
-                    }
+                    with_simd(
+                        #[inline(always)]
+                        || {
+                            for (i, (ds, p)) in ds.chunks_mut(keys).zip(p.chunks(keys)).enumerate() {
+                                // D_i = Σ_j P_ij dP_ij = dO_i · O_i: the softmax Jacobian's row term.
+                                let delta: f32 = dom.row(qs + i, d).zip(om.row(qs + i, d)).map(|(g, o)| g * o).sum();
+                                for (ds, &p) in ds.iter_mut().zip(p) {
+                                    *ds = p * (*ds - delta) * scale;
+                                }
+                            }
+                        },
+                    );
                     matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false);
                     matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true);
                 }

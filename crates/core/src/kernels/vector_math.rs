@@ -1,6 +1,16 @@
 //! Element-wise math for the CPU kernels written so that LLVM vectorises the loops that call it: an exponential
 //! without libm calls or branches, and reductions over independent lanes (a sequential f32 sum or max cannot be
-//! reordered, so it never vectorises).
+//! reordered, so it never vectorises). [`with_simd`] compiles a loop for the widest vectors the CPU has.
+
+/// Runs `f` compiled for the best instruction set this CPU offers (AVX-512, else AVX2 + FMA, detected at run time
+/// by `pulp`, the dispatcher gemm uses), so that the loops inlined into it vectorise to that width: the crates are
+/// built for baseline x86-64, where they get 4-wide SSE at best. Everything `f` calls in its hot loop must be
+/// `#[inline(always)]` to be compiled with those features too, and so must `f` itself (`#[inline(always)] || ..`):
+/// a closure LLVM leaves out of line is compiled for the baseline.
+#[inline(always)]
+pub(super) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
 
 /// Lanes of the vectorised reductions: one AVX-512 register of f32 (two AVX2 ones).
 const LANES: usize = 16;
@@ -19,10 +29,13 @@ pub(super) fn exp_nonpositive(t: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding then subtracting 1.5·2²³ rounds to the nearest integer in f32 arithmetic (no call to `round`).
+    // Adding 1.5·2²³ rounds to the nearest integer in f32 arithmetic (no call to `round`), and leaves that
+    // integer in the low mantissa bits, where 2^n's exponent field is read from without a float-to-int conversion
+    // (whose saturating semantics would not vectorise).
     const ROUND: f32 = 12_582_912.0;
     let t = t.clamp(LOWEST, 0.0);
-    let n = (t * LOG2_E + ROUND) - ROUND;
+    let rounded = t * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = t - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_2e-3;
@@ -32,11 +45,13 @@ pub(super) fn exp_nonpositive(t: f32) -> f32 {
     p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
     // n is in [-126, 0], so n + 127 is a valid biased exponent.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let n_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if t > LOWEST { e_r * two_n } else { 0.0 }
 }
 
 /// `x ← e^(x − shift)` in place, for `x ≤ shift` (scores minus their maximum or their log-sum-exp).
+#[inline(always)]
 pub(super) fn exp_shifted(xs: &mut [f32], shift: f32) {
     for x in xs.iter_mut() {
         *x = exp_nonpositive(*x - shift);
@@ -52,6 +67,7 @@ pub(super) fn sigmoid(g: f32) -> f32 {
 }
 
 /// The largest value (`-inf` for none), reduced over [`LANES`] partial maxima.
+#[inline(always)]
 pub(super) fn max(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -65,6 +81,7 @@ pub(super) fn max(xs: &[f32]) -> f32 {
 }
 
 /// The sum over [`LANES`] partial sums.
+#[inline(always)]
 pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
