@@ -1,6 +1,7 @@
-//! The fused lm_head + cross-entropy against the plain path (full logits, log_softmax, gather, sum over scored
-//! rows): the loss and the gradients of hidden and head, and at model level against
-//! `causal_lm_loss_parts(model.logits(hidden), labels)`. Run with `--nocapture` to see the max differences.
+//! The fused lm_head + cross-entropy (the CPU kernel, and the chunked default it overrides) against the plain path
+//! (full logits, log_softmax, gather, sum over scored rows): the loss and the gradients of hidden and head, and at
+//! model level against `causal_lm_loss_parts(model.logits(hidden), labels)`. Run with `--nocapture` to see the
+//! max differences.
 
 use crate::common;
 use burn::backend::Autodiff;
@@ -237,4 +238,34 @@ fn model_helper_matches_causal_lm_loss_parts_untied() {
 #[test]
 fn model_helper_matches_causal_lm_loss_parts_tied() {
     compare_model(true);
+}
+
+/// The CPU backend's kernel against the chunked default it overrides, on the plain backend: the loss, the
+/// log-sum-exp of scored rows and both gradients, with a transposed (strided) hidden and ignored rows.
+#[test]
+fn cpu_kernel_matches_the_chunked_default() {
+    use llmtrain_core::kernels::Kernels;
+    use llmtrain_core::kernels::cross_entropy::{chunked_backward, chunked_forward};
+    let device = Default::default();
+    let hidden = tensor::<CpuBackend>([H, ROWS], 1, &device).transpose();
+    let head = tensor::<CpuBackend>([VOCAB, H], 2, &device);
+    let targets = targets(ROWS, VOCAB);
+    let grad = Tensor::<CpuBackend, 1>::from_floats([0.7], &device);
+    let chunk = 64;
+    let (loss, lse) = CpuBackend::linear_cross_entropy_forward(&hidden, &head, &targets, chunk);
+    let (chunked_loss, chunked_lse) = chunked_forward(&hidden, &head, &targets, chunk);
+    let scored: Vec<i64> = (0..ROWS as i64).filter(|&i| targets[i as usize] != IGNORE_INDEX).collect();
+    let scored = Tensor::<CpuBackend, 1, Int>::from_data(TensorData::new(scored.clone(), [scored.len()]), &device);
+    let want = (true, true);
+    let (dh, dw) = CpuBackend::linear_cross_entropy_backward(&hidden, &head, &lse, &targets, chunk, grad.clone(), want);
+    let (chunked_dh, chunked_dw) = chunked_backward(&hidden, &head, &lse, &targets, chunk, grad, want);
+    let (loss, chunked_loss) = (scalar(loss), scalar(chunked_loss));
+    let diffs = [
+        (loss - chunked_loss).abs() / chunked_loss.abs(),
+        max_diff(lse.select(0, scored.clone()), chunked_lse.select(0, scored)),
+        max_diff(dh.expect("wanted"), chunked_dh.expect("wanted")),
+        max_diff(dw.expect("wanted"), chunked_dw.expect("wanted")),
+    ];
+    println!("kernel vs chunked: loss (relative), lse, dhidden, dhead {diffs:?}");
+    assert!(diffs[0] <= 1e-6 && diffs[1..].iter().all(|&d| d <= 1e-5), "kernel vs chunked: {diffs:?}");
 }

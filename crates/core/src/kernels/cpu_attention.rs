@@ -22,85 +22,11 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_gemm::{Mat, matmul, readable};
 use super::vector_math::{exp_shifted, max, sum, with_simd};
 
 /// The score given to blocked (query, key) pairs, as in the tiled version: `exp(MASKED − max)` is exactly 0.
 const MASKED: f32 = -1.0e30;
-
-/// A matrix read in place from a tensor's storage: element `(i, j)` at `data[offset + i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major matrix with `cols` columns.
-    fn dense(data: &'a [f32], cols: usize) -> Self {
-        Self { data, offset: 0, rs: cols, cs: 1 }
-    }
-
-    fn transposed(self) -> Self {
-        Self { rs: self.cs, cs: self.rs, ..self }
-    }
-
-    /// The matrix from row `start` on.
-    fn rows_from(self, start: usize) -> Self {
-        Self { offset: self.offset + start * self.rs, ..self }
-    }
-
-    fn row(&self, i: usize, cols: usize) -> impl Iterator<Item = f32> + '_ {
-        (0..cols).map(move |j| self.at(i, j))
-    }
-
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[self.offset + i * self.rs + j * self.cs]
-    }
-
-    /// Whether every element of a `rows × cols` view lies inside `data`.
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`) for `lhs` `[m × k]`, `rhs` `[k × n]` and `dst` a
-/// row-major `[m × n]` block with row stride `dst_rs`, on the calling thread.
-fn matmul(dst: &mut [f32], dst_rs: usize, (m, n, k): (usize, usize, usize), lhs: Mat, rhs: Mat, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        lhs.fits(m, k) && rhs.fits(k, n) && n <= dst_rs && (m - 1) * dst_rs + n <= dst.len(),
-        "attention kernel: a GEMM operand out of its buffer"
-    );
-    // SAFETY: the assertion above bounds every element gemm reads (lhs, rhs) or writes (dst) inside its slice, all
-    // strides are non-negative, and `dst` is borrowed mutably, so no other thread touches it while gemm runs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.offset),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
 
 /// A `[batch, heads, len, d]` f32 tensor read in place when its strides are non-negative, else copied.
 struct Heads {
@@ -111,8 +37,7 @@ struct Heads {
 
 impl Heads {
     fn of(t: &Tensor<Flex, 4>) -> Self {
-        let t: FlexTensor = t.clone().into_primitive().tensor();
-        let tensor = if t.layout().strides().iter().all(|&s| s >= 0) { t } else { t.to_contiguous() };
+        let tensor = readable(t.clone().into_primitive().tensor());
         let s = tensor.layout().strides();
         let strides = [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
         Self { start: tensor.layout().start_offset(), strides, tensor }

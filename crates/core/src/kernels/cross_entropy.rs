@@ -172,8 +172,9 @@ fn f32_rows<B: Backend>(t: &Tensor<B, 2>, start: usize, end: usize) -> Tensor<B,
 }
 
 /// The chunked forward on any backend (differentiable by burn itself when `B` is an autodiff backend, which then
-/// keeps every chunk's logits). Returns the summed loss `[1]` and the row log-sum-exp `[rows]`, both f32.
-pub(super) fn chunked_forward<B: Backend>(
+/// keeps every chunk's logits): the [`Kernels::linear_cross_entropy_forward`] default, public so that tests can
+/// hold a backend's kernel against it. Returns the summed loss `[1]` and the row log-sum-exp `[rows]`, both f32.
+pub fn chunked_forward<B: Backend>(
     hidden: &Tensor<B, 2>,
     head: &Tensor<B, 2>,
     targets: &[i64],
@@ -204,8 +205,9 @@ pub(super) fn chunked_forward<B: Backend>(
 }
 
 /// Gradients of hidden and head (each in its input's dtype; `None` where `want` says the input is not tracked),
-/// recomputing each chunk's logits and using `lse` for the softmax.
-pub(super) fn chunked_backward<B: Backend>(
+/// recomputing each chunk's logits and using `lse` for the softmax: the
+/// [`Kernels::linear_cross_entropy_backward`] default.
+pub fn chunked_backward<B: Backend>(
     hidden: &Tensor<B, 2>,
     head: &Tensor<B, 2>,
     lse: &Tensor<B, 1>,

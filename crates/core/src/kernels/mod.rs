@@ -8,8 +8,9 @@
 //! - `Autodiff<B, C>` (any inner backend, any checkpointing strategy) makes each op one graph node with its own
 //!   backward, which calls the inner backend's `*_forward` and `*_backward` methods, so a kernel written for the
 //!   inner backend serves training as well as inference;
-//! - [`Flex`], the CPU backend, runs RMSNorm, SwiGLU and RoPE as single passes over f32 buffers (`cpu.rs`) and
-//!   flash attention as one GEMM-per-tile kernel (`cpu_attention.rs`).
+//! - [`Flex`], the CPU backend, runs RMSNorm, SwiGLU and RoPE as single passes over f32 buffers (`cpu.rs`), flash
+//!   attention as one GEMM-per-tile kernel (`cpu_attention.rs`) and the fused head + cross-entropy as one GEMM per
+//!   chunk (`cpu_cross_entropy.rs`), with vectorised element-wise math (`vector_math.rs`).
 //!
 //! The model asks for `B: Kernels`; a backend a user adds needs `impl Kernels for MyBackend {}` to run it.
 //! This layer depends on burn only (and on [`crate::nf4`]'s host-side code tables), never on the model.
@@ -30,6 +31,8 @@
 mod autodiff;
 mod cpu;
 mod cpu_attention;
+mod cpu_cross_entropy;
+mod cpu_gemm;
 pub mod cross_entropy;
 mod custom_op;
 pub mod flash_attention;
@@ -191,7 +194,8 @@ pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> AutodiffKernels for B {}
 
 /// The CPU backend: RMSNorm, SwiGLU and RoPE run as single passes over f32 buffers, flash attention as one GEMM
-/// call per tile; other float types and the other ops take the composed defaults.
+/// call per tile, the fused head + loss as one GEMM per chunk; other float types and the NF4 matmul take the
+/// composed defaults.
 impl Kernels for Flex {
     fn rms_norm_forward<const D: usize>(
         x: Tensor<Self, D>,
@@ -282,6 +286,35 @@ impl Kernels for Flex {
             cpu_attention::backward(q, k, v, out, lse, &grad_out, mask, scale, block)
         } else {
             flash_attention::tiled_backward(q, k, v, out, lse, grad_out, mask, scale, block)
+        }
+    }
+
+    fn linear_cross_entropy_forward(
+        hidden: &Tensor<Self, 2>,
+        head: &Tensor<Self, 2>,
+        targets: &[i64],
+        chunk: usize,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+        if cpu::takes(&[hidden.dtype(), head.dtype()]) {
+            cpu_cross_entropy::forward(hidden, head, targets, chunk)
+        } else {
+            cross_entropy::chunked_forward(hidden, head, targets, chunk)
+        }
+    }
+
+    fn linear_cross_entropy_backward(
+        hidden: &Tensor<Self, 2>,
+        head: &Tensor<Self, 2>,
+        lse: &Tensor<Self, 1>,
+        targets: &[i64],
+        chunk: usize,
+        grad_loss: Tensor<Self, 1>,
+        want: (bool, bool),
+    ) -> (Option<Tensor<Self, 2>>, Option<Tensor<Self, 2>>) {
+        if cpu::takes(&[hidden.dtype(), head.dtype(), lse.dtype(), grad_loss.dtype()]) {
+            cpu_cross_entropy::backward(hidden, head, lse, targets, chunk, &grad_loss, want)
+        } else {
+            cross_entropy::chunked_backward(hidden, head, lse, targets, chunk, grad_loss, want)
         }
     }
 }
