@@ -77,12 +77,10 @@ impl<B: Backend> LoraAdapter<B> {
         let a = to_dtype(self.lora_a.val(), dtype);
         let b = to_dtype(self.lora_b.val(), dtype);
         let x = self.drop(x);
-        let low_rank = burn::tensor::module::linear(
-            burn::tensor::module::linear(x.clone(), a.clone().transpose(), None),
-            b.clone().transpose(),
-            None,
-        )
-        .mul_scalar(self.scaling);
+        // The scaling multiplies the rank-r intermediate, not the [.., out] product (PEFT scales the product): the
+        // same value up to rounding, and a pass over r columns instead of `out` in forward and in backward.
+        let down = burn::tensor::module::linear(x.clone(), a.clone().transpose(), None).mul_scalar(self.scaling);
+        let low_rank = burn::tensor::module::linear(down, b.clone().transpose(), None);
         let Some(magnitude) = &self.magnitude else {
             return base + low_rank;
         };
