@@ -22,7 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_gemm::{Mat, matmul, readable};
+use super::cpu_gemm::{Mat, Threads, matmul, readable};
 use super::vector_math::{exp_shifted, max, sum, with_simd};
 
 /// The score given to blocked (query, key) pairs, as in the tiled version: `exp(MASKED − max)` is exactly 0.
@@ -148,7 +148,15 @@ pub(super) fn forward(
             let mut p = vec![0.0f32; rows * keys];
             for h in 0..heads {
                 let kv = h / groups;
-                matmul(&mut p, keys, (rows, keys, d), qh.head(b, h).rows_from(qs), kh.head(b, kv).transposed(), false);
+                matmul(
+                    &mut p,
+                    keys,
+                    (rows, keys, d),
+                    qh.head(b, h).rows_from(qs),
+                    kh.head(b, kv).transposed(),
+                    false,
+                    Threads::Caller,
+                );
                 with_simd(
                     #[inline(always)]
                     || {
@@ -158,7 +166,15 @@ pub(super) fn forward(
                         }
                     },
                 );
-                matmul(&mut out[h * d..], row, (rows, d, keys), Mat::dense(&p, keys), vh.head(b, kv), false);
+                matmul(
+                    &mut out[h * d..],
+                    row,
+                    (rows, d, keys),
+                    Mat::dense(&p, keys),
+                    vh.head(b, kv),
+                    false,
+                    Threads::Caller,
+                );
             }
         });
     }
@@ -207,7 +223,7 @@ pub(super) fn backward(
                     let keys = visible(qs + rows - 1, offset, k_len);
                     let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
                     let mut p = vec![0.0f32; rows * keys];
-                    matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false);
+                    matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false, Threads::Caller);
                     with_simd(
                         #[inline(always)]
                         || {
@@ -220,9 +236,9 @@ pub(super) fn backward(
                             }
                         },
                     );
-                    matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true);
+                    matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true, Threads::Caller);
                     let mut ds = vec![0.0f32; rows * keys];
-                    matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false);
+                    matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false, Threads::Caller);
                     with_simd(
                         #[inline(always)]
                         || {
@@ -235,8 +251,8 @@ pub(super) fn backward(
                             }
                         },
                     );
-                    matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false);
-                    matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true);
+                    matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false, Threads::Caller);
+                    matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true, Threads::Caller);
                 }
             }
         });

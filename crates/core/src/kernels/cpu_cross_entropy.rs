@@ -13,7 +13,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_gemm::{matmul_parallel, matrix, readable};
+use super::cpu_gemm::{Mat, Threads, matmul, matrix, readable};
 use super::cross_entropy::IGNORE_INDEX;
 use super::vector_math::{exp_shifted, max, sum, with_simd};
 
@@ -56,7 +56,7 @@ pub(super) fn forward(
             continue;
         }
         let (c, logits) = (end - start, &mut logits[..(end - start) * vocab]);
-        matmul_parallel(logits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false);
+        matmul(logits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false, Threads::All);
         let rows = logits.par_chunks_mut(vocab).zip(lse[start..end].par_iter_mut()).zip(&targets[start..end]);
         loss += rows
             .with_min_len(ROWS_PER_TASK)
@@ -107,7 +107,7 @@ pub(super) fn backward(
             continue;
         }
         let (c, dlogits) = (end - start, &mut dlogits[..(end - start) * vocab]);
-        matmul_parallel(dlogits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false);
+        matmul(dlogits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false, Threads::All);
         let rows = dlogits.par_chunks_mut(vocab).zip(&lse[start..end]).zip(&targets[start..end]);
         rows.with_min_len(ROWS_PER_TASK).for_each(|((dlogits, &lse), &target)| {
             if target == IGNORE_INDEX {
@@ -123,12 +123,12 @@ pub(super) fn backward(
             );
             dlogits[target as usize] -= g;
         });
-        let dl = super::cpu_gemm::Mat::dense(dlogits, vocab);
+        let dl = Mat::dense(dlogits, vocab);
         if want_hidden {
-            matmul_parallel(&mut dhidden[start * h..], h, (c, h, vocab), dl, wm, false);
+            matmul(&mut dhidden[start * h..], h, (c, h, vocab), dl, wm, false, Threads::All);
         }
         if want_head {
-            matmul_parallel(&mut dhead, h, (vocab, h, c), dl.transposed(), hm.rows_from(start), true);
+            matmul(&mut dhead, h, (vocab, h, c), dl.transposed(), hm.rows_from(start), true, Threads::All);
         }
     }
     (want_hidden.then(|| tensor(dhidden, [rows, h])), want_head.then(|| tensor(dhead, [vocab, h])))

@@ -41,8 +41,17 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// Who runs a GEMM: the calling thread (one product per rayon task), or gemm over rayon's threads (one large
+/// product at a time).
+#[derive(Clone, Copy)]
+pub(super) enum Threads {
+    Caller,
+    All,
+}
+
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`) for `lhs` `[m × k]`, `rhs` `[k × n]` and `dst` a
-/// row-major `[m × n]` block with row stride `dst_rs`, on the calling thread.
+/// row-major `[m × n]` block with row stride `dst_rs`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     dst: &mut [f32],
     dst_rs: usize,
@@ -50,30 +59,7 @@ pub(super) fn matmul(
     lhs: Mat,
     rhs: Mat,
     accumulate: bool,
-) {
-    gemm_on(dst, dst_rs, (m, n, k), lhs, rhs, accumulate, gemm::Parallelism::None);
-}
-
-/// [`matmul`] split over rayon's threads by gemm itself (for one large product, not one per task).
-pub(super) fn matmul_parallel(
-    dst: &mut [f32],
-    dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-) {
-    gemm_on(dst, dst_rs, (m, n, k), lhs, rhs, accumulate, gemm::Parallelism::Rayon(0));
-}
-
-fn gemm_on(
-    dst: &mut [f32],
-    dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
+    threads: Threads,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -104,7 +90,10 @@ fn gemm_on(
             false,
             false,
             false,
-            parallelism,
+            match threads {
+                Threads::Caller => gemm::Parallelism::None,
+                Threads::All => gemm::Parallelism::Rayon(0),
+            },
         );
     }
 }
