@@ -3,15 +3,16 @@
 //!
 //! The composed tiled version ([`super::flash_attention`]) is correct on any backend, but on the CPU each of its
 //! tiles is a dozen tensor ops (slices, casts, masks built per tile, online-softmax rescales), each a pass over
-//! memory with its own allocation. Here one rayon task owns one query tile (forward) or one (batch, head)
-//! (backward) and:
+//! memory with its own allocation. Here one rayon task owns one (batch, query tile) for every head (forward) or
+//! one (batch, key/value head) with its group of query heads (backward) and:
 //!
 //! - reads q, k, v and the output gradient in place through their strides (the model's head-split views need no
 //!   copy), calling the `gemm` crate (the one burn's Flex matmul uses) on strided matrices;
 //! - holds the scores of a whole query tile against every key it may see (`block × k_len` floats), so the softmax
 //!   of each row is exact in one pass: no running maximum, no rescaling. Memory stays O(block · k_len) per thread,
 //!   never `[q_len, k_len]` per head, and nothing but the output and the row log-sum-exp is kept for backward;
-//! - skips keys in the causal future of the tile's last query.
+//! - skips keys in the causal future of the tile's last query;
+//! - reads grouped-query key/value heads as they are (never repeated), and writes the output heads-last.
 //!
 //! The backward recomputes `P = exp(S − lse)` per tile and forms `dV += Pᵀ dO`, `dP = dO Vᵀ`,
 //! `dS = P ∘ (dP − D) · scale` with `D = rowsum(dO ∘ O)`, `dQ = dS K`, `dK += dSᵀ Q`, as the tiled version does.

@@ -57,8 +57,8 @@ pub(super) fn forward(
         }
         let (c, logits) = (end - start, &mut logits[..(end - start) * vocab]);
         matmul(logits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false, Threads::All);
-        let rows = logits.par_chunks_mut(vocab).zip(lse[start..end].par_iter_mut()).zip(&targets[start..end]);
-        loss += rows
+        let per_row = logits.par_chunks_mut(vocab).zip(lse[start..end].par_iter_mut()).zip(&targets[start..end]);
+        loss += per_row
             .with_min_len(ROWS_PER_TASK)
             .map(|((logits, lse), &target)| {
                 if target == IGNORE_INDEX {
@@ -108,8 +108,8 @@ pub(super) fn backward(
         }
         let (c, dlogits) = (end - start, &mut dlogits[..(end - start) * vocab]);
         matmul(dlogits, vocab, (c, vocab, h), hm.rows_from(start), wm.transposed(), false, Threads::All);
-        let rows = dlogits.par_chunks_mut(vocab).zip(&lse[start..end]).zip(&targets[start..end]);
-        rows.with_min_len(ROWS_PER_TASK).for_each(|((dlogits, &lse), &target)| {
+        let per_row = dlogits.par_chunks_mut(vocab).zip(&lse[start..end]).zip(&targets[start..end]);
+        per_row.with_min_len(ROWS_PER_TASK).for_each(|((dlogits, &lse), &target)| {
             if target == IGNORE_INDEX {
                 dlogits.fill(0.0);
                 return;

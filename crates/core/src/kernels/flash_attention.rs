@@ -314,8 +314,9 @@ pub fn tiled_backward<B: Backend>(
     )
 }
 
-/// Key/value heads `[batch, kv_heads, len, d]` repeated to `heads` (each `heads / kv_heads` times, adjacent).
-fn repeat_kv<B: Backend>(x: &Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+/// Key/value heads `[batch, kv_heads, len, d]` repeated to `heads` (each `heads / kv_heads` times, adjacent), so
+/// that grouped-query attention can run as plain multi-head attention.
+pub fn repeat_kv<B: Backend>(x: &Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
     let [batch, kv_heads, len, d] = x.dims();
     if kv_heads == heads {
         return x.clone();

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, FloatDType, Tensor};
 use super::compute::{AttentionKernel, float_dtype, to_dtype};
 use super::lora::LoraAdapter;
 use super::rope::apply_rotary;
-use crate::kernels::flash_attention::flash_attention;
+use crate::kernels::flash_attention::{flash_attention, repeat_kv};
 use crate::kernels::{Kernels, Nf4Weight, fused_ops};
 
 /// A linear layer with its weight kept in Hugging Face's `[out, in]` layout, so checkpoints map one to one.
@@ -180,7 +180,6 @@ impl<B: Kernels> Attention<B> {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
-        let groups = self.num_heads / self.num_kv_heads;
         let out = match ctx.kernel {
             // Without autodiff burn's own fused attention is already memory-efficient (Flex tiles long sequences,
             // CubeCL backends run their flash kernel); training needs ours, which has a backward. It reads grouped
@@ -189,7 +188,7 @@ impl<B: Kernels> Attention<B> {
                 let scale = 1.0 / (self.head_dim as f64).sqrt();
                 flash_attention(q, k.clone(), v.clone(), ctx.mask, scale, block)
             }
-            _ => scaled_dot_product(q, repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups), ctx.mask),
+            _ => scaled_dot_product(q, repeat_kv(&k, self.num_heads), repeat_kv(&v, self.num_heads), ctx.mask),
         };
         let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
         (self.o_proj.forward(out), (k, v))
@@ -231,15 +230,6 @@ pub fn causal_mask<B: Backend>(q_len: usize, k_len: usize, device: &B::Device) -
     // burn's tril_mask marks what lies outside the lower triangle (j > i + offset): exactly the future.
     let offset = k_len as i64 - q_len as i64;
     Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], offset, device).unsqueeze()
-}
-
-/// Repeats each KV head `groups` times so grouped-query attention can use a plain attention kernel.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [batch, kv_heads, seq, dim] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq, dim]).reshape([batch, kv_heads * groups, seq, dim])
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
