@@ -21,13 +21,13 @@ use super::vector_math::{sigmoid, with_simd};
 const MIN_ROWS_PER_TASK: usize = 16;
 
 /// A float tensor's primitive.
-fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+pub(super) fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor()
 }
 
 /// A float tensor from a contiguous f32 buffer.
-fn tensor<const D: usize>(values: Vec<f32>, shape: Shape) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(values, shape))))
+pub(super) fn tensor<const D: usize>(values: Vec<f32>, shape: impl Into<Shape>) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(values, shape.into()))))
 }
 
 /// Whether the kernels take tensors of these types: f32 only.
@@ -36,12 +36,12 @@ pub(super) fn takes(dtypes: &[DType]) -> bool {
 }
 
 /// The tensor in row-major order: shared when already contiguous, copied otherwise.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
 /// A contiguous f32 tensor's values.
-fn values(t: &FlexTensor) -> &[f32] {
+pub(super) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 

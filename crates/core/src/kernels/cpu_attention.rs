@@ -20,9 +20,10 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::{flex, tensor};
 use super::cpu_gemm::{Mat, Threads, matmul, readable};
 use super::vector_math::{exp_shifted, max, sum, with_simd};
 
@@ -38,7 +39,7 @@ struct Heads {
 
 impl Heads {
     fn of(t: &Tensor<Flex, 4>) -> Self {
-        let tensor = readable(t.clone().into_primitive().tensor());
+        let tensor = readable(flex(t.clone()));
         let s = tensor.layout().strides();
         let strides = [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
         Self { start: tensor.layout().start_offset(), strides, tensor }
@@ -90,12 +91,6 @@ fn scale_and_mask(s: &mut [f32], blocked: Option<&[u8]>, scale: f32) {
 /// The queries' visible key count: query `i` sees keys `0..=i + offset`.
 fn visible(i: usize, offset: usize, k_len: usize) -> usize {
     (i + offset + 1).min(k_len)
-}
-
-/// A float tensor from a contiguous f32 buffer.
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
-    let data = TensorData::new(values, Shape::from(shape.to_vec()));
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
 }
 
 /// Softmax of one query row's scores `p` (all `k_len`-or-fewer keys the tile computed) in place, seeing the first
@@ -214,6 +209,9 @@ pub(super) fn backward(
         let groups_of_heads =
             dq.par_chunks_mut(groups * q_len * d).zip(dk.par_chunks_mut(k_len * d)).zip(dv.par_chunks_mut(k_len * d));
         groups_of_heads.enumerate().for_each(|(task, ((dq, dk), dv))| {
+            // One probability tile and one score-gradient tile, reused by every query tile of the task.
+            let tile = block.min(q_len) * k_len;
+            let (mut p_tile, mut ds_tile) = (vec![0.0f32; tile], vec![0.0f32; tile]);
             let (b, kv) = (task / kv_heads, task % kv_heads);
             let (km, vm) = (kh.head(b, kv), vh.head(b, kv));
             for (g, dq) in dq.chunks_mut(q_len * d).enumerate() {
@@ -223,8 +221,8 @@ pub(super) fn backward(
                     let rows = block.min(q_len - qs);
                     let keys = visible(qs + rows - 1, offset, k_len);
                     let (qt, dot) = (qm.rows_from(qs), dom.rows_from(qs));
-                    let mut p = vec![0.0f32; rows * keys];
-                    matmul(&mut p, keys, (rows, keys, d), qt, km.transposed(), false, Threads::Caller);
+                    let p = &mut p_tile[..rows * keys];
+                    matmul(p, keys, (rows, keys, d), qt, km.transposed(), false, Threads::Caller);
                     with_simd(
                         #[inline(always)]
                         || {
@@ -237,9 +235,9 @@ pub(super) fn backward(
                             }
                         },
                     );
-                    matmul(dv, d, (keys, d, rows), Mat::dense(&p, keys).transposed(), dot, true, Threads::Caller);
-                    let mut ds = vec![0.0f32; rows * keys];
-                    matmul(&mut ds, keys, (rows, keys, d), dot, vm.transposed(), false, Threads::Caller);
+                    matmul(dv, d, (keys, d, rows), Mat::dense(p, keys).transposed(), dot, true, Threads::Caller);
+                    let ds = &mut ds_tile[..rows * keys];
+                    matmul(ds, keys, (rows, keys, d), dot, vm.transposed(), false, Threads::Caller);
                     with_simd(
                         #[inline(always)]
                         || {
@@ -252,8 +250,8 @@ pub(super) fn backward(
                             }
                         },
                     );
-                    matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(&ds, keys), km, false, Threads::Caller);
-                    matmul(dk, d, (keys, d, rows), Mat::dense(&ds, keys).transposed(), qt, true, Threads::Caller);
+                    matmul(&mut dq[qs * d..], d, (rows, d, keys), Mat::dense(ds, keys), km, false, Threads::Caller);
+                    matmul(dk, d, (keys, d, rows), Mat::dense(ds, keys).transposed(), qt, true, Threads::Caller);
                 }
             }
         });

@@ -10,9 +10,10 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
+use super::cpu::{contiguous, flex, tensor, values};
 use super::cpu_gemm::{Mat, Threads, matmul, matrix, readable};
 use super::cross_entropy::IGNORE_INDEX;
 use super::vector_math::{exp_shifted, max, sum, with_simd};
@@ -21,12 +22,7 @@ use super::vector_math::{exp_shifted, max, sum, with_simd};
 const ROWS_PER_TASK: usize = 8;
 
 fn flex2(t: &Tensor<Flex, 2>) -> FlexTensor {
-    readable(t.clone().into_primitive().tensor())
-}
-
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
-    let data = TensorData::new(values, Shape::from(shape.to_vec()));
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
+    readable(flex(t.clone()))
 }
 
 /// The chunks of `rows`: `start..end` and whether any of its targets is scored.
@@ -96,9 +92,8 @@ pub(super) fn backward(
     let ([rows, h], [vocab, _]) = (hidden.dims(), head.dims());
     let (hidden, head) = (flex2(hidden), flex2(head));
     let (hm, wm) = (matrix(&hidden), matrix(&head));
-    let lse = lse.clone().into_primitive().tensor().to_contiguous();
-    let lse: &[f32] = lse.as_slice().expect("a contiguous f32 tensor");
-    let g: f32 = grad_loss.clone().into_primitive().tensor().to_contiguous().as_slice::<f32>().expect("f32")[0];
+    let (lse, grad_loss) = (contiguous(&flex(lse.clone())), contiguous(&flex(grad_loss.clone())));
+    let (lse, g) = (values(&lse), values(&grad_loss)[0]);
     let mut dhidden = if want_hidden { vec![0.0f32; rows * h] } else { Vec::new() };
     let mut dhead = if want_head { vec![0.0f32; vocab * h] } else { Vec::new() };
     let mut dlogits = vec![0.0f32; chunk.min(rows) * vocab];
